@@ -1,0 +1,37 @@
+//! Image classification, synchronous and free of any async runtime: sniffing and checking
+//! uploads, decoding and pre-processing, the ONNX model run through ONNX Runtime, labels and top-k.
+//!
+//! Everything here blocks the calling thread; callers run it on a dedicated pool.
+
+pub mod imageio;
+mod model;
+pub mod runtime;
+
+pub use imageio::{ImageCheckError, ImageLimits, ProbedImage};
+pub use model::{Classification, Model, ModelSource, OnnxClassifier};
+
+use imgclass_core::ErrorCode;
+
+/// Why one classification failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    #[error(transparent)]
+    Image(#[from] ImageCheckError),
+    #[error("the model failed: {0}")]
+    Model(String),
+}
+
+impl ClassifyError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ClassifyError::Image(e) => e.code(),
+            ClassifyError::Model(_) => ErrorCode::ClassificationFailed,
+        }
+    }
+}
+
+/// Something that turns image bytes into labelled probabilities. One instance is used by one
+/// thread at a time; a worker pool makes one per thread.
+pub trait Classifier: Send {
+    fn classify(&mut self, image: &[u8]) -> Result<Classification, ClassifyError>;
+}

@@ -1,0 +1,116 @@
+//! Stable machine-readable error codes. Their text never changes once published.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Every error imgclass reports, on a job or in an API response, carries one of these codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    // Request errors.
+    BadRequest,
+    NoFiles,
+    NotFound,
+    InvalidState,
+    InvalidStatus,
+    InvalidCursor,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ImageCorrupt,
+    ImageTooLarge,
+    // Job errors.
+    ClassificationFailed,
+    InjectedFailure,
+    Stalled,
+    // Server errors.
+    Internal,
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::BadRequest,
+        ErrorCode::NoFiles,
+        ErrorCode::NotFound,
+        ErrorCode::InvalidState,
+        ErrorCode::InvalidStatus,
+        ErrorCode::InvalidCursor,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::ImageCorrupt,
+        ErrorCode::ImageTooLarge,
+        ErrorCode::ClassificationFailed,
+        ErrorCode::InjectedFailure,
+        ErrorCode::Stalled,
+        ErrorCode::Internal,
+        ErrorCode::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::NoFiles => "no_files",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::InvalidStatus => "invalid_status",
+            ErrorCode::InvalidCursor => "invalid_cursor",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::ImageCorrupt => "image_corrupt",
+            ErrorCode::ImageTooLarge => "image_too_large",
+            ErrorCode::ClassificationFailed => "classification_failed",
+            ErrorCode::InjectedFailure => "injected_failure",
+            ErrorCode::Stalled => "stalled",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
+    /// Whether another attempt could succeed where this one failed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::ClassificationFailed
+                | ErrorCode::InjectedFailure
+                | ErrorCode::Internal
+                | ErrorCode::Unavailable
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ErrorCode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown error code {s:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for c in ErrorCode::ALL {
+            assert_eq!(c.as_str().parse::<ErrorCode>().unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn bad_images_are_not_retried() {
+        assert!(!ErrorCode::ImageCorrupt.is_retryable());
+        assert!(!ErrorCode::UnsupportedMediaType.is_retryable());
+        assert!(ErrorCode::InjectedFailure.is_retryable());
+    }
+}

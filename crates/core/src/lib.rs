@@ -1,0 +1,10 @@
+//! Domain types of imgclass, with no IO: job ids, statuses and the job state machine,
+//! predictions and results, and the stable error codes that jobs and the API speak.
+
+mod error_code;
+mod job;
+mod result;
+
+pub use error_code::ErrorCode;
+pub use job::{Action, JobId, JobStatus, ParseJobIdError, TransitionError};
+pub use result::{JobResult, ModelInfo, Prediction, Timings};
