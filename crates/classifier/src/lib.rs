@@ -10,7 +10,7 @@ pub mod runtime;
 pub use imageio::{ImageCheckError, ImageLimits, ProbedImage};
 pub use model::{Classification, Model, ModelSource, OnnxClassifier};
 
-use imgclass_core::ErrorCode;
+use imgclass_core::{ErrorCode, ModelInfo};
 
 /// Why one classification failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,4 +34,7 @@ impl ClassifyError {
 /// thread at a time; a worker pool makes one per thread.
 pub trait Classifier: Send {
     fn classify(&mut self, image: &[u8]) -> Result<Classification, ClassifyError>;
+
+    /// The model whose answers these are.
+    fn info(&self) -> &ModelInfo;
 }

@@ -240,6 +240,10 @@ impl Classifier for OnnxClassifier {
             inference_ms: (t2 - t1).as_secs_f64() * 1e3,
         })
     }
+
+    fn info(&self) -> &ModelInfo {
+        self.model.info()
+    }
 }
 
 #[cfg(test)]

@@ -1,1 +1,266 @@
-fn main() {}
+//! `imgclass`: the one binary. `serve` runs the API, the web page and the workers; `classify`
+//! classifies files locally; `migrate` prepares the database.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource};
+use imgclass_server::{AppState, ClassifierFactory, UploadConfig, WorkerConfig, Workers};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "imgclass", version, about = "Asynchronous image classification: upload images, get labels.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API, the web page and (unless --no-workers) the workers.
+    Serve(ServeArgs),
+    /// Classify image files locally and print the top labels (no server, no database).
+    Classify(ClassifyArgs),
+    /// Create the database or bring it up to date.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Args, Clone)]
+struct DatabaseArgs {
+    /// Database URL.
+    #[arg(long, env = "IMGCLASS_DATABASE", default_value = "sqlite://data/imgclass.db")]
+    database: String,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// An ImageNet-style ONNX model to use instead of the built-in EfficientNet-Lite0.
+    #[arg(long, env = "IMGCLASS_MODEL", requires = "labels")]
+    model: Option<PathBuf>,
+    /// The labels of --model, one per line, in output order.
+    #[arg(long, env = "IMGCLASS_LABELS", requires = "model")]
+    labels: Option<PathBuf>,
+    /// How many labels a result holds.
+    #[arg(long, env = "IMGCLASS_TOP_K", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    top_k: u16,
+}
+
+impl ModelArgs {
+    fn source(&self) -> ModelSource {
+        match (&self.model, &self.labels) {
+            (Some(model), Some(labels)) => ModelSource::File {
+                model: model.clone(),
+                labels: labels.clone(),
+            },
+            _ => ModelSource::BuiltIn,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct LimitArgs {
+    /// Largest accepted file, in bytes.
+    #[arg(long, env = "IMGCLASS_MAX_FILE_BYTES", default_value_t = 25 * 1024 * 1024)]
+    max_file_bytes: u64,
+    /// Largest accepted width or height, in pixels.
+    #[arg(long, env = "IMGCLASS_MAX_SIDE", default_value_t = 12_000)]
+    max_side: u32,
+    /// Largest accepted width × height.
+    #[arg(long, env = "IMGCLASS_MAX_PIXELS", default_value_t = 100_000_000)]
+    max_pixels: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> ImageLimits {
+        ImageLimits {
+            max_bytes: self.max_file_bytes,
+            max_side: self.max_side,
+            max_pixels: self.max_pixels,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "IMGCLASS_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    db: DatabaseArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Classification workers in this process (each with its own inference thread); default:
+    /// the number of cores.
+    #[arg(long, env = "IMGCLASS_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: Option<u16>,
+    /// Run the API and page only; workers run elsewhere.
+    #[arg(long, env = "IMGCLASS_NO_WORKERS")]
+    no_workers: bool,
+    /// Attempts a job gets before it fails for good.
+    #[arg(long, env = "IMGCLASS_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: u32,
+    /// How long a running job's lease lasts without a heartbeat (e.g. 30s).
+    #[arg(long, env = "IMGCLASS_LEASE", default_value = "30s", value_parser = parse_duration)]
+    lease: Duration,
+}
+
+#[derive(Args)]
+struct ClassifyArgs {
+    /// Image files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (write durations like 500ms, 30s, 5m)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,tower_http=warn,sqlx=warn,ort=warn")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Classify(args) => classify(args),
+        Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(args))),
+        Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate(args))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("imgclass: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    init_tracing();
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn classify(args: ClassifyArgs) -> Result<std::process::ExitCode> {
+    let model = Model::load(&args.model.source())?;
+    let mut classifier = model.session(cores(), usize::from(args.model.top_k))?;
+    let mut failed = false;
+    for path in &args.files {
+        let result = std::fs::read(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| classifier.classify(&bytes).map_err(anyhow::Error::from));
+        match result {
+            Ok(c) => {
+                println!("{}", path.display());
+                for p in &c.predictions {
+                    println!("  {:>6.2}%  {}", p.probability * 100.0, p.label);
+                }
+                println!(
+                    "  (decode {:.1} ms, inference {:.1} ms, {} {})",
+                    c.decode_ms,
+                    c.inference_ms,
+                    classifier.info().name,
+                    classifier.info().version
+                );
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("{}: {e}", path.display());
+            }
+        }
+    }
+    Ok(if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+async fn migrate(args: DatabaseArgs) -> Result<std::process::ExitCode> {
+    let store = imgclass_store::connect(&args.database).await?;
+    store.migrate().await?;
+    tracing::info!(database = %args.database, "migrations applied");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
+    let store = imgclass_store::connect(&args.db.database)
+        .await
+        .with_context(|| format!("cannot open the database {}", args.db.database))?;
+    store.migrate().await?;
+
+    let workers = if args.no_workers {
+        None
+    } else {
+        let source = args.model.source();
+        let model = tokio::task::spawn_blocking(move || Model::load(&source)).await??;
+        let count = args.workers.map_or_else(cores, usize::from);
+        let intra = (cores() / count).max(1);
+        let top_k = usize::from(args.model.top_k);
+        let limits = args.limits.limits();
+        tracing::info!(model = %model.info().name, version = %model.info().version, workers = count, intra_threads = intra, "model loaded");
+        let factory: ClassifierFactory = Arc::new(move || {
+            let c = model.session(intra, top_k)?.with_limits(limits);
+            Ok(Box::new(c) as Box<dyn Classifier>)
+        });
+        let config = WorkerConfig {
+            workers: count,
+            lease: args.lease,
+            sweep_interval: (args.lease / 6).max(Duration::from_millis(100)),
+            ..WorkerConfig::default()
+        };
+        Some(Workers::start(store.clone(), factory, config).await?)
+    };
+
+    let state = AppState {
+        store,
+        upload: UploadConfig::new(args.limits.limits(), cores()),
+        max_attempts: args.max_attempts,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!("imgclass is listening on http://{addr}");
+    axum::serve(listener, imgclass_server::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("shutting down");
+    if let Some(w) = workers {
+        w.shutdown().await;
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

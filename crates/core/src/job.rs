@@ -220,13 +220,8 @@ mod tests {
     fn status_round_trips_through_text() {
         for st in JobStatus::ALL {
             assert_eq!(st.as_str().parse::<JobStatus>().unwrap(), st);
-            assert_eq!(serde_json_like(st), format!("\"{}\"", st.as_str()));
         }
         assert!("done".parse::<JobStatus>().is_err());
-    }
-
-    fn serde_json_like(st: JobStatus) -> String {
-        format!("\"{st}\"")
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! predictions and results, and the stable error codes that jobs and the API speak.
 
 mod error_code;
+mod event;
 mod job;
 mod result;
 
 pub use error_code::ErrorCode;
+pub use event::EventKind;
 pub use job::{Action, JobId, JobStatus, ParseJobIdError, TransitionError};
 pub use result::{JobResult, ModelInfo, Prediction, Timings};

@@ -1,1 +1,124 @@
-//! placeholder
+//! The one place that knows SQL: jobs and the queue (claim, lease, heartbeat, complete, retry,
+//! cancel), content-addressed image blobs, and the event log. Backends sit behind [`Store`].
+
+mod model;
+mod sqlite;
+
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use imgclass_core::JobId;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, Notify};
+
+/// Chunk size of stored images.
+pub const CHUNK_SIZE: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job not found")]
+    NotFound,
+    #[error(transparent)]
+    InvalidState(#[from] imgclass_core::TransitionError),
+    #[error("invalid cursor")]
+    InvalidCursor,
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("invalid database URL {url:?}: {message}")]
+    Config { url: String, message: String },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                StoreError::Unavailable(e.to_string())
+            }
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Database(format!("migration failed: {e}"))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything the service needs from its database.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<()>;
+
+    /// Stores the images (deduplicated by content) and creates one queued job per image, all in
+    /// one transaction.
+    async fn create_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>>;
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
+
+    /// Jobs newest first.
+    async fn list_jobs(&self, query: &ListQuery) -> Result<JobPage>;
+
+    /// The stored image of a job.
+    async fn job_image(&self, id: JobId) -> Result<Option<StoredImage>>;
+
+    /// The bytes of a stored image.
+    async fn read_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Atomically moves up to `limit` due jobs from queued to running under a fresh lease.
+    async fn claim(&self, worker: &str, limit: usize, lease: Duration) -> Result<Vec<Claim>>;
+
+    /// Extends a lease; false when the lease is no longer this claim's (fenced).
+    async fn heartbeat(&self, lease: &Lease, duration: Duration) -> Result<bool>;
+
+    /// Ends an attempt; false when the lease is no longer this claim's (fenced), in which case
+    /// nothing is written.
+    async fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<bool>;
+
+    /// Puts a failed job back in the queue (manual retry).
+    async fn retry(&self, id: JobId) -> Result<Job>;
+
+    /// Cancels a queued job.
+    async fn cancel(&self, id: JobId) -> Result<Job>;
+
+    /// Deletes a job, and its image when no other job uses it.
+    async fn delete(&self, id: JobId) -> Result<()>;
+
+    /// Requeues running jobs whose lease has expired (their worker is gone); jobs that have
+    /// used all their attempts fail as stalled. Returns how many jobs were touched.
+    async fn rescue_expired(&self) -> Result<u64>;
+
+    /// The earliest time a queued job becomes due, if any is queued.
+    async fn next_due(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>>;
+
+    /// Events after `after` (exclusive), oldest first, with each job's current state.
+    async fn events_since(&self, after: i64, limit: usize) -> Result<Vec<Event>>;
+
+    /// The sequence number of the newest event (0 when there is none).
+    async fn last_event_seq(&self) -> Result<i64>;
+
+    /// Signalled when a job may have become claimable.
+    fn wakeups(&self) -> Arc<Notify>;
+
+    /// Every event, as it is committed.
+    fn subscribe(&self) -> broadcast::Receiver<Event>;
+}
+
+/// Opens the store a URL names (`sqlite://path`).
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::Config {
+            url: url.to_string(),
+            message: "expected sqlite://PATH".into(),
+        })
+    }
+}

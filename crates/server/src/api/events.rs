@@ -1,0 +1,99 @@
+//! `GET /api/events`: server-sent events of job changes. A client that reconnects with
+//! `Last-Event-ID` (or `?after=SEQ`) first gets every event it missed from the event log, then
+//! live events; a new client gets live events only.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::stream::{self, Stream};
+use imgclass_store::{Event, Store};
+use serde::Deserialize;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::views::EventView;
+
+const REPLAY_PAGE: usize = 500;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct EventParams {
+    after: Option<i64>,
+}
+
+struct Cursor {
+    store: Arc<dyn Store>,
+    live: broadcast::Receiver<Event>,
+    /// Highest sequence number sent so far.
+    last: i64,
+    /// Events read from the log, not yet sent.
+    backlog: VecDeque<Event>,
+    /// Whether the log must be read before taking live events again.
+    catching_up: bool,
+}
+
+fn to_sse(e: Event) -> SseEvent {
+    let id = e.seq.to_string();
+    let kind = e.kind.as_str();
+    let data = serde_json::to_string(&EventView::from(e)).unwrap_or_else(|_| "{}".into());
+    SseEvent::default().id(id).event(kind).data(data)
+}
+
+pub(super) async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<EventParams>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .or(params.after);
+    // Subscribe before reading the log position so that nothing falls in between.
+    let live = state.store.subscribe();
+    let (last, catching_up) = match resume {
+        Some(seq) => (seq.max(0), true),
+        None => (state.store.last_event_seq().await?, false),
+    };
+    let cursor = Cursor {
+        store: state.store.clone(),
+        live,
+        last,
+        backlog: VecDeque::new(),
+        catching_up,
+    };
+    let events = stream::unfold(cursor, |mut c| async move {
+        loop {
+            if let Some(e) = c.backlog.pop_front() {
+                if e.seq <= c.last {
+                    continue;
+                }
+                c.last = e.seq;
+                return Some((Ok(to_sse(e)), c));
+            }
+            if c.catching_up {
+                match c.store.events_since(c.last, REPLAY_PAGE).await {
+                    Ok(page) => {
+                        c.catching_up = page.len() == REPLAY_PAGE;
+                        c.backlog.extend(page);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event replay failed; closing the stream");
+                        return None;
+                    }
+                }
+            }
+            match c.live.recv().await {
+                Ok(e) => c.backlog.push_back(e),
+                Err(RecvError::Lagged(_)) => c.catching_up = true,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,142 @@
+//! The API's view of jobs and events: separate from the stored types so that storage can change
+//! without changing what clients see.
+
+use chrono::{DateTime, Utc};
+use imgclass_core::{ErrorCode, EventKind, JobResult, JobStatus};
+use imgclass_store::{Event, Job};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub id: String,
+    pub status: JobStatus,
+    pub file_name: Option<String>,
+    pub image: ImageView,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub error: Option<ErrorView>,
+    /// The error of each failed attempt, latest first.
+    pub attempt_errors: Vec<AttemptErrorView>,
+    pub result: Option<JobResult>,
+    pub created_at: DateTime<Utc>,
+    pub run_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub links: Links,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImageView {
+    pub content_type: String,
+    pub size: u64,
+    pub width: u32,
+    pub height: u32,
+    pub sha256: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorView {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AttemptErrorView {
+    pub attempt: u32,
+    pub code: ErrorCode,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Links {
+    #[serde(rename = "self")]
+    pub this: String,
+    pub image: String,
+    pub retry: String,
+    pub cancel: String,
+}
+
+impl From<Job> for JobView {
+    fn from(j: Job) -> Self {
+        let id = j.id.to_string();
+        JobView {
+            links: Links {
+                this: format!("/api/jobs/{id}"),
+                image: format!("/api/jobs/{id}/image"),
+                retry: format!("/api/jobs/{id}/retry"),
+                cancel: format!("/api/jobs/{id}/cancel"),
+            },
+            id,
+            status: j.status,
+            file_name: j.file_name,
+            image: ImageView {
+                content_type: j.content_type,
+                size: j.image_size,
+                width: j.width,
+                height: j.height,
+                sha256: j.image_sha256,
+            },
+            attempts: j.attempts,
+            max_attempts: j.max_attempts,
+            error: j.error.map(|e| ErrorView {
+                code: e.code,
+                message: e.message,
+            }),
+            attempt_errors: j
+                .attempt_errors
+                .into_iter()
+                .rev()
+                .map(|e| AttemptErrorView {
+                    attempt: e.attempt,
+                    code: e.code,
+                    message: e.message,
+                    at: e.at,
+                })
+                .collect(),
+            result: j.result,
+            created_at: j.created_at,
+            run_at: j.run_at,
+            started_at: j.started_at,
+            finished_at: j.finished_at,
+            updated_at: j.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobsCreated {
+    pub jobs: Vec<JobView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+    pub next_cursor: Option<String>,
+}
+
+/// One server-sent event's data.
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    pub seq: i64,
+    pub kind: EventKind,
+    pub job_id: String,
+    pub status: Option<JobStatus>,
+    pub at: DateTime<Utc>,
+    /// The job right after the change; absent once it is deleted.
+    pub job: Option<JobView>,
+}
+
+impl From<Event> for EventView {
+    fn from(e: Event) -> Self {
+        EventView {
+            seq: e.seq,
+            kind: e.kind,
+            job_id: e.job_id.to_string(),
+            status: e.status,
+            at: e.at,
+            job: e.job.map(JobView::from),
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The workers: each claims jobs from the queue on the async runtime and hands decoding and
+//! inference to its own dedicated OS thread (which owns one classifier session), renewing the
+//! job's lease while the thread works. A sweeper puts back the jobs of workers that died.
+
+use chrono::Utc;
+use imgclass_classifier::{Classification, Classifier, ClassifyError};
+use imgclass_core::{ErrorCode, JobResult, Timings};
+use imgclass_store::{Claim, JobError, Outcome, Store};
+use rand::Rng;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+/// Builds one classifier per worker thread (called on that thread).
+pub type ClassifierFactory =
+    Arc<dyn Fn() -> anyhow::Result<Box<dyn Classifier>> + Send + Sync + 'static>;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Number of workers (and inference threads) in this process.
+    pub workers: usize,
+    /// How long a claim is valid without a heartbeat.
+    pub lease: Duration,
+    /// How often expired leases are looked for.
+    pub sweep_interval: Duration,
+    /// The slowest the queue is polled when no wake-up arrives.
+    pub poll_interval: Duration,
+    /// Delay before the first automatic retry; doubles each attempt.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// A name for this process in lease tokens and logs.
+    pub node: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            workers: 1,
+            lease: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(5),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            node: format!("node-{}", std::process::id()),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Classification, ClassifyError>>;
+
+struct InferenceThread {
+    tx: std_mpsc::Sender<(Vec<u8>, Reply)>,
+    info: imgclass_core::ModelInfo,
+}
+
+impl InferenceThread {
+    /// Starts the thread and waits until its classifier is ready.
+    async fn start(name: String, factory: ClassifierFactory) -> anyhow::Result<Self> {
+        let (tx, rx) = std_mpsc::channel::<(Vec<u8>, Reply)>();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        std::thread::Builder::new().name(name).spawn(move || {
+            let mut classifier = match factory() {
+                Ok(c) => {
+                    let _ = ready_tx.send(Ok(c.info().clone()));
+                    c
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            while let Ok((bytes, reply)) = rx.recv() {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    classifier.classify(&bytes)
+                }))
+                .unwrap_or_else(|_| Err(ClassifyError::Model("the classifier panicked".into())));
+                let _ = reply.send(result);
+            }
+        })?;
+        let info = ready_rx
+            .await
+            .map_err(|_| anyhow::anyhow!("the inference thread stopped while starting"))??;
+        Ok(InferenceThread { tx, info })
+    }
+
+    async fn classify(&self, bytes: Vec<u8>) -> Result<Classification, ClassifyError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((bytes, reply))
+            .map_err(|_| ClassifyError::Model("the inference thread is gone".into()))?;
+        rx.await
+            .map_err(|_| ClassifyError::Model("the inference thread is gone".into()))?
+    }
+}
+
+/// Running workers; dropping this does not stop them, `shutdown` does.
+pub struct Workers {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts the inference threads (loading one session each), the worker loops and the sweeper.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        factory: ClassifierFactory,
+        config: WorkerConfig,
+    ) -> anyhow::Result<Workers> {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        // Put back what a previous run of this node (or a dead node) left running.
+        if let Err(e) = store.rescue_expired().await {
+            tracing::warn!(error = %e, "lease sweep failed");
+        }
+        for i in 0..config.workers.max(1) {
+            let thread =
+                InferenceThread::start(format!("imgclass-infer-{i}"), factory.clone()).await?;
+            let worker = Worker {
+                name: format!("{}-w{i}", config.node),
+                store: store.clone(),
+                thread,
+                config: config.clone(),
+            };
+            let stop_rx = stop_rx.clone();
+            tasks.push(tokio::spawn(worker.run(stop_rx)));
+        }
+        tasks.push(tokio::spawn(sweeper(
+            store.clone(),
+            config.sweep_interval,
+            stop_rx.clone(),
+        )));
+        Ok(Workers { stop, tasks })
+    }
+
+    /// Stops claiming and waits for the running jobs to finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn sweeper(store: Arc<dyn Store>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match store.rescue_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(jobs = n, "rescued jobs whose worker stopped"),
+            Err(e) => tracing::warn!(error = %e, "lease sweep failed"),
+        }
+    }
+}
+
+struct Worker {
+    name: String,
+    store: Arc<dyn Store>,
+    thread: InferenceThread,
+    config: WorkerConfig,
+}
+
+impl Worker {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let wakeups = self.store.wakeups();
+        while !*stop.borrow() {
+            // Register for the wake-up before looking, so that a job created in between is not
+            // missed until the next poll.
+            let notified = wakeups.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let claims = match self.store.claim(&self.name, 1, self.config.lease).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(worker = %self.name, error = %e, "claim failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            if claims.is_empty() {
+                let wait = self.idle_wait().await;
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            for claim in claims {
+                let span = tracing::info_span!("job", job.id = %claim.job.id, worker = %self.name);
+                self.process(claim).instrument(span).await;
+            }
+        }
+    }
+
+    /// How long to sleep when the queue has nothing due: until the next delayed job is due, at
+    /// most the poll interval.
+    async fn idle_wait(&self) -> Duration {
+        match self.store.next_due().await {
+            Ok(Some(due)) => (due - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .clamp(Duration::from_millis(5), self.config.poll_interval),
+            _ => self.config.poll_interval,
+        }
+    }
+
+    async fn process(&self, claim: Claim) {
+        let Claim { job, lease } = claim;
+        let queue_wait = job
+            .started_at
+            .map(|s| (s - job.run_at).num_microseconds().unwrap_or(0) as f64 / 1e3)
+            .unwrap_or(0.0)
+            .max(0.0);
+        let bytes = match self.store.read_blob(&job.image_sha256).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                let error = JobError {
+                    code: ErrorCode::Internal,
+                    message: "the job's image is missing".into(),
+                };
+                self.finish(&lease, Outcome::Failed(error)).await;
+                return;
+            }
+            Err(e) => {
+                // The lease will expire and the job will be picked up again.
+                tracing::warn!(error = %e, "cannot read the job's image");
+                return;
+            }
+        };
+        let work = self.thread.classify(bytes);
+        tokio::pin!(work);
+        let mut beat = tokio::time::interval(self.config.lease / 3);
+        beat.tick().await;
+        let result = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = beat.tick() => {
+                    match self.store.heartbeat(&lease, self.config.lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!("lease lost (the job was taken over or deleted); dropping this attempt");
+                            let _ = (&mut work).await;
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                    }
+                }
+            }
+        };
+        let outcome = match result {
+            Ok(c) => {
+                tracing::info!(
+                    top.label = %c.predictions.first().map(|p| p.label.as_str()).unwrap_or(""),
+                    decode_ms = c.decode_ms,
+                    inference_ms = c.inference_ms,
+                    "job succeeded"
+                );
+                Outcome::Succeeded(JobResult {
+                    predictions: c.predictions,
+                    model: self.thread.info.clone(),
+                    timings: Timings {
+                        queue_wait_ms: queue_wait,
+                        decode_ms: c.decode_ms,
+                        inference_ms: c.inference_ms,
+                    },
+                })
+            }
+            Err(e) => {
+                let code = e.code();
+                let error = JobError {
+                    code,
+                    message: e.to_string(),
+                };
+                if code.is_retryable() && job.run_attempts < job.max_attempts {
+                    let delay = backoff(&self.config, job.run_attempts);
+                    tracing::warn!(error = %e, attempt = job.run_attempts, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
+                    Outcome::Retry {
+                        error,
+                        run_at: Utc::now()
+                            + chrono::Duration::from_std(delay).unwrap_or_default(),
+                    }
+                } else {
+                    tracing::warn!(error = %e, attempt = job.run_attempts, "job failed");
+                    Outcome::Failed(error)
+                }
+            }
+        };
+        self.finish(&lease, outcome).await;
+    }
+
+    async fn finish(&self, lease: &imgclass_store::Lease, outcome: Outcome) {
+        match self.store.finish(lease, outcome).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("lease lost before the result was stored; result dropped"),
+            Err(e) => tracing::error!(error = %e, "could not store the job's outcome; its lease will expire and it will run again"),
+        }
+    }
+}
+
+/// Exponential backoff with jitter: base * 2^(attempt-1), capped, then scaled by 0.5..1.0.
+pub fn backoff(config: &WorkerConfig, attempt: u32) -> Duration {
+    let exp = config
+        .backoff_base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let capped = exp.min(config.backoff_max);
+    capped.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let c = WorkerConfig {
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(10),
+            ..WorkerConfig::default()
+        };
+        for _ in 0..50 {
+            let b1 = backoff(&c, 1);
+            assert!(b1 >= Duration::from_millis(500) && b1 <= Duration::from_secs(1));
+            let b3 = backoff(&c, 3);
+            assert!(b3 >= Duration::from_secs(2) && b3 <= Duration::from_secs(4));
+            let b9 = backoff(&c, 9);
+            assert!(b9 >= Duration::from_secs(5) && b9 <= Duration::from_secs(10));
+        }
+    }
+}

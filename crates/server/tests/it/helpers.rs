@@ -1,0 +1,193 @@
+//! `TestApp`: one service instance on loopback with its own database.
+
+use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource};
+use imgclass_core::{JobId, JobStatus};
+use imgclass_server::{AppState, ClassifierFactory, UploadConfig, WorkerConfig, Workers};
+use imgclass_store::{Job, Store};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tempfile::TempDir;
+
+pub fn model() -> Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL
+        .get_or_init(|| Model::load(&ModelSource::BuiltIn).expect("built-in model"))
+        .clone()
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+pub fn factory() -> ClassifierFactory {
+    let model = model();
+    Arc::new(move || Ok(Box::new(model.session(1, 5)?) as Box<dyn Classifier>))
+}
+
+pub struct Options {
+    pub workers: usize,
+    pub limits: ImageLimits,
+    pub worker_config: WorkerConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            workers: 1,
+            limits: ImageLimits::default(),
+            worker_config: WorkerConfig::default(),
+        }
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub store: Arc<dyn Store>,
+    _workers: Option<Workers>,
+    _dir: TempDir,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn without_workers() -> TestApp {
+        Self::with(Options {
+            workers: 0,
+            ..Options::default()
+        })
+        .await
+    }
+
+    pub async fn with(opts: Options) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = format!("sqlite://{}/test.db", dir.path().display());
+        let store = imgclass_store::connect(&db_url).await.unwrap();
+        store.migrate().await.unwrap();
+        let workers = if opts.workers > 0 {
+            let config = WorkerConfig {
+                workers: opts.workers,
+                ..opts.worker_config
+            };
+            Some(Workers::start(store.clone(), factory(), config).await.unwrap())
+        } else {
+            None
+        };
+        let state = AppState {
+            store: store.clone(),
+            upload: UploadConfig::new(opts.limits, 2),
+            max_attempts: 3,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, imgclass_server::router(state))
+                .await
+                .unwrap();
+        });
+        TestApp {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            store,
+            _workers: workers,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Uploads files as one multipart request.
+    pub async fn upload(&self, files: &[(&str, Vec<u8>)]) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new();
+        for (name, bytes) in files {
+            form = form.part(
+                "file",
+                reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()),
+            );
+        }
+        self.client
+            .post(self.url("/api/jobs"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Uploads and returns the created jobs' ids.
+    pub async fn submit(&self, files: &[(&str, Vec<u8>)]) -> Vec<JobId> {
+        let resp = self.upload(files).await;
+        assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+        let body: Value = resp.json().await.unwrap();
+        body["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self.client.get(self.url(path)).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str) -> (u16, Value) {
+        let resp = self.client.post(self.url(path)).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits, through the store's event stream (no polling), until the job is in `status`.
+    pub async fn wait_for(&self, id: JobId, status: JobStatus) -> Job {
+        let mut events = self.store.subscribe();
+        let check = |job: Option<Job>| job.filter(|j| j.status == status);
+        if let Some(j) = check(self.store.get_job(id).await.unwrap()) {
+            return j;
+        }
+        let waited = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if e.job_id == id => {
+                        if let Some(j) = check(e.job) {
+                            return j;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        if let Some(j) = check(self.store.get_job(id).await.unwrap()) {
+                            return j;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(j) => j,
+            Err(_) => panic!(
+                "job {id} did not reach {status}; it is {:?}",
+                self.store.get_job(id).await.unwrap().map(|j| j.status)
+            ),
+        }
+    }
+}
+
+/// Asserts an error response's status and code.
+pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(resp.status().as_u16(), status);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"].as_str().unwrap().to_string();
+    assert!(!message.is_empty());
+    message
+}

@@ -1,0 +1,5 @@
+//! The real router on port 0, a fresh SQLite database per test, the built-in model.
+
+mod api;
+mod helpers;
+mod queue;

@@ -1,0 +1,131 @@
+//! The stored types: what the database holds, as opposed to what the API shows.
+
+use chrono::{DateTime, Utc};
+use imgclass_core::{ErrorCode, EventKind, JobId, JobResult, JobStatus};
+use serde::{Deserialize, Serialize};
+
+/// An image and its job, to be stored together.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub image: Vec<u8>,
+    pub sha256: String,
+    pub content_type: String,
+    pub width: u32,
+    pub height: u32,
+    pub file_name: Option<String>,
+    pub max_attempts: u32,
+}
+
+/// An error recorded on a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The error of one failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptError {
+    pub attempt: u32,
+    pub code: ErrorCode,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub seq: i64,
+    pub id: JobId,
+    pub status: JobStatus,
+    pub image_sha256: String,
+    pub content_type: String,
+    pub image_size: u64,
+    pub width: u32,
+    pub height: u32,
+    pub file_name: Option<String>,
+    pub attempts: u32,
+    /// Attempts since the job was created or last retried by hand; bounded by `max_attempts`.
+    pub run_attempts: u32,
+    pub max_attempts: u32,
+    pub run_at: DateTime<Utc>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub error: Option<JobError>,
+    pub attempt_errors: Vec<AttemptError>,
+    pub result: Option<JobResult>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A filter and page request for listing jobs.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub status: Option<JobStatus>,
+    /// Opaque cursor from a previous page.
+    pub cursor: Option<String>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub next_cursor: Option<String>,
+}
+
+/// A stored image.
+#[derive(Debug, Clone)]
+pub struct StoredImage {
+    pub bytes: Vec<u8>,
+    pub content_type: String,
+    pub sha256: String,
+}
+
+/// The right to finish one attempt of one job: only the holder of the current lease may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub job_id: JobId,
+    pub token: String,
+}
+
+/// A job taken from the queue.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub job: Job,
+    pub lease: Lease,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Succeeded(JobResult),
+    /// The job fails for good.
+    Failed(JobError),
+    /// The attempt failed; the job runs again at `run_at`.
+    Retry {
+        error: JobError,
+        run_at: DateTime<Utc>,
+    },
+}
+
+/// A recorded change of a job.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub seq: i64,
+    pub job_id: JobId,
+    pub kind: EventKind,
+    pub status: Option<JobStatus>,
+    pub at: DateTime<Utc>,
+    /// The job as it was right after the change (`None` once deleted).
+    pub job: Option<Job>,
+}
+
+/// Encodes a list cursor (the position after which the next page starts).
+pub(crate) fn encode_cursor(seq: i64) -> String {
+    format!("j{seq}")
+}
+
+pub(crate) fn decode_cursor(cursor: &str) -> Option<i64> {
+    cursor.strip_prefix('j')?.parse().ok().filter(|v| *v > 0)
+}

@@ -1,0 +1,656 @@
+//! The embedded SQLite backend: one writer connection (SQLite has one writer at a time anyway,
+//! so in-process writers queue here instead of spinning on SQLITE_BUSY) and a pool of readers,
+//! WAL journal, in-process wake-ups and event broadcast.
+
+use crate::model::{decode_cursor, encode_cursor};
+use crate::{
+    Claim, Event, Job, JobError, JobPage, Lease, ListQuery, NewJob, Outcome, Result, Store,
+    StoreError, StoredImage, CHUNK_SIZE,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use imgclass_core::{Action, ErrorCode, EventKind, JobId, JobStatus};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, Notify};
+
+const JOB_COLUMNS: &str =
+    "j.seq, j.id, j.status, j.image_sha256, b.content_type, b.size, b.width, \
+     b.height, j.file_name, j.attempts, j.run_attempts, j.max_attempts, j.run_at, j.lease_until, \
+     j.error_code, j.error_message, j.attempt_errors, j.result, j.created_at, j.started_at, \
+     j.finished_at, j.updated_at";
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    wakeups: Arc<Notify>,
+    events: broadcast::Sender<Event>,
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn ms_to_time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn db_err(message: impl Into<String>) -> StoreError {
+    StoreError::Database(message.into())
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<Job> {
+    let id: String = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
+    let error_code: Option<String> = row.try_get("error_code")?;
+    let error_message: Option<String> = row.try_get("error_message")?;
+    let attempt_errors: String = row.try_get("attempt_errors")?;
+    let result: Option<String> = row.try_get("result")?;
+    let opt_time = |name: &str| -> Result<Option<DateTime<Utc>>> {
+        Ok(row.try_get::<Option<i64>, _>(name)?.map(ms_to_time))
+    };
+    let error = match (error_code, error_message) {
+        (Some(code), Some(message)) => Some(JobError {
+            code: ErrorCode::from_str(&code).map_err(db_err)?,
+            message,
+        }),
+        _ => None,
+    };
+    Ok(Job {
+        seq: row.try_get("seq")?,
+        id: id
+            .parse()
+            .map_err(|e: imgclass_core::ParseJobIdError| db_err(e.to_string()))?,
+        status: status.parse().map_err(db_err)?,
+        image_sha256: row.try_get("image_sha256")?,
+        content_type: row.try_get("content_type")?,
+        image_size: row.try_get::<i64, _>("size")? as u64,
+        width: row.try_get::<i64, _>("width")? as u32,
+        height: row.try_get::<i64, _>("height")? as u32,
+        file_name: row.try_get("file_name")?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        run_attempts: row.try_get::<i64, _>("run_attempts")? as u32,
+        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+        run_at: ms_to_time(row.try_get("run_at")?),
+        lease_until: opt_time("lease_until")?,
+        error,
+        attempt_errors: serde_json::from_str(&attempt_errors)
+            .map_err(|e| db_err(format!("attempt_errors: {e}")))?,
+        result: result
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(|e| db_err(format!("result: {e}")))?,
+        created_at: ms_to_time(row.try_get("created_at")?),
+        started_at: opt_time("started_at")?,
+        finished_at: opt_time("finished_at")?,
+        updated_at: ms_to_time(row.try_get("updated_at")?),
+    })
+}
+
+async fn select_job<'c, E>(exec: E, id: &str) -> Result<Option<Job>>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs j JOIN blobs b ON b.sha256 = j.image_sha256 WHERE j.id = ?"
+    );
+    sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(exec)
+        .await?
+        .as_ref()
+        .map(job_from_row)
+        .transpose()
+}
+
+/// Collects the events of one transaction, to be broadcast once it has committed.
+struct Pending(Vec<Event>);
+
+impl Pending {
+    async fn record(
+        &mut self,
+        tx: &mut Transaction<'_, Sqlite>,
+        job_id: JobId,
+        kind: EventKind,
+        job: Option<Job>,
+        at: i64,
+    ) -> Result<()> {
+        let status = job.as_ref().map(|j| j.status);
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (job_id, kind, status, at) VALUES (?, ?, ?, ?) RETURNING seq",
+        )
+        .bind(job_id.to_string())
+        .bind(kind.as_str())
+        .bind(status.map(JobStatus::as_str))
+        .bind(at)
+        .fetch_one(&mut **tx)
+        .await?;
+        self.0.push(Event {
+            seq,
+            job_id,
+            kind,
+            status,
+            at: ms_to_time(at),
+            job,
+        });
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file a `sqlite://PATH` URL names.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let config = |message: String| StoreError::Config {
+            url: url.to_string(),
+            message,
+        };
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| config(e.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        if let Some(dir) = options.get_filename().parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| config(format!("cannot create {}: {e}", dir.display())))?;
+            }
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(SqliteStore {
+            writer,
+            reader,
+            wakeups: Arc::new(Notify::new()),
+            events,
+        })
+    }
+
+    fn publish(&self, pending: Pending) {
+        for e in pending.0 {
+            // No receiver is fine: nobody is listening.
+            let _ = self.events.send(e);
+        }
+    }
+
+    async fn finish_tx(&self, tx: Transaction<'_, Sqlite>, pending: Pending) -> Result<()> {
+        tx.commit().await?;
+        self.publish(pending);
+        Ok(())
+    }
+
+    /// Applies a person's action (retry, cancel) to a job, guarded by the state machine.
+    async fn transition(&self, id: JobId, action: Action) -> Result<Job> {
+        let mut tx = self.writer.begin().await?;
+        let job = select_job(&mut *tx, &id.to_string())
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let next = job.status.apply(action)?;
+        let now = now_ms();
+        let (sql, kind) = match action {
+            Action::Retry => (
+                "UPDATE jobs SET status = ?, run_at = ?, run_attempts = 0, finished_at = NULL, \
+                 updated_at = ? WHERE id = ? AND status = ?",
+                EventKind::Retried,
+            ),
+            Action::Cancel => (
+                "UPDATE jobs SET status = ?, finished_at = ?, updated_at = ? WHERE id = ? AND status = ?",
+                EventKind::Canceled,
+            ),
+            other => return Err(db_err(format!("{} is not a manual action", other.as_str()))),
+        };
+        sqlx::query(sql)
+            .bind(next.as_str())
+            .bind(now)
+            .bind(now)
+            .bind(id.to_string())
+            .bind(job.status.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let job = select_job(&mut *tx, &id.to_string())
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let mut pending = Pending(Vec::new());
+        pending
+            .record(&mut tx, id, kind, Some(job.clone()), now)
+            .await?;
+        self.finish_tx(tx, pending).await?;
+        if next == JobStatus::Queued {
+            self.wakeups.notify_waiters();
+        }
+        Ok(job)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>> {
+        let mut tx = self.writer.begin().await?;
+        let mut pending = Pending(Vec::new());
+        let mut created = Vec::with_capacity(jobs.len());
+        let now = now_ms();
+        for new in jobs {
+            let inserted = sqlx::query(
+                "INSERT INTO blobs (sha256, size, content_type, width, height, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(&new.sha256)
+            .bind(new.image.len() as i64)
+            .bind(&new.content_type)
+            .bind(i64::from(new.width))
+            .bind(i64::from(new.height))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                for (idx, chunk) in new.image.chunks(CHUNK_SIZE).enumerate() {
+                    sqlx::query("INSERT INTO blob_chunks (sha256, idx, data) VALUES (?, ?, ?)")
+                        .bind(&new.sha256)
+                        .bind(idx as i64)
+                        .bind(chunk)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            let id = JobId::new();
+            sqlx::query(
+                "INSERT INTO jobs (id, status, image_sha256, file_name, max_attempts, run_at, \
+                 created_at, updated_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(id.to_string())
+            .bind(&new.sha256)
+            .bind(&new.file_name)
+            .bind(i64::from(new.max_attempts.max(1)))
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let job = select_job(&mut *tx, &id.to_string())
+                .await?
+                .ok_or_else(|| db_err("inserted job vanished"))?;
+            pending
+                .record(&mut tx, id, EventKind::Created, Some(job.clone()), now)
+                .await?;
+            created.push(job);
+        }
+        self.finish_tx(tx, pending).await?;
+        self.wakeups.notify_waiters();
+        Ok(created)
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        select_job(&self.reader, &id.to_string()).await
+    }
+
+    async fn list_jobs(&self, query: &ListQuery) -> Result<JobPage> {
+        let before = match &query.cursor {
+            Some(c) => decode_cursor(c).ok_or(StoreError::InvalidCursor)?,
+            None => i64::MAX,
+        };
+        let limit = query.limit.clamp(1, 500);
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j JOIN blobs b ON b.sha256 = j.image_sha256 \
+             WHERE j.seq < ? AND (? IS NULL OR j.status = ?) ORDER BY j.seq DESC LIMIT ?"
+        );
+        let status = query.status.map(JobStatus::as_str);
+        let rows = sqlx::query(&sql)
+            .bind(before)
+            .bind(status)
+            .bind(status)
+            .bind(limit as i64 + 1)
+            .fetch_all(&self.reader)
+            .await?;
+        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        let next_cursor = if jobs.len() > limit {
+            jobs.truncate(limit);
+            jobs.last().map(|j| encode_cursor(j.seq))
+        } else {
+            None
+        };
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    async fn job_image(&self, id: JobId) -> Result<Option<StoredImage>> {
+        let Some(job) = self.get_job(id).await? else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.read_blob(&job.image_sha256).await? else {
+            return Ok(None);
+        };
+        Ok(Some(StoredImage {
+            bytes,
+            content_type: job.content_type,
+            sha256: job.image_sha256,
+        }))
+    }
+
+    async fn read_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        // One read transaction, so both queries see the same snapshot: a concurrent delete
+        // must not remove the chunks between reading the size and reading the data.
+        let mut tx = self.reader.begin().await?;
+        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE sha256 = ?")
+            .bind(sha256)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(size) = size else { return Ok(None) };
+        let chunks: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT data FROM blob_chunks WHERE sha256 = ? ORDER BY idx")
+                .bind(sha256)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let mut bytes = Vec::with_capacity(size as usize);
+        for c in chunks {
+            bytes.extend_from_slice(&c);
+        }
+        if bytes.len() as i64 != size {
+            return Err(db_err(format!(
+                "image {sha256} is incomplete: {} of {size} bytes",
+                bytes.len()
+            )));
+        }
+        Ok(Some(bytes))
+    }
+
+    async fn claim(&self, worker: &str, limit: usize, lease: Duration) -> Result<Vec<Claim>> {
+        let now = now_ms();
+        let token = format!("{worker}/{}", uuid::Uuid::new_v4());
+        let until = now + lease.as_millis() as i64;
+        let mut tx = self.writer.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, \
+             run_attempts = run_attempts + 1, lease_owner = ?, lease_until = ?, started_at = ?, \
+             updated_at = ? WHERE seq IN (SELECT seq FROM jobs WHERE status = 'queued' \
+             AND run_at <= ? ORDER BY priority DESC, run_at, seq LIMIT ?) RETURNING id",
+        )
+        .bind(&token)
+        .bind(until)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if ids.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let mut pending = Pending(Vec::new());
+        let mut claims = Vec::with_capacity(ids.len());
+        for id in ids {
+            let job = select_job(&mut *tx, &id)
+                .await?
+                .ok_or_else(|| db_err("claimed job vanished"))?;
+            pending
+                .record(&mut tx, job.id, EventKind::Running, Some(job.clone()), now)
+                .await?;
+            claims.push(Claim {
+                lease: Lease {
+                    job_id: job.id,
+                    token: token.clone(),
+                },
+                job,
+            });
+        }
+        self.finish_tx(tx, pending).await?;
+        Ok(claims)
+    }
+
+    async fn heartbeat(&self, lease: &Lease, duration: Duration) -> Result<bool> {
+        let until = now_ms() + duration.as_millis() as i64;
+        let n = sqlx::query(
+            "UPDATE jobs SET lease_until = ? WHERE id = ? AND status = 'running' AND lease_owner = ?",
+        )
+        .bind(until)
+        .bind(lease.job_id.to_string())
+        .bind(&lease.token)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<bool> {
+        let now = now_ms();
+        let at = ms_to_time(now).to_rfc3339();
+        let id = lease.job_id.to_string();
+        let mut tx = self.writer.begin().await?;
+        let (q, kind) = match &outcome {
+            Outcome::Succeeded(result) => (
+                sqlx::query(
+                    "UPDATE jobs SET status = 'succeeded', result = ?, error_code = NULL, \
+                     error_message = NULL, lease_owner = NULL, lease_until = NULL, \
+                     finished_at = ?, updated_at = ? \
+                     WHERE id = ? AND status = 'running' AND lease_owner = ?",
+                )
+                .bind(serde_json::to_string(result).map_err(|e| db_err(e.to_string()))?)
+                .bind(now)
+                .bind(now),
+                EventKind::Succeeded,
+            ),
+            Outcome::Failed(error) => (
+                sqlx::query(
+                    "UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, \
+                     attempt_errors = json_insert(attempt_errors, '$[#]', json_object('attempt', \
+                     attempts, 'code', ?, 'message', ?, 'at', ?)), lease_owner = NULL, \
+                     lease_until = NULL, finished_at = ?, updated_at = ? \
+                     WHERE id = ? AND status = 'running' AND lease_owner = ?",
+                )
+                .bind(error.code.as_str())
+                .bind(&error.message)
+                .bind(error.code.as_str())
+                .bind(&error.message)
+                .bind(&at)
+                .bind(now)
+                .bind(now),
+                EventKind::Failed,
+            ),
+            Outcome::Retry { error, run_at } => (
+                sqlx::query(
+                    "UPDATE jobs SET status = 'queued', run_at = ?, error_code = ?, \
+                     error_message = ?, attempt_errors = json_insert(attempt_errors, '$[#]', \
+                     json_object('attempt', attempts, 'code', ?, 'message', ?, 'at', ?)), \
+                     lease_owner = NULL, lease_until = NULL, updated_at = ? \
+                     WHERE id = ? AND status = 'running' AND lease_owner = ?",
+                )
+                .bind(run_at.timestamp_millis())
+                .bind(error.code.as_str())
+                .bind(&error.message)
+                .bind(error.code.as_str())
+                .bind(&error.message)
+                .bind(&at)
+                .bind(now),
+                EventKind::Requeued,
+            ),
+        };
+        let n = q
+            .bind(&id)
+            .bind(&lease.token)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let job = select_job(&mut *tx, &id).await?;
+        let mut pending = Pending(Vec::new());
+        pending
+            .record(&mut tx, lease.job_id, kind, job, now)
+            .await?;
+        self.finish_tx(tx, pending).await?;
+        if kind == EventKind::Requeued {
+            self.wakeups.notify_waiters();
+        }
+        Ok(true)
+    }
+
+    async fn retry(&self, id: JobId) -> Result<Job> {
+        self.transition(id, Action::Retry).await
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<Job> {
+        self.transition(id, Action::Cancel).await
+    }
+
+    async fn delete(&self, id: JobId) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let sha: Option<String> =
+            sqlx::query_scalar("DELETE FROM jobs WHERE id = ? RETURNING image_sha256")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(sha) = sha else {
+            tx.rollback().await?;
+            return Err(StoreError::NotFound);
+        };
+        sqlx::query(
+            "DELETE FROM blobs WHERE sha256 = ? AND NOT EXISTS \
+             (SELECT 1 FROM jobs WHERE image_sha256 = ?)",
+        )
+        .bind(&sha)
+        .bind(&sha)
+        .execute(&mut *tx)
+        .await?;
+        let mut pending = Pending(Vec::new());
+        pending
+            .record(&mut tx, id, EventKind::Deleted, None, now_ms())
+            .await?;
+        self.finish_tx(tx, pending).await
+    }
+
+    async fn rescue_expired(&self) -> Result<u64> {
+        let now = now_ms();
+        let at = ms_to_time(now).to_rfc3339();
+        let message = "the worker running this job stopped renewing its lease";
+        let mut tx = self.writer.begin().await?;
+        let failed: Vec<String> = sqlx::query_scalar(
+            "UPDATE jobs SET status = 'failed', error_code = 'stalled', error_message = ?, \
+             attempt_errors = json_insert(attempt_errors, '$[#]', json_object('attempt', attempts, \
+             'code', 'stalled', 'message', ?, 'at', ?)), lease_owner = NULL, lease_until = NULL, \
+             finished_at = ?, updated_at = ? \
+             WHERE status = 'running' AND lease_until < ? AND run_attempts >= max_attempts \
+             RETURNING id",
+        )
+        .bind(format!("{message}, and no attempt is left"))
+        .bind(message)
+        .bind(&at)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let requeued: Vec<String> = sqlx::query_scalar(
+            "UPDATE jobs SET status = 'queued', run_at = ?, error_code = 'stalled', \
+             error_message = ?, attempt_errors = json_insert(attempt_errors, '$[#]', \
+             json_object('attempt', attempts, 'code', 'stalled', 'message', ?, 'at', ?)), \
+             lease_owner = NULL, lease_until = NULL, updated_at = ? \
+             WHERE status = 'running' AND lease_until < ? RETURNING id",
+        )
+        .bind(now)
+        .bind(format!("{message}; it was queued again"))
+        .bind(message)
+        .bind(&at)
+        .bind(now)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut pending = Pending(Vec::new());
+        for (ids, kind) in [
+            (&failed, EventKind::Failed),
+            (&requeued, EventKind::Requeued),
+        ] {
+            for id in ids {
+                let job = select_job(&mut *tx, id).await?;
+                if let Some(job) = job {
+                    pending
+                        .record(&mut tx, job.id, kind, Some(job), now)
+                        .await?;
+                }
+            }
+        }
+        let total = (failed.len() + requeued.len()) as u64;
+        self.finish_tx(tx, pending).await?;
+        if !requeued.is_empty() {
+            self.wakeups.notify_waiters();
+        }
+        Ok(total)
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE status = 'queued'")
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(v.map(ms_to_time))
+    }
+
+    async fn events_since(&self, after: i64, limit: usize) -> Result<Vec<Event>> {
+        let mut conn = self.reader.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT seq, job_id, kind, status, at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let job_id: String = row.try_get("job_id")?;
+            let kind: String = row.try_get("kind")?;
+            let status: Option<String> = row.try_get("status")?;
+            let job = select_job(&mut *conn, &job_id).await?;
+            out.push(Event {
+                seq: row.try_get("seq")?,
+                job_id: job_id
+                    .parse()
+                    .map_err(|e: imgclass_core::ParseJobIdError| db_err(e.to_string()))?,
+                kind: kind.parse().map_err(db_err)?,
+                status: status.map(|s| s.parse()).transpose().map_err(db_err)?,
+                at: ms_to_time(row.try_get("at")?),
+                job,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn last_event_seq(&self) -> Result<i64> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    fn wakeups(&self) -> Arc<Notify> {
+        self.wakeups.clone()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+}

@@ -1,0 +1,155 @@
+//! Manual actions: retry and cancel, guarded by the state machine.
+
+use crate::common::*;
+use imgclass_core::{Action, ErrorCode, EventKind, JobId, JobStatus, TransitionError};
+use imgclass_store::{Job, Outcome, Store, StoreError};
+
+fn assert_invalid(result: Result<Job, StoreError>, from: JobStatus, action: Action) {
+    match result {
+        Err(StoreError::InvalidState(e)) => assert_eq!(e, TransitionError { from, action }),
+        other => panic!("expected InvalidState from {from} on {action:?}, got {other:?}"),
+    }
+}
+
+/// One job in each status: queued, running, succeeded, failed, canceled.
+async fn one_of_each(store: &dyn Store) -> [Job; 5] {
+    let failed = create(store, new_job(1)).await;
+    let c = claim_one(store, "w", LONG_LEASE).await;
+    store
+        .finish(
+            &c.lease,
+            Outcome::Failed(job_error(ErrorCode::ImageCorrupt, "bad")),
+        )
+        .await
+        .unwrap();
+    let succeeded = create(store, new_job(2)).await;
+    let c = claim_one(store, "w", LONG_LEASE).await;
+    store
+        .finish(&c.lease, Outcome::Succeeded(sample_result()))
+        .await
+        .unwrap();
+    let running = create(store, new_job(3)).await;
+    claim_one(store, "w", LONG_LEASE).await;
+    let canceled = create(store, new_job(4)).await;
+    store.cancel(canceled.id).await.unwrap();
+    let queued = create(store, new_job(5)).await;
+
+    let jobs = [
+        get(store, queued.id).await,
+        get(store, running.id).await,
+        get(store, succeeded.id).await,
+        get(store, failed.id).await,
+        get(store, canceled.id).await,
+    ];
+    let statuses = jobs.each_ref().map(|j| j.status);
+    assert_eq!(
+        statuses,
+        [
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Succeeded,
+            JobStatus::Failed,
+            JobStatus::Canceled
+        ]
+    );
+    jobs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_is_allowed_only_from_failed() {
+    let (store, _dir) = sqlite().await;
+    let jobs = one_of_each(&*store).await;
+    let seq = store.last_event_seq().await.unwrap();
+
+    for job in jobs.iter().filter(|j| j.status != JobStatus::Failed) {
+        assert_invalid(store.retry(job.id).await, job.status, Action::Retry);
+        assert_eq!(&get(&*store, job.id).await, job, "unchanged");
+    }
+    assert_eq!(store.last_event_seq().await.unwrap(), seq, "no event");
+
+    let failed = &jobs[3];
+    let retried = store.retry(failed.id).await.unwrap();
+    assert_eq!(retried.status, JobStatus::Queued);
+    assert_eq!(retried.id, failed.id);
+    assert_eq!(retried.attempts, 1, "the attempt count is history");
+    assert_eq!(retried.run_attempts, 0, "but the attempts start over");
+    assert_eq!(retried.finished_at, None);
+    assert_eq!(retried.attempt_errors, failed.attempt_errors);
+    assert!(retried.run_at >= failed.finished_at.unwrap());
+    assert_eq!(get(&*store, failed.id).await, retried);
+
+    let events = store.events_since(seq, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, EventKind::Retried);
+    assert_eq!(events[0].status, Some(JobStatus::Queued));
+
+    // It is claimable again (along with the job that was queued all along).
+    let claims = store.claim("w", 10, LONG_LEASE).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    let claim = claims
+        .iter()
+        .find(|c| c.job.id == failed.id)
+        .expect("the retried job is claimed");
+    assert_eq!(claim.job.attempts, 2);
+    assert_eq!(claim.job.run_attempts, 1);
+
+    // A retried job is no longer failed, so it cannot be retried again.
+    assert_invalid(
+        store.retry(failed.id).await,
+        JobStatus::Running,
+        Action::Retry,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_is_allowed_only_from_queued() {
+    let (store, _dir) = sqlite().await;
+    let jobs = one_of_each(&*store).await;
+    let seq = store.last_event_seq().await.unwrap();
+
+    for job in jobs.iter().filter(|j| j.status != JobStatus::Queued) {
+        assert_invalid(store.cancel(job.id).await, job.status, Action::Cancel);
+        assert_eq!(&get(&*store, job.id).await, job, "unchanged");
+    }
+    assert_eq!(store.last_event_seq().await.unwrap(), seq, "no event");
+
+    let queued = &jobs[0];
+    let canceled = store.cancel(queued.id).await.unwrap();
+    assert_eq!(canceled.status, JobStatus::Canceled);
+    assert!(canceled.finished_at.is_some());
+    assert_eq!(canceled.attempts, 0);
+    assert_eq!(get(&*store, queued.id).await, canceled);
+    let events = store.events_since(seq, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, EventKind::Canceled);
+    assert_eq!(events[0].status, Some(JobStatus::Canceled));
+
+    // Nothing is left to claim: the one queued job was canceled.
+    assert!(store.claim("w", 10, LONG_LEASE).await.unwrap().is_empty());
+    assert_invalid(
+        store.cancel(queued.id).await,
+        JobStatus::Canceled,
+        Action::Cancel,
+    );
+    assert_invalid(
+        store.retry(queued.id).await,
+        JobStatus::Canceled,
+        Action::Retry,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ids_are_not_found() {
+    let (store, _dir) = sqlite().await;
+    create(&*store, new_job(1)).await;
+    let id = JobId::new();
+    assert!(matches!(store.retry(id).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.cancel(id).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.delete(id).await, Err(StoreError::NotFound)));
+    assert_eq!(store.get_job(id).await.unwrap(), None);
+    assert_eq!(
+        store.last_event_seq().await.unwrap(),
+        1,
+        "only the created event"
+    );
+}

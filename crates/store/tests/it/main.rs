@@ -1,0 +1,14 @@
+//! Integration tests of the store, written against the [`Store`] trait so that every backend can
+//! run the same suite. Each test opens a fresh database.
+
+mod common;
+
+mod actions;
+mod blobs;
+mod delete;
+mod events;
+mod leases;
+mod list;
+mod outcomes;
+mod queue;
+mod sqlite;
