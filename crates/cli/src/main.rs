@@ -103,6 +103,13 @@ struct ServeArgs {
     /// Attempts a job gets before it fails for good.
     #[arg(long, env = "IMGCLASS_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: u32,
+    /// Share of classification attempts (0.0–1.0) that fail on purpose, to see retries and
+    /// failures at work.
+    #[arg(long, env = "IMGCLASS_INJECT_FAILURE_RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    inject_failure_rate: f64,
+    /// Seed for --inject-failure-rate, for reproducible runs.
+    #[arg(long, env = "IMGCLASS_INJECT_FAILURE_SEED")]
+    inject_failure_seed: Option<u64>,
     /// How long a running job's lease lasts without a heartbeat (e.g. 30s).
     #[arg(long, env = "IMGCLASS_LEASE", default_value = "30s", value_parser = parse_duration)]
     lease: Duration,
@@ -124,6 +131,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("must be more than zero".into());
     }
     Ok(d)
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err("must be between 0.0 and 1.0".into());
+    }
+    Ok(v)
 }
 
 fn init_tracing() {
@@ -240,6 +258,8 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
             workers: count,
             lease: args.lease,
             sweep_interval: (args.lease / 6).max(Duration::from_millis(100)),
+            inject_failure_rate: args.inject_failure_rate,
+            inject_failure_seed: args.inject_failure_seed,
             ..WorkerConfig::default()
         };
         Some(Workers::start(store.clone(), factory, config).await?)

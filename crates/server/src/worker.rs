@@ -33,6 +33,10 @@ pub struct WorkerConfig {
     pub backoff_max: Duration,
     /// A name for this process in lease tokens and logs.
     pub node: String,
+    /// Share (0.0–1.0) of attempts that fail on purpose, to exercise retries and failures.
+    pub inject_failure_rate: f64,
+    /// Seed for the fault injection's random choices (reproducible runs); random if unset.
+    pub inject_failure_seed: Option<u64>,
 }
 
 impl Default for WorkerConfig {
@@ -45,6 +49,8 @@ impl Default for WorkerConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             node: format!("node-{}", std::process::id()),
+            inject_failure_rate: 0.0,
+            inject_failure_seed: None,
         }
     }
 }
@@ -111,6 +117,10 @@ impl Workers {
     ) -> anyhow::Result<Workers> {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        let injector = Arc::new(FaultInjector::new(
+            config.inject_failure_rate,
+            config.inject_failure_seed,
+        ));
         // Put back what a previous run of this node (or a dead node) left running.
         if let Err(e) = store.rescue_expired().await {
             tracing::warn!(error = %e, "lease sweep failed");
@@ -123,6 +133,7 @@ impl Workers {
                 store: store.clone(),
                 thread,
                 config: config.clone(),
+                injector: injector.clone(),
             };
             let stop_rx = stop_rx.clone();
             tasks.push(tokio::spawn(worker.run(stop_rx)));
@@ -160,11 +171,45 @@ async fn sweeper(store: Arc<dyn Store>, every: Duration, mut stop: watch::Receiv
     }
 }
 
+/// Decides which attempts fail on purpose (`--inject-failure-rate`).
+struct FaultInjector {
+    rate: f64,
+    rng: std::sync::Mutex<rand::rngs::StdRng>,
+}
+
+impl FaultInjector {
+    fn new(rate: f64, seed: Option<u64>) -> Self {
+        use rand::SeedableRng;
+        let rng = match seed {
+            Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+            None => rand::rngs::StdRng::from_os_rng(),
+        };
+        FaultInjector {
+            rate: rate.clamp(0.0, 1.0),
+            rng: std::sync::Mutex::new(rng),
+        }
+    }
+
+    /// Whether this attempt is to fail.
+    fn strikes(&self) -> bool {
+        if self.rate <= 0.0 {
+            return false;
+        }
+        let draw: f64 = self
+            .rng
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .random();
+        draw < self.rate
+    }
+}
+
 struct Worker {
     name: String,
     store: Arc<dyn Store>,
     thread: InferenceThread,
     config: WorkerConfig,
+    injector: Arc<FaultInjector>,
 }
 
 impl Worker {
@@ -238,7 +283,14 @@ impl Worker {
                 return;
             }
         };
-        let work = self.thread.classify(bytes);
+        let injected = self.injector.strikes();
+        let work = async {
+            if injected {
+                Err(None)
+            } else {
+                self.thread.classify(bytes).await.map_err(Some)
+            }
+        };
         tokio::pin!(work);
         let mut beat = tokio::time::interval(self.config.lease / 3);
         beat.tick().await;
@@ -277,11 +329,20 @@ impl Worker {
                 })
             }
             Err(e) => {
-                let code = e.code();
-                let error = JobError {
-                    code,
-                    message: e.to_string(),
+                let error = match e {
+                    Some(e) => JobError {
+                        code: e.code(),
+                        message: e.to_string(),
+                    },
+                    None => JobError {
+                        code: ErrorCode::InjectedFailure,
+                        message: format!(
+                            "injected failure: this attempt failed on purpose (--inject-failure-rate {})",
+                            self.injector.rate
+                        ),
+                    },
                 };
+                let (code, e) = (error.code, error.message.clone());
                 if code.is_retryable() && job.run_attempts < job.max_attempts {
                     let delay = backoff(&self.config, job.run_attempts);
                     tracing::warn!(error = %e, attempt = job.run_attempts, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
