@@ -97,7 +97,11 @@ fn sniff(bytes: &[u8]) -> Result<ImageFormat, ImageCheckError> {
         | ImageFormat::Bmp
         | ImageFormat::Tiff => Ok(format),
         other => Err(ImageCheckError::UnsupportedFormat(
-            other.extensions_str().first().unwrap_or(&"this").to_uppercase(),
+            other
+                .extensions_str()
+                .first()
+                .unwrap_or(&"this")
+                .to_uppercase(),
         )),
     }
 }
@@ -266,7 +270,10 @@ mod tests {
         let crc = crc32(&bytes[12..29]);
         bytes[29..33].copy_from_slice(&crc.to_be_bytes());
         let e = probe(&bytes, &ImageLimits::default()).unwrap_err();
-        assert!(matches!(e, ImageCheckError::TooManyPixels { width: 50_000, .. }));
+        assert!(matches!(
+            e,
+            ImageCheckError::TooManyPixels { width: 50_000, .. }
+        ));
         assert_eq!(e.code(), ErrorCode::ImageTooLarge);
 
         let l = ImageLimits {
@@ -286,7 +293,11 @@ mod tests {
         for b in data {
             crc ^= u32::from(*b);
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc

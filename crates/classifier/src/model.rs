@@ -123,7 +123,11 @@ impl Model {
     }
 
     /// A classifier with its own ONNX Runtime session, for one thread.
-    pub fn session(&self, intra_threads: usize, top_k: usize) -> Result<OnnxClassifier, ModelError> {
+    pub fn session(
+        &self,
+        intra_threads: usize,
+        top_k: usize,
+    ) -> Result<OnnxClassifier, ModelError> {
         let env = runtime::environment()?;
         let invalid = |e: String| ModelError::Invalid(e);
         let session = Session::builder(env)
@@ -215,7 +219,10 @@ pub fn top_k(logits: &[f32], k: usize, labels: &[String]) -> Vec<Prediction> {
         .take(k)
         .map(|i| Prediction {
             index: i,
-            label: labels.get(i).cloned().unwrap_or_else(|| format!("class {i}")),
+            label: labels
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("class {i}")),
             probability: exps[i] / sum,
         })
         .collect()

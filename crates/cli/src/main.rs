@@ -11,7 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "imgclass", version, about = "Asynchronous image classification: upload images, get labels.")]
+#[command(
+    name = "imgclass",
+    version,
+    about = "Asynchronous image classification: upload images, get labels."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +34,11 @@ enum Command {
 #[derive(Args, Clone)]
 struct DatabaseArgs {
     /// Database URL.
-    #[arg(long, env = "IMGCLASS_DATABASE", default_value = "sqlite://data/imgclass.db")]
+    #[arg(
+        long,
+        env = "IMGCLASS_DATABASE",
+        default_value = "sqlite://data/imgclass.db"
+    )]
     database: String,
 }
 
@@ -146,10 +154,12 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,tower_http=warn,sqlx=warn,ort=warn")
-    });
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn,sqlx=warn,ort=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> std::process::ExitCode {
@@ -170,7 +180,9 @@ fn main() -> std::process::ExitCode {
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     init_tracing();
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn cores() -> usize {

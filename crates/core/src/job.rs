@@ -210,7 +210,12 @@ mod tests {
     #[test]
     fn finished_states_have_no_automatic_exit() {
         for st in JobStatus::ALL.into_iter().filter(|s| s.is_finished()) {
-            for action in [Action::Claim, Action::Succeed, Action::Requeue, Action::LeaseExpired] {
+            for action in [
+                Action::Claim,
+                Action::Succeed,
+                Action::Requeue,
+                Action::LeaseExpired,
+            ] {
                 assert!(st.apply(action).is_err());
             }
         }

@@ -36,7 +36,11 @@ impl ApiError {
     }
 
     pub fn not_found() -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no job has this id")
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no job has this id",
+        )
     }
 
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {

@@ -195,11 +195,7 @@ impl FaultInjector {
         if self.rate <= 0.0 {
             return false;
         }
-        let draw: f64 = self
-            .rng
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .random();
+        let draw: f64 = self.rng.lock().unwrap_or_else(|p| p.into_inner()).random();
         draw < self.rate
     }
 }
@@ -348,8 +344,7 @@ impl Worker {
                     tracing::warn!(error = %e, attempt = job.run_attempts, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
                     Outcome::Retry {
                         error,
-                        run_at: Utc::now()
-                            + chrono::Duration::from_std(delay).unwrap_or_default(),
+                        run_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
                     }
                 } else {
                     tracing::warn!(error = %e, attempt = job.run_attempts, "job failed");
@@ -364,7 +359,9 @@ impl Worker {
         match self.store.finish(lease, outcome).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!("lease lost before the result was stored; result dropped"),
-            Err(e) => tracing::error!(error = %e, "could not store the job's outcome; its lease will expire and it will run again"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not store the job's outcome; its lease will expire and it will run again")
+            }
         }
     }
 }

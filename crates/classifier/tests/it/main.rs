@@ -10,11 +10,15 @@ fn model() -> &'static Model {
 }
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -92,7 +96,8 @@ fn a_model_file_with_wrong_labels_is_refused() {
     let labels_path = dir.join("labels.txt");
     std::fs::write(
         &model_path,
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("model/efficientnet-lite0.onnx")).unwrap(),
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("model/efficientnet-lite0.onnx"))
+            .unwrap(),
     )
     .unwrap();
     std::fs::write(&labels_path, "cat\ndog\n").unwrap();
@@ -102,10 +107,22 @@ fn a_model_file_with_wrong_labels_is_refused() {
     })
     .err()
     .expect("must fail");
-    assert!(err.to_string().contains("1000 outputs but the labels file has 2"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("1000 outputs but the labels file has 2"),
+        "{err}"
+    );
 
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("model/imagenet_labels.txt"), &labels_path).unwrap();
-    let m = Model::load(&ModelSource::File { model: model_path, labels: labels_path }).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("model/imagenet_labels.txt"),
+        &labels_path,
+    )
+    .unwrap();
+    let m = Model::load(&ModelSource::File {
+        model: model_path,
+        labels: labels_path,
+    })
+    .unwrap();
     assert_eq!(m.info().name, "m");
     assert_eq!(m.info().version, model().info().version);
     std::fs::remove_dir_all(dir).unwrap();

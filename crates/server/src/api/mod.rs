@@ -236,9 +236,15 @@ async fn job_image(
     let headers = [
         (header::CONTENT_TYPE, image.content_type),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
-        (header::CACHE_CONTROL, "private, max-age=31536000, immutable".to_string()),
+        (
+            header::CACHE_CONTROL,
+            "private, max-age=31536000, immutable".to_string(),
+        ),
         (header::ETAG, format!("\"{}\"", image.sha256)),
-        (header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox".to_string()),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; sandbox".to_string(),
+        ),
     ];
     Ok((headers, image.bytes).into_response())
 }
@@ -278,9 +284,15 @@ mod tests {
     #[test]
     fn file_names_are_reduced_to_a_harmless_base_name() {
         assert_eq!(clean_file_name("cat.png").as_deref(), Some("cat.png"));
-        assert_eq!(clean_file_name("../../etc/passwd").as_deref(), Some("passwd"));
+        assert_eq!(
+            clean_file_name("../../etc/passwd").as_deref(),
+            Some("passwd")
+        );
         assert_eq!(clean_file_name("C:\\x\\y.jpg").as_deref(), Some("y.jpg"));
-        assert_eq!(clean_file_name("a\u{0}b\nc.png").as_deref(), Some("abc.png"));
+        assert_eq!(
+            clean_file_name("a\u{0}b\nc.png").as_deref(),
+            Some("abc.png")
+        );
         assert_eq!(clean_file_name("  "), None);
         assert_eq!(clean_file_name(&"x".repeat(1000)).unwrap().len(), 255);
         // Markup is kept as text; it is escaped wherever it is shown.

@@ -10,14 +10,20 @@ use serde_json::Value;
 async fn uploaded_photos_are_classified() {
     let app = TestApp::spawn().await;
     let resp = app
-        .upload(&[("coffee.png", fixture("coffee.png")), ("rocket.jpg", fixture("rocket.jpg"))])
+        .upload(&[
+            ("coffee.png", fixture("coffee.png")),
+            ("rocket.jpg", fixture("rocket.jpg")),
+        ])
         .await;
     assert_eq!(resp.status(), 202);
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     let body: Value = resp.json().await.unwrap();
     let jobs = body["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 2);
-    assert_eq!(location, format!("/api/jobs/{}", jobs[0]["id"].as_str().unwrap()));
+    assert_eq!(
+        location,
+        format!("/api/jobs/{}", jobs[0]["id"].as_str().unwrap())
+    );
     for j in jobs {
         assert!(["queued", "running"].contains(&j["status"].as_str().unwrap()));
         let id = j["id"].as_str().unwrap();
@@ -80,7 +86,10 @@ async fn the_stored_image_comes_back_with_its_sniffed_type() {
 async fn identical_uploads_share_one_stored_copy() {
     let app = TestApp::without_workers().await;
     let ids = app
-        .submit(&[("a.png", fixture("chelsea.png")), ("b.png", fixture("chelsea.png"))])
+        .submit(&[
+            ("a.png", fixture("chelsea.png")),
+            ("b.png", fixture("chelsea.png")),
+        ])
         .await;
     let (_, a) = app.get(&format!("/api/jobs/{}", ids[0])).await;
     let (_, b) = app.get(&format!("/api/jobs/{}", ids[1])).await;
@@ -116,7 +125,9 @@ async fn identical_uploads_share_one_stored_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_image_is_415() {
     let app = TestApp::without_workers().await;
-    let resp = app.upload(&[("notes.jpg", b"just some text, not a picture".to_vec())]).await;
+    let resp = app
+        .upload(&[("notes.jpg", b"just some text, not a picture".to_vec())])
+        .await;
     let msg = assert_error(resp, 415, "unsupported_media_type").await;
     assert!(msg.contains("notes.jpg"), "{msg}");
 }
@@ -126,7 +137,9 @@ async fn a_truncated_image_is_422() {
     let app = TestApp::without_workers().await;
     for name in ["rocket.jpg", "chelsea.png"] {
         let bytes = fixture(name);
-        let resp = app.upload(&[(name, bytes[..bytes.len() / 2].to_vec())]).await;
+        let resp = app
+            .upload(&[(name, bytes[..bytes.len() / 2].to_vec())])
+            .await;
         assert_error(resp, 422, "image_corrupt").await;
     }
     // Nothing was stored for the rejected uploads.
@@ -138,7 +151,10 @@ async fn a_truncated_image_is_422() {
 async fn one_bad_file_rejects_the_whole_request() {
     let app = TestApp::without_workers().await;
     let resp = app
-        .upload(&[("ok.png", fixture("coffee.png")), ("bad.txt", b"hello".to_vec())])
+        .upload(&[
+            ("ok.png", fixture("coffee.png")),
+            ("bad.txt", b"hello".to_vec()),
+        ])
         .await;
     let msg = assert_error(resp, 415, "unsupported_media_type").await;
     assert!(msg.contains("bad.txt"));
@@ -161,7 +177,9 @@ async fn a_file_over_the_byte_limit_is_413() {
     let msg = assert_error(resp, 413, "payload_too_large").await;
     assert!(msg.contains("coffee.png"), "{msg}");
     // A file within the limit in the same configuration is accepted.
-    let resp = app.upload(&[("rocket.jpg", fixture("rocket.jpg")[..40_000].to_vec())]).await;
+    let resp = app
+        .upload(&[("rocket.jpg", fixture("rocket.jpg")[..40_000].to_vec())])
+        .await;
     assert_error(resp, 422, "image_corrupt").await;
 }
 
@@ -188,7 +206,12 @@ async fn too_many_pixels_is_422() {
 fn png(w: u32, h: u32) -> Vec<u8> {
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(&vec![128u8; (w * h * 3) as usize], w, h, image::ExtendedColorType::Rgb8)
+        .write_image(
+            &vec![128u8; (w * h * 3) as usize],
+            w,
+            h,
+            image::ExtendedColorType::Rgb8,
+        )
         .unwrap();
     out
 }
@@ -310,9 +333,19 @@ async fn listing_is_newest_first_filtered_and_paged() {
     assert_eq!(canceled.len(), 1);
     assert_eq!(canceled[0]["id"], ids[1].to_string());
 
-    let resp = app.client.get(app.url("/api/jobs?status=done")).send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.url("/api/jobs?status=done"))
+        .send()
+        .await
+        .unwrap();
     assert_error(resp, 400, "invalid_status").await;
-    let resp = app.client.get(app.url("/api/jobs?cursor=zzz")).send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.url("/api/jobs?cursor=zzz"))
+        .send()
+        .await
+        .unwrap();
     assert_error(resp, 400, "invalid_cursor").await;
 }
 
@@ -320,7 +353,10 @@ async fn listing_is_newest_first_filtered_and_paged() {
 async fn file_names_are_kept_as_text_only() {
     let app = TestApp::without_workers().await;
     let ids = app
-        .submit(&[("../../<img src=x onerror=alert(1)>.png", fixture("coffee.png"))])
+        .submit(&[(
+            "../../<img src=x onerror=alert(1)>.png",
+            fixture("coffee.png"),
+        )])
         .await;
     let (_, job) = app.get(&format!("/api/jobs/{}", ids[0])).await;
     assert_eq!(job["file_name"], "<img src=x onerror=alert(1)>.png");

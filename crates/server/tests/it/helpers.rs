@@ -76,7 +76,11 @@ impl TestApp {
                 workers: opts.workers,
                 ..opts.worker_config
             };
-            Some(Workers::start(store.clone(), factory(), config).await.unwrap())
+            Some(
+                Workers::start(store.clone(), factory(), config)
+                    .await
+                    .unwrap(),
+            )
         } else {
             None
         };

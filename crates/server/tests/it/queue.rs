@@ -38,7 +38,11 @@ async fn a_job_whose_worker_died_completes_exactly_once() {
 
     // The dead worker coming back cannot overwrite the result (fencing).
     let stale = &dead[0].lease;
-    assert!(!app.store.heartbeat(stale, Duration::from_secs(30)).await.unwrap());
+    assert!(!app
+        .store
+        .heartbeat(stale, Duration::from_secs(30))
+        .await
+        .unwrap());
     let overwrite = Outcome::Failed(JobError {
         code: imgclass_core::ErrorCode::ClassificationFailed,
         message: "late".into(),
@@ -85,7 +89,11 @@ async fn a_failed_job_can_be_retried_by_hand() {
         code: imgclass_core::ErrorCode::ClassificationFailed,
         message: "the model failed: out of memory".into(),
     };
-    assert!(app2.store.finish(&claim.lease, Outcome::Failed(error)).await.unwrap());
+    assert!(app2
+        .store
+        .finish(&claim.lease, Outcome::Failed(error))
+        .await
+        .unwrap());
     let (_, job) = app2.get(&format!("/api/jobs/{}", ids[0])).await;
     assert_eq!(job["status"], "failed");
     assert_eq!(job["error"]["code"], "classification_failed");

@@ -1,0 +1,237 @@
+//! The `imgclass` binary as a user runs it: one-shot classification, and `serve` processes
+//! killed with SIGKILL that lose no accepted job.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_imgclass")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+#[test]
+fn classify_prints_the_top_labels() {
+    let out = Command::new(bin())
+        .arg("classify")
+        .args(["coffee.png", "chelsea.png", "rocket.jpg"].map(fixture))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let blocks: Vec<&str> = text.split("tests/fixtures/").skip(1).collect();
+    assert_eq!(blocks.len(), 3, "{text}");
+    let top = |b: &str| b.lines().nth(1).unwrap().to_string();
+    assert!(top(blocks[0]).ends_with("espresso"), "{text}");
+    let cat = top(blocks[1]);
+    assert!(
+        ["tiger cat", "Egyptian cat", "tabby"]
+            .iter()
+            .any(|l| cat.contains(l)),
+        "{cat}"
+    );
+    assert!(top(blocks[2]).contains("missile"), "{text}");
+    assert_eq!(blocks[0].lines().filter(|l| l.contains('%')).count(), 5);
+}
+
+#[test]
+fn classify_reports_bad_files_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("notes.png");
+    std::fs::write(&bad, "not an image").unwrap();
+    let out = Command::new(bin())
+        .arg("classify")
+        .arg(&bad)
+        .arg(fixture("coffee.png"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("notes.png") && err.contains("not an image"),
+        "{err}"
+    );
+    // The good file is still classified.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("espresso"));
+}
+
+/// A running `imgclass serve`.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(db: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", db])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("serve exited before listening")
+                .unwrap();
+            if let Some(pos) = line.find("listening on http://") {
+                let url = line[pos + "listening on ".len()..].trim();
+                break url
+                    .trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .to_string();
+            }
+        };
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, base }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn submit(base: &str, name: &str, bytes: Vec<u8>) -> String {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()),
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/api/jobs"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    body["jobs"][0]["id"].as_str().unwrap().to_string()
+}
+
+/// Reads the server-sent events from the start of the log until `job` has an event of `kind`.
+async fn wait_for_event(base: &str, job: &str, kind: &str) {
+    let mut resp = reqwest::Client::new()
+        .get(format!("{base}/api/events"))
+        .header("Last-Event-ID", "0")
+        .send()
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                if event.contains(&format!("event: {kind}\n"))
+                    && event.contains(&format!("\"job_id\":\"{job}\""))
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "no {kind} event for {job}");
+}
+
+async fn job(base: &str, id: &str) -> Value {
+    reqwest::get(format!("{base}/api/jobs/{id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_job_survives_sigkill_and_completes_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/jobs.db", dir.path().display());
+    let api = Server::start(&db, &["--no-workers"]);
+    let id = submit(
+        &api.base,
+        "coffee.png",
+        std::fs::read(fixture("coffee.png")).unwrap(),
+    )
+    .await;
+    api.kill9();
+
+    let server = Server::start(&db, &["--workers", "1"]);
+    wait_for_event(&server.base, &id, "succeeded").await;
+    let j = job(&server.base, &id).await;
+    assert_eq!(j["status"], "succeeded");
+    assert_eq!(j["attempts"], 1);
+    assert_eq!(j["result"]["predictions"][0]["label"], "espresso");
+}
+
+/// A large photo, so that an attempt lasts long enough to be interrupted.
+fn big_jpeg() -> Vec<u8> {
+    let (w, h) = (6000u32, 4000u32);
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 239) as u8])
+    });
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
+        .encode_image(&img)
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_process_is_killed_mid_run_completes_once_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/jobs.db", dir.path().display());
+    let first = Server::start(&db, &["--workers", "1", "--lease", "2s"]);
+    let id = submit(&first.base, "big.jpg", big_jpeg()).await;
+    wait_for_event(&first.base, &id, "running").await;
+    first.kill9();
+
+    // The second process finds the job still `running` under a lease nobody renews; once the
+    // lease has expired, its sweeper queues the job again and a worker runs it.
+    let second = Server::start(&db, &["--workers", "1", "--lease", "2s"]);
+    wait_for_event(&second.base, &id, "succeeded").await;
+    let j = job(&second.base, &id).await;
+    assert_eq!(j["status"], "succeeded");
+    assert_eq!(j["attempts"], 2, "{j}");
+    assert_eq!(j["attempt_errors"][0]["code"], "stalled");
+
+    // Exactly one success in the event log.
+    let events = reqwest::Client::new()
+        .get(format!("{}/api/events", second.base))
+        .header("Last-Event-ID", "0")
+        .send()
+        .await
+        .unwrap();
+    drop(events);
+    let list: Value = reqwest::get(format!("{}/api/jobs?status=succeeded", second.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs imgclass from this source tree: fetches the ONNX Runtime library once (pinned, sha256
+# checked), builds in release mode, and starts the given subcommand (default: serve).
+#   ./run.sh                 # serve on http://127.0.0.1:8080, SQLite in ./data, built-in model
+#   ./run.sh classify tests/fixtures/coffee.png
+set -euo pipefail
+cd "$(dirname "$0")"
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/setup-onnxruntime.sh)}"
+[ $# -gt 0 ] || set -- serve
+exec cargo run --release --quiet -p imgclass -- "$@"
