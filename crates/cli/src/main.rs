@@ -118,6 +118,30 @@ struct ServeArgs {
     /// Seed for --inject-failure-rate, for reproducible runs.
     #[arg(long, env = "IMGCLASS_INJECT_FAILURE_SEED")]
     inject_failure_seed: Option<u64>,
+    /// Global limit on job starts shared by all workers on the database, as JOBS/PERIOD
+    /// (e.g. 1/10s: at most one job starts in any 10 seconds). Off by default.
+    #[arg(long, env = "IMGCLASS_RATE_LIMIT", value_parser = parse_rate_limit)]
+    rate_limit: Option<imgclass_store::RateLimit>,
+    /// An attempt that runs longer than this is abandoned and counts as failed.
+    #[arg(long, env = "IMGCLASS_JOB_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    job_timeout: Duration,
+    /// Delay before the first automatic retry; it doubles with each attempt (with jitter).
+    #[arg(long, env = "IMGCLASS_BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
+    backoff_base: Duration,
+    /// Longest delay between automatic retries.
+    #[arg(long, env = "IMGCLASS_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    backoff_max: Duration,
+    /// Times a job may lose its worker (crash, kill) before it fails as stalled.
+    #[arg(long, env = "IMGCLASS_MAX_STALLS", default_value_t = imgclass_store::DEFAULT_MAX_STALLS)]
+    max_stalls: u32,
+    /// On SIGTERM/SIGINT, how long running jobs may take to finish before they are given back
+    /// to the queue.
+    #[arg(long, env = "IMGCLASS_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+    /// Finished jobs (and images no other job uses) older than this are deleted; 0 keeps
+    /// everything.
+    #[arg(long, env = "IMGCLASS_RETAIN", default_value = "7d", value_parser = parse_retain)]
+    retain: RetainArg,
     /// How long a running job's lease lasts without a heartbeat (e.g. 30s).
     #[arg(long, env = "IMGCLASS_LEASE", default_value = "30s", value_parser = parse_duration)]
     lease: Duration,
@@ -141,6 +165,40 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--retain`: a duration, or 0 for "keep forever".
+#[derive(Debug, Clone, Copy)]
+struct RetainArg(Option<Duration>);
+
+fn parse_retain(s: &str) -> Result<RetainArg, String> {
+    if s.trim() == "0" {
+        return Ok(RetainArg(None));
+    }
+    parse_duration(s).map(|d| RetainArg(Some(d)))
+}
+
+fn parse_rate_limit(s: &str) -> Result<imgclass_store::RateLimit, String> {
+    let (jobs, per) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: write JOBS/PERIOD, e.g. 1/10s"))?;
+    let jobs: u32 = jobs
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?}: JOBS must be a whole number above 0"))?;
+    let per = per.trim();
+    // "1/s" means one per second.
+    let per = if per.starts_with(|c: char| c.is_ascii_digit()) {
+        per.to_string()
+    } else {
+        format!("1{per}")
+    };
+    Ok(imgclass_store::RateLimit {
+        jobs,
+        per: parse_duration(&per)?,
+    })
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .trim()
@@ -150,6 +208,36 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         return Err("must be between 0.0 and 1.0".into());
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_parse() {
+        let r = parse_rate_limit("1/10s").unwrap();
+        assert_eq!((r.jobs, r.per), (1, Duration::from_secs(10)));
+        let r = parse_rate_limit("5/m").unwrap();
+        assert_eq!((r.jobs, r.per), (5, Duration::from_secs(60)));
+        assert!(parse_rate_limit("0/1s").is_err());
+        assert!(parse_rate_limit("10s").is_err());
+        assert!(parse_rate_limit("1/0s").is_err());
+    }
+
+    #[test]
+    fn retention_parses() {
+        assert_eq!(parse_retain("0").unwrap().0, None);
+        assert_eq!(parse_retain("7d").unwrap().0, Some(Duration::from_secs(7 * 86400)));
+        assert!(parse_retain("-1").is_err());
+    }
+
+    #[test]
+    fn failure_rates_are_shares() {
+        assert_eq!(parse_rate("0.4").unwrap(), 0.4);
+        assert!(parse_rate("1.5").is_err());
+        assert!(parse_rate("x").is_err());
+    }
 }
 
 fn init_tracing() {
@@ -272,6 +360,12 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
             sweep_interval: (args.lease / 6).max(Duration::from_millis(100)),
             inject_failure_rate: args.inject_failure_rate,
             inject_failure_seed: args.inject_failure_seed,
+            rate_limit: args.rate_limit,
+            job_timeout: args.job_timeout,
+            backoff_base: args.backoff_base,
+            backoff_max: args.backoff_max.max(args.backoff_base),
+            max_stalls: args.max_stalls,
+            retain: args.retain.0,
             ..WorkerConfig::default()
         };
         Some(Workers::start(store.clone(), factory, config).await?)
@@ -281,6 +375,7 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         store,
         upload: UploadConfig::new(args.limits.limits(), cores()),
         max_attempts: args.max_attempts,
+        rate_limit: args.rate_limit,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -292,7 +387,8 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         .await?;
     tracing::info!("shutting down");
     if let Some(w) = workers {
-        w.shutdown().await;
+        w.shutdown(args.shutdown_grace).await;
     }
+    tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -23,13 +23,14 @@ pub enum ErrorCode {
     ClassificationFailed,
     InjectedFailure,
     Stalled,
+    Timeout,
     // Server errors.
     Internal,
     Unavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadRequest,
         ErrorCode::NoFiles,
         ErrorCode::NotFound,
@@ -43,6 +44,7 @@ impl ErrorCode {
         ErrorCode::ClassificationFailed,
         ErrorCode::InjectedFailure,
         ErrorCode::Stalled,
+        ErrorCode::Timeout,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
     ];
@@ -62,6 +64,7 @@ impl ErrorCode {
             ErrorCode::ClassificationFailed => "classification_failed",
             ErrorCode::InjectedFailure => "injected_failure",
             ErrorCode::Stalled => "stalled",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
         }
@@ -73,6 +76,7 @@ impl ErrorCode {
             self,
             ErrorCode::ClassificationFailed
                 | ErrorCode::InjectedFailure
+                | ErrorCode::Timeout
                 | ErrorCode::Internal
                 | ErrorCode::Unavailable
         )

@@ -92,6 +92,7 @@ impl JobStatus {
         let next = match (self, action) {
             (Queued, Claim) => Running,
             (Queued, Cancel) => Canceled,
+            (Running, Cancel) => Canceled,
             (Running, Succeed) => Succeeded,
             (Running, Fail) => Failed,
             (Running, Requeue) => Queued,
@@ -137,7 +138,7 @@ pub enum Action {
     LeaseExpired,
     /// A person asked for a failed job to run again.
     Retry,
-    /// A person canceled a queued job.
+    /// A person canceled a queued or running job.
     Cancel,
 }
 
@@ -172,6 +173,7 @@ mod tests {
         use JobStatus::*;
         assert_eq!(Queued.apply(Claim), Ok(Running));
         assert_eq!(Queued.apply(Cancel), Ok(Canceled));
+        assert_eq!(Running.apply(Cancel), Ok(Canceled));
         assert_eq!(Running.apply(Succeed), Ok(Succeeded));
         assert_eq!(Running.apply(Fail), Ok(Failed));
         assert_eq!(Running.apply(Requeue), Ok(Queued));
@@ -186,6 +188,7 @@ mod tests {
         let allowed = [
             (Queued, Claim),
             (Queued, Cancel),
+            (Running, Cancel),
             (Running, Succeed),
             (Running, Fail),
             (Running, Requeue),

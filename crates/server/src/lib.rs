@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod error;
+pub mod web;
 pub mod worker;
 
 use axum::Router;
@@ -46,9 +47,13 @@ pub struct AppState {
     pub upload: UploadConfig,
     /// Attempts a new job gets before it fails for good.
     pub max_attempts: u32,
+    /// The global rate limit the workers obey (for statistics).
+    pub rate_limit: Option<imgclass_store::RateLimit>,
 }
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
-    api::routes(state).layer(tower_http::trace::TraceLayer::new_for_http())
+    api::routes(state)
+        .merge(web::routes())
+        .layer(tower_http::trace::TraceLayer::new_for_http())
 }

@@ -5,7 +5,7 @@
 use chrono::Utc;
 use imgclass_classifier::{Classification, Classifier, ClassifyError};
 use imgclass_core::{ErrorCode, JobResult, Timings};
-use imgclass_store::{Claim, JobError, Outcome, Store};
+use imgclass_store::{Claim, JobError, Lease, Outcome, RateLimit, Store};
 use rand::Rng;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -37,6 +37,14 @@ pub struct WorkerConfig {
     pub inject_failure_rate: f64,
     /// Seed for the fault injection's random choices (reproducible runs); random if unset.
     pub inject_failure_seed: Option<u64>,
+    /// Global limit on job starts, shared by every worker on the database.
+    pub rate_limit: Option<RateLimit>,
+    /// An attempt running longer than this is abandoned and counted as failed.
+    pub job_timeout: Duration,
+    /// Times a job may lose its worker before it fails as stalled.
+    pub max_stalls: u32,
+    /// Finished jobs older than this are deleted (with their unused images); `None` keeps them.
+    pub retain: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -51,6 +59,10 @@ impl Default for WorkerConfig {
             node: format!("node-{}", std::process::id()),
             inject_failure_rate: 0.0,
             inject_failure_seed: None,
+            rate_limit: None,
+            job_timeout: Duration::from_secs(60),
+            max_stalls: imgclass_store::DEFAULT_MAX_STALLS,
+            retain: None,
         }
     }
 }
@@ -104,7 +116,10 @@ impl InferenceThread {
 
 /// Running workers; dropping this does not stop them, `shutdown` does.
 pub struct Workers {
+    /// Stop claiming new jobs.
     stop: watch::Sender<bool>,
+    /// Give running jobs back to the queue now.
+    abort: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -116,13 +131,14 @@ impl Workers {
         config: WorkerConfig,
     ) -> anyhow::Result<Workers> {
         let (stop, stop_rx) = watch::channel(false);
+        let (abort, abort_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let injector = Arc::new(FaultInjector::new(
             config.inject_failure_rate,
             config.inject_failure_seed,
         ));
         // Put back what a previous run of this node (or a dead node) left running.
-        if let Err(e) = store.rescue_expired().await {
+        if let Err(e) = store.rescue_expired_with(config.max_stalls).await {
             tracing::warn!(error = %e, "lease sweep failed");
         }
         for i in 0..config.workers.max(1) {
@@ -132,42 +148,75 @@ impl Workers {
                 name: format!("{}-w{i}", config.node),
                 store: store.clone(),
                 thread,
+                factory: factory.clone(),
                 config: config.clone(),
                 injector: injector.clone(),
+                abort: abort_rx.clone(),
             };
             let stop_rx = stop_rx.clone();
             tasks.push(tokio::spawn(worker.run(stop_rx)));
         }
-        tasks.push(tokio::spawn(sweeper(
-            store.clone(),
-            config.sweep_interval,
-            stop_rx.clone(),
-        )));
-        Ok(Workers { stop, tasks })
+        tasks.push(tokio::spawn(sweeper(store.clone(), config, stop_rx.clone())));
+        Ok(Workers { stop, abort, tasks })
     }
 
-    /// Stops claiming and waits for the running jobs to finish.
-    pub async fn shutdown(self) {
+    /// Stops claiming, lets running jobs finish within `grace`, then gives the jobs still
+    /// running back to the queue. Returns once every worker has stopped.
+    pub async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        let mut tasks = self.tasks;
+        let all = futures_util::future::join_all(tasks.iter_mut());
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("shutdown grace period over; giving running jobs back to the queue");
+            let _ = self.abort.send(true);
+            for t in tasks.into_iter().filter(|t| !t.is_finished()) {
+                let _ = t.await;
+            }
         }
     }
 }
 
-async fn sweeper(store: Arc<dyn Store>, every: Duration, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(every);
+/// Resolves once the flag is set; never when its sender is gone without setting it.
+async fn signalled(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Rescues jobs whose worker is gone and, when retention is on, prunes old finished jobs.
+async fn sweeper(store: Arc<dyn Store>, config: WorkerConfig, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(config.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let prune_every = Duration::from_secs(60);
+    let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = signalled(&mut stop) => return,
         }
-        match store.rescue_expired().await {
+        match store.rescue_expired_with(config.max_stalls).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(jobs = n, "rescued jobs whose worker stopped"),
             Err(e) => tracing::warn!(error = %e, "lease sweep failed"),
         }
+        if let Some(retain) = config.retain {
+            if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
+                last_prune = Some(tokio::time::Instant::now());
+                prune_once(&*store, retain).await;
+            }
+        }
+    }
+}
+
+/// Deletes what is older than the retention period.
+pub async fn prune_once(store: &dyn Store, retain: Duration) {
+    let before = Utc::now() - chrono::Duration::from_std(retain).unwrap_or(chrono::Duration::MAX);
+    match store.prune(before).await {
+        Ok(p) if p.jobs + p.blobs > 0 => {
+            tracing::info!(jobs = p.jobs, images = p.blobs, events = p.events, "pruned old jobs")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning failed"),
     }
 }
 
@@ -204,12 +253,21 @@ struct Worker {
     name: String,
     store: Arc<dyn Store>,
     thread: InferenceThread,
+    factory: ClassifierFactory,
     config: WorkerConfig,
     injector: Arc<FaultInjector>,
+    abort: watch::Receiver<bool>,
+}
+
+/// Why an attempt produced no classification.
+enum Interrupted {
+    Failed(ClassifyError),
+    Injected,
+    TimedOut,
 }
 
 impl Worker {
-    async fn run(self, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let wakeups = self.store.wakeups();
         while !*stop.borrow() {
             // Register for the wake-up before looking, so that a job created in between is not
@@ -217,13 +275,26 @@ impl Worker {
             let notified = wakeups.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let claims = match self.store.claim(&self.name, 1, self.config.lease).await {
-                Ok(c) => c,
+            let batch = self
+                .store
+                .claim_limited(&self.name, 1, self.config.lease, self.config.rate_limit)
+                .await;
+            let claims = match batch {
+                Ok(b) if b.claims.is_empty() && b.rate_limited_for.is_some() => {
+                    // Jobs stay queued until the rate limit allows another start.
+                    let wait = b.rate_limited_for.unwrap_or_default();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = signalled(&mut stop) => {}
+                    }
+                    continue;
+                }
+                Ok(b) => b.claims,
                 Err(e) => {
                     tracing::warn!(worker = %self.name, error = %e, "claim failed");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = stop.changed() => {}
+                        _ = signalled(&mut stop) => {}
                     }
                     continue;
                 }
@@ -233,7 +304,7 @@ impl Worker {
                 tokio::select! {
                     _ = &mut notified => {}
                     _ = tokio::time::sleep(wait) => {}
-                    _ = stop.changed() => {}
+                    _ = signalled(&mut stop) => {}
                 }
                 continue;
             }
@@ -256,7 +327,7 @@ impl Worker {
         }
     }
 
-    async fn process(&self, claim: Claim) {
+    async fn process(&mut self, claim: Claim) {
         let Claim { job, lease } = claim;
         let queue_wait = job
             .started_at
@@ -279,33 +350,54 @@ impl Worker {
                 return;
             }
         };
-        let injected = self.injector.strikes();
-        let work = async {
-            if injected {
-                Err(None)
-            } else {
-                self.thread.classify(bytes).await.map_err(Some)
-            }
-        };
-        tokio::pin!(work);
-        let mut beat = tokio::time::interval(self.config.lease / 3);
-        beat.tick().await;
-        let result = loop {
-            tokio::select! {
-                r = &mut work => break r,
-                _ = beat.tick() => {
-                    match self.store.heartbeat(&lease, self.config.lease).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!("lease lost (the job was taken over or deleted); dropping this attempt");
-                            let _ = (&mut work).await;
-                            return;
+        let timeout = self.config.job_timeout;
+        let result = {
+            let injected = self.injector.strikes();
+            let thread = &self.thread;
+            let work = async {
+                if injected {
+                    return Err(Interrupted::Injected);
+                }
+                match tokio::time::timeout(timeout, thread.classify(bytes)).await {
+                    Ok(r) => r.map_err(Interrupted::Failed),
+                    Err(_) => Err(Interrupted::TimedOut),
+                }
+            };
+            tokio::pin!(work);
+            let mut beat = tokio::time::interval(self.config.lease / 3);
+            beat.tick().await;
+            let mut abort = self.abort.clone();
+            loop {
+                tokio::select! {
+                    r = &mut work => break r,
+                    _ = beat.tick() => {
+                        match self.store.heartbeat(&lease, self.config.lease).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::warn!("lease lost (the job was canceled, deleted or taken over); dropping this attempt");
+                                let _ = (&mut work).await;
+                                return;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                         }
-                        Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                    }
+                    _ = signalled(&mut abort) => {
+                        match self.store.release(&lease).await {
+                            Ok(_) => tracing::info!("shutting down: job given back to the queue"),
+                            Err(e) => tracing::warn!(error = %e, "could not give the job back; its lease will expire"),
+                        }
+                        return;
                     }
                 }
             }
         };
+        if matches!(result, Err(Interrupted::TimedOut)) {
+            // The stuck thread finishes on its own and exits; this worker gets a fresh one.
+            match InferenceThread::start(format!("{}-infer", self.name), self.factory.clone()).await {
+                Ok(t) => self.thread = t,
+                Err(e) => tracing::error!(error = %e, "cannot restart the inference thread"),
+            }
+        }
         let outcome = match result {
             Ok(c) => {
                 tracing::info!(
@@ -326,15 +418,22 @@ impl Worker {
             }
             Err(e) => {
                 let error = match e {
-                    Some(e) => JobError {
+                    Interrupted::Failed(e) => JobError {
                         code: e.code(),
                         message: e.to_string(),
                     },
-                    None => JobError {
+                    Interrupted::Injected => JobError {
                         code: ErrorCode::InjectedFailure,
                         message: format!(
                             "injected failure: this attempt failed on purpose (--inject-failure-rate {})",
                             self.injector.rate
+                        ),
+                    },
+                    Interrupted::TimedOut => JobError {
+                        code: ErrorCode::Timeout,
+                        message: format!(
+                            "the classification took longer than the job timeout ({} ms) and was abandoned",
+                            timeout.as_millis()
                         ),
                     },
                 };
@@ -355,7 +454,7 @@ impl Worker {
         self.finish(&lease, outcome).await;
     }
 
-    async fn finish(&self, lease: &imgclass_store::Lease, outcome: Outcome) {
+    async fn finish(&self, lease: &Lease, outcome: Outcome) {
         match self.store.finish(lease, outcome).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!("lease lost before the result was stored; result dropped"),

@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, Notify};
 
+/// How many times a job may lose its worker before it fails as stalled.
+pub const DEFAULT_MAX_STALLS: u32 = 3;
+
 /// Chunk size of stored images.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
 
@@ -73,7 +76,22 @@ pub trait Store: Send + Sync + 'static {
     async fn read_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>>;
 
     /// Atomically moves up to `limit` due jobs from queued to running under a fresh lease.
-    async fn claim(&self, worker: &str, limit: usize, lease: Duration) -> Result<Vec<Claim>>;
+    async fn claim(&self, worker: &str, limit: usize, lease: Duration) -> Result<Vec<Claim>> {
+        Ok(self.claim_limited(worker, limit, lease, None).await?.claims)
+    }
+
+    /// Like `claim`, and takes the starts from the global rate limit in the same transaction.
+    async fn claim_limited(
+        &self,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+        rate: Option<RateLimit>,
+    ) -> Result<ClaimBatch>;
+
+    /// Gives a claimed job back to the queue without counting the attempt (the worker is
+    /// shutting down). False when the lease is no longer this claim's.
+    async fn release(&self, lease: &Lease) -> Result<bool>;
 
     /// Extends a lease; false when the lease is no longer this claim's (fenced).
     async fn heartbeat(&self, lease: &Lease, duration: Duration) -> Result<bool>;
@@ -85,15 +103,31 @@ pub trait Store: Send + Sync + 'static {
     /// Puts a failed job back in the queue (manual retry).
     async fn retry(&self, id: JobId) -> Result<Job>;
 
-    /// Cancels a queued job.
+    /// Cancels a queued or running job. A running job's worker finds out at its next heartbeat
+    /// (its lease is gone) and drops its result.
     async fn cancel(&self, id: JobId) -> Result<Job>;
+
+    /// Puts every failed job (matching the filter) back in the queue; returns them.
+    async fn retry_failed(&self, filter: &RetryFilter) -> Result<Vec<Job>>;
+
+    /// Deletes jobs that finished before `before`, the images no remaining job uses, and
+    /// events older than `before`. Queued and running jobs are never touched.
+    async fn prune(&self, before: chrono::DateTime<chrono::Utc>) -> Result<Pruned>;
+
+    /// Counts per status and other queue figures.
+    async fn stats(&self, rate: Option<RateLimit>) -> Result<QueueStats>;
 
     /// Deletes a job, and its image when no other job uses it.
     async fn delete(&self, id: JobId) -> Result<()>;
 
     /// Requeues running jobs whose lease has expired (their worker is gone); jobs that have
-    /// used all their attempts fail as stalled. Returns how many jobs were touched.
-    async fn rescue_expired(&self) -> Result<u64>;
+    /// used all their attempts, or whose worker was lost more than `max_stalls` times, fail as
+    /// stalled. Returns how many jobs were touched.
+    async fn rescue_expired(&self) -> Result<u64> {
+        self.rescue_expired_with(DEFAULT_MAX_STALLS).await
+    }
+
+    async fn rescue_expired_with(&self, max_stalls: u32) -> Result<u64>;
 
     /// The earliest time a queued job becomes due, if any is queued.
     async fn next_due(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>>;

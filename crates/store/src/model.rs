@@ -45,6 +45,8 @@ pub struct Job {
     pub height: u32,
     pub file_name: Option<String>,
     pub attempts: u32,
+    /// Times the job's worker was lost while running it.
+    pub stalls: u32,
     /// Attempts since the job was created or last retried by hand; bounded by `max_attempts`.
     pub run_attempts: u32,
     pub max_attempts: u32,
@@ -107,6 +109,52 @@ pub enum Outcome {
         error: JobError,
         run_at: DateTime<Utc>,
     },
+}
+
+/// At most `jobs` job starts in any window of `per`, across every worker on the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub jobs: u32,
+    pub per: std::time::Duration,
+}
+
+/// What a claim under a rate limit got.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimBatch {
+    pub claims: Vec<Claim>,
+    /// When no start was allowed: how long until the next one is.
+    pub rate_limited_for: Option<std::time::Duration>,
+}
+
+/// Queue statistics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueStats {
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub canceled: u64,
+    /// Creation time of the oldest queued job.
+    pub oldest_queued_at: Option<DateTime<Utc>>,
+    /// Jobs that ended (succeeded, failed or canceled) in the last minute.
+    pub finished_last_minute: u64,
+    /// Job starts the rate limit still allows in the current window (if a limit is given).
+    pub rate_limit_remaining: Option<u32>,
+}
+
+/// Which jobs `retry_failed` takes.
+#[derive(Debug, Clone, Default)]
+pub struct RetryFilter {
+    /// Only jobs whose last error has this code.
+    pub error_code: Option<ErrorCode>,
+}
+
+/// What `prune` removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub jobs: u64,
+    pub blobs: u64,
+    pub events: u64,
 }
 
 /// A recorded change of a job.

@@ -4,8 +4,8 @@
 
 use crate::model::{decode_cursor, encode_cursor};
 use crate::{
-    Claim, Event, Job, JobError, JobPage, Lease, ListQuery, NewJob, Outcome, Result, Store,
-    StoreError, StoredImage, CHUNK_SIZE,
+    Claim, ClaimBatch, Event, Job, JobError, JobPage, Lease, ListQuery, NewJob, Outcome, Pruned,
+    QueueStats, RateLimit, Result, RetryFilter, Store, StoreError, StoredImage, CHUNK_SIZE,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, Notify};
 
 const JOB_COLUMNS: &str =
     "j.seq, j.id, j.status, j.image_sha256, b.content_type, b.size, b.width, \
-     b.height, j.file_name, j.attempts, j.run_attempts, j.max_attempts, j.run_at, j.lease_until, \
+     b.height, j.file_name, j.attempts, j.stalls, j.run_attempts, j.max_attempts, j.run_at, j.lease_until, \
      j.error_code, j.error_message, j.attempt_errors, j.result, j.created_at, j.started_at, \
      j.finished_at, j.updated_at";
 
@@ -75,6 +75,7 @@ fn job_from_row(row: &SqliteRow) -> Result<Job> {
         height: row.try_get::<i64, _>("height")? as u32,
         file_name: row.try_get("file_name")?,
         attempts: row.try_get::<i64, _>("attempts")? as u32,
+        stalls: row.try_get::<i64, _>("stalls")? as u32,
         run_attempts: row.try_get::<i64, _>("run_attempts")? as u32,
         max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
         run_at: ms_to_time(row.try_get("run_at")?),
@@ -107,6 +108,26 @@ where
         .as_ref()
         .map(job_from_row)
         .transpose()
+}
+
+/// The job starts of the current rate-limit window, oldest first.
+async fn recent_starts(
+    tx: &mut Transaction<'_, Sqlite>,
+    now: i64,
+    rate: RateLimit,
+) -> Result<Vec<i64>> {
+    let starts: Option<String> =
+        sqlx::query_scalar("SELECT starts FROM rate_limits WHERE name = 'global'")
+            .fetch_optional(&mut **tx)
+            .await?;
+    let mut starts: Vec<i64> = match starts {
+        Some(s) => serde_json::from_str(&s).map_err(|e| db_err(format!("rate_limits: {e}")))?,
+        None => Vec::new(),
+    };
+    let window_start = now - rate.per.as_millis() as i64;
+    starts.retain(|t| *t > window_start);
+    starts.sort_unstable();
+    Ok(starts)
 }
 
 /// Collects the events of one transaction, to be broadcast once it has committed.
@@ -197,8 +218,24 @@ impl SqliteStore {
 
     /// Applies a person's action (retry, cancel) to a job, guarded by the state machine.
     async fn transition(&self, id: JobId, action: Action) -> Result<Job> {
-        let mut tx = self.writer.begin().await?;
-        let job = select_job(&mut *tx, &id.to_string())
+        // Reads before it writes: take the write lock first (see `claim_limited`).
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut pending = Pending(Vec::new());
+        let job = Self::transition_in(&mut tx, &mut pending, id, action).await?;
+        self.finish_tx(tx, pending).await?;
+        if job.status == JobStatus::Queued {
+            self.wakeups.notify_waiters();
+        }
+        Ok(job)
+    }
+
+    async fn transition_in(
+        tx: &mut Transaction<'_, Sqlite>,
+        pending: &mut Pending,
+        id: JobId,
+        action: Action,
+    ) -> Result<Job> {
+        let job = select_job(&mut **tx, &id.to_string())
             .await?
             .ok_or(StoreError::NotFound)?;
         let next = job.status.apply(action)?;
@@ -210,7 +247,8 @@ impl SqliteStore {
                 EventKind::Retried,
             ),
             Action::Cancel => (
-                "UPDATE jobs SET status = ?, finished_at = ?, updated_at = ? WHERE id = ? AND status = ?",
+                "UPDATE jobs SET status = ?, finished_at = ?, updated_at = ?, lease_owner = NULL, \
+                 lease_until = NULL WHERE id = ? AND status = ?",
                 EventKind::Canceled,
             ),
             other => return Err(db_err(format!("{} is not a manual action", other.as_str()))),
@@ -221,19 +259,12 @@ impl SqliteStore {
             .bind(now)
             .bind(id.to_string())
             .bind(job.status.as_str())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
-        let job = select_job(&mut *tx, &id.to_string())
+        let job = select_job(&mut **tx, &id.to_string())
             .await?
             .ok_or(StoreError::NotFound)?;
-        let mut pending = Pending(Vec::new());
-        pending
-            .record(&mut tx, id, kind, Some(job.clone()), now)
-            .await?;
-        self.finish_tx(tx, pending).await?;
-        if next == JobStatus::Queued {
-            self.wakeups.notify_waiters();
-        }
+        pending.record(tx, id, kind, Some(job.clone()), now).await?;
         Ok(job)
     }
 }
@@ -377,11 +408,37 @@ impl Store for SqliteStore {
         Ok(Some(bytes))
     }
 
-    async fn claim(&self, worker: &str, limit: usize, lease: Duration) -> Result<Vec<Claim>> {
+    async fn claim_limited(
+        &self,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+        rate: Option<RateLimit>,
+    ) -> Result<ClaimBatch> {
+        // Take the write lock before reading the rate-limit window: a deferred transaction that
+        // reads first cannot be upgraded once another process has written (SQLITE_BUSY), and
+        // `now` must be read under the lock, or a claim that waited for it would record starts
+        // older than ones already recorded and misjudge the window.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         let token = format!("{worker}/{}", uuid::Uuid::new_v4());
         let until = now + lease.as_millis() as i64;
-        let mut tx = self.writer.begin().await?;
+        let mut limit = limit as i64;
+        let mut window: Vec<i64> = Vec::new();
+        if let Some(rate) = rate {
+            window = recent_starts(&mut tx, now, rate).await?;
+            let allowed = i64::from(rate.jobs) - window.len() as i64;
+            if allowed <= 0 {
+                tx.rollback().await?;
+                let oldest = window.first().copied().unwrap_or(now);
+                let wait = (oldest + rate.per.as_millis() as i64 - now).max(1);
+                return Ok(ClaimBatch {
+                    claims: Vec::new(),
+                    rate_limited_for: Some(Duration::from_millis(wait as u64)),
+                });
+            }
+            limit = limit.min(allowed);
+        }
         let ids: Vec<String> = sqlx::query_scalar(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, \
              run_attempts = run_attempts + 1, lease_owner = ?, lease_until = ?, started_at = ?, \
@@ -393,12 +450,22 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(now)
         .bind(now)
-        .bind(limit as i64)
+        .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
         if ids.is_empty() {
             tx.rollback().await?;
-            return Ok(Vec::new());
+            return Ok(ClaimBatch::default());
+        }
+        if rate.is_some() {
+            window.extend(std::iter::repeat_n(now, ids.len()));
+            sqlx::query(
+                "INSERT INTO rate_limits (name, starts) VALUES ('global', ?) \
+                 ON CONFLICT (name) DO UPDATE SET starts = excluded.starts",
+            )
+            .bind(serde_json::to_string(&window).map_err(|e| db_err(e.to_string()))?)
+            .execute(&mut *tx)
+            .await?;
         }
         let mut pending = Pending(Vec::new());
         let mut claims = Vec::with_capacity(ids.len());
@@ -418,7 +485,40 @@ impl Store for SqliteStore {
             });
         }
         self.finish_tx(tx, pending).await?;
-        Ok(claims)
+        Ok(ClaimBatch {
+            claims,
+            rate_limited_for: None,
+        })
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let now = now_ms();
+        let id = lease.job_id.to_string();
+        let mut tx = self.writer.begin().await?;
+        let n = sqlx::query(
+            "UPDATE jobs SET status = 'queued', run_at = ?, attempts = max(attempts - 1, 0), \
+             run_attempts = max(run_attempts - 1, 0), lease_owner = NULL, lease_until = NULL, \
+             updated_at = ? WHERE id = ? AND status = 'running' AND lease_owner = ?",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(&id)
+        .bind(&lease.token)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let job = select_job(&mut *tx, &id).await?;
+        let mut pending = Pending(Vec::new());
+        pending
+            .record(&mut tx, lease.job_id, EventKind::Requeued, job, now)
+            .await?;
+        self.finish_tx(tx, pending).await?;
+        self.wakeups.notify_waiters();
+        Ok(true)
     }
 
     async fn heartbeat(&self, lease: &Lease, duration: Duration) -> Result<bool> {
@@ -544,7 +644,7 @@ impl Store for SqliteStore {
         self.finish_tx(tx, pending).await
     }
 
-    async fn rescue_expired(&self) -> Result<u64> {
+    async fn rescue_expired_with(&self, max_stalls: u32) -> Result<u64> {
         let now = now_ms();
         let at = ms_to_time(now).to_rfc3339();
         let message = "the worker running this job stopped renewing its lease";
@@ -553,23 +653,26 @@ impl Store for SqliteStore {
             "UPDATE jobs SET status = 'failed', error_code = 'stalled', error_message = ?, \
              attempt_errors = json_insert(attempt_errors, '$[#]', json_object('attempt', attempts, \
              'code', 'stalled', 'message', ?, 'at', ?)), lease_owner = NULL, lease_until = NULL, \
-             finished_at = ?, updated_at = ? \
-             WHERE status = 'running' AND lease_until < ? AND run_attempts >= max_attempts \
-             RETURNING id",
+             stalls = stalls + 1, finished_at = ?, updated_at = ? \
+             WHERE status = 'running' AND lease_until < ? \
+             AND (run_attempts >= max_attempts OR stalls + 1 > ?) RETURNING id",
         )
-        .bind(format!("{message}, and no attempt is left"))
+        .bind(format!(
+            "{message}, and it cannot run again (no attempt left, or its worker was lost more than {max_stalls} times)"
+        ))
         .bind(message)
         .bind(&at)
         .bind(now)
         .bind(now)
         .bind(now)
+        .bind(i64::from(max_stalls))
         .fetch_all(&mut *tx)
         .await?;
         let requeued: Vec<String> = sqlx::query_scalar(
             "UPDATE jobs SET status = 'queued', run_at = ?, error_code = 'stalled', \
              error_message = ?, attempt_errors = json_insert(attempt_errors, '$[#]', \
              json_object('attempt', attempts, 'code', 'stalled', 'message', ?, 'at', ?)), \
-             lease_owner = NULL, lease_until = NULL, updated_at = ? \
+             lease_owner = NULL, lease_until = NULL, stalls = stalls + 1, updated_at = ? \
              WHERE status = 'running' AND lease_until < ? RETURNING id",
         )
         .bind(now)
@@ -600,6 +703,101 @@ impl Store for SqliteStore {
             self.wakeups.notify_waiters();
         }
         Ok(total)
+    }
+
+    async fn retry_failed(&self, filter: &RetryFilter) -> Result<Vec<Job>> {
+        // Reads before it writes: take the write lock first (see `claim_limited`).
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let code = filter.error_code.map(|c| c.as_str());
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE status = 'failed' AND (? IS NULL OR error_code = ?) ORDER BY seq",
+        )
+        .bind(code)
+        .bind(code)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut pending = Pending(Vec::new());
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id: JobId = id
+                .parse()
+                .map_err(|e: imgclass_core::ParseJobIdError| db_err(e.to_string()))?;
+            jobs.push(Self::transition_in(&mut tx, &mut pending, id, Action::Retry).await?);
+        }
+        self.finish_tx(tx, pending).await?;
+        if !jobs.is_empty() {
+            self.wakeups.notify_waiters();
+        }
+        Ok(jobs)
+    }
+
+    async fn prune(&self, before: DateTime<Utc>) -> Result<Pruned> {
+        let before = before.timestamp_millis();
+        let mut tx = self.writer.begin().await?;
+        let jobs = sqlx::query(
+            "DELETE FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled') \
+             AND finished_at IS NOT NULL AND finished_at < ?",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let blobs = sqlx::query(
+            "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE image_sha256 = blobs.sha256)",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let events = sqlx::query("DELETE FROM events WHERE at < ?")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(Pruned {
+            jobs,
+            blobs,
+            events,
+        })
+    }
+
+    async fn stats(&self, rate: Option<RateLimit>) -> Result<QueueStats> {
+        let now = now_ms();
+        let mut conn = self.reader.acquire().await?;
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut stats = QueueStats::default();
+        for row in rows {
+            let status: String = row.try_get("status")?;
+            let n = row.try_get::<i64, _>("n")? as u64;
+            match status.parse::<JobStatus>().map_err(db_err)? {
+                JobStatus::Queued => stats.queued = n,
+                JobStatus::Running => stats.running = n,
+                JobStatus::Succeeded => stats.succeeded = n,
+                JobStatus::Failed => stats.failed = n,
+                JobStatus::Canceled => stats.canceled = n,
+            }
+        }
+        let oldest: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(created_at) FROM jobs WHERE status = 'queued'")
+                .fetch_one(&mut *conn)
+                .await?;
+        stats.oldest_queued_at = oldest.map(ms_to_time);
+        let finished: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE finished_at >= ?")
+                .bind(now - 60_000)
+                .fetch_one(&mut *conn)
+                .await?;
+        stats.finished_last_minute = finished as u64;
+        if let Some(rate) = rate {
+            drop(conn);
+            let mut tx = self.reader.begin().await?;
+            let used = recent_starts(&mut tx, now, rate).await?.len() as u32;
+            tx.rollback().await?;
+            stats.rate_limit_remaining = Some(rate.jobs.saturating_sub(used));
+        }
+        Ok(stats)
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {

@@ -15,12 +15,14 @@ use imgclass_core::{ErrorCode, JobId, JobStatus};
 use imgclass_store::{ListQuery, NewJob};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use views::{JobList, JobView, JobsCreated};
+use views::{JobList, JobView, JobsCreated, RetriedJobs, StatsView};
 
 pub fn routes(state: AppState) -> Router {
     let body_limit = state.upload.request_limit();
     Router::new()
         .route("/api/jobs", post(create_jobs).get(list_jobs))
+        .route("/api/jobs/retry-failed", post(retry_failed))
+        .route("/api/stats", get(stats))
         .route("/api/jobs/{id}", get(get_job).delete(delete_job))
         .route("/api/jobs/{id}/image", get(job_image))
         .route("/api/jobs/{id}/retry", post(retry_job))
@@ -265,6 +267,39 @@ async fn cancel_job(
     let job = state.store.cancel(parse_id(&id)?).await?;
     tracing::info!(job.id = %job.id, "job canceled");
     Ok(Json(job.into()))
+}
+
+#[derive(Debug, Deserialize)]
+struct RetryFailedParams {
+    error_code: Option<String>,
+}
+
+/// `POST /api/jobs/retry-failed[?error_code=CODE]`: every failed job back to the queue.
+async fn retry_failed(
+    State(state): State<AppState>,
+    Query(params): Query<RetryFailedParams>,
+) -> Result<Json<RetriedJobs>, ApiError> {
+    let error_code = params
+        .error_code
+        .filter(|c| !c.is_empty())
+        .map(|c| c.parse::<ErrorCode>())
+        .transpose()
+        .map_err(|e| ApiError::from_code(ErrorCode::BadRequest, e))?;
+    let jobs = state
+        .store
+        .retry_failed(&imgclass_store::RetryFilter { error_code })
+        .await?;
+    tracing::info!(jobs = jobs.len(), "failed jobs retried");
+    Ok(Json(RetriedJobs {
+        count: jobs.len(),
+        jobs: jobs.into_iter().map(JobView::from).collect(),
+    }))
+}
+
+/// `GET /api/stats`: queue figures.
+async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiError> {
+    let s = state.store.stats(state.rate_limit).await?;
+    Ok(Json(StatsView::new(s, state.rate_limit)))
 }
 
 async fn delete_job(

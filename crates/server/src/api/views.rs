@@ -116,6 +116,61 @@ pub struct JobList {
     pub next_cursor: Option<String>,
 }
 
+#[derive(Debug, Serialize)]
+pub struct RetriedJobs {
+    pub count: usize,
+    pub jobs: Vec<JobView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatsView {
+    pub counts: StatusCounts,
+    /// Age of the oldest queued job, in seconds (null when nothing is queued).
+    pub oldest_queued_age_s: Option<f64>,
+    pub finished_last_minute: u64,
+    pub rate_limit: Option<RateLimitView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusCounts {
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub canceled: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RateLimitView {
+    pub jobs: u32,
+    pub per_s: f64,
+    /// Starts still allowed in the current window.
+    pub remaining: u32,
+}
+
+impl StatsView {
+    pub fn new(s: imgclass_store::QueueStats, rate: Option<imgclass_store::RateLimit>) -> Self {
+        StatsView {
+            counts: StatusCounts {
+                queued: s.queued,
+                running: s.running,
+                succeeded: s.succeeded,
+                failed: s.failed,
+                canceled: s.canceled,
+            },
+            oldest_queued_age_s: s
+                .oldest_queued_at
+                .map(|t| ((Utc::now() - t).num_milliseconds().max(0) as f64) / 1e3),
+            finished_last_minute: s.finished_last_minute,
+            rate_limit: rate.map(|r| RateLimitView {
+                jobs: r.jobs,
+                per_s: r.per.as_secs_f64(),
+                remaining: s.rate_limit_remaining.unwrap_or(r.jobs),
+            }),
+        }
+    }
+}
+
 /// One server-sent event's data.
 #[derive(Debug, Serialize)]
 pub struct EventView {

@@ -31,6 +31,8 @@ pub fn factory() -> ClassifierFactory {
 
 pub struct Options {
     pub workers: usize,
+    pub factory: Option<ClassifierFactory>,
+    pub max_attempts: u32,
     pub limits: ImageLimits,
     pub worker_config: WorkerConfig,
 }
@@ -39,9 +41,50 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             workers: 1,
+            factory: None,
+            max_attempts: 3,
             limits: ImageLimits::default(),
             worker_config: WorkerConfig::default(),
         }
+    }
+}
+
+/// The real classifier, made to take at least `delay` for the first `slow_calls` images: a
+/// named pause point for tests of timeouts, heartbeats and cancellation.
+pub fn slow_factory(delay: Duration, slow_calls: usize) -> ClassifierFactory {
+    let model = model();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Arc::new(move || {
+        Ok(Box::new(Slow {
+            inner: model.session(1, 5)?,
+            delay,
+            slow_calls,
+            calls: calls.clone(),
+        }) as Box<dyn Classifier>)
+    })
+}
+
+struct Slow {
+    inner: imgclass_classifier::OnnxClassifier,
+    delay: Duration,
+    slow_calls: usize,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Classifier for Slow {
+    fn classify(
+        &mut self,
+        image: &[u8],
+    ) -> Result<imgclass_classifier::Classification, imgclass_classifier::ClassifyError> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n < self.slow_calls {
+            std::thread::sleep(self.delay);
+        }
+        self.inner.classify(image)
+    }
+
+    fn info(&self) -> &imgclass_core::ModelInfo {
+        self.inner.info()
     }
 }
 
@@ -74,10 +117,11 @@ impl TestApp {
         let workers = if opts.workers > 0 {
             let config = WorkerConfig {
                 workers: opts.workers,
-                ..opts.worker_config
+                ..opts.worker_config.clone()
             };
+            let factory = opts.factory.clone().unwrap_or_else(factory);
             Some(
-                Workers::start(store.clone(), factory(), config)
+                Workers::start(store.clone(), factory, config)
                     .await
                     .unwrap(),
             )
@@ -87,7 +131,8 @@ impl TestApp {
         let state = AppState {
             store: store.clone(),
             upload: UploadConfig::new(opts.limits, 2),
-            max_attempts: 3,
+            max_attempts: opts.max_attempts,
+            rate_limit: opts.worker_config.rate_limit,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -149,6 +194,21 @@ impl TestApp {
         let resp = self.client.post(self.url(path)).send().await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits for the next event of a job (or 60 s).
+    pub async fn wait_for_change(&self, id: JobId) {
+        let mut events = self.store.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if e.job_id == id => return,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        })
+        .await;
     }
 
     /// Waits, through the store's event stream (no polling), until the job is in `status`.

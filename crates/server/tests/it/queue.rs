@@ -67,7 +67,7 @@ async fn a_job_whose_worker_died_completes_exactly_once() {
             EventKind::Succeeded
         ]
     );
-    workers.shutdown().await;
+    workers.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +114,7 @@ async fn a_failed_job_can_be_retried_by_hand() {
     let job = app2.wait_for(ids[0], JobStatus::Succeeded).await;
     assert_eq!(job.attempts, 2);
     assert!(job.error.is_none());
-    workers.shutdown().await;
+    workers.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +154,7 @@ async fn bad_images_found_by_the_worker_fail_at_once_with_a_clear_error() {
     let job = app.wait_for(jobs[0].id, JobStatus::Failed).await;
     assert_eq!(job.attempts, 1);
     assert_eq!(job.error.unwrap().code.as_str(), "image_corrupt");
-    workers.shutdown().await;
+    workers.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,12 +102,15 @@ async fn retry_is_allowed_only_from_failed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_is_allowed_only_from_queued() {
+async fn cancel_is_allowed_only_from_queued_and_running() {
     let (store, _dir) = sqlite().await;
     let jobs = one_of_each(&*store).await;
     let seq = store.last_event_seq().await.unwrap();
 
-    for job in jobs.iter().filter(|j| j.status != JobStatus::Queued) {
+    for job in jobs
+        .iter()
+        .filter(|j| !matches!(j.status, JobStatus::Queued | JobStatus::Running))
+    {
         assert_invalid(store.cancel(job.id).await, job.status, Action::Cancel);
         assert_eq!(&get(&*store, job.id).await, job, "unchanged");
     }
@@ -123,6 +126,14 @@ async fn cancel_is_allowed_only_from_queued() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, EventKind::Canceled);
     assert_eq!(events[0].status, Some(JobStatus::Canceled));
+
+    // A running job is canceled too; its lease is gone, so its worker cannot finish it.
+    let running = &jobs[1];
+    assert_eq!(running.status, JobStatus::Running);
+    let canceled = store.cancel(running.id).await.unwrap();
+    assert_eq!(canceled.status, JobStatus::Canceled);
+    assert_eq!(canceled.lease_until, None);
+    assert_eq!(store.events_since(seq, 10).await.unwrap().len(), 2);
 
     // Nothing is left to claim: the one queued job was canceled.
     assert!(store.claim("w", 10, LONG_LEASE).await.unwrap().is_empty());

@@ -1,0 +1,250 @@
+//! Queue controls through the service: automatic retries, fault injection, rate limit,
+//! heartbeats, timeouts, cancellation of a running job, bulk retry, statistics, shutdown.
+
+use crate::helpers::{fixture, slow_factory, Options, TestApp};
+use imgclass_core::{ErrorCode, EventKind, JobStatus};
+use imgclass_server::WorkerConfig;
+use imgclass_store::RateLimit;
+use std::time::Duration;
+
+fn fast_retries() -> WorkerConfig {
+    WorkerConfig {
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(40),
+        ..WorkerConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_failing_ends_failed_after_max_attempts() {
+    let app = TestApp::with(Options {
+        worker_config: WorkerConfig {
+            inject_failure_rate: 1.0,
+            ..fast_retries()
+        },
+        ..Options::default()
+    })
+    .await;
+    let ids = app.submit(&[("c.png", fixture("coffee.png"))]).await;
+    let job = app.wait_for(ids[0], JobStatus::Failed).await;
+    assert_eq!(job.attempts, 3);
+    assert_eq!(job.error.as_ref().unwrap().code, ErrorCode::InjectedFailure);
+    assert_eq!(job.attempt_errors.len(), 3);
+    assert!(job
+        .attempt_errors
+        .iter()
+        .all(|e| e.code == ErrorCode::InjectedFailure));
+    // Each retry waited for its backoff: run_at moved forward between attempts.
+    let events = app.store.events_since(0, 100).await.unwrap();
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    use EventKind::*;
+    assert_eq!(
+        kinds,
+        vec![Created, Running, Requeued, Running, Requeued, Running, Failed]
+    );
+    // The API shows the latest attempt's error first.
+    let (_, view) = app.get(&format!("/api/jobs/{}", ids[0])).await;
+    assert_eq!(view["attempt_errors"][0]["attempt"], 3);
+    assert_eq!(view["attempt_errors"][2]["attempt"], 1);
+    assert!(view["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("injected failure"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_failure_rate_retries_some_and_counts_every_attempt() {
+    let app = TestApp::with(Options {
+        worker_config: WorkerConfig {
+            inject_failure_rate: 0.4,
+            inject_failure_seed: Some(7),
+            ..fast_retries()
+        },
+        ..Options::default()
+    })
+    .await;
+    let files: Vec<(&str, Vec<u8>)> = (0..8).map(|_| ("c.png", fixture("coffee.png"))).collect();
+    let ids = app.submit(&files).await;
+    let mut retried = 0;
+    for id in &ids {
+        let job = loop {
+            let j = app.store.get_job(*id).await.unwrap().unwrap();
+            if j.status.is_finished() {
+                break j;
+            }
+            app.wait_for_change(*id).await;
+        };
+        let failures = job.attempt_errors.len() as u32;
+        match job.status {
+            JobStatus::Succeeded => assert_eq!(job.attempts, failures + 1),
+            JobStatus::Failed => assert_eq!(job.attempts, failures),
+            other => panic!("unexpected {other}"),
+        }
+        assert!(job.attempt_errors.iter().all(|e| e.code == ErrorCode::InjectedFailure));
+        if job.attempts > 1 {
+            retried += 1;
+        }
+    }
+    assert!(retried > 0, "with a 40 % failure rate some job was retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_across_workers() {
+    let app = TestApp::with(Options {
+        workers: 3,
+        worker_config: WorkerConfig {
+            rate_limit: Some(RateLimit {
+                jobs: 2,
+                per: Duration::from_secs(1),
+            }),
+            ..WorkerConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let files: Vec<(&str, Vec<u8>)> = (0..6).map(|_| ("c.png", fixture("coffee.png"))).collect();
+    let ids = app.submit(&files).await;
+    for id in &ids {
+        app.wait_for(*id, JobStatus::Succeeded).await;
+    }
+    let mut starts: Vec<i64> = app
+        .store
+        .events_since(0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == EventKind::Running)
+        .map(|e| e.at.timestamp_millis())
+        .collect();
+    starts.sort_unstable();
+    assert_eq!(starts.len(), 6);
+    for (i, t) in starts.iter().enumerate() {
+        let in_window = starts[i..].iter().filter(|s| **s < t + 1000).count();
+        assert!(in_window <= 2, "{in_window} starts within 1 s of {t}: {starts:?}");
+    }
+    let (_, stats) = app.get("/api/stats").await;
+    assert_eq!(stats["counts"]["succeeded"], 6);
+    assert_eq!(stats["rate_limit"]["jobs"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_heartbeats_is_never_rescued() {
+    let app = TestApp::with(Options {
+        factory: Some(slow_factory(Duration::from_millis(1500), 1)),
+        worker_config: WorkerConfig {
+            lease: Duration::from_millis(300),
+            sweep_interval: Duration::from_millis(50),
+            ..WorkerConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let ids = app.submit(&[("c.png", fixture("coffee.png"))]).await;
+    let job = app.wait_for(ids[0], JobStatus::Succeeded).await;
+    assert_eq!(job.attempts, 1, "the job ran five leases long and was not taken away");
+    assert_eq!(job.stalls, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_past_the_timeout_fails_and_the_worker_goes_on() {
+    let app = TestApp::with(Options {
+        factory: Some(slow_factory(Duration::from_millis(1500), 2)),
+        max_attempts: 2,
+        worker_config: WorkerConfig {
+            job_timeout: Duration::from_millis(200),
+            ..fast_retries()
+        },
+        ..Options::default()
+    })
+    .await;
+    let ids = app.submit(&[("c.png", fixture("coffee.png"))]).await;
+    let job = app.wait_for(ids[0], JobStatus::Failed).await;
+    assert_eq!(job.attempts, 2);
+    assert_eq!(job.error.unwrap().code, ErrorCode::Timeout);
+    // The worker is healthy: the next job succeeds on a fresh inference thread.
+    let ids = app.submit(&[("c.png", fixture("chelsea.png"))]).await;
+    app.wait_for(ids[0], JobStatus::Succeeded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_can_be_canceled() {
+    let app = TestApp::with(Options {
+        factory: Some(slow_factory(Duration::from_millis(1000), 1)),
+        worker_config: WorkerConfig {
+            lease: Duration::from_millis(300),
+            ..WorkerConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let ids = app.submit(&[("c.png", fixture("coffee.png"))]).await;
+    app.wait_for(ids[0], JobStatus::Running).await;
+    let (status, job) = app.post(&format!("/api/jobs/{}/cancel", ids[0])).await;
+    assert_eq!(status, 200);
+    assert_eq!(job["status"], "canceled");
+    // The worker finds out, drops its result and takes the next job.
+    let next = app.submit(&[("c.png", fixture("chelsea.png"))]).await;
+    app.wait_for(next[0], JobStatus::Succeeded).await;
+    let job = app.store.get_job(ids[0]).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Canceled);
+    assert!(job.result.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_failed_requeues_every_failed_job() {
+    let app = TestApp::with(Options {
+        max_attempts: 1,
+        worker_config: WorkerConfig {
+            inject_failure_rate: 1.0,
+            ..WorkerConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let ids = app
+        .submit(&[("a.png", fixture("coffee.png")), ("b.png", fixture("chelsea.png"))])
+        .await;
+    for id in &ids {
+        app.wait_for(*id, JobStatus::Failed).await;
+    }
+    let (_, stats) = app.get("/api/stats").await;
+    assert_eq!(stats["counts"]["failed"], 2);
+    assert_eq!(stats["finished_last_minute"], 2);
+    assert!(stats["rate_limit"].is_null());
+
+    let mut events = app.store.subscribe();
+    let (status, body) = app.post("/api/jobs/retry-failed").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["count"], 2);
+    let mut retried = 0;
+    while retried < 2 {
+        if events.recv().await.unwrap().kind == EventKind::Retried {
+            retried += 1;
+        }
+    }
+    let resp = app
+        .client
+        .post(app.url("/api/jobs/retry-failed?error_code=nope"))
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_error(resp, 400, "bad_request").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_unfinished_jobs_back_to_the_queue() {
+    let app = TestApp::without_workers().await;
+    let ids = app.submit(&[("c.png", fixture("coffee.png"))]).await;
+    let workers = imgclass_server::Workers::start(
+        app.store.clone(),
+        slow_factory(Duration::from_millis(2000), 1),
+        WorkerConfig::default(),
+    )
+    .await
+    .unwrap();
+    app.wait_for(ids[0], JobStatus::Running).await;
+    workers.shutdown(Duration::from_millis(100)).await;
+    let job = app.store.get_job(ids[0]).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    assert_eq!(job.attempts, 0, "the interrupted attempt is not counted");
+}
