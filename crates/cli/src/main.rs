@@ -382,10 +382,24 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!("imgclass is listening on http://{addr}");
-    axum::serve(listener, imgclass_server::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    tracing::info!("shutting down");
+    let (stopping, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, imgclass_server::router(state)).with_graceful_shutdown(
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    );
+    // Open event streams never end by themselves: after the signal, connections get a short
+    // while to close before the process moves on to stopping the workers.
+    let close_connections = async {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new jobs are started");
+        let _ = stopping.send(true);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    tokio::select! {
+        r = server => r?,
+        _ = close_connections => {}
+    }
     if let Some(w) = workers {
         w.shutdown(args.shutdown_grace).await;
     }

@@ -235,3 +235,37 @@ async fn a_job_whose_process_is_killed_mid_run_completes_once_elsewhere() {
         .unwrap();
     assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_cleanly_and_leaves_no_job_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/jobs.db", dir.path().display());
+    let mut server = Server::start(&db, &["--workers", "1", "--shutdown-grace", "0.2s"]);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(submit(&server.base, "big.jpg", big_jpeg()).await);
+    }
+    wait_for_event(&server.base, &ids[0], "running").await;
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+
+    // Nothing is left running and nothing is lost: each job is queued again or done.
+    let next = Server::start(&db, &["--no-workers"]);
+    for id in &ids {
+        let j = job(&next.base, id).await;
+        assert!(
+            ["queued", "succeeded"].contains(&j["status"].as_str().unwrap()),
+            "{j}"
+        );
+    }
+    let running: Value = reqwest::get(format!("{}/api/jobs?status=running", next.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(running["jobs"].as_array().unwrap().len(), 0);
+}
