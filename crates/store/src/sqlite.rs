@@ -242,7 +242,7 @@ impl SqliteStore {
         let now = now_ms();
         let (sql, kind) = match action {
             Action::Retry => (
-                "UPDATE jobs SET status = ?, run_at = ?, run_attempts = 0, finished_at = NULL, \
+                "UPDATE jobs SET status = ?, run_at = ?, run_attempts = 0, stalls = 0, finished_at = NULL, \
                  updated_at = ? WHERE id = ? AND status = ?",
                 EventKind::Retried,
             ),
@@ -784,11 +784,10 @@ impl Store for SqliteStore {
                 .fetch_one(&mut *conn)
                 .await?;
         stats.oldest_queued_at = oldest.map(ms_to_time);
-        let finished: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE finished_at >= ?")
-                .bind(now - 60_000)
-                .fetch_one(&mut *conn)
-                .await?;
+        let finished: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE finished_at >= ?")
+            .bind(now - 60_000)
+            .fetch_one(&mut *conn)
+            .await?;
         stats.finished_last_minute = finished as u64;
         if let Some(rate) = rate {
             drop(conn);

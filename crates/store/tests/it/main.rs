@@ -5,6 +5,7 @@ mod common;
 
 mod actions;
 mod blobs;
+mod controls;
 mod delete;
 mod events;
 mod leases;
