@@ -228,7 +228,10 @@ mod tests {
     #[test]
     fn retention_parses() {
         assert_eq!(parse_retain("0").unwrap().0, None);
-        assert_eq!(parse_retain("7d").unwrap().0, Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(
+            parse_retain("7d").unwrap().0,
+            Some(Duration::from_secs(7 * 86400))
+        );
         assert!(parse_retain("-1").is_err());
     }
 
@@ -383,11 +386,10 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     let addr = listener.local_addr()?;
     tracing::info!("imgclass is listening on http://{addr}");
     let (stopping, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, imgclass_server::router(state)).with_graceful_shutdown(
-        async move {
+    let server =
+        axum::serve(listener, imgclass_server::router(state)).with_graceful_shutdown(async move {
             let _ = stop_rx.wait_for(|s| *s).await;
-        },
-    );
+        });
     // Open event streams never end by themselves: after the signal, connections get a short
     // while to close before the process moves on to stopping the workers.
     let close_connections = async {

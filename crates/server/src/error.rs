@@ -81,7 +81,10 @@ impl ApiError {
 fn transition_message(e: &TransitionError) -> String {
     match e.action {
         Action::Retry => format!("only failed jobs can be retried; this job is {}", e.from),
-        Action::Cancel => format!("only queued or running jobs can be canceled; this job is {}", e.from),
+        Action::Cancel => format!(
+            "only queued or running jobs can be canceled; this job is {}",
+            e.from
+        ),
         _ => e.to_string(),
     }
 }

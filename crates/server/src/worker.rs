@@ -156,7 +156,11 @@ impl Workers {
             let stop_rx = stop_rx.clone();
             tasks.push(tokio::spawn(worker.run(stop_rx)));
         }
-        tasks.push(tokio::spawn(sweeper(store.clone(), config, stop_rx.clone())));
+        tasks.push(tokio::spawn(sweeper(
+            store.clone(),
+            config,
+            stop_rx.clone(),
+        )));
         Ok(Workers { stop, abort, tasks })
     }
 
@@ -213,7 +217,12 @@ pub async fn prune_once(store: &dyn Store, retain: Duration) {
     let before = Utc::now() - chrono::Duration::from_std(retain).unwrap_or(chrono::Duration::MAX);
     match store.prune(before).await {
         Ok(p) if p.jobs + p.blobs > 0 => {
-            tracing::info!(jobs = p.jobs, images = p.blobs, events = p.events, "pruned old jobs")
+            tracing::info!(
+                jobs = p.jobs,
+                images = p.blobs,
+                events = p.events,
+                "pruned old jobs"
+            )
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "pruning failed"),
@@ -393,7 +402,8 @@ impl Worker {
         };
         if matches!(result, Err(Interrupted::TimedOut)) {
             // The stuck thread finishes on its own and exits; this worker gets a fresh one.
-            match InferenceThread::start(format!("{}-infer", self.name), self.factory.clone()).await {
+            match InferenceThread::start(format!("{}-infer", self.name), self.factory.clone()).await
+            {
                 Ok(t) => self.thread = t,
                 Err(e) => tracing::error!(error = %e, "cannot restart the inference thread"),
             }

@@ -80,7 +80,10 @@ async fn a_seeded_failure_rate_retries_some_and_counts_every_attempt() {
             JobStatus::Failed => assert_eq!(job.attempts, failures),
             other => panic!("unexpected {other}"),
         }
-        assert!(job.attempt_errors.iter().all(|e| e.code == ErrorCode::InjectedFailure));
+        assert!(job
+            .attempt_errors
+            .iter()
+            .all(|e| e.code == ErrorCode::InjectedFailure));
         if job.attempts > 1 {
             retried += 1;
         }
@@ -120,7 +123,10 @@ async fn the_rate_limit_holds_across_workers() {
     assert_eq!(starts.len(), 6);
     for (i, t) in starts.iter().enumerate() {
         let in_window = starts[i..].iter().filter(|s| **s < t + 1000).count();
-        assert!(in_window <= 2, "{in_window} starts within 1 s of {t}: {starts:?}");
+        assert!(
+            in_window <= 2,
+            "{in_window} starts within 1 s of {t}: {starts:?}"
+        );
     }
     let (_, stats) = app.get("/api/stats").await;
     assert_eq!(stats["counts"]["succeeded"], 6);
@@ -141,7 +147,10 @@ async fn a_worker_that_heartbeats_is_never_rescued() {
     .await;
     let ids = app.submit(&[("c.png", fixture("coffee.png"))]).await;
     let job = app.wait_for(ids[0], JobStatus::Succeeded).await;
-    assert_eq!(job.attempts, 1, "the job ran five leases long and was not taken away");
+    assert_eq!(
+        job.attempts, 1,
+        "the job ran five leases long and was not taken away"
+    );
     assert_eq!(job.stalls, 0);
 }
 
@@ -202,7 +211,10 @@ async fn retry_failed_requeues_every_failed_job() {
     })
     .await;
     let ids = app
-        .submit(&[("a.png", fixture("coffee.png")), ("b.png", fixture("chelsea.png"))])
+        .submit(&[
+            ("a.png", fixture("coffee.png")),
+            ("b.png", fixture("chelsea.png")),
+        ])
         .await;
     for id in &ids {
         app.wait_for(*id, JobStatus::Failed).await;
