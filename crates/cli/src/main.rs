@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP API, the web page and (unless --no-workers) the workers.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Classify image files locally and print the top labels (no server, no database).
     Classify(ClassifyArgs),
     /// Create the database or bring it up to date.
@@ -210,39 +210,6 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limits_parse() {
-        let r = parse_rate_limit("1/10s").unwrap();
-        assert_eq!((r.jobs, r.per), (1, Duration::from_secs(10)));
-        let r = parse_rate_limit("5/m").unwrap();
-        assert_eq!((r.jobs, r.per), (5, Duration::from_secs(60)));
-        assert!(parse_rate_limit("0/1s").is_err());
-        assert!(parse_rate_limit("10s").is_err());
-        assert!(parse_rate_limit("1/0s").is_err());
-    }
-
-    #[test]
-    fn retention_parses() {
-        assert_eq!(parse_retain("0").unwrap().0, None);
-        assert_eq!(
-            parse_retain("7d").unwrap().0,
-            Some(Duration::from_secs(7 * 86400))
-        );
-        assert!(parse_retain("-1").is_err());
-    }
-
-    #[test]
-    fn failure_rates_are_shares() {
-        assert_eq!(parse_rate("0.4").unwrap(), 0.4);
-        assert!(parse_rate("1.5").is_err());
-        assert!(parse_rate("x").is_err());
-    }
-}
-
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
@@ -257,7 +224,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Classify(args) => classify(args),
-        Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(args))),
+        Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(*args))),
         Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate(args))),
     };
     match result {
@@ -407,4 +374,37 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     }
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_parse() {
+        let r = parse_rate_limit("1/10s").unwrap();
+        assert_eq!((r.jobs, r.per), (1, Duration::from_secs(10)));
+        let r = parse_rate_limit("5/m").unwrap();
+        assert_eq!((r.jobs, r.per), (5, Duration::from_secs(60)));
+        assert!(parse_rate_limit("0/1s").is_err());
+        assert!(parse_rate_limit("10s").is_err());
+        assert!(parse_rate_limit("1/0s").is_err());
+    }
+
+    #[test]
+    fn retention_parses() {
+        assert_eq!(parse_retain("0").unwrap().0, None);
+        assert_eq!(
+            parse_retain("7d").unwrap().0,
+            Some(Duration::from_secs(7 * 86400))
+        );
+        assert!(parse_retain("-1").is_err());
+    }
+
+    #[test]
+    fn failure_rates_are_shares() {
+        assert_eq!(parse_rate("0.4").unwrap(), 0.4);
+        assert!(parse_rate("1.5").is_err());
+        assert!(parse_rate("x").is_err());
+    }
 }
