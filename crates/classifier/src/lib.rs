@@ -10,7 +10,7 @@ pub mod runtime;
 pub use imageio::{ImageCheckError, ImageLimits, ProbedImage};
 pub use model::{Classification, Model, ModelSource, OnnxClassifier};
 
-use imgclass_core::{ErrorCode, ModelInfo};
+use imgclass_core::{ErrorCode, ModelInfo, Prediction};
 
 /// Why one classification failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,4 +37,39 @@ pub trait Classifier: Send {
 
     /// The model whose answers these are.
     fn info(&self) -> &ModelInfo;
+}
+
+/// Answers at once without looking at the image. Only for benchmarks that measure the queue,
+/// the storage and HTTP without the model.
+pub struct NoopClassifier {
+    info: ModelInfo,
+}
+
+impl Default for NoopClassifier {
+    fn default() -> Self {
+        NoopClassifier {
+            info: ModelInfo {
+                name: "noop".into(),
+                version: "0".into(),
+            },
+        }
+    }
+}
+
+impl Classifier for NoopClassifier {
+    fn classify(&mut self, _image: &[u8]) -> Result<Classification, ClassifyError> {
+        Ok(Classification {
+            predictions: vec![Prediction {
+                index: 0,
+                label: "noop".into(),
+                probability: 1.0,
+            }],
+            decode_ms: 0.0,
+            inference_ms: 0.0,
+        })
+    }
+
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
 }

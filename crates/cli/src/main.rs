@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource};
+use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource, NoopClassifier};
 use imgclass_server::{AppState, ClassifierFactory, UploadConfig, WorkerConfig, Workers};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,9 +50,19 @@ struct ModelArgs {
     /// The labels of --model, one per line, in output order.
     #[arg(long, env = "IMGCLASS_LABELS", requires = "model")]
     labels: Option<PathBuf>,
+    /// What classifies: `onnx` (the model) or `noop` (answers at once without looking at the
+    /// image; only for benchmarks of the queue).
+    #[arg(long, env = "IMGCLASS_PROVIDER", value_enum, default_value_t = Provider::Onnx)]
+    provider: Provider,
     /// How many labels a result holds.
     #[arg(long, env = "IMGCLASS_TOP_K", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
     top_k: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Provider {
+    Onnx,
+    Noop,
 }
 
 impl ModelArgs {
@@ -313,17 +323,25 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     let workers = if args.no_workers {
         None
     } else {
-        let source = args.model.source();
-        let model = tokio::task::spawn_blocking(move || Model::load(&source)).await??;
         let count = args.workers.map_or_else(cores, usize::from);
-        let intra = (cores() / count).max(1);
-        let top_k = usize::from(args.model.top_k);
-        let limits = args.limits.limits();
-        tracing::info!(model = %model.info().name, version = %model.info().version, workers = count, intra_threads = intra, "model loaded");
-        let factory: ClassifierFactory = Arc::new(move || {
-            let c = model.session(intra, top_k)?.with_limits(limits);
-            Ok(Box::new(c) as Box<dyn Classifier>)
-        });
+        let factory: ClassifierFactory = match args.model.provider {
+            Provider::Noop => {
+                tracing::warn!("provider noop: jobs succeed without classification (benchmarks only)");
+                Arc::new(|| Ok(Box::new(NoopClassifier::default()) as Box<dyn Classifier>))
+            }
+            Provider::Onnx => {
+                let source = args.model.source();
+                let model = tokio::task::spawn_blocking(move || Model::load(&source)).await??;
+                let intra = (cores() / count).max(1);
+                let top_k = usize::from(args.model.top_k);
+                let limits = args.limits.limits();
+                tracing::info!(model = %model.info().name, version = %model.info().version, workers = count, intra_threads = intra, "model loaded");
+                Arc::new(move || {
+                    let c = model.session(intra, top_k)?.with_limits(limits);
+                    Ok(Box::new(c) as Box<dyn Classifier>)
+                })
+            }
+        };
         let config = WorkerConfig {
             workers: count,
             lease: args.lease,
