@@ -42,6 +42,7 @@
   const byId = new Map();
   let nextCursor = null;
   let listGeneration = 0;
+  let listLoading = false; // a first page (on load, on a new filter) is on its way
   let lastSeq = 0;
 
   // ---------------------------------------------------------------------------------------------
@@ -226,7 +227,7 @@
       case 'rejected':
         return [h('p', { class: 'card-error', role: 'alert', text: card.rejected })];
       case 'queued': {
-        const parts = [progress('Waiting for a worker…')];
+        const parts = [h('p', { class: 'card-note', text: 'Waiting for a worker…' })];
         const last = (job.attempt_errors || [])[0];
         if (last) {
           parts.push(h('p', { class: 'card-note', text: `Attempt ${last.attempt} failed: ${last.message}` }));
@@ -272,6 +273,8 @@
         return [button('Retry', 'retry', card, 'primary'), button('Delete', 'delete', card, 'quiet')];
       case 'queued':
         return [button('Cancel', 'cancel', card), button('Delete', 'delete', card, 'quiet')];
+      case 'running':
+        return [button('Cancel', 'cancel', card)];
       case 'succeeded':
       case 'canceled':
         return [button('Delete', 'delete', card, 'quiet')];
@@ -388,9 +391,9 @@
       }
       return card;
     }
-    if (fromEvent && uploadsInFlight + uploadQueue.length > 0) {
-      // Perhaps one of our own uploads, whose response has not come yet: wait for it rather
-      // than show the job twice for a moment.
+    if (fromEvent && !idle()) {
+      // Perhaps one of our own uploads, whose response has not come yet, or a job that the list
+      // being loaded will hold: wait for those rather than show the job twice or out of order.
       const held = heldJobs.get(job.id);
       if (!held || isNewer(held, job, true)) heldJobs.set(job.id, job);
       return null;
@@ -402,17 +405,19 @@
   /** Jobs seen in events while uploads were in flight, by id: the latest view of each. */
   const heldJobs = new Map();
 
+  /** Whether no upload and no reload of the list is in flight. */
+  function idle() {
+    return uploadsInFlight + uploadQueue.length === 0 && !listLoading;
+  }
+
   function releaseHeldJobs() {
-    const idle = uploadsInFlight + uploadQueue.length === 0;
     for (const [id, job] of [...heldJobs]) {
-      if (byId.has(id)) {
-        heldJobs.delete(id);
-        showJob(job, true);
-      } else if (idle) {
+      if (byId.has(id) || idle()) {
         heldJobs.delete(id);
         showJob(job, true);
       }
     }
+    refreshToolbar();
   }
 
   function announceChange(card) {
@@ -570,6 +575,7 @@
     if (reset) {
       listGeneration += 1;
       nextCursor = null;
+      listLoading = true;
       for (const card of [...byId.values()]) removeCard(card);
     }
     const generation = listGeneration;
@@ -595,9 +601,10 @@
       ui.listError.hidden = false;
     } finally {
       if (generation === listGeneration) {
+        listLoading = false;
         ui.loadMore.disabled = false;
         ui.cards.setAttribute('aria-busy', 'false');
-        refreshToolbar();
+        releaseHeldJobs();
       }
     }
   }
