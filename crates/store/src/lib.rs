@@ -2,9 +2,11 @@
 //! cancel), content-addressed image blobs, and the event log. Backends sit behind [`Store`].
 
 mod model;
+mod postgres;
 mod sqlite;
 
 pub use model::*;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -145,14 +147,16 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<Event>;
 }
 
-/// Opens the store a URL names (`sqlite://path`).
+/// Opens the store a URL names (`sqlite://PATH` or `postgres://...`).
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(PgStore::connect(url).await?))
     } else {
         Err(StoreError::Config {
             url: url.to_string(),
-            message: "expected sqlite://PATH".into(),
+            message: "expected sqlite://PATH or postgres://USER@HOST/DATABASE".into(),
         })
     }
 }

@@ -57,7 +57,7 @@ async fn one_of_each(store: &dyn Store) -> [Job; 5] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_is_allowed_only_from_failed() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let jobs = one_of_each(&*store).await;
     let seq = store.last_event_seq().await.unwrap();
 
@@ -103,7 +103,7 @@ async fn retry_is_allowed_only_from_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_is_allowed_only_from_queued_and_running() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let jobs = one_of_each(&*store).await;
     let seq = store.last_event_seq().await.unwrap();
 
@@ -151,7 +151,7 @@ async fn cancel_is_allowed_only_from_queued_and_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_ids_are_not_found() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     create(&*store, new_job(1)).await;
     let id = JobId::new();
     assert!(matches!(store.retry(id).await, Err(StoreError::NotFound)));

@@ -6,7 +6,7 @@ use imgclass_store::{ListQuery, CHUNK_SIZE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_jobs_stores_image_job_and_created_event() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let new = new_job(1);
     let image = new.image.clone();
     let sha = new.sha256.clone();
@@ -55,7 +55,7 @@ async fn create_jobs_stores_image_job_and_created_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_jobs_creates_one_job_per_image_in_order() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let news: Vec<_> = (0..5).map(new_job).collect();
     let shas: Vec<_> = news.iter().map(|n| n.sha256.clone()).collect();
     let jobs = store.create_jobs(news).await.unwrap();
@@ -87,7 +87,7 @@ async fn create_jobs_creates_one_job_per_image_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_batch_stores_nothing() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let good = new_job(1);
     let good_sha = good.sha256.clone();
     let mut bad = new_job(2);
@@ -109,7 +109,7 @@ async fn a_failing_batch_stores_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_images_share_one_blob() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let first = new_job(7);
     let image = first.image.clone();
     let mut second = first.clone();
@@ -144,7 +144,7 @@ async fn identical_images_share_one_blob() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_image_round_trips_through_chunks() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     // A 1024 x 854 RGB PNG stored uncompressed: about 2.5 MiB, so three chunks.
     let image = png(1024, 854, 42);
     assert!(
@@ -175,7 +175,7 @@ async fn large_image_round_trips_through_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_jobs_and_blobs_are_none() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     create(&*store, new_job(1)).await;
     let id = JobId::new();
     assert_eq!(store.get_job(id).await.unwrap(), None);

@@ -11,13 +11,95 @@ use tempfile::TempDir;
 /// A long lease: long enough that it never expires during a test.
 pub const LONG_LEASE: Duration = Duration::from_secs(3600);
 
-/// A fresh, migrated SQLite store in its own temporary directory (kept alive by the `TempDir`).
-pub async fn sqlite() -> (Arc<dyn Store>, TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = imgclass_store::connect(&url).await.expect("connect");
-    store.migrate().await.expect("migrate");
-    (store, dir)
+/// A fresh database for one test, on the backend `IMGCLASS_TEST_DATABASE` names: unset or
+/// `sqlite` for a SQLite file in a temporary directory, or a `postgres://` URL, under which
+/// each test gets a schema of its own that is dropped afterwards.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<TempDir>,
+    drop_schema: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        match std::env::var("IMGCLASS_TEST_DATABASE") {
+            Ok(admin) if admin.starts_with("postgres") => {
+                let schema = format!("t_{}", uuid_like());
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+                    .await
+                    .expect("connect to PostgreSQL (IMGCLASS_TEST_DATABASE)");
+                sqlx::Executor::execute(&mut conn, format!("CREATE SCHEMA {schema}").as_str())
+                    .await
+                    .expect("create schema");
+                let sep = if admin.contains('?') { '&' } else { '?' };
+                TestDb {
+                    url: format!("{admin}{sep}options=-c%20search_path%3D{schema}"),
+                    _dir: None,
+                    drop_schema: Some((admin, schema)),
+                }
+            }
+            _ => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                TestDb {
+                    url: format!("sqlite://{}", dir.path().join("t.db").display()),
+                    _dir: Some(dir),
+                    drop_schema: None,
+                }
+            }
+        }
+    }
+
+    /// A store on this database, migrated.
+    pub async fn open(&self) -> Arc<dyn Store> {
+        let store = imgclass_store::connect(&self.url).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        store
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, schema)) = self.drop_schema.take() {
+            // Drop runs outside any async context we could await in: use a thread of its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(mut conn) =
+                        <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await
+                    {
+                        let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+                        let _ = sqlx::Executor::execute(&mut conn, sql.as_str()).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh, migrated store (see [`TestDb`]); keep the `TestDb` alive for the test.
+pub async fn fresh_store() -> (Arc<dyn Store>, TestDb) {
+    let db = TestDb::new().await;
+    let store = db.open().await;
+    (store, db)
 }
 
 /// A small xorshift generator, so images are varied but reproducible.

@@ -57,7 +57,7 @@ async fn remaining(store: &dyn Store, rate: RateLimit) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_caps_starts_and_says_how_long_to_wait() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let jobs = store
         .create_jobs((0..6).map(new_job).collect())
         .await
@@ -110,7 +110,7 @@ async fn the_rate_limit_caps_starts_and_says_how_long_to_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_takes_only_what_the_window_allows() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     store
         .create_jobs((0..3).map(new_job).collect())
         .await
@@ -132,7 +132,7 @@ async fn the_rate_limit_takes_only_what_the_window_allows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claimers_share_one_rate_limit() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let jobs = store
         .create_jobs((0..6).map(new_job).collect())
         .await
@@ -205,15 +205,13 @@ async fn claim_all_limited(store: Arc<dyn Store>, worker: String, rate: RateLimi
     }
 }
 
-/// Two stores on one database file (as two processes would be) share the limit, and their
+/// Two stores on one database (as two processes would be) share the limit, and their
 /// claims do not fail on each other's write lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_stores_on_one_database_share_the_rate_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let a = imgclass_store::connect(&url).await.unwrap();
-    a.migrate().await.unwrap();
-    let b = imgclass_store::connect(&url).await.unwrap();
+    let db = TestDb::new().await;
+    let a = db.open().await;
+    let b = db.open().await;
     let jobs = a.create_jobs((0..12).map(new_job).collect()).await.unwrap();
     let rate = RateLimit {
         jobs: 3,
@@ -250,7 +248,7 @@ async fn two_stores_on_one_database_share_the_rate_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_report_the_starts_left_in_the_window() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     store
         .create_jobs((0..3).map(new_job).collect())
         .await
@@ -281,7 +279,7 @@ async fn stats_report_the_starts_left_in_the_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_gives_a_claimed_job_back_without_counting_the_attempt() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(&*store, new_job(1)).await;
     // One earlier attempt, so the counts are not just zero.
     let first = claim_one(&*store, "w", LONG_LEASE).await;
@@ -376,7 +374,7 @@ async fn failed_mix(store: &dyn Store) -> ([Job; 3], Job, Job) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_failed_requeues_every_failed_job() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let (failed, ok, queued) = failed_mix(&*store).await;
     let seq = store.last_event_seq().await.unwrap();
 
@@ -421,7 +419,7 @@ async fn retry_failed_requeues_every_failed_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_failed_with_an_error_code_takes_only_those() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let ([a, b, c], ok, queued) = failed_mix(&*store).await;
     let seq = store.last_event_seq().await.unwrap();
 
@@ -501,7 +499,7 @@ async fn prune_fixture(store: &dyn Store) -> PruneFixture {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_removes_finished_jobs_their_unused_images_and_old_events() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let f = prune_fixture(&*store).await;
     let events_before = store.events_since(0, 1000).await.unwrap().len() as u64;
     let last_seq = store.last_event_seq().await.unwrap();
@@ -589,7 +587,7 @@ async fn prune_removes_finished_jobs_their_unused_images_and_old_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_with_a_cutoff_in_the_past_removes_nothing() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let f = prune_fixture(&*store).await;
     let events = store.events_since(0, 1000).await.unwrap().len();
     let page = store
@@ -616,7 +614,7 @@ async fn prune_with_a_cutoff_in_the_past_removes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_keeps_what_finished_after_the_cutoff() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     // Both created before the cutoff; one finished before it, the other after it.
     let jobs = store
         .create_jobs(vec![new_job(1), new_job(2)])
@@ -662,7 +660,7 @@ async fn prune_keeps_what_finished_after_the_cutoff() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_jobs_per_status() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     assert_eq!(store.stats(None).await.unwrap(), QueueStats::default());
 
     // The oldest queued job: created first, back in the queue but not due for an hour.
@@ -720,7 +718,7 @@ async fn stats_count_jobs_per_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_stalls_too_often_fails_with_attempts_left() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(
         &*store,
         NewJob {
@@ -788,7 +786,7 @@ async fn a_job_that_stalls_too_often_fails_with_attempts_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_rescue_allows_three_stalls() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(
         &*store,
         NewJob {
@@ -815,7 +813,7 @@ async fn the_default_rescue_allows_three_stalls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canceling_a_running_job_fences_its_worker() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(&*store, new_job(1)).await;
     let claim = claim_one(&*store, "w", LONG_LEASE).await;
     let seq = store.last_event_seq().await.unwrap();
@@ -867,7 +865,7 @@ async fn canceling_a_running_job_fences_its_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canceled_job_with_an_expired_lease_is_not_rescued() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(&*store, new_job(1)).await;
     let claim = claim_one(&*store, "w", Duration::from_millis(1)).await;
     let canceled = store.cancel(job.id).await.unwrap();

@@ -6,7 +6,7 @@ use imgclass_store::{ListQuery, Outcome, StoreError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_removes_the_job_and_its_unshared_image() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(&*store, new_job(1)).await;
     let other = create(&*store, new_job(2)).await;
     let seq = store.last_event_seq().await.unwrap();
@@ -48,7 +48,7 @@ async fn delete_removes_the_job_and_its_unshared_image() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_image_stays_until_its_last_job_is_deleted() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let new = new_job(1);
     let image = new.image.clone();
     let jobs = store
@@ -76,7 +76,7 @@ async fn a_shared_image_stays_until_its_last_job_is_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_image_is_deleted_with_all_its_chunks() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let image = png(1024, 700, 3);
     let job = create(&*store, job_for(image.clone(), 1024, 700, "big.png")).await;
     store.delete(job.id).await.unwrap();
@@ -88,7 +88,7 @@ async fn a_large_image_is_deleted_with_all_its_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_and_running_jobs_can_be_deleted() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let done = create(&*store, new_job(1)).await;
     let claim = claim_one(&*store, "w", LONG_LEASE).await;
     store
@@ -113,7 +113,7 @@ async fn finished_and_running_jobs_can_be_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_an_image_while_it_is_deleted_gives_all_or_nothing() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let image = png(1024, 700, 9);
     for _ in 0..30 {
         let job = create(&*store, job_for(image.clone(), 1024, 700, "big.png")).await;

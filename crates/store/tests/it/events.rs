@@ -27,7 +27,7 @@ async fn recv(rx: &mut broadcast::Receiver<Event>) -> Event {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_since_replays_a_jobs_life_in_order() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     assert_eq!(store.last_event_seq().await.unwrap(), 0);
     assert!(store.events_since(0, 100).await.unwrap().is_empty());
 
@@ -91,7 +91,7 @@ async fn events_since_replays_a_jobs_life_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_is_logged() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(&*store, new_job(1)).await;
     let c = claim_one(&*store, "w", LONG_LEASE).await;
     store
@@ -150,7 +150,7 @@ async fn every_change_is_logged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_receive_events_as_they_are_committed() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let mut rx = store.subscribe();
 
     let jobs = store
@@ -214,7 +214,7 @@ async fn subscribers_receive_events_as_they_are_committed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_sequence_numbers_match_the_log() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let mut rx = store.subscribe();
     let writer = {
         let store = store.clone();
@@ -240,7 +240,7 @@ async fn broadcast_sequence_numbers_match_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_jobs_wakes_a_waiting_dispatcher() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let waiter = {
         let store = store.clone();
@@ -278,7 +278,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeues_and_retries_wake_the_dispatcher() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(&*store, new_job(1)).await;
 
     // An attempt that will run again.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_lease_is_fenced_after_the_job_is_taken_again() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(&*store, new_job(1)).await;
     let old = claim_and_let_expire(&*store, "old").await;
 
@@ -75,7 +75,7 @@ async fn an_expired_lease_is_fenced_after_the_job_is_taken_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_of_one_claim_does_not_cover_another_job() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let jobs = store
         .create_jobs(vec![new_job(1), new_job(2)])
         .await
@@ -98,7 +98,7 @@ async fn a_lease_of_one_claim_does_not_cover_another_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_lease_without_attempts_left_fails_as_stalled() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(
         &*store,
         imgclass_store::NewJob {
@@ -148,7 +148,7 @@ async fn an_expired_lease_without_attempts_left_fails_as_stalled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_attempt_job_fails_at_once_when_its_lease_expires() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(
         &*store,
         imgclass_store::NewJob {
@@ -166,7 +166,7 @@ async fn a_single_attempt_job_fails_at_once_when_its_lease_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_retry_grants_fresh_attempts() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(
         &*store,
         imgclass_store::NewJob {
@@ -204,7 +204,7 @@ async fn keep_alive(store: &dyn Store, lease: &imgclass_store::Lease, rounds: us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_a_live_worker_from_being_rescued() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(&*store, new_job(1)).await;
     let claim = claim_one(&*store, "w", Duration::from_millis(500)).await;
     let first_until = claim.job.lease_until.unwrap();
@@ -247,7 +247,7 @@ async fn heartbeats_keep_a_live_worker_from_being_rescued() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rescue_leaves_live_leases_alone() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     create(&*store, new_job(1)).await;
     let claim = claim_one(&*store, "w", LONG_LEASE).await;
     assert_eq!(store.rescue_expired().await.unwrap(), 0);

@@ -18,7 +18,7 @@ fn ids(jobs: &[Job]) -> Vec<JobId> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_is_newest_first_and_filters_by_status() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let empty = store.list_jobs(&query(None, None, 10)).await.unwrap();
     assert!(empty.jobs.is_empty());
     assert_eq!(empty.next_cursor, None);
@@ -78,7 +78,7 @@ async fn list_is_newest_first_and_filters_by_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cursor_pagination_walks_every_job_once() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let jobs = store
         .create_jobs((0..7).map(new_job).collect())
         .await
@@ -119,7 +119,7 @@ async fn cursor_pagination_walks_every_job_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cursor_pagination_with_a_status_filter() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let jobs = store
         .create_jobs((0..7).map(new_job).collect())
         .await
@@ -143,7 +143,7 @@ async fn cursor_pagination_with_a_status_filter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_jobs_do_not_shift_later_pages() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let jobs = store
         .create_jobs((0..4).map(new_job).collect())
         .await
@@ -160,7 +160,7 @@ async fn new_jobs_do_not_shift_later_pages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_cursor_is_rejected() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     store
         .create_jobs((0..3).map(new_job).collect())
         .await

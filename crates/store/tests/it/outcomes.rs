@@ -7,7 +7,7 @@ use imgclass_store::{JobError, Outcome};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn succeeded_stores_the_result_and_emits_an_event() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(&*store, new_job(1)).await;
     let claim = claim_one(&*store, "w", LONG_LEASE).await;
     let seq = store.last_event_seq().await.unwrap();
@@ -45,7 +45,7 @@ async fn succeeded_stores_the_result_and_emits_an_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_stores_the_error_and_the_attempt_error() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(&*store, new_job(1)).await;
     let claim = claim_one(&*store, "w", LONG_LEASE).await;
     let before = to_millis(Utc::now());
@@ -76,7 +76,7 @@ async fn failed_stores_the_error_and_the_attempt_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_outcome_requeues_keeping_the_error() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(&*store, new_job(1)).await;
     let first = claim_one(&*store, "w", LONG_LEASE).await;
     let error = job_error(ErrorCode::InjectedFailure, "boom");
@@ -142,7 +142,7 @@ async fn retry_outcome_requeues_keeping_the_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn success_after_a_retry_clears_the_error_but_keeps_the_history() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(&*store, new_job(1)).await;
     let first = claim_one(&*store, "w", LONG_LEASE).await;
     store

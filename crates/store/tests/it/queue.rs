@@ -10,7 +10,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_moves_a_queued_job_to_running_under_a_lease() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let job = create(&*store, new_job(1)).await;
     let before = to_millis(Utc::now());
 
@@ -35,7 +35,7 @@ async fn claim_moves_a_queued_job_to_running_under_a_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_takes_at_most_limit_jobs_oldest_first() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let jobs = store
         .create_jobs((0..5).map(new_job).collect())
         .await
@@ -61,7 +61,7 @@ async fn claim_takes_at_most_limit_jobs_oldest_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claims_give_every_job_to_exactly_one_claimer() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let jobs = store
         .create_jobs((0..20).map(new_job).collect())
         .await
@@ -112,7 +112,7 @@ async fn concurrent_claims_give_every_job_to_exactly_one_claimer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_due_later_is_not_claimed() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     assert_eq!(store.next_due().await.unwrap(), None, "nothing queued");
     let job = create(&*store, new_job(1)).await;
     assert_eq!(store.next_due().await.unwrap(), Some(job.run_at));
@@ -143,7 +143,7 @@ async fn a_job_due_later_is_not_claimed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canceled_and_finished_jobs_are_not_claimed() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = fresh_store().await;
     let a = create(&*store, new_job(1)).await;
     store.cancel(a.id).await.unwrap();
     assert!(store.claim("w", 10, LONG_LEASE).await.unwrap().is_empty());
