@@ -326,7 +326,9 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         let count = args.workers.map_or_else(cores, usize::from);
         let factory: ClassifierFactory = match args.model.provider {
             Provider::Noop => {
-                tracing::warn!("provider noop: jobs succeed without classification (benchmarks only)");
+                tracing::warn!(
+                    "provider noop: jobs succeed without classification (benchmarks only)"
+                );
                 Arc::new(|| Ok(Box::new(NoopClassifier::default()) as Box<dyn Classifier>))
             }
             Provider::Onnx => {

@@ -32,4 +32,7 @@ pub struct JobResult {
     pub predictions: Vec<Prediction>,
     pub model: ModelInfo,
     pub timings: Timings,
+    /// The worker that produced it (`NODE-wN`).
+    #[serde(default)]
+    pub worker: Option<String>,
 }

@@ -419,6 +419,7 @@ impl Worker {
                 Outcome::Succeeded(JobResult {
                     predictions: c.predictions,
                     model: self.thread.info.clone(),
+                    worker: Some(self.name.clone()),
                     timings: Timings {
                         queue_wait_ms: queue_wait,
                         decode_ms: c.decode_ms,

@@ -131,6 +131,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn rescue_expired_with(&self, max_stalls: u32) -> Result<u64>;
 
+    /// Copies a job and its image from another installation, keeping its id, state, result
+    /// and times (a running job arrives queued). False when a job with this id already exists.
+    async fn import_job(&self, job: &Job, image: &[u8]) -> Result<bool>;
+
     /// The earliest time a queued job becomes due, if any is queued.
     async fn next_due(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>>;
 
@@ -145,6 +149,42 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every event, as it is committed.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
+}
+
+/// Copies every job and image of `from` into `to`, oldest first; jobs already in `to` are
+/// skipped, so an interrupted copy can be run again. Returns (copied, skipped).
+pub async fn copy_all(from: &dyn Store, to: &dyn Store) -> Result<(u64, u64)> {
+    // Pages come newest first; collect the ids, then copy oldest first so `to` lists them in
+    // the same order.
+    let mut jobs = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = from
+            .list_jobs(&ListQuery {
+                status: None,
+                cursor: cursor.clone(),
+                limit: 500,
+            })
+            .await?;
+        jobs.extend(page.jobs);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let (mut copied, mut skipped) = (0, 0);
+    for job in jobs.into_iter().rev() {
+        let image = from
+            .read_blob(&job.image_sha256)
+            .await?
+            .ok_or_else(|| StoreError::Database(format!("job {} has no image", job.id)))?;
+        if to.import_job(&job, &image).await? {
+            copied += 1;
+        } else {
+            skipped += 1;
+        }
+    }
+    Ok((copied, skipped))
 }
 
 /// Opens the store a URL names (`sqlite://PATH` or `postgres://...`).

@@ -177,3 +177,7 @@ pub(crate) fn encode_cursor(seq: i64) -> String {
 pub(crate) fn decode_cursor(cursor: &str) -> Option<i64> {
     cursor.strip_prefix('j')?.parse().ok().filter(|v| *v > 0)
 }
+
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<String, crate::StoreError> {
+    serde_json::to_string(v).map_err(|e| crate::StoreError::Database(e.to_string()))
+}

@@ -799,6 +799,65 @@ impl Store for SqliteStore {
         Ok(stats)
     }
 
+    async fn import_job(&self, job: &Job, image: &[u8]) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO blobs (sha256, size, content_type, width, height, created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&job.image_sha256)
+        .bind(image.len() as i64)
+        .bind(&job.content_type)
+        .bind(i64::from(job.width))
+        .bind(i64::from(job.height))
+        .bind(job.created_at.timestamp_millis())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            for (idx, chunk) in image.chunks(CHUNK_SIZE).enumerate() {
+                sqlx::query("INSERT INTO blob_chunks (sha256, idx, data) VALUES (?, ?, ?)")
+                    .bind(&job.image_sha256)
+                    .bind(idx as i64)
+                    .bind(chunk)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        // A job that was running has no worker here: it is queued again.
+        let status = if job.status == JobStatus::Running {
+            JobStatus::Queued
+        } else {
+            job.status
+        };
+        let n = sqlx::query(
+            "INSERT INTO jobs (id, status, image_sha256, file_name, attempts, stalls, run_attempts, \
+             max_attempts, run_at, error_code, error_message, attempt_errors, result, created_at, \
+             started_at, finished_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(job.id.to_string())
+        .bind(status.as_str())
+        .bind(&job.image_sha256)
+        .bind(&job.file_name)
+        .bind(i64::from(job.attempts))
+        .bind(i64::from(job.stalls))
+        .bind(i64::from(job.run_attempts))
+        .bind(i64::from(job.max_attempts))
+        .bind(job.run_at.timestamp_millis())
+        .bind(job.error.as_ref().map(|e| e.code.as_str()))
+        .bind(job.error.as_ref().map(|e| e.message.clone()))
+        .bind(crate::model::to_json(&job.attempt_errors)?)
+        .bind(job.result.as_ref().map(crate::model::to_json).transpose()?)
+        .bind(job.created_at.timestamp_millis())
+        .bind(job.started_at.map(|t| t.timestamp_millis()))
+        .bind(job.finished_at.map(|t| t.timestamp_millis()))
+        .bind(job.updated_at.timestamp_millis())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
         let v: Option<i64> =
             sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE status = 'queued'")

@@ -258,6 +258,7 @@ pub fn sample_result() -> JobResult {
             decode_ms: 2.25,
             inference_ms: 10.0,
         },
+        worker: None,
     }
 }
 

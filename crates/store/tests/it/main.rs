@@ -6,6 +6,7 @@ mod common;
 mod actions;
 mod blobs;
 mod controls;
+mod copy;
 mod delete;
 mod events;
 mod leases;

@@ -1,0 +1,222 @@
+//! imgclass's own decode + inference loop, without the queue, the database or HTTP: the ceiling
+//! of what the service can do on this machine with this crate. Used by `bench/run.sh`.
+//!
+//! ```sh
+//! cargo run --release -p imgclass-classifier --example raw -- [--n 200] [--mode both|1x2|2x1] \
+//!     [--breakdown] [--json OUT.json] IMAGE...
+//! ```
+//!
+//! The N images are taken round-robin from IMAGE... (read into memory first, so the disk is not
+//! measured). `1x2` runs one thread with one ONNX Runtime session of 2 intra-op threads; `2x1`
+//! runs two threads, each with its own 1-thread session, taking images from a shared counter
+//! (what `imgclass serve --workers 2` does on 2 cores). Each image goes through
+//! `Classifier::classify`: sniff, header check, full decode with EXIF, resize, normalise, model,
+//! softmax, top-5. `--breakdown` also times decode, pre-processing and the model apart, per image.
+
+use imgclass_classifier::imageio::{self, ImageLimits};
+use imgclass_classifier::{Classifier, Model, ModelSource};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+struct Args {
+    n: usize,
+    modes: Vec<(usize, usize)>,
+    breakdown: bool,
+    json: Option<String>,
+    files: Vec<String>,
+}
+
+fn usage() -> ! {
+    eprintln!("usage: raw [--n N] [--mode both|1x2|2x1] [--breakdown] [--json OUT.json] IMAGE...");
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        n: 200,
+        modes: vec![(1, 2), (2, 1)],
+        breakdown: false,
+        json: None,
+        files: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--n" => {
+                args.n = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
+            "--mode" => {
+                args.modes = match it.next().as_deref() {
+                    Some("both") => vec![(1, 2), (2, 1)],
+                    Some("1x2") => vec![(1, 2)],
+                    Some("2x1") => vec![(2, 1)],
+                    _ => usage(),
+                }
+            }
+            "--breakdown" => args.breakdown = true,
+            "--json" => args.json = Some(it.next().unwrap_or_else(|| usage())),
+            "-h" | "--help" => usage(),
+            f if f.starts_with("--") => usage(),
+            f => args.files.push(f.to_string()),
+        }
+    }
+    if args.files.is_empty() || args.n == 0 {
+        usage()
+    }
+    args
+}
+
+/// One run: `threads` threads, each with a session of `intra` intra-op threads.
+fn run(model: &Model, images: &Arc<Vec<Vec<u8>>>, n: usize, threads: usize, intra: usize) -> f64 {
+    let next = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let mut classifier = model.session(intra, 5).expect("session");
+            // Warm-up outside the timed part: the first run allocates ONNX Runtime's buffers.
+            classifier.classify(&images[0]).expect("warm-up");
+            let (next, barrier, images) = (next.clone(), barrier.clone(), images.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    classifier
+                        .classify(&images[i % images.len()])
+                        .expect("classify");
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let t0 = Instant::now();
+    for h in handles {
+        h.join().expect("worker thread");
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn main() {
+    let args = parse_args();
+    let images: Vec<Vec<u8>> = args
+        .files
+        .iter()
+        .map(|f| std::fs::read(f).unwrap_or_else(|e| panic!("{f}: {e}")))
+        .collect();
+    let images = Arc::new(images);
+    let t = Instant::now();
+    let model = Model::load(&ModelSource::BuiltIn).expect("model");
+    eprintln!(
+        "raw: model {} {} loaded in {:.0} ms; {} images round-robin over {} files",
+        model.info().name,
+        model.info().version,
+        t.elapsed().as_secs_f64() * 1e3,
+        args.n,
+        images.len()
+    );
+
+    let mut runs = Vec::new();
+    for &(threads, intra) in &args.modes {
+        let secs = run(&model, &images, args.n, threads, intra);
+        let rate = args.n as f64 / secs;
+        eprintln!(
+            "raw: {threads} thread(s) x {intra} intra: {} images in {secs:.2} s = {rate:.1} img/s",
+            args.n
+        );
+        runs.push((threads, intra, secs, rate));
+    }
+
+    // Per image: decode (with the upload checks), pre-processing, model; medians of a few runs.
+    let mut breakdown = Vec::new();
+    if args.breakdown {
+        let mut c = model.session(2, 5).expect("session");
+        let limits = ImageLimits::default();
+        for (name, bytes) in args.files.iter().zip(images.iter()) {
+            let (mut dec, mut pre, mut inf) = (Vec::new(), Vec::new(), Vec::new());
+            let mut size = (0, 0);
+            for _ in 0..5 {
+                let t0 = Instant::now();
+                let img = imageio::decode(bytes, &limits).expect("decode");
+                let t1 = Instant::now();
+                let mut buf = Vec::new();
+                imageio::preprocess(&img, &mut buf);
+                let t2 = Instant::now();
+                c.infer(&buf, 1).expect("infer");
+                let t3 = Instant::now();
+                size = (img.width(), img.height());
+                dec.push((t1 - t0).as_secs_f64() * 1e3);
+                pre.push((t2 - t1).as_secs_f64() * 1e3);
+                inf.push((t3 - t2).as_secs_f64() * 1e3);
+            }
+            let (d, p, i) = (median(dec), median(pre), median(inf));
+            eprintln!(
+                "raw: {name}: {}x{} {} bytes: decode {d:.1} ms, preprocess {p:.1} ms, model (2 intra) {i:.1} ms",
+                size.0,
+                size.1,
+                bytes.len()
+            );
+            breakdown.push((name.clone(), size, bytes.len(), d, p, i));
+        }
+    }
+
+    let mut json = String::new();
+    let _ = write!(
+        json,
+        "{{\"n\": {}, \"files\": [{}], \"runs\": [",
+        args.n,
+        args.files
+            .iter()
+            .map(|f| json_str(f))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (k, (threads, intra, secs, rate)) in runs.iter().enumerate() {
+        let _ = write!(
+            json,
+            "{}{{\"threads\": {threads}, \"intra\": {intra}, \"seconds\": {secs:.4}, \"images_per_s\": {rate:.2}}}",
+            if k > 0 { ", " } else { "" }
+        );
+    }
+    json.push_str("], \"breakdown\": [");
+    for (k, (name, (w, h), size, d, p, i)) in breakdown.iter().enumerate() {
+        let _ = write!(
+            json,
+            "{}{{\"file\": {}, \"width\": {w}, \"height\": {h}, \"bytes\": {size}, \"decode_ms\": {d:.2}, \"preprocess_ms\": {p:.2}, \"inference_ms\": {i:.2}}}",
+            if k > 0 { ", " } else { "" },
+            json_str(name)
+        );
+    }
+    json.push_str("]}\n");
+    match &args.json {
+        Some(path) => std::fs::write(path, &json).unwrap_or_else(|e| panic!("{path}: {e}")),
+        None => print!("{json}"),
+    }
+}
