@@ -1,5 +1,5 @@
-//! `imgclass`: the one binary. `serve` runs the API, the web page and the workers; `classify`
-//! classifies files locally; `migrate` prepares the database.
+//! `imgclass`: the one binary. `serve` runs the API, the web page and the workers; `worker` runs
+//! workers only; `classify` classifies files locally; `migrate` prepares or copies a database.
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -27,8 +27,30 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Classify image files locally and print the top labels (no server, no database).
     Classify(ClassifyArgs),
-    /// Create the database or bring it up to date.
-    Migrate(DatabaseArgs),
+    /// Run workers only, no HTTP API: a scale-out node on a shared PostgreSQL database.
+    Worker(Box<WorkerArgs>),
+    /// Create the database or bring it up to date; with --from and --to, copy an installation.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    db: DatabaseArgs,
+    /// Copy every job, result and image from this database (e.g. sqlite://data/imgclass.db)...
+    #[arg(long, requires = "to")]
+    from: Option<String>,
+    /// ...into this one (e.g. postgres://user@host/imgclass), after migrating it.
+    #[arg(long, requires = "from")]
+    to: Option<String>,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    db: DatabaseArgs,
+    #[command(flatten)]
+    work: WorkArgs,
 }
 
 #[derive(Args, Clone)]
@@ -107,6 +129,19 @@ struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     db: DatabaseArgs,
+    /// Run the API and page only; workers run elsewhere.
+    #[arg(long, env = "IMGCLASS_NO_WORKERS")]
+    no_workers: bool,
+    /// Attempts a job gets before it fails for good.
+    #[arg(long, env = "IMGCLASS_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: u32,
+    #[command(flatten)]
+    work: WorkArgs,
+}
+
+/// What a process that runs workers needs.
+#[derive(Args)]
+struct WorkArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -115,12 +150,6 @@ struct ServeArgs {
     /// the number of cores.
     #[arg(long, env = "IMGCLASS_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: Option<u16>,
-    /// Run the API and page only; workers run elsewhere.
-    #[arg(long, env = "IMGCLASS_NO_WORKERS")]
-    no_workers: bool,
-    /// Attempts a job gets before it fails for good.
-    #[arg(long, env = "IMGCLASS_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
-    max_attempts: u32,
     /// Share of classification attempts (0.0–1.0) that fail on purpose, to see retries and
     /// failures at work.
     #[arg(long, env = "IMGCLASS_INJECT_FAILURE_RATE", default_value_t = 0.0, value_parser = parse_rate)]
@@ -235,6 +264,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Classify(args) => classify(args),
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(*args))),
+        Command::Worker(args) => runtime().and_then(|rt| rt.block_on(worker(*args))),
         Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate(args))),
     };
     match result {
@@ -292,11 +322,82 @@ fn classify(args: ClassifyArgs) -> Result<std::process::ExitCode> {
     })
 }
 
-async fn migrate(args: DatabaseArgs) -> Result<std::process::ExitCode> {
-    let store = imgclass_store::connect(&args.database).await?;
+async fn migrate(args: MigrateArgs) -> Result<std::process::ExitCode> {
+    if let (Some(from), Some(to)) = (&args.from, &args.to) {
+        let source = imgclass_store::connect(from)
+            .await
+            .with_context(|| format!("cannot open {from}"))?;
+        source.migrate().await?;
+        let target = imgclass_store::connect(to)
+            .await
+            .with_context(|| format!("cannot open {to}"))?;
+        target.migrate().await?;
+        let (copied, skipped) = imgclass_store::copy_all(&*source, &*target).await?;
+        tracing::info!(copied, skipped, "copied jobs, results and images");
+        println!("copied {copied} jobs ({skipped} already there) from {from} to {to}");
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let store = imgclass_store::connect(&args.db.database).await?;
     store.migrate().await?;
-    tracing::info!(database = %args.database, "migrations applied");
+    tracing::info!(database = %args.db.database, "migrations applied");
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn worker(args: WorkerArgs) -> Result<std::process::ExitCode> {
+    let store = imgclass_store::connect(&args.db.database)
+        .await
+        .with_context(|| format!("cannot open the database {}", args.db.database))?;
+    store.migrate().await?;
+    let workers = start_workers(store, &args.work).await?;
+    tracing::info!("imgclass worker is running");
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new jobs are started");
+    workers.shutdown(args.work.shutdown_grace).await;
+    tracing::info!("stopped");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Loads the classifier and starts this process's workers.
+async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -> Result<Workers> {
+    let count = args.workers.map_or_else(cores, usize::from);
+    let factory: ClassifierFactory = match args.model.provider {
+        Provider::Noop => {
+            tracing::warn!("provider noop: jobs succeed without classification (benchmarks only)");
+            Arc::new(|| Ok(Box::new(NoopClassifier::default()) as Box<dyn Classifier>))
+        }
+        Provider::Onnx => {
+            let source = args.model.source();
+            let model = tokio::task::spawn_blocking(move || Model::load(&source)).await??;
+            let intra = (cores() / count).max(1);
+            let top_k = usize::from(args.model.top_k);
+            let limits = args.limits.limits();
+            tracing::info!(model = %model.info().name, version = %model.info().version, workers = count, intra_threads = intra, "model loaded");
+            Arc::new(move || {
+                let c = model.session(intra, top_k)?.with_limits(limits);
+                Ok(Box::new(c) as Box<dyn Classifier>)
+            })
+        }
+    };
+    let config = WorkerConfig {
+        workers: count,
+        lease: args.lease,
+        sweep_interval: (args.lease / 6).max(Duration::from_millis(100)),
+        inject_failure_rate: args.inject_failure_rate,
+        inject_failure_seed: args.inject_failure_seed,
+        rate_limit: args.rate_limit,
+        job_timeout: args.job_timeout,
+        backoff_base: args.backoff_base,
+        backoff_max: args.backoff_max.max(args.backoff_base),
+        max_stalls: args.max_stalls,
+        retain: args.retain.0,
+        node: format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into()),
+            std::process::id()
+        ),
+        ..WorkerConfig::default()
+    };
+    Workers::start(store, factory, config).await
 }
 
 async fn shutdown_signal() {
@@ -323,49 +424,14 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     let workers = if args.no_workers {
         None
     } else {
-        let count = args.workers.map_or_else(cores, usize::from);
-        let factory: ClassifierFactory = match args.model.provider {
-            Provider::Noop => {
-                tracing::warn!(
-                    "provider noop: jobs succeed without classification (benchmarks only)"
-                );
-                Arc::new(|| Ok(Box::new(NoopClassifier::default()) as Box<dyn Classifier>))
-            }
-            Provider::Onnx => {
-                let source = args.model.source();
-                let model = tokio::task::spawn_blocking(move || Model::load(&source)).await??;
-                let intra = (cores() / count).max(1);
-                let top_k = usize::from(args.model.top_k);
-                let limits = args.limits.limits();
-                tracing::info!(model = %model.info().name, version = %model.info().version, workers = count, intra_threads = intra, "model loaded");
-                Arc::new(move || {
-                    let c = model.session(intra, top_k)?.with_limits(limits);
-                    Ok(Box::new(c) as Box<dyn Classifier>)
-                })
-            }
-        };
-        let config = WorkerConfig {
-            workers: count,
-            lease: args.lease,
-            sweep_interval: (args.lease / 6).max(Duration::from_millis(100)),
-            inject_failure_rate: args.inject_failure_rate,
-            inject_failure_seed: args.inject_failure_seed,
-            rate_limit: args.rate_limit,
-            job_timeout: args.job_timeout,
-            backoff_base: args.backoff_base,
-            backoff_max: args.backoff_max.max(args.backoff_base),
-            max_stalls: args.max_stalls,
-            retain: args.retain.0,
-            ..WorkerConfig::default()
-        };
-        Some(Workers::start(store.clone(), factory, config).await?)
+        Some(start_workers(store.clone(), &args.work).await?)
     };
 
     let state = AppState {
         store,
-        upload: UploadConfig::new(args.limits.limits(), cores()),
+        upload: UploadConfig::new(args.work.limits.limits(), cores()),
         max_attempts: args.max_attempts,
-        rate_limit: args.rate_limit,
+        rate_limit: args.work.rate_limit,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -390,7 +456,7 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         _ = close_connections => {}
     }
     if let Some(w) = workers {
-        w.shutdown(args.shutdown_grace).await;
+        w.shutdown(args.work.shutdown_grace).await;
     }
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
