@@ -2,7 +2,7 @@
 //! of what the service can do on this machine with this crate. Used by `bench/run.sh`.
 //!
 //! ```sh
-//! cargo run --release -p imgclass-classifier --example raw -- [--n 200] [--mode both|1x2|2x1] \
+//! cargo run --release -p imgclass-classifier --example raw -- [--n 200] [--repeat 1] [--mode both|1x2|2x1] \
 //!     [--breakdown] [--json OUT.json] IMAGE...
 //! ```
 //!
@@ -11,7 +11,8 @@
 //! runs two threads, each with its own 1-thread session, taking images from a shared counter
 //! (what `imgclass serve --workers 2` does on 2 cores). Each image goes through
 //! `Classifier::classify`: sniff, header check, full decode with EXIF, resize, normalise, model,
-//! softmax, top-5. `--breakdown` also times decode, pre-processing and the model apart, per image.
+//! softmax, top-5. With `--repeat R` each layout runs R times (the JSON has every run).
+//! `--breakdown` also times decode, pre-processing and the model apart, per image.
 
 use imgclass_classifier::imageio::{self, ImageLimits};
 use imgclass_classifier::{Classifier, Model, ModelSource};
@@ -22,6 +23,7 @@ use std::time::Instant;
 
 struct Args {
     n: usize,
+    repeat: usize,
     modes: Vec<(usize, usize)>,
     breakdown: bool,
     json: Option<String>,
@@ -29,13 +31,14 @@ struct Args {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: raw [--n N] [--mode both|1x2|2x1] [--breakdown] [--json OUT.json] IMAGE...");
+    eprintln!("usage: raw [--n N] [--repeat R] [--mode both|1x2|2x1] [--breakdown] [--json OUT.json] IMAGE...");
     std::process::exit(2)
 }
 
 fn parse_args() -> Args {
     let mut args = Args {
         n: 200,
+        repeat: 1,
         modes: vec![(1, 2), (2, 1)],
         breakdown: false,
         json: None,
@@ -48,6 +51,13 @@ fn parse_args() -> Args {
                 args.n = it
                     .next()
                     .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
+            "--repeat" => {
+                args.repeat = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|r| *r > 0)
                     .unwrap_or_else(|| usage())
             }
             "--mode" => {
@@ -144,7 +154,11 @@ fn main() {
     );
 
     let mut runs = Vec::new();
-    for &(threads, intra) in &args.modes {
+    for &(threads, intra) in args
+        .modes
+        .iter()
+        .flat_map(|m| std::iter::repeat_n(m, args.repeat))
+    {
         let secs = run(&model, &images, args.n, threads, intra);
         let rate = args.n as f64 / secs;
         eprintln!(

@@ -40,11 +40,34 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolClosed => StoreError::Unavailable(e.to_string()),
+            sqlx::Error::Database(ref db) if is_connection_problem(db.code().as_deref()) => {
                 StoreError::Unavailable(e.to_string())
             }
             other => StoreError::Database(other.to_string()),
         }
+    }
+}
+
+/// SQLSTATEs that mean "the database cannot serve us right now", not "the request is wrong":
+/// connection exceptions (08), operator intervention such as a shutdown or restart (57P),
+/// insufficient resources (53), a database not accepting connections (55000), and SQLite's
+/// busy/locked codes (5, 6).
+fn is_connection_problem(code: Option<&str>) -> bool {
+    match code {
+        Some(c) => {
+            c.starts_with("08")
+                || c.starts_with("57P")
+                || c.starts_with("53")
+                || c == "55000"
+                || c == "5"
+                || c == "6"
+        }
+        None => false,
     }
 }
 

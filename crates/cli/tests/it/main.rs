@@ -1,6 +1,8 @@
 //! The `imgclass` binary as a user runs it: one-shot classification, and `serve` processes
 //! killed with SIGKILL that lose no accepted job.
 
+mod pg_cluster;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -66,7 +68,7 @@ fn classify_reports_bad_files_and_fails() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("espresso"));
 }
 
-/// A running `imgclass serve`.
+/// A running `imgclass serve` (or `imgclass worker`, whose `base` is empty).
 struct Server {
     child: Child,
     base: String,
@@ -74,9 +76,20 @@ struct Server {
 
 impl Server {
     fn start(db: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--database", db];
+        args.extend_from_slice(extra);
+        Self::spawn(&args)
+    }
+
+    fn worker(db: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["worker", "--database", db];
+        args.extend_from_slice(extra);
+        Self::spawn(&args)
+    }
+
+    fn spawn(args: &[&str]) -> Server {
         let mut child = Command::new(bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--database", db])
-            .args(extra)
+            .args(args)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -95,6 +108,9 @@ impl Server {
                 break url
                     .trim_end_matches(|c: char| !c.is_ascii_digit())
                     .to_string();
+            }
+            if line.contains("imgclass worker is running") {
+                break String::new();
             }
         };
         // Keep draining the log so the child never blocks on a full pipe.

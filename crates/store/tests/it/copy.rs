@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use imgclass_core::{ErrorCode, JobStatus};
-use imgclass_store::{copy_all, Outcome, Store};
+use imgclass_store::{copy_all, Outcome};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_all_moves_jobs_results_and_images_once() {

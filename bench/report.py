@@ -1,0 +1,247 @@
+"""Reads the per-section JSON files of one bench/run.sh run, prints the table (Markdown, so that
+it can be pasted into bench/README.md as it is) and writes them all into one JSON file.
+
+Usage: python report.py SECTIONS_DIR OUT.json
+"""
+import glob
+import json
+import os
+import sys
+
+
+def load(d, name):
+    p = os.path.join(d, name)
+    if not os.path.exists(p):
+        return None
+    with open(p) as fh:
+        return json.load(fh)
+
+
+def fmt(x, d=1):
+    if x is None:
+        return "—"
+    return f"{x:,.{d}f}"
+
+
+def mib(kb):
+    return "—" if kb is None else f"{kb / 1024:,.0f} MiB"
+
+
+def grouped(runs, key):
+    """{layout: "rate" or "rate1 / rate2"} in first-seen order."""
+    out = {}
+    for r in runs:
+        out.setdefault(key(r), []).append(fmt(r["images_per_s"]))
+    return {k: " / ".join(v) for k, v in out.items()}
+
+
+def ratio(a, b):
+    return None if not a or not b else a / b
+
+
+def main():
+    d, out_path = sys.argv[1], sys.argv[2]
+    m = load(d, "machine.json") or {}
+    e2e = load(d, "e2e.json")
+    ceil = load(d, "ceiling.json")
+    raw = load(d, "raw.json")
+    lat = load(d, "latency.json")
+    cap = load(d, "client-capacity.json")
+    pg = load(d, "postgres.json")
+    ph = load(d, "phases-sqlite.json")
+    queues = [load(d, os.path.basename(p)) for p in glob.glob(os.path.join(d, "queue-*.json"))]
+    # SQLite on disk, then SQLite on tmpfs, then PostgreSQL; fewer workers first.
+    queues.sort(key=lambda q: ("PostgreSQL" in q["label"], "tmpfs" in q["label"], "polls" in q["label"], q["workers"]))
+    bulls = [load(d, os.path.basename(p)) for p in sorted(glob.glob(os.path.join(d, "bullmq-*.json")))]
+    load_end = open(os.path.join(d, "loadavg-end.txt")).read().split() if os.path.exists(os.path.join(d, "loadavg-end.txt")) else []
+
+    ceil_best = max(ceil["runs"], key=lambda r: r["images_per_s"]) if ceil else None
+    raw_best = max(raw["runs"], key=lambda r: r["images_per_s"]) if raw else None
+    disk_queues = [q for q in queues if "tmpfs" not in q["label"] and "polls" not in q["label"]]
+    q_best = max(disk_queues, key=lambda q: q["per_s"]) if disk_queues else None
+    bull_ok = [b for b in bulls if "per_s" in b]
+    b_best = max(bull_ok, key=lambda b: b["per_s"]) if bull_ok else None
+
+    rows = []
+    add = rows.append
+    n = e2e["n"] if e2e else (ceil or {}).get("n")
+    add(("**Classification throughput**", "", f"{n} photos round-robin over 5 fixtures (0.1–0.3 MP) + 3 JPEGs (6–12 MP)"))
+    if e2e:
+        other = e2e.get("other_cpu_s")
+        add((
+            "end to end: HTTP upload → queue → model → `succeeded`",
+            f"**{fmt(e2e['per_s'])} img/s**",
+            f"`serve` defaults (2 workers × 1 intra thread), {e2e['concurrency']} uploads in flight, "
+            f"first POST → last `succeeded` event; all submitted after {fmt(e2e['submit_seconds'], 2)} s; "
+            f"server CPU {fmt(e2e['server_cpu_ms_per_job'], 0)} ms per image"
+            + (f" (raw loop: {fmt(1000 * (m.get('cores') or 2) / raw_best['images_per_s'], 0)} ms on {m.get('cores') or 2} busy cores)" if raw_best else "")
+            + f"; other processes used {fmt(other)} CPU s during the {fmt(e2e['seconds'], 2)} s"
+            + (f"; runs: {' / '.join(fmt(r['per_s']) for r in e2e['runs'])}" if len(e2e.get('runs', [])) > 1 else ""),
+        ))
+    if ceil:
+        modes = {"1x2": "1 session × 2 threads", "2proc": "2 processes × 1 thread", "2thread": "2 threads × 1"}
+        add((
+            f"ceiling: Python onnxruntime {ceil['onnxruntime']} + Pillow {ceil['pillow']} + numpy",
+            f"**{fmt(ceil_best['images_per_s'])} img/s**",
+            "best of " + ", ".join(f"{modes.get(k, k)} {v}" for k, v in grouped(ceil["runs"], lambda r: r["mode"]).items())
+            + "; decode + pre-processing + model, images in memory",
+        ))
+    if raw:
+        add((
+            "imgclass raw loop (`examples/raw`: `Classifier::classify`, no queue, no HTTP)",
+            f"**{fmt(raw_best['images_per_s'])} img/s**",
+            "best of " + ", ".join(
+                f"{t} thread{'s' if t > 1 else ''} × {i} intra {v}"
+                for (t, i), v in grouped(raw["runs"], lambda r: (r["threads"], r["intra"])).items()
+            ),
+        ))
+    if e2e and ceil_best:
+        add(("ratio end to end / Python ceiling", f"**{fmt(ratio(e2e['per_s'], ceil_best['images_per_s']), 2)}**", ""))
+    if raw_best and ceil_best:
+        add(("ratio raw loop / Python ceiling", f"**{fmt(ratio(raw_best['images_per_s'], ceil_best['images_per_s']), 2)}**", ""))
+    if e2e and raw_best:
+        add(("ratio end to end / raw loop", fmt(ratio(e2e["per_s"], raw_best["images_per_s"]), 2), "what the service around the model costs"))
+
+    nq = queues[0]["n"] if queues else (b_best or {}).get("n")
+    add(("**Queue overhead**", "", f"{nq} no-op jobs (8×8 PNG), first submit → last `succeeded`/completed"))
+    for q in queues:
+        add((
+            q["label"],
+            f"{fmt(q['per_s'], 0)} jobs/s",
+            f"`--provider noop`; {q['concurrency']} POSTs in flight, submitted at {fmt(q['submit_per_s'], 0)}/s; "
+            f"CPU per job: server {fmt(q['server_cpu_ms_per_job'], 2)} ms, whole machine {fmt(q.get('machine_cpu_ms_per_job'), 2)} ms; "
+            f"in {fmt(q['seconds'], 2)} s CPU used: server {fmt(q['server_cpu_s'])} s, "
+            f"client {fmt(q['client_cpu_s'])} s, other processes "
+            + ("(PostgreSQL's included) " if "PostgreSQL" in q["label"] else "")
+            + f"{fmt(q.get('other_cpu_s'))} s",
+        ))
+    if ph:
+        add((
+            "imgclass SQLite, halves apart: submit only (`--no-workers`)",
+            f"{fmt(ph['submit']['per_s'], 0)} jobs/s",
+            f"HTTP + upload check + insert; server CPU {fmt(ph['submit']['server_cpu_ms_per_job'], 2)} ms per job",
+        ))
+        add((
+            f"imgclass SQLite, halves apart: drain only (`--workers {ph['workers']}`, no HTTP)",
+            f"{fmt(ph['drain']['per_s'], 0)} jobs/s",
+            f"claim + read image + finish + events, on the {ph['n']} queued jobs; server CPU {fmt(ph['drain']['server_cpu_ms_per_job'], 2)} ms per job",
+        ))
+    if pg and pg.get("status") != "measured":
+        add(("imgclass PostgreSQL", f"postgres: {pg['status']}", ""))
+    for b in bulls:
+        if "per_s" not in b:
+            add(("BullMQ", b.get("status", "?"), ""))
+            continue
+        redis = m.get("redis")
+        persist = "no persistence" if m.get("redis_appendonly") == "no" and not m.get("redis_save") else f"appendonly {m.get('redis_appendonly')}"
+        add((
+            f"BullMQ {b['bullmq']}, 1 worker process, concurrency {b['worker_concurrency']}",
+            f"{fmt(b['per_s'], 0)} jobs/s",
+            f"producer {b['producer']} ({fmt(b['add_per_s'], 0)} adds/s); Redis {redis}, {persist}; "
+            f"CPU per job, whole machine {fmt(b.get('machine_cpu_ms_per_job'), 3)} ms; in {fmt(b['seconds'], 2)} s CPU used: "
+            f"worker {fmt(b.get('worker_cpu_s'))} s, producer {fmt(b.get('producer_cpu_s'))} s, redis-server {fmt(b.get('redis_cpu_s'))} s",
+        ))
+    if q_best and b_best:
+        add((
+            "ratio imgclass (best on disk) / BullMQ (best)",
+            f"**{fmt(ratio(q_best['per_s'], b_best['per_s']), 3)}**",
+            f"{q_best['label']} vs BullMQ concurrency {b_best['worker_concurrency']}, {b_best['producer']}",
+        ))
+    if cap:
+        alts = "; ".join(f"{a['client']}: {fmt(a['per_s'], 0)}/s" for a in cap.get("alternatives", []))
+        add((
+            "client capacity (same client against a null server)",
+            f"{fmt(cap['per_s'], 0)} req/s",
+            f"{cap['client']}, {cap['concurrency']} in flight, {fmt(cap['client_cpu_s'], 2)} CPU s"
+            + (f"; {alts}" if alts else ""),
+        ))
+
+    if lat:
+        add(("**Latency**", "", f"{lat['file']}, idle server, {lat['n']} sequential jobs after {lat['warmup']} warm-up; client clock, SSE arrival"))
+        for key, label in [
+            ("accepted", "submit → `202` answer"),
+            ("submit_to_running", "submit → `running` event"),
+            ("submit_to_succeeded", "submit → `succeeded` event"),
+        ]:
+            s = lat[key]
+            add((label, f"{fmt(s['median'])} ms median, {fmt(s['p99'])} ms p99", f"max {fmt(s['max'])} ms"))
+        s, w = lat["server_created_to_finished"], lat["worker_decode_ms"]
+        add((
+            "same, server timestamps created → finished",
+            f"{fmt(s['median'], 0)} ms median, {fmt(s['p99'], 0)} ms p99",
+            f"worker: decode+resize {fmt(w['median'])} ms, model {fmt(lat['worker_inference_ms']['median'])} ms (medians)",
+        ))
+
+    if e2e:
+        add(("**Memory** (`imgclass serve` RSS)", "", ""))
+        add(("idle, model loaded (2 sessions)", mib(e2e["rss_idle_kb"]), "VmRSS 1.5 s after start"))
+        add(("peak during the end-to-end run", mib(e2e["rss_peak_kb"]), "VmHWM at the end (and VmRSS sampled every 100 ms)"))
+        add(("idle after the run", mib(e2e["rss_after_kb"]), ""))
+        noop = next((q for q in queues if q["label"].endswith("--workers 2") and "SQLite" in q["label"]), None)
+        if noop:
+            add(("`--provider noop`, peak in the queue run", mib(noop["rss_peak_kb"]), "no model: the service itself"))
+
+    title = (
+        f"imgclass benchmark ({m.get('mode', '?')}) — {m.get('date', '?')} — {m.get('cpu', '?')}, "
+        f"{m.get('cores', '?')} cores, {m.get('mem_gib', '?')} GiB — git {m.get('git', '?')} — "
+        f"load average at start {' '.join(m.get('loadavg_start', []))}, at end {' '.join(load_end)} — "
+        f"on the database disk, 4 KiB rewrite+fdatasync {m.get('fdatasync_ms_median', '?')} ms, "
+        f"append+fsync {m.get('append_fsync_ms_median', '?')} ms (medians)"
+    )
+    lines = [title, "", "| measurement | result | notes |", "| --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+
+    # Where the time goes, per photo: the two raw pipelines and what the server reported.
+    if raw and raw.get("breakdown") and ceil and ceil.get("breakdown"):
+        srv = (e2e or {}).get("server_timings", {}).get("by_file", {})
+        lines += [
+            "",
+            "Per photo, milliseconds (median of 5; model with 2 intra threads; server = mean over the end-to-end jobs, 2 workers × 1 thread, decode includes resize):",
+            "",
+            "| photo | size | Rust decode | Rust resize+normalise | Rust model | Python decode | Python resize+normalise | Python model | server decode+resize | server model |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        py = {os.path.basename(r["file"]): r for r in ceil["breakdown"]}
+        for r in raw["breakdown"]:
+            name = os.path.basename(r["file"])
+            p = py.get(name, {})
+            s = srv.get(name, {})
+            lines.append(
+                f"| {name} | {r['width']}×{r['height']}, {r['bytes'] / 1e6:.2f} MB | {fmt(r['decode_ms'])} | {fmt(r['preprocess_ms'])} | "
+                f"{fmt(r['inference_ms'])} | {fmt(p.get('decode_ms'))} | {fmt(p.get('preprocess_ms'))} | {fmt(p.get('inference_ms'))} | "
+                f"{fmt(s.get('decode_ms_mean'))} | {fmt(s.get('inference_ms_mean'))} |"
+            )
+    text = "\n".join(lines)
+    print(text)
+
+    combined = {
+        "machine": m,
+        "summary": {
+            "e2e_images_per_s": e2e and e2e["per_s"],
+            "python_ceiling_images_per_s": ceil_best and ceil_best["images_per_s"],
+            "raw_images_per_s": raw_best and raw_best["images_per_s"],
+            "e2e_over_ceiling": ratio(e2e and e2e["per_s"], ceil_best and ceil_best["images_per_s"]),
+            "raw_over_ceiling": ratio(raw_best and raw_best["images_per_s"], ceil_best and ceil_best["images_per_s"]),
+            "queue_best_jobs_per_s": q_best and q_best["per_s"],
+            "bullmq_best_jobs_per_s": b_best and b_best["per_s"],
+            "queue_over_bullmq": ratio(q_best and q_best["per_s"], b_best and b_best["per_s"]),
+            "latency_submit_to_running_ms": lat and lat["submit_to_running"],
+            "latency_submit_to_succeeded_ms": lat and lat["submit_to_succeeded"],
+            "rss_idle_kb": e2e and e2e["rss_idle_kb"],
+            "rss_peak_kb": e2e and e2e["rss_peak_kb"],
+            "postgres": pg and pg.get("status"),
+        },
+        "sections": {
+            "e2e": e2e, "ceiling_python": ceil, "raw": raw, "latency": lat, "client_capacity": cap,
+            "queues": queues, "queue_phases": ph, "bullmq": bulls, "postgres": pg,
+        },
+        "table_markdown": text,
+    }
+    with open(out_path, "w") as fh:
+        json.dump(combined, fh, indent=2)
+        fh.write("\n")
+    print(f"\n(JSON: {out_path}; sections: {d}/)")
+
+
+if __name__ == "__main__":
+    main()

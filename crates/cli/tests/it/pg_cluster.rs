@@ -1,0 +1,358 @@
+//! Scale-out on PostgreSQL: real `imgclass serve --no-workers` and `imgclass worker` processes
+//! on one database. Each test creates its own database and drops it.
+//!
+//! These tests need a PostgreSQL server: `IMGCLASS_TEST_POSTGRES` (default
+//! `postgres://postgres@127.0.0.1:5432/test`). `scripts/test.sh` runs them when the server
+//! answers (always in CI) and reports them as skipped, with the reason, when it does not.
+
+use super::{big_jpeg, fixture, job, submit, Server};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+fn admin_url() -> String {
+    std::env::var("IMGCLASS_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A database of its own, dropped at the end.
+struct PgDb {
+    name: String,
+    url: String,
+}
+
+async fn admin_exec(sql: &str) {
+    let out = tokio::process::Command::new("psql")
+        .args([&admin_url(), "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .output()
+        .await
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn admin_query(sql: &str) -> String {
+    let out = tokio::process::Command::new("psql")
+        .args([&admin_url(), "-qAtc", sql])
+        .output()
+        .await
+        .expect("psql");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl PgDb {
+    async fn new() -> PgDb {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "imgclass_it_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        admin_exec(&format!("CREATE DATABASE {name}")).await;
+        let admin = admin_url();
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        PgDb {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([
+                &admin_url(),
+                "-qAtc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+/// Every event of an API node from the start of the log, as (kind, job id, data).
+fn follow_events(base: &str, from_start: bool) -> mpsc::UnboundedReceiver<(String, String, Value)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let url = format!("{base}/api/events");
+    tokio::spawn(async move {
+        let mut req = reqwest::Client::new().get(url);
+        if from_start {
+            req = req.header("Last-Event-ID", "0");
+        }
+        let mut resp = req.send().await.unwrap();
+        let mut buf = String::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let mut kind = String::new();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(k) = line.strip_prefix("event: ") {
+                        kind = k.to_string();
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        data.push_str(d);
+                    }
+                }
+                if kind.is_empty() {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                let id = v["job_id"].as_str().unwrap_or_default().to_string();
+                if tx.send((kind, id, v)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Waits until every job in `ids` has a `succeeded` event; returns the count per job.
+async fn await_successes(
+    events: &mut mpsc::UnboundedReceiver<(String, String, Value)>,
+    ids: &[String],
+    timeout: Duration,
+) -> HashMap<String, usize> {
+    let mut done: HashMap<String, usize> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while ids.iter().any(|id| !done.contains_key(id)) {
+        let next = tokio::time::timeout_at(deadline, events.recv()).await;
+        let (kind, id, _) = next
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {} jobs succeeded in time",
+                    done.len(),
+                    ids.len()
+                )
+            })
+            .expect("event stream ended");
+        if kind == "succeeded" {
+            *done.entry(id).or_default() += 1;
+        }
+    }
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_jobs_on_two_worker_processes_each_complete_once() {
+    let db = PgDb::new().await;
+    let api = Server::start(&db.url, &["--no-workers"]);
+    let _w1 = Server::worker(&db.url, &["--workers", "1"]);
+    let _w2 = Server::worker(&db.url, &["--workers", "1"]);
+    let mut events = follow_events(&api.base, true);
+    let photos = [fixture("coffee.png"), fixture("chelsea.png")].map(|p| std::fs::read(p).unwrap());
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(submit(&api.base, "photo.png", photos[i % 2].clone()).await);
+    }
+    let done = await_successes(&mut events, &ids, Duration::from_secs(180)).await;
+    let elapsed = started.elapsed();
+    println!(
+        "50 jobs on 2 worker processes: {:.1} s, {:.1} images/s",
+        elapsed.as_secs_f64(),
+        50.0 / elapsed.as_secs_f64()
+    );
+    // Let any duplicate show up before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok((kind, id, _)) = events.try_recv() {
+        assert_ne!(kind, "succeeded", "a second success for {id}");
+    }
+    let mut by_worker: HashMap<String, usize> = HashMap::new();
+    for id in &ids {
+        assert_eq!(done[id], 1, "{id} succeeded once");
+        let j = job(&api.base, id).await;
+        assert_eq!(j["status"], "succeeded");
+        assert_eq!(j["attempts"], 1);
+        let worker = j["result"]["worker"]
+            .as_str()
+            .unwrap()
+            .rsplit_once('-')
+            .unwrap()
+            .0
+            .to_string();
+        *by_worker.entry(worker).or_default() += 1;
+    }
+    assert_eq!(
+        by_worker.len(),
+        2,
+        "both worker processes took jobs: {by_worker:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_loses_nothing() {
+    let db = PgDb::new().await;
+    let api = Server::start(&db.url, &["--no-workers"]);
+    let victim = Server::worker(&db.url, &["--workers", "1", "--lease", "2s"]);
+    let _survivor = Server::worker(&db.url, &["--workers", "1", "--lease", "2s"]);
+    let mut events = follow_events(&api.base, true);
+    let big = big_jpeg();
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(submit(&api.base, "big.jpg", big.clone()).await);
+    }
+    // Kill one worker as soon as two jobs are running (so both workers hold one).
+    let mut running = 0;
+    while running < 2 {
+        let (kind, _, _) = events.recv().await.unwrap();
+        if kind == "running" {
+            running += 1;
+        }
+    }
+    victim.kill9();
+    let done = await_successes(&mut events, &ids, Duration::from_secs(180)).await;
+    let mut rescued = 0;
+    for id in &ids {
+        assert_eq!(done[id], 1);
+        let j = job(&api.base, id).await;
+        assert_eq!(j["status"], "succeeded");
+        if j["attempts"] == 2 {
+            assert_eq!(j["attempt_errors"][0]["code"], "stalled");
+            rescued += 1;
+        }
+    }
+    assert!(rescued <= 1, "only the victim's job was run twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_across_worker_processes() {
+    let db = PgDb::new().await;
+    let api = Server::start(&db.url, &["--no-workers"]);
+    let _w1 = Server::worker(&db.url, &["--workers", "2", "--rate-limit", "2/1s"]);
+    let _w2 = Server::worker(&db.url, &["--workers", "2", "--rate-limit", "2/1s"]);
+    let mut events = follow_events(&api.base, true);
+    let photo = std::fs::read(fixture("coffee.png")).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(submit(&api.base, "c.png", photo.clone()).await);
+    }
+    await_successes(&mut events, &ids, Duration::from_secs(60)).await;
+    let mut starts = Vec::new();
+    for id in &ids {
+        let j = job(&api.base, id).await;
+        let t = chrono_ms(j["started_at"].as_str().unwrap());
+        starts.push(t);
+    }
+    starts.sort_unstable();
+    for (i, t) in starts.iter().enumerate() {
+        let n = starts[i..].iter().filter(|s| **s < t + 1000).count();
+        assert!(n <= 2, "{n} starts within 1 s: {starts:?}");
+    }
+}
+
+fn chrono_ms(rfc3339: &str) -> i64 {
+    // "2026-11-28T21:59:57.123456Z" → ms since the epoch, without a date library.
+    let out = std::process::Command::new("date")
+        .args(["-d", rfc3339, "+%s%3N"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_one_api_node_sees_a_job_submitted_through_another() {
+    let db = PgDb::new().await;
+    let a = Server::start(&db.url, &["--no-workers"]);
+    let b = Server::start(&db.url, &["--no-workers"]);
+    let _w = Server::worker(&db.url, &["--workers", "1"]);
+    let mut on_a = follow_events(&a.base, false);
+    // Give the live stream a moment to be established before submitting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let id = submit(
+        &b.base,
+        "c.png",
+        std::fs::read(fixture("coffee.png")).unwrap(),
+    )
+    .await;
+    let mut kinds = Vec::new();
+    loop {
+        let (kind, job_id, data) = tokio::time::timeout(Duration::from_secs(60), on_a.recv())
+            .await
+            .expect("node A saw the job finish")
+            .unwrap();
+        if job_id != id {
+            continue;
+        }
+        kinds.push(kind.clone());
+        if kind == "succeeded" {
+            assert_eq!(data["job"]["result"]["predictions"][0]["label"], "espresso");
+            break;
+        }
+    }
+    println!(
+        "submit on B to succeeded seen on A: {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(kinds, vec!["created", "running", "succeeded"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_recover_when_the_database_connections_drop() {
+    let db = PgDb::new().await;
+    let api = Server::start(&db.url, &["--no-workers"]);
+    let _w = Server::worker(&db.url, &["--workers", "1"]);
+    let mut events = follow_events(&api.base, false);
+    let photo = std::fs::read(fixture("coffee.png")).unwrap();
+    let first = submit(&api.base, "c.png", photo.clone()).await;
+    await_successes(
+        &mut events,
+        std::slice::from_ref(&first),
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // The outage: no connection allowed, every open one cut (as when the server restarts).
+    admin_exec(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+        db.name
+    ))
+    .await;
+    admin_query(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{}'",
+        db.name
+    ))
+    .await;
+    let resp = reqwest::get(format!("{}/api/jobs", api.base))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+
+    // The server is back: the nodes reconnect by themselves, events flow again.
+    admin_exec(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+        db.name
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(photo.clone()).file_name("c.png"),
+        );
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/jobs", api.base))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 202 {
+            let v: Value = resp.json().await.unwrap();
+            break v["jobs"][0]["id"].as_str().unwrap().to_string();
+        }
+        assert_eq!(resp.status(), 503, "only 503 while reconnecting");
+        assert!(Instant::now() < deadline, "the API node did not reconnect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut events = follow_events(&api.base, true);
+    await_successes(&mut events, &[first, second], Duration::from_secs(60)).await;
+}
