@@ -1,7 +1,7 @@
 """The ceiling: the same ONNX model on the same images through Python onnxruntime + Pillow +
 numpy, decode and pre-processing included, using both cores as well as Python can.
 
-Pre-processing is the reference one (/work/shared/models/scripts/reference_predict.py): decode,
+Pre-processing is the model's reference one: decode,
 RGB, shorter side to 256 (bilinear), centre crop 224, (x-127)/128, NCHW float32.
 
 Layouts tried (the N images round-robin over the files, read into memory first):
