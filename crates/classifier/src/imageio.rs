@@ -139,6 +139,135 @@ pub fn probe(bytes: &[u8], limits: &ImageLimits) -> Result<ProbedImage, ImageChe
     })
 }
 
+/// The upload check: the format from the bytes, the size limits from the header, and whether
+/// the file is complete (a truncated file is refused) — without decoding pixels, which the
+/// worker does once. JPEG: an end-of-image marker after the last scan; PNG: every chunk whole,
+/// its CRC right, up to IEND; GIF: the trailer; WebP and BMP: the length their header declares;
+/// TIFF (rare, and without a cheap check): a full decode.
+pub fn check(bytes: &[u8], limits: &ImageLimits) -> Result<ProbedImage, ImageCheckError> {
+    let probed = probe(bytes, limits)?;
+    let truncated = |what: &str| Err(ImageCheckError::Corrupt(what.to_string()));
+    match probed.format {
+        ImageFormat::Jpeg if !jpeg_has_end(bytes) => {
+            return truncated("the JPEG data ends before its end-of-image marker")
+        }
+        ImageFormat::Png => png_complete(bytes)?,
+        ImageFormat::Gif if bytes.last() != Some(&0x3B) => {
+            return truncated("the GIF data ends before its trailer")
+        }
+        ImageFormat::WebP => {
+            let declared = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+            if bytes.len() < 8 + declared {
+                return truncated("the WebP data is shorter than its header says");
+            }
+        }
+        ImageFormat::Bmp if bytes.len() >= 6 => {
+            let declared = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]) as usize;
+            if bytes.len() < declared {
+                return truncated("the BMP data is shorter than its header says");
+            }
+        }
+        ImageFormat::Tiff => {
+            decode(bytes, limits)?;
+        }
+        _ => {}
+    }
+    Ok(probed)
+}
+
+/// Walks the PNG chunks: each must fit in the file with a correct CRC, up to IEND.
+fn png_complete(bytes: &[u8]) -> Result<(), ImageCheckError> {
+    let corrupt = |m: &str| Err(ImageCheckError::Corrupt(m.to_string()));
+    let mut pos = 8;
+    loop {
+        if pos + 12 > bytes.len() {
+            return corrupt("the PNG data ends before its IEND chunk");
+        }
+        let len = u32::from_be_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
+            as usize;
+        let end = pos + 12 + len;
+        if end > bytes.len() {
+            return corrupt("the PNG data ends inside a chunk");
+        }
+        let body = &bytes[pos + 4..pos + 8 + len];
+        let crc = u32::from_be_bytes([
+            bytes[end - 4],
+            bytes[end - 3],
+            bytes[end - 2],
+            bytes[end - 1],
+        ]);
+        if crc32fast::hash(body) != crc {
+            return corrupt("a PNG chunk is damaged (CRC mismatch)");
+        }
+        if &body[..4] == b"IEND" {
+            return Ok(());
+        }
+        pos = end;
+    }
+}
+
+/// Decodes for the model: like [`decode`], but a large JPEG is decoded at a reduced scale in
+/// the DCT domain (1/2, 1/4 or 1/8), keeping the shorter side at least `short_side` pixels.
+/// For a 12 MP photo that is several times faster and smaller than a full decode.
+pub fn decode_reduced(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    short_side: u32,
+) -> Result<DynamicImage, ImageCheckError> {
+    let probed = probe(bytes, limits)?;
+    if probed.format == ImageFormat::Jpeg && probed.width.min(probed.height) >= 2 * short_side {
+        if !jpeg_has_end(bytes) {
+            return Err(ImageCheckError::Corrupt(
+                "the JPEG data ends before its end-of-image marker".into(),
+            ));
+        }
+        if let Some(img) = decode_jpeg_scaled(bytes, probed, short_side)? {
+            return Ok(img);
+        }
+    }
+    decode(bytes, limits)
+}
+
+/// `None` when the JPEG's pixel format is one the scaled path does not handle (CMYK, 16-bit).
+fn decode_jpeg_scaled(
+    bytes: &[u8],
+    probed: ProbedImage,
+    short_side: u32,
+) -> Result<Option<DynamicImage>, ImageCheckError> {
+    let corrupt = |e: jpeg_decoder::Error| ImageCheckError::Corrupt(e.to_string());
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    let min = probed.width.min(probed.height);
+    let want = |side: u32| {
+        u16::try_from((u64::from(side) * u64::from(short_side)).div_ceil(u64::from(min)))
+            .unwrap_or(u16::MAX)
+    };
+    let (w, h) = decoder
+        .scale(want(probed.width), want(probed.height))
+        .map_err(corrupt)?;
+    let format = decoder.info().map(|i| i.pixel_format);
+    let pixels = match format {
+        Some(jpeg_decoder::PixelFormat::RGB24) | Some(jpeg_decoder::PixelFormat::L8) => {
+            decoder.decode().map_err(corrupt)?
+        }
+        _ => return Ok(None),
+    };
+    let (w, h) = (u32::from(w), u32::from(h));
+    let bad_size = || ImageCheckError::Corrupt("the JPEG decoded to an unexpected size".into());
+    let mut img = match format {
+        Some(jpeg_decoder::PixelFormat::L8) => {
+            DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, pixels).ok_or_else(bad_size)?)
+        }
+        _ => DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, pixels).ok_or_else(bad_size)?),
+    };
+    if let Some(o) = decoder
+        .exif_data()
+        .and_then(image::metadata::Orientation::from_exif_chunk)
+    {
+        img.apply_orientation(o);
+    }
+    Ok(Some(img))
+}
+
 /// Checks and decodes a whole image (the first frame of an animation), with its EXIF
 /// orientation applied.
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, ImageCheckError> {
@@ -176,7 +305,8 @@ fn jpeg_has_end(bytes: &[u8]) -> bool {
 
 /// Side of the square the model sees.
 pub const INPUT_SIDE: u32 = 224;
-const RESIZE_SHORT_SIDE: u32 = 256;
+/// The shorter side after the first resize, before the centre crop.
+pub const RESIZE_SHORT_SIDE: u32 = 256;
 
 /// The EfficientNet-Lite pre-processing: RGB, shorter side resized to 256 (bilinear), centre
 /// crop 224x224, `(pixel - 127) / 128`, laid out as CHW float32.
@@ -309,6 +439,58 @@ mod tests {
         let cut = &bytes[..bytes.len() - 30];
         let e = decode(cut, &ImageLimits::default()).unwrap_err();
         assert_eq!(e.code(), ErrorCode::ImageCorrupt, "{e}");
+    }
+
+    #[test]
+    fn the_upload_check_finds_truncation_without_decoding() {
+        let l = ImageLimits::default();
+        let p = png(64, 64);
+        assert!(check(&p, &l).is_ok());
+        for cut in [p.len() - 1, p.len() - 12, p.len() / 2, 40] {
+            let e = check(&p[..cut], &l).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::ImageCorrupt, "cut at {cut}: {e}");
+        }
+        // A flipped bit inside the image data: the chunk's CRC no longer matches.
+        let mut damaged = p.clone();
+        let mid = damaged.len() / 2;
+        damaged[mid] ^= 0x10;
+        assert_eq!(
+            check(&damaged, &l).unwrap_err().code(),
+            ErrorCode::ImageCorrupt
+        );
+
+        let j = jpeg(64, 48);
+        assert!(check(&j, &l).is_ok());
+        assert_eq!(
+            check(&j[..j.len() - 10], &l).unwrap_err().code(),
+            ErrorCode::ImageCorrupt
+        );
+    }
+
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 99]));
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut out)
+            .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn large_jpegs_are_decoded_at_a_reduced_scale() {
+        let l = ImageLimits::default();
+        let big = jpeg(2400, 1200);
+        let img = decode_reduced(&big, &l, 256).unwrap();
+        // 1/4 keeps the shorter side at 300 >= 256; 1/8 would give 150.
+        assert_eq!((img.width(), img.height()), (600, 300));
+        // Small images are decoded whole.
+        let small = jpeg(400, 300);
+        let img = decode_reduced(&small, &l, 256).unwrap();
+        assert_eq!((img.width(), img.height()), (400, 300));
+        // EXIF orientation still applies on the reduced path.
+        let rotated = insert_exif_orientation(&big, 6);
+        let img = decode_reduced(&rotated, &l, 256).unwrap();
+        assert_eq!((img.width(), img.height()), (300, 600));
     }
 
     #[test]

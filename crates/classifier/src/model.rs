@@ -231,7 +231,7 @@ pub fn top_k(logits: &[f32], k: usize, labels: &[String]) -> Vec<Prediction> {
 impl Classifier for OnnxClassifier {
     fn classify(&mut self, image: &[u8]) -> Result<Classification, ClassifyError> {
         let t0 = Instant::now();
-        let img = imageio::decode(image, &self.limits)?;
+        let img = imageio::decode_reduced(image, &self.limits, imageio::RESIZE_SHORT_SIDE)?;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         imageio::preprocess(&img, &mut buf);

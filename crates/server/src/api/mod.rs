@@ -134,8 +134,8 @@ async fn create_jobs(
     }
     let mut new_jobs = Vec::with_capacity(uploads.len());
     for upload in uploads {
-        // Hashing and a full decode (which catches truncated and corrupt files) run on the
-        // blocking pool, bounded so that uploads cannot starve the workers of cores.
+        // Hashing and the check (format, limits, completeness) run on the blocking pool,
+        // bounded so that uploads cannot starve the workers of cores.
         let permit = state
             .upload
             .permits
@@ -146,8 +146,7 @@ async fn create_jobs(
         let limits = state.upload.limits;
         let checked = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let probed = imageio::decode(&upload.bytes, &limits)
-                .and_then(|_| imageio::probe(&upload.bytes, &limits));
+            let probed = imageio::check(&upload.bytes, &limits);
             let sha256 = hex::encode(Sha256::digest(&upload.bytes));
             (upload, probed, sha256)
         })
