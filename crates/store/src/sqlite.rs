@@ -26,6 +26,17 @@ const JOB_COLUMNS: &str =
      j.error_code, j.error_message, j.attempt_errors, j.result, j.created_at, j.started_at, \
      j.finished_at, j.updated_at";
 
+/// Opens a write transaction whose commit is fsync'd (`synchronous=FULL`): for what a client is
+/// told has happened (an accepted upload, a retry, a cancel, a delete). `BEGIN IMMEDIATE` takes
+/// the write lock first, so a transaction that reads before it writes is never refused its
+/// upgrade by another process (SQLITE_BUSY).
+const DURABLE: &str = "PRAGMA synchronous = FULL; BEGIN IMMEDIATE";
+/// Opens a write transaction committed with `synchronous=NORMAL` (WAL): it survives a crash of
+/// the process, and an OS crash or power cut can lose only the last such commits. Used for the
+/// workers' own transitions (claim, finish, release, rescue), where a lost commit only means
+/// the job runs again.
+const RELAXED: &str = "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE";
+
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
@@ -219,7 +230,7 @@ impl SqliteStore {
     /// Applies a person's action (retry, cancel) to a job, guarded by the state machine.
     async fn transition(&self, id: JobId, action: Action) -> Result<Job> {
         // Reads before it writes: take the write lock first (see `claim_limited`).
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with(DURABLE).await?;
         let mut pending = Pending(Vec::new());
         let job = Self::transition_in(&mut tx, &mut pending, id, action).await?;
         self.finish_tx(tx, pending).await?;
@@ -279,7 +290,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with(DURABLE).await?;
         let mut pending = Pending(Vec::new());
         let mut created = Vec::with_capacity(jobs.len());
         let now = now_ms();
@@ -419,7 +430,7 @@ impl Store for SqliteStore {
         // reads first cannot be upgraded once another process has written (SQLITE_BUSY), and
         // `now` must be read under the lock, or a claim that waited for it would record starts
         // older than ones already recorded and misjudge the window.
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with(RELAXED).await?;
         let now = now_ms();
         let token = format!("{worker}/{}", uuid::Uuid::new_v4());
         let until = now + lease.as_millis() as i64;
@@ -494,7 +505,7 @@ impl Store for SqliteStore {
     async fn release(&self, lease: &Lease) -> Result<bool> {
         let now = now_ms();
         let id = lease.job_id.to_string();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with(RELAXED).await?;
         let n = sqlx::query(
             "UPDATE jobs SET status = 'queued', run_at = ?, attempts = max(attempts - 1, 0), \
              run_attempts = max(run_attempts - 1, 0), lease_owner = NULL, lease_until = NULL, \
@@ -539,7 +550,7 @@ impl Store for SqliteStore {
         let now = now_ms();
         let at = ms_to_time(now).to_rfc3339();
         let id = lease.job_id.to_string();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with(RELAXED).await?;
         let (q, kind) = match &outcome {
             Outcome::Succeeded(result) => (
                 sqlx::query(
@@ -619,7 +630,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete(&self, id: JobId) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with(DURABLE).await?;
         let sha: Option<String> =
             sqlx::query_scalar("DELETE FROM jobs WHERE id = ? RETURNING image_sha256")
                 .bind(id.to_string())
@@ -648,7 +659,7 @@ impl Store for SqliteStore {
         let now = now_ms();
         let at = ms_to_time(now).to_rfc3339();
         let message = "the worker running this job stopped renewing its lease";
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with(RELAXED).await?;
         let failed: Vec<String> = sqlx::query_scalar(
             "UPDATE jobs SET status = 'failed', error_code = 'stalled', error_message = ?, \
              attempt_errors = json_insert(attempt_errors, '$[#]', json_object('attempt', attempts, \
@@ -707,7 +718,7 @@ impl Store for SqliteStore {
 
     async fn retry_failed(&self, filter: &RetryFilter) -> Result<Vec<Job>> {
         // Reads before it writes: take the write lock first (see `claim_limited`).
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with(DURABLE).await?;
         let code = filter.error_code.map(|c| c.as_str());
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM jobs WHERE status = 'failed' AND (? IS NULL OR error_code = ?) ORDER BY seq",
@@ -733,7 +744,7 @@ impl Store for SqliteStore {
 
     async fn prune(&self, before: DateTime<Utc>) -> Result<Pruned> {
         let before = before.timestamp_millis();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with(RELAXED).await?;
         let jobs = sqlx::query(
             "DELETE FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled') \
              AND finished_at IS NOT NULL AND finished_at < ?",
@@ -800,7 +811,7 @@ impl Store for SqliteStore {
     }
 
     async fn import_job(&self, job: &Job, image: &[u8]) -> Result<bool> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with(DURABLE).await?;
         let inserted = sqlx::query(
             "INSERT INTO blobs (sha256, size, content_type, width, height, created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
         )
