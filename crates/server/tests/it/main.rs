@@ -2,5 +2,6 @@
 
 mod api;
 mod controls;
+mod events;
 mod helpers;
 mod queue;
