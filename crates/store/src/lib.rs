@@ -3,6 +3,7 @@
 
 mod model;
 mod postgres;
+mod rows;
 mod sqlite;
 
 pub use model::*;

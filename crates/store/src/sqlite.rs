@@ -3,28 +3,22 @@
 //! WAL journal, in-process wake-ups and event broadcast.
 
 use crate::model::{decode_cursor, encode_cursor};
+use crate::rows::{db_err, job_from_row, ms_to_time, now_ms, JOB_COLUMNS};
 use crate::{
-    Claim, ClaimBatch, Event, Job, JobError, JobPage, Lease, ListQuery, NewJob, Outcome, Pruned,
-    QueueStats, RateLimit, Result, RetryFilter, Store, StoreError, StoredImage, CHUNK_SIZE,
+    Claim, ClaimBatch, Event, Job, JobPage, Lease, ListQuery, NewJob, Outcome, Pruned, QueueStats,
+    RateLimit, Result, RetryFilter, Store, StoreError, StoredImage, CHUNK_SIZE,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use imgclass_core::{Action, ErrorCode, EventKind, JobId, JobStatus};
+use imgclass_core::{Action, EventKind, JobId, JobStatus};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, Notify};
-
-const JOB_COLUMNS: &str =
-    "j.seq, j.id, j.status, j.image_sha256, b.content_type, b.size, b.width, \
-     b.height, j.file_name, j.attempts, j.stalls, j.run_attempts, j.max_attempts, j.run_at, j.lease_until, \
-     j.error_code, j.error_message, j.attempt_errors, j.result, j.created_at, j.started_at, \
-     j.finished_at, j.updated_at";
 
 /// Opens a write transaction whose commit is fsync'd (`synchronous=FULL`): for what a client is
 /// told has happened (an accepted upload, a retry, a cancel, a delete). `BEGIN IMMEDIATE` takes
@@ -42,67 +36,6 @@ pub struct SqliteStore {
     reader: SqlitePool,
     wakeups: Arc<Notify>,
     events: broadcast::Sender<Event>,
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
-fn ms_to_time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
-
-fn db_err(message: impl Into<String>) -> StoreError {
-    StoreError::Database(message.into())
-}
-
-fn job_from_row(row: &SqliteRow) -> Result<Job> {
-    let id: String = row.try_get("id")?;
-    let status: String = row.try_get("status")?;
-    let error_code: Option<String> = row.try_get("error_code")?;
-    let error_message: Option<String> = row.try_get("error_message")?;
-    let attempt_errors: String = row.try_get("attempt_errors")?;
-    let result: Option<String> = row.try_get("result")?;
-    let opt_time = |name: &str| -> Result<Option<DateTime<Utc>>> {
-        Ok(row.try_get::<Option<i64>, _>(name)?.map(ms_to_time))
-    };
-    let error = match (error_code, error_message) {
-        (Some(code), Some(message)) => Some(JobError {
-            code: ErrorCode::from_str(&code).map_err(db_err)?,
-            message,
-        }),
-        _ => None,
-    };
-    Ok(Job {
-        seq: row.try_get("seq")?,
-        id: id
-            .parse()
-            .map_err(|e: imgclass_core::ParseJobIdError| db_err(e.to_string()))?,
-        status: status.parse().map_err(db_err)?,
-        image_sha256: row.try_get("image_sha256")?,
-        content_type: row.try_get("content_type")?,
-        image_size: row.try_get::<i64, _>("size")? as u64,
-        width: row.try_get::<i64, _>("width")? as u32,
-        height: row.try_get::<i64, _>("height")? as u32,
-        file_name: row.try_get("file_name")?,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        stalls: row.try_get::<i64, _>("stalls")? as u32,
-        run_attempts: row.try_get::<i64, _>("run_attempts")? as u32,
-        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
-        run_at: ms_to_time(row.try_get("run_at")?),
-        lease_until: opt_time("lease_until")?,
-        error,
-        attempt_errors: serde_json::from_str(&attempt_errors)
-            .map_err(|e| db_err(format!("attempt_errors: {e}")))?,
-        result: result
-            .map(|r| serde_json::from_str(&r))
-            .transpose()
-            .map_err(|e| db_err(format!("result: {e}")))?,
-        created_at: ms_to_time(row.try_get("created_at")?),
-        started_at: opt_time("started_at")?,
-        finished_at: opt_time("finished_at")?,
-        updated_at: ms_to_time(row.try_get("updated_at")?),
-    })
 }
 
 async fn select_job<'c, E>(exec: E, id: &str) -> Result<Option<Job>>
