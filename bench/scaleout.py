@@ -70,6 +70,7 @@ def main():
     ap.add_argument("--procs", type=int, default=1)
     ap.add_argument("--workers-per-proc", type=int, default=1)
     ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--intra", type=int, default=0, help="--intra-threads for each worker process")
     ap.add_argument("--latency-n", type=int, default=50)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/imgclass"))
@@ -87,7 +88,7 @@ def main():
         api, base = start([a.bin, "serve", "--no-workers", "--listen", "127.0.0.1:0", "--database", url], "listening")
         procs.append(api)
         for _ in range(a.procs):
-            w, _ = start([a.bin, "worker", "--database", url, "--workers", str(a.workers_per_proc)], "worker is running")
+            w, _ = start([a.bin, "worker", "--database", url, "--workers", str(a.workers_per_proc)] + (["--intra-threads", str(a.intra)] if a.intra else []), "worker is running")
             procs.append(w)
 
         # Idle latency across processes: one job at a time.

@@ -150,6 +150,10 @@ struct WorkArgs {
     /// the number of cores.
     #[arg(long, env = "IMGCLASS_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: Option<u16>,
+    /// ONNX Runtime threads per worker; default: cores / workers. Lower it when several
+    /// processes share one machine's cores.
+    #[arg(long, env = "IMGCLASS_INTRA_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    intra_threads: Option<u16>,
     /// Share of classification attempts (0.0–1.0) that fail on purpose, to see retries and
     /// failures at work.
     #[arg(long, env = "IMGCLASS_INJECT_FAILURE_RATE", default_value_t = 0.0, value_parser = parse_rate)]
@@ -368,7 +372,9 @@ async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -
         Provider::Onnx => {
             let source = args.model.source();
             let model = tokio::task::spawn_blocking(move || Model::load(&source)).await??;
-            let intra = (cores() / count).max(1);
+            let intra = args
+                .intra_threads
+                .map_or_else(|| (cores() / count).max(1), usize::from);
             let top_k = usize::from(args.model.top_k);
             let limits = args.limits.limits();
             tracing::info!(model = %model.info().name, version = %model.info().version, workers = count, intra_threads = intra, "model loaded");
