@@ -3,7 +3,7 @@
 //! every node sees every event (and idle workers wake up) whichever node made the change.
 
 use crate::model::{decode_cursor, encode_cursor};
-use crate::rows::{db_err, job_from_row, ms_to_time, now_ms, JOB_COLUMNS};
+use crate::rows::{db_err, job_from_row, ms_to_time, now_ms, window_starts, JOB_COLUMNS};
 use crate::{
     Claim, ClaimBatch, Event, Job, JobPage, Lease, ListQuery, NewJob, Outcome, Pruned, QueueStats,
     RateLimit, Result, RetryFilter, Store, StoreError, StoredImage, CHUNK_SIZE,
@@ -60,18 +60,12 @@ async fn recent_starts(
         sqlx::query_scalar("SELECT starts FROM rate_limits WHERE name = 'global' FOR UPDATE")
             .fetch_optional(&mut **tx)
             .await?;
-    let mut starts: Vec<i64> = match starts {
-        Some(s) => serde_json::from_str(&s).map_err(|e| db_err(format!("rate_limits: {e}")))?,
-        None => Vec::new(),
-    };
-    let window_start = now - rate.per.as_millis() as i64;
-    starts.retain(|t| *t > window_start);
-    starts.sort_unstable();
-    Ok(starts)
+    window_starts(starts, now, rate)
 }
 
-/// Collects the events of one transaction, to be broadcast once it has committed.
-struct Pending(Vec<Event>);
+/// Records the events of one transaction. Nothing is kept in memory: every node's listener reads
+/// them back from the log once the transaction has committed and announced them.
+struct Pending(usize);
 
 impl Pending {
     async fn record(
@@ -82,24 +76,14 @@ impl Pending {
         job: Option<Job>,
         at: i64,
     ) -> Result<()> {
-        let status = job.as_ref().map(|j| j.status);
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (job_id, kind, status, at) VALUES ($1, $2, $3, $4) RETURNING seq",
-        )
-        .bind(job_id.to_string())
-        .bind(kind.as_str())
-        .bind(status.map(JobStatus::as_str))
-        .bind(at)
-        .fetch_one(&mut **tx)
-        .await?;
-        self.0.push(Event {
-            seq,
-            job_id,
-            kind,
-            status,
-            at: ms_to_time(at),
-            job,
-        });
+        sqlx::query("INSERT INTO events (job_id, kind, status, at) VALUES ($1, $2, $3, $4)")
+            .bind(job_id.to_string())
+            .bind(kind.as_str())
+            .bind(job.map(|j| j.status.as_str()))
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        self.0 += 1;
         Ok(())
     }
 }
@@ -140,7 +124,7 @@ impl PgStore {
     /// Announces the transaction's events to every node (delivered when it commits); the
     /// listener of each node, this one included, reads them from the log and broadcasts them.
     async fn finish_tx(&self, mut tx: Transaction<'_, Postgres>, pending: Pending) -> Result<()> {
-        if !pending.0.is_empty() {
+        if pending.0 > 0 {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(EVENTS_CHANNEL)
                 .execute(&mut *tx)
@@ -154,7 +138,7 @@ impl PgStore {
     async fn transition(&self, id: JobId, action: Action) -> Result<Job> {
         // Reads before it writes: take the write lock first (see `claim_limited`).
         let mut tx = self.pool.begin().await?;
-        let mut pending = Pending(Vec::new());
+        let mut pending = Pending(0);
         let job = Self::transition_in(&mut tx, &mut pending, id, action).await?;
         self.finish_tx(tx, pending).await?;
         if job.status == JobStatus::Queued {
@@ -214,7 +198,7 @@ impl Store for PgStore {
 
     async fn create_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>> {
         let mut tx = self.pool.begin().await?;
-        let mut pending = Pending(Vec::new());
+        let mut pending = Pending(0);
         let mut created = Vec::with_capacity(jobs.len());
         let now = now_ms();
         for new in jobs {
@@ -400,7 +384,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        let mut pending = Pending(Vec::new());
+        let mut pending = Pending(0);
         let mut claims = Vec::with_capacity(ids.len());
         for id in ids {
             let job = select_job(&mut *tx, &id)
@@ -445,7 +429,7 @@ impl Store for PgStore {
             return Ok(false);
         }
         let job = select_job(&mut *tx, &id).await?;
-        let mut pending = Pending(Vec::new());
+        let mut pending = Pending(0);
         pending
             .record(&mut tx, lease.job_id, EventKind::Requeued, job, now)
             .await?;
@@ -532,7 +516,7 @@ impl Store for PgStore {
             return Ok(false);
         }
         let job = select_job(&mut *tx, &id).await?;
-        let mut pending = Pending(Vec::new());
+        let mut pending = Pending(0);
         pending
             .record(&mut tx, lease.job_id, kind, job, now)
             .await?;
@@ -570,7 +554,7 @@ impl Store for PgStore {
         .bind(&sha)
         .execute(&mut *tx)
         .await?;
-        let mut pending = Pending(Vec::new());
+        let mut pending = Pending(0);
         pending
             .record(&mut tx, id, EventKind::Deleted, None, now_ms())
             .await?;
@@ -616,7 +600,7 @@ impl Store for PgStore {
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
-        let mut pending = Pending(Vec::new());
+        let mut pending = Pending(0);
         for (ids, kind) in [
             (&failed, EventKind::Failed),
             (&requeued, EventKind::Requeued),
@@ -649,7 +633,7 @@ impl Store for PgStore {
         .bind(code)
         .fetch_all(&mut *tx)
         .await?;
-        let mut pending = Pending(Vec::new());
+        let mut pending = Pending(0);
         let mut jobs = Vec::with_capacity(ids.len());
         for id in ids {
             let id: JobId = id

@@ -1,7 +1,7 @@
 //! What both backends share: the job columns, row → `Job` mapping, and time helpers. Both
 //! store times as unix milliseconds and JSON as text, so one mapping serves both.
 
-use crate::{Job, JobError, Result, StoreError};
+use crate::{Job, JobError, RateLimit, Result, StoreError};
 use chrono::{DateTime, Utc};
 use imgclass_core::ErrorCode;
 use sqlx::{ColumnIndex, Decode, Row, Type};
@@ -79,4 +79,17 @@ where
         finished_at: opt_time("finished_at")?,
         updated_at: ms_to_time(row.try_get("updated_at")?),
     })
+}
+
+/// The rate-limit window from its stored form (a JSON array of start times): the starts still
+/// inside the window ending at `now`, oldest first.
+pub(crate) fn window_starts(stored: Option<String>, now: i64, rate: RateLimit) -> Result<Vec<i64>> {
+    let mut starts: Vec<i64> = match stored {
+        Some(s) => serde_json::from_str(&s).map_err(|e| db_err(format!("rate_limits: {e}")))?,
+        None => Vec::new(),
+    };
+    let window_start = now - rate.per.as_millis() as i64;
+    starts.retain(|t| *t > window_start);
+    starts.sort_unstable();
+    Ok(starts)
 }

@@ -3,7 +3,7 @@
 //! WAL journal, in-process wake-ups and event broadcast.
 
 use crate::model::{decode_cursor, encode_cursor};
-use crate::rows::{db_err, job_from_row, ms_to_time, now_ms, JOB_COLUMNS};
+use crate::rows::{db_err, job_from_row, ms_to_time, now_ms, window_starts, JOB_COLUMNS};
 use crate::{
     Claim, ClaimBatch, Event, Job, JobPage, Lease, ListQuery, NewJob, Outcome, Pruned, QueueStats,
     RateLimit, Result, RetryFilter, Store, StoreError, StoredImage, CHUNK_SIZE,
@@ -64,14 +64,7 @@ async fn recent_starts(
         sqlx::query_scalar("SELECT starts FROM rate_limits WHERE name = 'global'")
             .fetch_optional(&mut **tx)
             .await?;
-    let mut starts: Vec<i64> = match starts {
-        Some(s) => serde_json::from_str(&s).map_err(|e| db_err(format!("rate_limits: {e}")))?,
-        None => Vec::new(),
-    };
-    let window_start = now - rate.per.as_millis() as i64;
-    starts.retain(|t| *t > window_start);
-    starts.sort_unstable();
-    Ok(starts)
+    window_starts(starts, now, rate)
 }
 
 /// Collects the events of one transaction, to be broadcast once it has committed.
