@@ -4,7 +4,9 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource, NoopClassifier};
-use imgclass_server::{AppState, ClassifierFactory, UploadConfig, WorkerConfig, Workers};
+use imgclass_server::{
+    AppState, ClassifierFactory, HttpConfig, UploadConfig, WorkerConfig, Workers,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -136,7 +138,40 @@ struct ServeArgs {
     #[arg(long, env = "IMGCLASS_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: u32,
     #[command(flatten)]
+    http: HttpArgs,
+    #[command(flatten)]
     work: WorkArgs,
+}
+
+/// Limits that keep slow or hostile HTTP clients from holding the server.
+#[derive(Args)]
+struct HttpArgs {
+    /// Time a client has to send a whole request head, counted from when the connection starts
+    /// waiting for it (so also how long an idle keep-alive connection stays open).
+    #[arg(long, env = "IMGCLASS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// A request body that sends nothing for this long is abandoned (408).
+    #[arg(long, env = "IMGCLASS_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    body_read_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog. Keep it well below the
+    /// open-file limit (`ulimit -n`).
+    #[arg(long, env = "IMGCLASS_MAX_CONNECTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+    /// Largest request head (request line and headers), in bytes.
+    #[arg(long, env = "IMGCLASS_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
+    max_header_bytes: u32,
+}
+
+impl HttpArgs {
+    fn config(&self) -> HttpConfig {
+        HttpConfig {
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_connections: self.max_connections as usize,
+            max_header_bytes: self.max_header_bytes as usize,
+            ..HttpConfig::default()
+        }
+    }
 }
 
 /// What a process that runs workers needs.
@@ -254,12 +289,16 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn,sqlx=warn,ort=warn"));
+    // Colours only for a person at a terminal: not in files, pipes or journald (NO_COLOR too).
+    let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(ansi)
         .init();
 }
 
@@ -445,10 +484,14 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     let addr = listener.local_addr()?;
     tracing::info!("imgclass is listening on http://{addr}");
     let (stopping, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server =
-        axum::serve(listener, imgclass_server::router(state)).with_graceful_shutdown(async move {
+    let server = imgclass_server::serve(
+        listener,
+        imgclass_server::router(state),
+        args.http.config(),
+        async move {
             let _ = stop_rx.wait_for(|s| *s).await;
-        });
+        },
+    );
     // Open event streams never end by themselves: after the signal, connections get a short
     // while to close before the process moves on to stopping the workers.
     let close_connections = async {

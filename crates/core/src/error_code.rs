@@ -19,6 +19,11 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     ImageCorrupt,
     ImageTooLarge,
+    EmptyFile,
+    InvalidQuery,
+    MethodNotAllowed,
+    RequestTimeout,
+    HeadersTooLarge,
     // Job errors.
     ClassificationFailed,
     InjectedFailure,
@@ -30,7 +35,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadRequest,
         ErrorCode::NoFiles,
         ErrorCode::NotFound,
@@ -41,6 +46,11 @@ impl ErrorCode {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::ImageCorrupt,
         ErrorCode::ImageTooLarge,
+        ErrorCode::EmptyFile,
+        ErrorCode::InvalidQuery,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::RequestTimeout,
+        ErrorCode::HeadersTooLarge,
         ErrorCode::ClassificationFailed,
         ErrorCode::InjectedFailure,
         ErrorCode::Stalled,
@@ -61,6 +71,11 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::ImageCorrupt => "image_corrupt",
             ErrorCode::ImageTooLarge => "image_too_large",
+            ErrorCode::EmptyFile => "empty_file",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::ClassificationFailed => "classification_failed",
             ErrorCode::InjectedFailure => "injected_failure",
             ErrorCode::Stalled => "stalled",

@@ -58,12 +58,18 @@ impl ApiError {
             ErrorCode::BadRequest
             | ErrorCode::NoFiles
             | ErrorCode::InvalidStatus
-            | ErrorCode::InvalidCursor => StatusCode::BAD_REQUEST,
+            | ErrorCode::InvalidCursor
+            | ErrorCode::InvalidQuery => StatusCode::BAD_REQUEST,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::InvalidState => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::ImageCorrupt | ErrorCode::ImageTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::ImageCorrupt | ErrorCode::ImageTooLarge | ErrorCode::EmptyFile => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::ClassificationFailed
             | ErrorCode::InjectedFailure
@@ -122,4 +128,84 @@ impl IntoResponse for ApiError {
         };
         (self.status, Json(body)).into_response()
     }
+}
+
+/// The stable code for an error status that something other than a handler produced (axum's
+/// extractors and routing, tower layers).
+fn code_for_status(status: StatusCode) -> ErrorCode {
+    match status {
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::REQUEST_TIMEOUT => ErrorCode::RequestTimeout,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ErrorCode::HeadersTooLarge,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    }
+}
+
+fn is_json(resp: &Response) -> bool {
+    resp.headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// Middleware: every error response under `/api` is `{"error": {"code", "message"}}`, also
+/// those that axum (unknown routes, wrong methods, extractor rejections) or a tower layer made
+/// with a plain-text or empty body. Their status and headers (`Allow`, ...) are kept.
+pub async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    let is_api = path == "/api" || path.starts_with("/api/");
+    if !is_api {
+        return next.run(request).await;
+    }
+    let method = request.method().clone();
+    let path: String = path.chars().take(200).collect();
+    let resp = next.run(request).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&resp) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let code = code_for_status(status);
+    let text = if status.is_server_error() {
+        // Never pass on what a server-side failure said.
+        tracing::error!(status = status.as_u16(), %method, path, "error response without details");
+        String::new()
+    } else {
+        axum::body::to_bytes(body, 4096)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .unwrap_or_default()
+    };
+    let message = match code {
+        ErrorCode::NotFound => format!("there is nothing at {method} {path}"),
+        ErrorCode::MethodNotAllowed => {
+            let allowed = parts
+                .headers
+                .get(axum::http::header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            format!("{method} is not allowed on {path}; allowed: {allowed}")
+        }
+        ErrorCode::Internal => "an internal error occurred; it has been logged".to_string(),
+        _ if !text.is_empty() => text,
+        _ => status
+            .canonical_reason()
+            .unwrap_or("the request was refused")
+            .to_string(),
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    out
 }

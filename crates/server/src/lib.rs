@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod error;
+pub mod http;
 pub mod web;
 pub mod worker;
 
@@ -12,6 +13,7 @@ use imgclass_store::Store;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
+pub use http::{serve, HttpConfig};
 pub use worker::{ClassifierFactory, WorkerConfig, Workers};
 
 /// Upload checking settings.
@@ -20,6 +22,8 @@ pub struct UploadConfig {
     pub limits: ImageLimits,
     /// Files accepted in one request.
     pub max_files: usize,
+    /// Multipart parts (files and form fields) accepted in one request.
+    pub max_parts: usize,
     /// Uploads checked (hashed and decoded) at the same time.
     pub permits: Arc<Semaphore>,
 }
@@ -29,6 +33,7 @@ impl UploadConfig {
         UploadConfig {
             limits,
             max_files: 64,
+            max_parts: 128,
             permits: Arc::new(Semaphore::new(checkers.max(1))),
         }
     }
@@ -51,9 +56,11 @@ pub struct AppState {
     pub rate_limit: Option<imgclass_store::RateLimit>,
 }
 
-/// The whole HTTP application.
+/// The whole HTTP application. Every error under `/api` is JSON (`error::json_errors`).
 pub fn router(state: AppState) -> Router {
     api::routes(state)
         .merge(web::routes())
+        .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }

@@ -2,9 +2,10 @@
 //! `Last-Event-ID` (or `?after=SEQ`) first gets every event it missed from the event log, then
 //! live events; a new client gets live events only.
 
+use super::ApiQuery;
 use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
@@ -46,7 +47,7 @@ fn to_sse(e: Event) -> SseEvent {
 pub(super) async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(params): Query<EventParams>,
+    ApiQuery(params): ApiQuery<EventParams>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let resume = headers
         .get("last-event-id")

@@ -1,11 +1,13 @@
 //! The HTTP API: routes, uploads, job actions, server-sent events.
 
 mod events;
+pub mod upload;
 pub mod views;
 
 use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -41,91 +43,46 @@ fn parse_id(id: &str) -> Result<JobId, ApiError> {
     id.parse().map_err(|_| ApiError::not_found())
 }
 
-/// Keeps the last path component of a client's file name, without control characters, at most
-/// 255 characters. It is only ever shown, never used as a path.
-fn clean_file_name(name: &str) -> Option<String> {
-    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
-    let cleaned: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
-    let trimmed = cleaned.trim();
-    (!trimmed.is_empty()).then(|| trimmed.to_string())
-}
+/// `Query`, with rejections answered as `400 invalid_query` in the API's JSON error shape.
+pub struct ApiQuery<T>(pub T);
 
-struct Upload {
-    file_name: Option<String>,
-    bytes: Vec<u8>,
-}
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
 
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::from_code(
-            ErrorCode::PayloadTooLarge,
-            "the request body is larger than the server accepts",
-        )
-    } else {
-        ApiError::from_code(
-            ErrorCode::BadRequest,
-            format!("the multipart body could not be read: {}", e.body_text()),
-        )
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
+            Err(e) => Err(ApiError::from_code(
+                ErrorCode::InvalidQuery,
+                format!("the query string is not valid: {}", e.body_text()),
+            )),
+        }
     }
 }
 
-/// Reads and discards the rest of a field of a refused upload (bounded by the request body
-/// limit), so that the client, still sending, reads the error response instead of a reset.
-async fn drain_rest(field: &mut axum::extract::multipart::Field<'_>) {
-    while let Ok(Some(_)) = field.chunk().await {}
-}
-
-async fn read_uploads(state: &AppState, mut multipart: Multipart) -> Result<Vec<Upload>, ApiError> {
-    let max = state.upload.limits.max_bytes;
-    let mut uploads = Vec::new();
-    loop {
-        let field = multipart.next_field().await.map_err(multipart_error)?;
-        let Some(mut field) = field else { break };
-        let Some(raw_name) = field.file_name().map(str::to_owned) else {
-            // Plain form fields carry no image; skip them.
-            continue;
-        };
-        if uploads.len() >= state.upload.max_files {
-            return Err(ApiError::from_code(
-                ErrorCode::PayloadTooLarge,
-                format!("at most {} files per request", state.upload.max_files),
-            ));
-        }
-        let file_name = clean_file_name(&raw_name);
-        let mut bytes = Vec::new();
-        while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-            if (bytes.len() + chunk.len()) as u64 > max {
-                drain_rest(&mut field).await;
-                while let Ok(Some(mut f)) = multipart.next_field().await {
-                    drain_rest(&mut f).await;
-                }
-                return Err(ApiError::from_code(
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "{} is larger than the limit of {max} bytes per file",
-                        file_name.as_deref().unwrap_or("a file")
-                    ),
-                ));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        uploads.push(Upload { file_name, bytes });
-    }
-    Ok(uploads)
+#[derive(Debug, Deserialize)]
+struct UploadParams {
+    /// The file name of a raw image body.
+    filename: Option<String>,
 }
 
 /// `POST /api/jobs`: one job per uploaded image; all or nothing.
 async fn create_jobs(
     State(state): State<AppState>,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    ApiQuery(params): ApiQuery<UploadParams>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let multipart = multipart.map_err(|e| {
-        ApiError::from_code(
-            ErrorCode::BadRequest,
-            format!("send the images as multipart/form-data: {}", e.body_text()),
-        )
-    })?;
-    let uploads = read_uploads(&state, multipart).await?;
+    let uploads = upload::read_request(&state.upload, &state, params.filename, request).await?;
+    if let Some(empty) = uploads.iter().find(|u| u.bytes.is_empty()) {
+        return Err(ApiError::from_code(
+            ErrorCode::EmptyFile,
+            format!("{} is empty", empty.label),
+        ));
+    }
     if uploads.is_empty() {
         return Err(ApiError::from_code(
             ErrorCode::NoFiles,
@@ -153,10 +110,8 @@ async fn create_jobs(
         .await
         .map_err(|e| ApiError::internal("upload check panicked", e))?;
         let (upload, probed, sha256) = checked;
-        let probed = probed.map_err(|e| {
-            let name = upload.file_name.as_deref().unwrap_or("the file");
-            ApiError::from_code(e.code(), format!("{name}: {e}"))
-        })?;
+        let probed =
+            probed.map_err(|e| ApiError::from_code(e.code(), format!("{}: {e}", upload.label)))?;
         new_jobs.push(NewJob {
             content_type: probed.content_type().to_string(),
             width: probed.width,
@@ -186,13 +141,37 @@ async fn create_jobs(
 struct ListParams {
     status: Option<String>,
     cursor: Option<String>,
-    limit: Option<usize>,
+    limit: Option<String>,
+}
+
+/// Jobs per page of `GET /api/jobs`: the default and the largest accepted.
+pub const DEFAULT_PAGE: usize = 50;
+pub const MAX_PAGE: usize = 200;
+
+fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
+    match limit.map(str::trim).filter(|l| !l.is_empty()) {
+        None => Ok(DEFAULT_PAGE),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::from_code(
+                    ErrorCode::InvalidQuery,
+                    format!(
+                        "limit must be a whole number from 1 to {MAX_PAGE} (default {DEFAULT_PAGE}); got {:?}",
+                        l.chars().take(32).collect::<String>()
+                    ),
+                )
+            }),
+    }
 }
 
 async fn list_jobs(
     State(state): State<AppState>,
-    Query(params): Query<ListParams>,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<JobList>, ApiError> {
+    let limit = parse_limit(params.limit.as_deref())?;
     let status = params
         .status
         .filter(|s| !s.is_empty())
@@ -204,7 +183,7 @@ async fn list_jobs(
         .list_jobs(&ListQuery {
             status,
             cursor: params.cursor.filter(|c| !c.is_empty()),
-            limit: params.limit.unwrap_or(50).clamp(1, 200),
+            limit,
         })
         .await?;
     Ok(Json(JobList {
@@ -276,7 +255,7 @@ struct RetryFailedParams {
 /// `POST /api/jobs/retry-failed[?error_code=CODE]`: every failed job back to the queue.
 async fn retry_failed(
     State(state): State<AppState>,
-    Query(params): Query<RetryFailedParams>,
+    ApiQuery(params): ApiQuery<RetryFailedParams>,
 ) -> Result<Json<RetriedJobs>, ApiError> {
     let error_code = params
         .error_code
@@ -313,26 +292,17 @@ async fn delete_job(
 
 #[cfg(test)]
 mod tests {
-    use super::clean_file_name;
+    use super::*;
 
     #[test]
-    fn file_names_are_reduced_to_a_harmless_base_name() {
-        assert_eq!(clean_file_name("cat.png").as_deref(), Some("cat.png"));
-        assert_eq!(
-            clean_file_name("../../etc/passwd").as_deref(),
-            Some("passwd")
-        );
-        assert_eq!(clean_file_name("C:\\x\\y.jpg").as_deref(), Some("y.jpg"));
-        assert_eq!(
-            clean_file_name("a\u{0}b\nc.png").as_deref(),
-            Some("abc.png")
-        );
-        assert_eq!(clean_file_name("  "), None);
-        assert_eq!(clean_file_name(&"x".repeat(1000)).unwrap().len(), 255);
-        // Markup is kept as text; it is escaped wherever it is shown.
-        assert_eq!(
-            clean_file_name("<img src=x onerror=alert(1)>.png").as_deref(),
-            Some("<img src=x onerror=alert(1)>.png")
-        );
+    fn page_sizes_are_checked() {
+        assert_eq!(parse_limit(None).unwrap(), DEFAULT_PAGE);
+        assert_eq!(parse_limit(Some("")).unwrap(), DEFAULT_PAGE);
+        assert_eq!(parse_limit(Some("1")).unwrap(), 1);
+        assert_eq!(parse_limit(Some("200")).unwrap(), 200);
+        for bad in ["0", "-1", "201", "abc", "1.5", "99999999999999999999999"] {
+            let e = parse_limit(Some(bad)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidQuery, "{bad}");
+        }
     }
 }

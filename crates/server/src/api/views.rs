@@ -2,7 +2,7 @@
 //! without changing what clients see.
 
 use chrono::{DateTime, Utc};
-use imgclass_core::{ErrorCode, EventKind, JobResult, JobStatus};
+use imgclass_core::{Action, ErrorCode, EventKind, JobResult, JobStatus};
 use imgclass_store::{Event, Job};
 use serde::Serialize;
 
@@ -54,19 +54,25 @@ pub struct Links {
     #[serde(rename = "self")]
     pub this: String,
     pub image: String,
-    pub retry: String,
-    pub cancel: String,
+    /// Present only where a retry is allowed (failed jobs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<String>,
+    /// Present only where a cancel is allowed (queued and running jobs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<String>,
 }
 
 impl From<Job> for JobView {
     fn from(j: Job) -> Self {
         let id = j.id.to_string();
+        // Links to the actions the state machine allows from this state, and no others.
+        let allowed = |action: Action| j.status.apply(action).is_ok();
         JobView {
             links: Links {
                 this: format!("/api/jobs/{id}"),
                 image: format!("/api/jobs/{id}/image"),
-                retry: format!("/api/jobs/{id}/retry"),
-                cancel: format!("/api/jobs/{id}/cancel"),
+                retry: allowed(Action::Retry).then(|| format!("/api/jobs/{id}/retry")),
+                cancel: allowed(Action::Cancel).then(|| format!("/api/jobs/{id}/cancel")),
             },
             id,
             status: j.status,

@@ -228,6 +228,7 @@ async fn a_request_without_files_is_400() {
         .await
         .unwrap();
     assert_error(resp, 400, "no_files").await;
+    // A body that is neither multipart nor an image (issue 15: 415, was 400 bad_request).
     let resp = app
         .client
         .post(app.url("/api/jobs"))
@@ -235,7 +236,11 @@ async fn a_request_without_files_is_400() {
         .send()
         .await
         .unwrap();
-    assert_error(resp, 400, "bad_request").await;
+    let msg = assert_error(resp, 415, "unsupported_media_type").await;
+    assert!(msg.contains("multipart/form-data"), "{msg}");
+    // No body at all: no files.
+    let resp = app.client.post(app.url("/api/jobs")).send().await.unwrap();
+    assert_error(resp, 400, "no_files").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

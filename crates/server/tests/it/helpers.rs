@@ -2,7 +2,9 @@
 
 use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource};
 use imgclass_core::{JobId, JobStatus};
-use imgclass_server::{AppState, ClassifierFactory, UploadConfig, WorkerConfig, Workers};
+use imgclass_server::{
+    AppState, ClassifierFactory, HttpConfig, UploadConfig, WorkerConfig, Workers,
+};
 use imgclass_store::{Job, Store};
 use serde_json::Value;
 use std::path::Path;
@@ -35,6 +37,7 @@ pub struct Options {
     pub max_attempts: u32,
     pub limits: ImageLimits,
     pub worker_config: WorkerConfig,
+    pub http: HttpConfig,
 }
 
 impl Default for Options {
@@ -45,6 +48,7 @@ impl Default for Options {
             max_attempts: 3,
             limits: ImageLimits::default(),
             worker_config: WorkerConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -89,6 +93,7 @@ impl Classifier for Slow {
 }
 
 pub struct TestApp {
+    pub addr: std::net::SocketAddr,
     pub base: String,
     pub client: reqwest::Client,
     pub store: Arc<dyn Store>,
@@ -136,12 +141,20 @@ impl TestApp {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // The same accept loop and connection limits as `imgclass serve`.
+        let http = opts.http;
         tokio::spawn(async move {
-            axum::serve(listener, imgclass_server::router(state))
-                .await
-                .unwrap();
+            imgclass_server::serve(
+                listener,
+                imgclass_server::router(state),
+                http,
+                std::future::pending(),
+            )
+            .await
+            .unwrap();
         });
         TestApp {
+            addr,
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             store,

@@ -4,4 +4,5 @@ mod api;
 mod controls;
 mod events;
 mod helpers;
+mod hostile;
 mod queue;

@@ -1,0 +1,490 @@
+//! Hostile and odd input over real HTTP on loopback: odd multipart parts, slow clients, error
+//! bodies that must be JSON, empty files, raw image bodies. Timeouts are set short (1 s) and
+//! every wait is bounded generously, so that a loaded machine makes these tests slower, never
+//! wrong.
+
+use crate::helpers::{assert_error, fixture, Options, TestApp};
+use image::ImageEncoder;
+use imgclass_classifier::ImageLimits;
+use imgclass_server::HttpConfig;
+use serde_json::Value;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Far more than any timeout here needs, even on a loaded 2-core machine.
+const GENEROUS: Duration = Duration::from_secs(30);
+
+fn short_timeouts() -> HttpConfig {
+    HttpConfig {
+        header_read_timeout: Duration::from_secs(1),
+        body_read_timeout: Duration::from_secs(1),
+        ..HttpConfig::default()
+    }
+}
+
+fn tiny_png() -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(&[200, 100, 50], 1, 1, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+/// A multipart body whose parts are given as raw header bytes and content.
+fn multipart(parts: &[(&[u8], &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "hostile-boundary-7f3a";
+    let mut body = Vec::new();
+    for (headers, content) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        body.extend_from_slice(headers);
+        body.extend_from_slice(b"\r\n\r\n");
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+async fn post_multipart(app: &TestApp, parts: &[(&[u8], &[u8])]) -> reqwest::Response {
+    let (content_type, body) = multipart(parts);
+    app.client
+        .post(app.url("/api/jobs"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn job_count(app: &TestApp) -> usize {
+    let (_, list) = app.get("/api/jobs").await;
+    list["jobs"].as_array().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_part_that_carries_a_file_is_a_file() {
+    let app = TestApp::without_workers().await;
+    let png = tiny_png();
+    let resp = post_multipart(
+        &app,
+        &[
+            (b"Content-Disposition: form-data; name=\"file\"; filename=\"plain.png\"", &png),
+            (
+                b"Content-Disposition: form-data; name=\"file\"; filename*=UTF-8''%E2%82%AC%20rates.png",
+                &png,
+            ),
+            (
+                b"Content-Disposition: form-data; name=\"file\"; filename=\"caf\xe9.png\"",
+                &png,
+            ),
+            (
+                b"Content-Disposition: form-data; name=\"photo\"\r\nContent-Type: image/png",
+                &png,
+            ),
+            // A plain form field is not a file.
+            (b"Content-Disposition: form-data; name=\"note\"", b"hello"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let names: Vec<Value> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["file_name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            Value::from("plain.png"),
+            Value::from("\u{20ac} rates.png"),
+            Value::from("caf\u{fffd}.png"),
+            Value::Null,
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_that_cannot_be_taken_refuses_the_request_and_is_named() {
+    let app = TestApp::without_workers().await;
+    let png = tiny_png();
+    // A file content type without a file name: a file, and not an image.
+    let resp = post_multipart(
+        &app,
+        &[
+            (
+                b"Content-Disposition: form-data; name=\"file\"; filename=\"ok.png\"",
+                &png,
+            ),
+            (
+                b"Content-Disposition: form-data; name=\"doc\"\r\nContent-Type: application/pdf",
+                b"%PDF-1.4 not an image",
+            ),
+        ],
+    )
+    .await;
+    let msg = assert_error(resp, 415, "unsupported_media_type").await;
+    assert!(msg.contains("part 2 (field \"doc\")"), "{msg}");
+
+    // An RFC 5987 name that is not an image is refused under its decoded name.
+    let resp = post_multipart(
+        &app,
+        &[(
+            b"Content-Disposition: form-data; name=\"file\"; filename*=UTF-8''notes%2Etxt",
+            b"just text",
+        )],
+    )
+    .await;
+    let msg = assert_error(resp, 415, "unsupported_media_type").await;
+    assert!(msg.contains("notes.txt"), "{msg}");
+
+    // A part whose headers are broken.
+    let resp = post_multipart(
+        &app,
+        &[
+            (
+                b"Content-Disposition: form-data; name=\"file\"; filename=\"ok.png\"",
+                &png,
+            ),
+            (b"this is not a header line", &png),
+        ],
+    )
+    .await;
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("part 2"),
+        "{body}"
+    );
+    assert_eq!(job_count(&app).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_parts_or_files_is_413() {
+    let app = TestApp::without_workers().await;
+    let field = b"Content-Disposition: form-data; name=\"note\"".as_slice();
+    let parts: Vec<(&[u8], &[u8])> = (0..129).map(|_| (field, b"x".as_slice())).collect();
+    let msg = assert_error(post_multipart(&app, &parts).await, 413, "payload_too_large").await;
+    assert!(msg.contains("part 129"), "{msg}");
+
+    let png = tiny_png();
+    let headers: Vec<Vec<u8>> = (0..65)
+        .map(|i| {
+            format!("Content-Disposition: form-data; name=\"file\"; filename=\"f{i}.png\"")
+                .into_bytes()
+        })
+        .collect();
+    let parts: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|h| (h.as_slice(), png.as_slice()))
+        .collect();
+    let msg = assert_error(post_multipart(&app, &parts).await, 413, "payload_too_large").await;
+    assert!(msg.contains("f64.png"), "{msg}");
+    assert_eq!(job_count(&app).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_file_is_422() {
+    let app = TestApp::without_workers().await;
+    let resp = app
+        .upload(&[("ok.png", tiny_png()), ("empty.png", Vec::new())])
+        .await;
+    let msg = assert_error(resp, 422, "empty_file").await;
+    assert!(msg.contains("empty.png"), "{msg}");
+    assert_eq!(job_count(&app).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_image_body_is_one_file() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        limits: ImageLimits {
+            max_bytes: 200_000,
+            ..ImageLimits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let resp = app
+        .client
+        .post(app.url("/api/jobs?filename=rocket.jpg"))
+        .header("content-type", "image/jpeg")
+        .body(fixture("rocket.jpg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["file_name"], "rocket.jpg");
+    assert_eq!(jobs[0]["image"]["content_type"], "image/jpeg");
+
+    // The type is still sniffed from the bytes, and the name is optional.
+    let resp = app
+        .client
+        .post(app.url("/api/jobs"))
+        .header("content-type", "image/png")
+        .body(b"not a picture".to_vec())
+        .send()
+        .await
+        .unwrap();
+    let msg = assert_error(resp, 415, "unsupported_media_type").await;
+    assert!(msg.contains("the request body"), "{msg}");
+
+    // Over the per-file limit.
+    let resp = app
+        .client
+        .post(app.url("/api/jobs?filename=big.png"))
+        .header("content-type", "image/png")
+        .body(fixture("coffee.png"))
+        .send()
+        .await
+        .unwrap();
+    let msg = assert_error(resp, 413, "payload_too_large").await;
+    assert!(msg.contains("big.png"), "{msg}");
+
+    // Empty.
+    let resp = app
+        .client
+        .post(app.url("/api/jobs"))
+        .header("content-type", "image/jpeg")
+        .body(Vec::new())
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 422, "empty_file").await;
+
+    // Neither multipart nor an image.
+    let resp = app
+        .client
+        .post(app.url("/api/jobs"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let msg = assert_error(resp, 415, "unsupported_media_type").await;
+    assert!(msg.contains("multipart"), "{msg}");
+    assert_eq!(job_count(&app).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_error_is_json_with_a_stable_code() {
+    let app = TestApp::without_workers().await;
+    let id = imgclass_core::JobId::new();
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("GET", "/api/jobs?limit=abc".into(), 400, "invalid_query"),
+        ("GET", "/api/jobs?limit=-1".into(), 400, "invalid_query"),
+        ("GET", "/api/jobs?limit=0".into(), 400, "invalid_query"),
+        ("GET", "/api/jobs?limit=201".into(), 400, "invalid_query"),
+        ("GET", "/api/events?after=abc".into(), 400, "invalid_query"),
+        ("GET", "/api/jobs?status=done".into(), 400, "invalid_status"),
+        ("GET", "/api/jobs/%FF%FE".into(), 400, "bad_request"),
+        ("GET", "/api/nope".into(), 404, "not_found"),
+        ("GET", "/api".into(), 404, "not_found"),
+        ("POST", "/api/jobs/x/y/z".into(), 404, "not_found"),
+        ("DELETE", "/api/jobs".into(), 405, "method_not_allowed"),
+        (
+            "GET",
+            format!("/api/jobs/{id}/retry"),
+            405,
+            "method_not_allowed",
+        ),
+        ("PUT", "/api/stats".into(), 405, "method_not_allowed"),
+    ];
+    for (method, path, status, code) in cases {
+        let resp = app
+            .client
+            .request(method.parse().unwrap(), app.url(&path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{method} {path}"
+        );
+        if status == 405 {
+            assert!(resp.headers().contains_key("allow"), "{method} {path}");
+        }
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
+        assert!(
+            !body["error"]["message"].as_str().unwrap().is_empty(),
+            "{method} {path}"
+        );
+    }
+    // Pages outside /api keep their plain 404.
+    let resp = app.client.get(app.url("/nope.js")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_are_431_json() {
+    let app = TestApp::without_workers().await;
+    let resp = app
+        .client
+        .get(app.url("/api/jobs"))
+        .header("x-big", "a".repeat(20 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 431, "headers_too_large").await;
+    let mut req = app.client.get(app.url("/api/stats"));
+    for i in 0..150 {
+        req = req.header(format!("x-h{i}"), "1");
+    }
+    assert_error(req.send().await.unwrap(), 431, "headers_too_large").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_request_limit_is_413_json() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        limits: ImageLimits {
+            max_bytes: 50_000,
+            ..ImageLimits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    // Each file within the per-file limit, all of them over the request limit (4 files' worth
+    // plus 1 MiB).
+    let chunk = vec![b'x'; 45_000];
+    let files: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| (format!("f{i}.png"), chunk.clone()))
+        .collect();
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    assert_error(app.upload(&files).await, 413, "payload_too_large").await;
+}
+
+/// Reads until the server closes the connection (or `GENEROUS` passes); returns what it sent.
+async fn read_until_closed(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(GENEROUS, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|()| got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_head_is_disconnected_while_others_are_served() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        http: short_timeouts(),
+        ..Options::default()
+    })
+    .await;
+    let mut stalled = TcpStream::connect(app.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // Others are served meanwhile.
+    let (status, body) = app.get("/healthz").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let got = read_until_closed(&mut stalled)
+        .await
+        .expect("a stalled request head must be disconnected");
+    assert!(!String::from_utf8_lossy(&got).contains("200 OK"), "{got:?}");
+
+    // An idle keep-alive connection is closed too.
+    let mut idle = TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut idle)
+        .await
+        .expect("an idle keep-alive connection must be closed");
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_abandoned_with_408() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        http: short_timeouts(),
+        ..Options::default()
+    })
+    .await;
+    for (content_type, start) in [
+        (
+            "multipart/form-data; boundary=b",
+            &b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n\x89PNG"[..],
+        ),
+        ("image/png", &b"\x89PNG\r\n"[..]),
+    ] {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: 100000\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(start).await.unwrap();
+        let got = read_until_closed(&mut stream)
+            .await
+            .expect("a stalled body must be given up");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 408"), "{content_type}: {text}");
+        assert!(text.contains("\"request_timeout\""), "{content_type}: {text}");
+    }
+    assert_eq!(job_count(&app).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_beyond_the_cap_leave_the_server_usable() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        http: HttpConfig {
+            max_connections: 8,
+            ..short_timeouts()
+        },
+        ..Options::default()
+    })
+    .await;
+    // Three times the cap of clients that send half a request head and stall.
+    let mut stalled = Vec::new();
+    for _ in 0..24 {
+        let mut s = TcpStream::connect(app.addr).await.unwrap();
+        let _ = s.write_all(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\n").await;
+        stalled.push(s);
+    }
+    // A new client is still served once stalled connections time out (or would be refused
+    // cleanly; this server makes it wait in the backlog instead).
+    let client = reqwest::Client::builder()
+        .timeout(GENEROUS)
+        .build()
+        .unwrap();
+    let resp = client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // And an upload works.
+    let resp = client
+        .post(app.url("/api/jobs?filename=tiny.png"))
+        .header("content-type", "image/png")
+        .body(tiny_png())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    // Every stalled connection was eventually closed by the server.
+    for mut s in stalled {
+        assert!(read_until_closed(&mut s).await.is_some());
+    }
+}
