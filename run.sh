@@ -7,4 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/setup-onnxruntime.sh)}"
 [ $# -gt 0 ] || set -- serve
-exec cargo run --release --quiet -p imgclass -- "$@"
+if [ ! -x target/release/imgclass ]; then
+  echo "run.sh: building imgclass in release mode (the first build takes a few minutes)" >&2
+fi
+# Without --quiet: cargo shows its progress while it builds.
+exec cargo run --release -p imgclass -- "$@"

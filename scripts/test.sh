@@ -11,14 +11,61 @@ cd "$(dirname "$0")/.."
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/setup-onnxruntime.sh)}"
 export IMGCLASS_TEST_POSTGRES="${IMGCLASS_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}"
 
+# Build every test binary once, with one profile and one feature set; each step below runs
+# those same binaries. (`cargo test -p X` or `cargo build -p imgclass` would resolve other
+# features and compile much of the workspace again.)
+echo "== building the tests"
+mkdir -p target
+cargo test --workspace --all-targets --no-run --message-format=json-render-diagnostics \
+  >target/test-artifacts.json
+# One line per test binary: package directory, target name, executable; then the imgclass binary.
+artifacts="$(python3 - target/test-artifacts.json <<'PY'
+import json, os, sys
+seen, binary = set(), None
+for line in open(sys.argv[1]):
+    if not line.startswith("{"):
+        continue
+    m = json.loads(line)
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    exe, target = m["executable"], m["target"]
+    if m["profile"]["test"] and exe not in seen:
+        seen.add(exe)
+        print("test\t%s\t%s\t%s" % (os.path.dirname(m["manifest_path"]), target["name"], exe))
+    elif target["name"] == "imgclass" and "bin" in target["kind"]:
+        binary = exe
+print("bin\t-\t-\t%s" % binary)
+PY
+)"
+
+# Runs the test binaries of PACKAGE_DIR_SUFFIX/TARGET (`*` for all) with the given arguments,
+# from the package's directory, as cargo test does.
+run_tests() {
+  local want_dir="$1" want_target="$2"
+  shift 2
+  local kind dir target exe ran=0
+  while IFS=$'\t' read -r kind dir target exe; do
+    [ "$kind" = test ] || continue
+    case "$dir" in */$want_dir | $want_dir) ;; *) continue ;; esac
+    [ "$want_target" = "*" ] || [ "$target" = "$want_target" ] || continue
+    echo "     Running ${dir#"$PWD"/}: $target (${exe#"$PWD"/})"
+    (cd "$dir" && "$exe" "$@")
+    ran=$((ran + 1))
+  done <<<"$artifacts"
+  if [ "$ran" -eq 0 ]; then
+    echo "no test binary matches $want_dir/$want_target" >&2
+    return 1
+  fi
+}
+
 # Everything on SQLite (the PostgreSQL cluster tests run below).
-cargo test --workspace --all-targets -- --skip pg_cluster::
+run_tests "*" "*" --skip pg_cluster::
 
 if psql "$IMGCLASS_TEST_POSTGRES" -qAtc 'select 1' >/dev/null 2>&1; then
   echo "== store suite on PostgreSQL"
-  IMGCLASS_TEST_DATABASE="$IMGCLASS_TEST_POSTGRES" cargo test -p imgclass-store --test it
+  IMGCLASS_TEST_DATABASE="$IMGCLASS_TEST_POSTGRES" run_tests crates/store it
   echo "== API and worker processes on PostgreSQL"
-  cargo test -p imgclass --test it -- pg_cluster::
+  run_tests crates/cli it pg_cluster::
 elif [ "${CI:-}" = "true" ]; then
   echo "PostgreSQL does not answer at $IMGCLASS_TEST_POSTGRES; in CI its tests must run" >&2
   exit 1
@@ -26,6 +73,9 @@ else
   echo "SKIPPED: PostgreSQL tests (no server answers at $IMGCLASS_TEST_POSTGRES; set IMGCLASS_TEST_POSTGRES)"
 fi
 
+# The browser test uses the imgclass binary built above.
+IMGCLASS_BIN="$(awk -F'\t' '$1 == "bin" { print $4 }' <<<"$artifacts")"
+export IMGCLASS_BIN
 if [ "${SKIP_E2E:-}" != "1" ] && [ -x tests/e2e/run.sh ]; then
   tests/e2e/run.sh
 fi

@@ -201,3 +201,51 @@ impl From<Event> for EventView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(status: JobStatus) -> Job {
+        let now = Utc::now();
+        Job {
+            seq: 1,
+            id: imgclass_core::JobId::new(),
+            status,
+            image_sha256: "0".repeat(64),
+            content_type: "image/png".into(),
+            image_size: 1,
+            width: 1,
+            height: 1,
+            file_name: None,
+            attempts: 0,
+            stalls: 0,
+            run_attempts: 0,
+            max_attempts: 3,
+            run_at: now,
+            lease_until: None,
+            error: None,
+            attempt_errors: Vec::new(),
+            result: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn links_offer_only_the_actions_the_state_allows() {
+        let links = |status| {
+            let v = serde_json::to_value(JobView::from(job(status))).unwrap();
+            let links = v["links"].as_object().unwrap().clone();
+            (links.contains_key("retry"), links.contains_key("cancel"))
+        };
+        assert_eq!(links(JobStatus::Queued), (false, true));
+        assert_eq!(links(JobStatus::Running), (false, true));
+        assert_eq!(links(JobStatus::Succeeded), (false, false));
+        assert_eq!(links(JobStatus::Failed), (true, false));
+        // The state machine has no retry from canceled (`409 invalid_state`), so no link.
+        assert_eq!(links(JobStatus::Canceled), (false, false));
+    }
+}
