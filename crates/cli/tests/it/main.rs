@@ -285,3 +285,38 @@ async fn sigterm_exits_cleanly_and_leaves_no_job_running() {
         .unwrap();
     assert_eq!(running["jobs"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn logs_written_to_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/colour.db", dir.path().display());
+    let mut child = Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-workers",
+            "--database",
+            &db,
+        ])
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let done = line.contains("listening on http://");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.iter().any(|l| l.contains("listening on")), "{seen:?}");
+    assert!(!seen.iter().any(|l| l.contains('\u{1b}')), "{seen:?}");
+}

@@ -488,3 +488,28 @@ async fn stalled_connections_beyond_the_cap_leave_the_server_usable() {
         assert!(read_until_closed(&mut s).await.is_some());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_outlives_the_connection_timeouts() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        http: short_timeouts(),
+        ..Options::default()
+    })
+    .await;
+    let mut events = app.client.get(app.url("/api/events")).send().await.unwrap();
+    assert_eq!(events.status(), 200);
+    // Longer than the header-read and body-read timeouts (1 s each).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let ids = app.submit(&[("tiny.png", tiny_png())]).await;
+    let id = ids[0].to_string();
+    tokio::time::timeout(GENEROUS, async {
+        let mut seen = String::new();
+        while !seen.contains(&id) {
+            let chunk = events.chunk().await.unwrap().expect("the stream ended");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the event of the new job arrives on the open stream");
+}
