@@ -186,14 +186,10 @@ pub async fn json_errors(
     };
     let message = match code {
         ErrorCode::NotFound => format!("there is nothing at {method} {path}"),
-        ErrorCode::MethodNotAllowed => {
-            let allowed = parts
-                .headers
-                .get(axum::http::header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            format!("{method} is not allowed on {path}; allowed: {allowed}")
-        }
+        // axum adds the `Allow` header outside this middleware, so it is named, not copied.
+        ErrorCode::MethodNotAllowed => format!(
+            "{method} is not allowed on {path}; the Allow header lists the methods that are"
+        ),
         ErrorCode::Internal => "an internal error occurred; it has been logged".to_string(),
         _ if !text.is_empty() => text,
         _ => status
