@@ -450,6 +450,65 @@ async fn a_stalled_body_is_abandoned_with_408() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_connections_beyond_the_cap_leave_the_server_usable() {
+    // A header-read timeout far longer than the test waits: new clients are served because the
+    // stalled connections make room, not because they time out.
+    let app = TestApp::with(Options {
+        workers: 0,
+        http: HttpConfig {
+            max_connections: 8,
+            header_read_timeout: Duration::from_secs(600),
+            ..HttpConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    // An event stream (a request in flight) is never what makes room.
+    let mut events = app.client.get(app.url("/api/events")).send().await.unwrap();
+    assert_eq!(events.status(), 200);
+    // Three times the cap of clients that send half a request head and stall.
+    let mut stalled = Vec::new();
+    for _ in 0..24 {
+        let mut s = TcpStream::connect(app.addr).await.unwrap();
+        let _ = s.write_all(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\n").await;
+        stalled.push(s);
+    }
+    let client = reqwest::Client::builder()
+        .timeout(GENEROUS)
+        .build()
+        .unwrap();
+    let (status, body) = {
+        let resp = client.get(app.url("/healthz")).send().await.unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    };
+    assert_eq!(status, 200, "{body}");
+    let resp = client
+        .post(app.url("/api/jobs?filename=tiny.png"))
+        .header("content-type", "image/png")
+        .body(tiny_png())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["jobs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The oldest stalled connections were closed to make room.
+    assert!(read_until_closed(&mut stalled[0]).await.is_some());
+    // The event stream is still open and carries the new job.
+    tokio::time::timeout(GENEROUS, async {
+        let mut seen = String::new();
+        while !seen.contains(&id) {
+            let chunk = events.chunk().await.unwrap().expect("the stream ended");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the event stream survived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_time_out() {
     let app = TestApp::with(Options {
         workers: 0,
         http: HttpConfig {
@@ -459,34 +518,17 @@ async fn stalled_connections_beyond_the_cap_leave_the_server_usable() {
         ..Options::default()
     })
     .await;
-    // Three times the cap of clients that send half a request head and stall.
     let mut stalled = Vec::new();
-    for _ in 0..24 {
+    for _ in 0..6 {
         let mut s = TcpStream::connect(app.addr).await.unwrap();
-        let _ = s.write_all(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\n").await;
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
         stalled.push(s);
     }
-    // A new client is still served once stalled connections time out (or would be refused
-    // cleanly; this server makes it wait in the backlog instead).
-    let client = reqwest::Client::builder()
-        .timeout(GENEROUS)
-        .build()
-        .unwrap();
-    let resp = client.get(app.url("/healthz")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    // And an upload works.
-    let resp = client
-        .post(app.url("/api/jobs?filename=tiny.png"))
-        .header("content-type", "image/png")
-        .body(tiny_png())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    // Every stalled connection was eventually closed by the server.
     for mut s in stalled {
         assert!(read_until_closed(&mut s).await.is_some());
     }
+    let (status, _) = app.get("/healthz").await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
