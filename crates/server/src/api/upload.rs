@@ -15,7 +15,7 @@ use imgclass_core::ErrorCode;
 use percent_encoding::percent_decode;
 
 /// One file of a request, read but not yet checked.
-pub(crate) struct Upload {
+pub struct Upload {
     /// The client's file name, cleaned for display.
     pub file_name: Option<String>,
     /// How error messages name this file.
@@ -217,8 +217,8 @@ async fn drain_multipart(multipart: &mut Multipart) {
 }
 
 /// The files of a request to `POST /api/jobs`: multipart parts, or one raw image body named by
-/// `file_name` (`?filename=`).
-pub(crate) async fn read_request<S: Send + Sync>(
+/// `file_name` (`?filename=`). Public for the fuzz targets (`fuzz/`).
+pub async fn read_request<S: Send + Sync>(
     config: &UploadConfig,
     state: &S,
     file_name: Option<String>,
