@@ -146,15 +146,18 @@ struct ServeArgs {
 /// Limits that keep slow or hostile HTTP clients from holding the server.
 #[derive(Args)]
 struct HttpArgs {
-    /// Time a client has to send a whole request head, counted from when the connection starts
-    /// waiting for it (so also how long an idle keep-alive connection stays open).
+    /// Time a client has to send a whole request head (on a new connection from the accept, on
+    /// a kept-alive one from the request's first byte).
     #[arg(long, env = "IMGCLASS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
+    /// How long a kept-alive connection may stay idle between requests.
+    #[arg(long, env = "IMGCLASS_KEEP_ALIVE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    keep_alive_timeout: Duration,
     /// A request body that sends nothing for this long is abandoned (408).
     #[arg(long, env = "IMGCLASS_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     body_read_timeout: Duration,
-    /// Connections served at once; more wait in the listen backlog. Keep it well below the
-    /// open-file limit (`ulimit -n`).
+    /// Connections open at once; a client beyond it takes the place of the connection that has
+    /// waited longest for a request. Keep it well below the open-file limit (`ulimit -n`).
     #[arg(long, env = "IMGCLASS_MAX_CONNECTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections: u32,
     /// Largest request head (request line and headers), in bytes.
@@ -166,6 +169,7 @@ impl HttpArgs {
     fn config(&self) -> HttpConfig {
         HttpConfig {
             header_read_timeout: self.header_read_timeout,
+            keep_alive_timeout: self.keep_alive_timeout,
             body_read_timeout: self.body_read_timeout,
             max_connections: self.max_connections as usize,
             max_header_bytes: self.max_header_bytes as usize,

@@ -1,8 +1,8 @@
 //! The HTTP/1 server around the router: the accept loop with its cap on concurrent connections
-//! (evicting the connection that waited longest for a request when full), and the per-connection
-//! limits that keep slow or hostile clients from holding the server
-//! (request-head timeout, which is also the idle keep-alive timeout; body-read progress timeout;
-//! request-head size). `imgclass serve` and the integration tests both serve through [`serve`].
+//! (making room by closing the connection that waited longest for a request), and the
+//! per-connection limits that keep slow or hostile clients from holding the server
+//! (request-head timeout, keep-alive idle timeout, body-read progress timeout, request-head
+//! size). `imgclass serve` and the integration tests both serve through [`serve`].
 
 use crate::error::ApiError;
 use axum::body::Body;
@@ -18,21 +18,23 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Notify, Semaphore};
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 
 /// Limits on connections and requests, the defaults being those of `imgclass serve`.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpConfig {
-    /// A client must send a whole request head within this time, counted from when the
-    /// connection starts waiting for it; so it is also how long an idle keep-alive connection
-    /// stays open.
+    /// A client must send a whole request head within this time: on a new connection counted
+    /// from the accept, on a kept-alive one from the request's first byte.
     pub header_read_timeout: Duration,
+    /// A kept-alive connection that sends nothing for this long after a response is closed.
+    pub keep_alive_timeout: Duration,
     /// A request body that makes no progress (no bytes at all) for this long is abandoned:
     /// `408 request_timeout`, and the connection is closed.
     pub body_read_timeout: Duration,
@@ -51,6 +53,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 1000,
             max_header_bytes: 16 * 1024,
@@ -62,11 +65,13 @@ impl Default for HttpConfig {
 /// Serves `app` on `listener` until `shutdown` completes; then stops accepting, lets each open
 /// connection finish its current request, and returns once every connection has closed.
 ///
-/// When `max_connections` are open and another client connects, the open connection that has
-/// waited longest for a request (idle keep-alive, or a request head still arriving: a slow or
-/// hostile client) is closed to make room; a connection with a request in flight (an upload
-/// being read, an event stream) is never closed for this. Only when every connection has a
-/// request in flight does the new client wait for a free slot.
+/// Each connection's watchdog closes it when it waits too long for a request (the header-read
+/// and keep-alive timeouts; never while a request is in flight). When `max_connections` are
+/// open and another client connects, the open connection that has waited longest for a request
+/// (idle keep-alive, or a request head still arriving: a slow or hostile client) is closed to
+/// make room; a connection with a request in flight (an upload being read, an event stream) is
+/// never closed for this. Only when every connection has a request in flight does the new
+/// client wait for a free slot.
 pub async fn serve<F>(
     listener: TcpListener,
     app: Router,
@@ -81,8 +86,10 @@ where
         limit_request_head,
     ));
     let mut http = hyper::server::conn::http1::Builder::new();
+    // The request-head and keep-alive deadlines are kept by each connection's watchdog below,
+    // which tells an idle kept-alive connection from one whose next head is arriving.
     http.timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        .header_read_timeout(None)
         .max_headers(config.max_headers.saturating_mul(2).max(1))
         .max_header_size(config.max_header_bytes.saturating_mul(4));
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
@@ -117,14 +124,14 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        let (id, mut evicted) = registry.register();
+        let (id, conn, mut evicted) = registry.register();
         let service = {
             let app = app.clone();
-            let registry = registry.clone();
+            let conn = conn.clone();
             let body_timeout = config.body_read_timeout;
             hyper::service::service_fn(move |request: Request<Incoming>| {
                 // Counted from the moment the head is complete until the response body is done.
-                let guard = registry.request_started(id);
+                let guard = conn.request_started();
                 let request = request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)));
                 let response = app.clone().oneshot(request);
                 async move {
@@ -136,18 +143,37 @@ where
                 }
             })
         };
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let io = TokioIo::new(TrackedIo {
+            inner: stream,
+            conn: conn.clone(),
+        });
+        let connection = graceful.watch(http.serve_connection(io, service));
         let registry = registry.clone();
         tokio::spawn(async move {
             tokio::pin!(connection);
-            let result = tokio::select! {
-                result = &mut connection => Some(result),
-                Ok(()) = &mut evicted => {
-                    // The connection is not polled here, so no request can start meanwhile.
-                    if registry.in_flight(id) == 0 {
-                        None
-                    } else {
-                        Some(connection.await)
+            let mut evict_seen = false;
+            // Neither the watchdog nor an eviction ever drops a connection with a request in
+            // flight; and while this task is not polling `connection`, no request can start.
+            let result = loop {
+                let now = Instant::now();
+                let check_at = conn
+                    .deadline(&config)
+                    .unwrap_or(now + config.header_read_timeout);
+                tokio::select! {
+                    result = &mut connection => break Some(result),
+                    Ok(()) = &mut evicted, if !evict_seen => {
+                        evict_seen = true;
+                        if conn.in_flight() == 0 {
+                            break None;
+                        }
+                    }
+                    // The deadline moved (a head began, a response ended): compute it again.
+                    () = conn.changed.notified() => {}
+                    () = tokio::time::sleep_until(check_at.into()) => {
+                        if conn.deadline(&config).is_some_and(|d| d <= Instant::now()) {
+                            tracing::debug!(%peer, "closed a connection that waited too long for a request");
+                            break None;
+                        }
                     }
                 }
             };
@@ -163,82 +189,140 @@ where
     Ok(())
 }
 
-/// The open connections: which have a request in flight, and since when the others wait.
+/// The open connections, for making room when the server is full.
 #[derive(Default)]
 struct Registry {
-    slots: Mutex<HashMap<u64, Slot>>,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
 }
 
-struct Slot {
-    in_flight: usize,
-    /// When the connection last had no request in flight.
-    waiting_since: Instant,
-    evict: Option<oneshot::Sender<()>>,
-}
-
 impl Registry {
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn register(&self) -> (u64, oneshot::Receiver<()>) {
+    fn register(&self) -> (u64, Arc<Conn>, oneshot::Receiver<()>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.slots().insert(
-            id,
-            Slot {
+        let conn = Arc::new(Conn {
+            times: Mutex::new(ConnTimes {
                 in_flight: 0,
+                served: 0,
                 waiting_since: Instant::now(),
-                evict: Some(tx),
-            },
-        );
-        (id, rx)
+                head_started: None,
+            }),
+            evict: Mutex::new(Some(tx)),
+            changed: Notify::new(),
+        });
+        self.conns().insert(id, conn.clone());
+        (id, conn, rx)
     }
 
     fn remove(&self, id: u64) {
-        self.slots().remove(&id);
-    }
-
-    fn in_flight(&self, id: u64) -> usize {
-        self.slots().get(&id).map_or(0, |s| s.in_flight)
-    }
-
-    fn request_started(self: &Arc<Self>, id: u64) -> RequestGuard {
-        if let Some(slot) = self.slots().get_mut(&id) {
-            slot.in_flight += 1;
-        }
-        RequestGuard {
-            registry: self.clone(),
-            id,
-        }
+        self.conns().remove(&id);
     }
 
     /// Tells the connection without a request in flight that has waited longest to close.
     fn evict_longest_waiting(&self) -> bool {
-        let mut slots = self.slots();
-        let victim = slots
-            .iter_mut()
-            .filter(|(_, s)| s.in_flight == 0 && s.evict.is_some())
-            .min_by_key(|(_, s)| s.waiting_since)
-            .and_then(|(_, s)| s.evict.take());
-        victim.is_some_and(|tx| tx.send(()).is_ok())
+        let victim = self
+            .conns()
+            .values()
+            .filter_map(|c| {
+                let times = c.times();
+                (times.in_flight == 0).then(|| (times.waiting_since, c.clone()))
+            })
+            .filter(|(_, c)| c.evict_sender_present())
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, c)| c);
+        victim
+            .and_then(|c| c.take_evict_sender())
+            .is_some_and(|tx| tx.send(()).is_ok())
+    }
+}
+
+/// One connection's state: requests in flight, and since when it waits for the next one.
+struct Conn {
+    times: Mutex<ConnTimes>,
+    evict: Mutex<Option<oneshot::Sender<()>>>,
+    /// Wakes the connection's watchdog when its deadline moves.
+    changed: Notify,
+}
+
+struct ConnTimes {
+    in_flight: usize,
+    /// Requests answered on this connection.
+    served: u64,
+    /// When the connection last had no request in flight (accepted, or a response ended).
+    waiting_since: Instant,
+    /// When the first byte of the next request arrived, on a kept-alive connection.
+    head_started: Option<Instant>,
+}
+
+impl Conn {
+    fn times(&self) -> MutexGuard<'_, ConnTimes> {
+        self.times.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn evict_sender_present(&self) -> bool {
+        self.evict
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn take_evict_sender(&self) -> Option<oneshot::Sender<()>> {
+        self.evict.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.times().in_flight
+    }
+
+    fn bytes_received(&self) {
+        let mut t = self.times();
+        if t.in_flight == 0 && t.head_started.is_none() {
+            t.head_started = Some(Instant::now());
+            self.changed.notify_one();
+        }
+    }
+
+    fn request_started(self: &Arc<Self>) -> RequestGuard {
+        let mut t = self.times();
+        t.in_flight += 1;
+        t.head_started = None;
+        RequestGuard { conn: self.clone() }
+    }
+
+    /// When the connection has waited too long for a request; `None` while one is in flight.
+    fn deadline(&self, config: &HttpConfig) -> Option<Instant> {
+        let t = self.times();
+        if t.in_flight > 0 {
+            None
+        } else if t.served == 0 {
+            // A new connection's first head must be complete within the header-read timeout.
+            Some(t.waiting_since + config.header_read_timeout)
+        } else if let Some(started) = t.head_started {
+            Some(started + config.header_read_timeout)
+        } else {
+            Some(t.waiting_since + config.keep_alive_timeout)
+        }
     }
 }
 
 /// Marks a request as in flight on its connection until dropped (with the response body).
 struct RequestGuard {
-    registry: Arc<Registry>,
-    id: u64,
+    conn: Arc<Conn>,
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        if let Some(slot) = self.registry.slots().get_mut(&self.id) {
-            slot.in_flight = slot.in_flight.saturating_sub(1);
-            if slot.in_flight == 0 {
-                slot.waiting_since = Instant::now();
-            }
+        let mut t = self.conn.times();
+        t.in_flight = t.in_flight.saturating_sub(1);
+        if t.in_flight == 0 {
+            t.served += 1;
+            t.waiting_since = Instant::now();
+            t.head_started = None;
+            self.conn.changed.notify_one();
         }
     }
 }
@@ -266,6 +350,57 @@ impl http_body::Body for TrackedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The connection's socket, noting when the first byte of a request arrives.
+struct TrackedIo {
+    inner: TcpStream,
+    conn: Arc<Conn>,
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.conn.bytes_received();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

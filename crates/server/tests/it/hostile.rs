@@ -18,6 +18,7 @@ const GENEROUS: Duration = Duration::from_secs(30);
 fn short_timeouts() -> HttpConfig {
     HttpConfig {
         header_read_timeout: Duration::from_secs(1),
+        keep_alive_timeout: Duration::from_secs(1),
         body_read_timeout: Duration::from_secs(1),
         ..HttpConfig::default()
     }
@@ -406,7 +407,7 @@ async fn a_stalled_request_head_is_disconnected_while_others_are_served() {
         .expect("a stalled request head must be disconnected");
     assert!(!String::from_utf8_lossy(&got).contains("200 OK"), "{got:?}");
 
-    // An idle keep-alive connection is closed too.
+    // An idle keep-alive connection is closed too (after the keep-alive timeout).
     let mut idle = TcpStream::connect(app.addr).await.unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -554,4 +555,65 @@ async fn an_event_stream_outlives_the_connection_timeouts() {
     })
     .await
     .expect("the event of the new job arrives on the open stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_timeout_and_the_keep_alive_timeout_are_separate() {
+    // Short head timeout, long keep-alive: a stalled head is cut, an idle connection stays.
+    let app = TestApp::with(Options {
+        workers: 0,
+        http: HttpConfig {
+            header_read_timeout: Duration::from_secs(1),
+            keep_alive_timeout: Duration::from_secs(600),
+            ..HttpConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let mut idle = TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // A new connection that stalls in its head is cut after the head timeout...
+    let mut stalled = TcpStream::connect(app.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    assert!(read_until_closed(&mut stalled).await.is_some());
+    // ... and so is a kept-alive one whose next head stalls; meanwhile the idle one is still
+    // open (it has been idle for longer than the head timeout) and serves a second request.
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(GENEROUS, idle.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    idle.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    assert!(read_until_closed(&mut idle).await.is_some());
+
+    // Long head timeout, short keep-alive: an idle kept-alive connection is closed.
+    let app = TestApp::with(Options {
+        workers: 0,
+        http: HttpConfig {
+            header_read_timeout: Duration::from_secs(600),
+            keep_alive_timeout: Duration::from_secs(1),
+            ..HttpConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let mut idle = TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut idle)
+        .await
+        .expect("closed when idle");
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
 }
