@@ -19,6 +19,9 @@ pub enum ClassifyError {
     Image(#[from] ImageCheckError),
     #[error("the model failed: {0}")]
     Model(String),
+    /// A failure made on purpose (fault injection), to exercise retries.
+    #[error("{0}")]
+    Injected(String),
 }
 
 impl ClassifyError {
@@ -26,6 +29,7 @@ impl ClassifyError {
         match self {
             ClassifyError::Image(e) => e.code(),
             ClassifyError::Model(_) => ErrorCode::ClassificationFailed,
+            ClassifyError::Injected(_) => ErrorCode::InjectedFailure,
         }
     }
 }

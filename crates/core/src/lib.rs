@@ -4,6 +4,7 @@
 mod error_code;
 mod event;
 mod job;
+pub mod policy;
 mod result;
 
 pub use error_code::ErrorCode;

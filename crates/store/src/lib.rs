@@ -1,14 +1,16 @@
 //! The one place that knows SQL: jobs and the queue (claim, lease, heartbeat, complete, retry,
-//! cancel), content-addressed image blobs, and the event log. Backends sit behind [`Store`].
+//! cancel), content-addressed image blobs, and the event log, behind [`Store`]. One
+//! implementation (`sql.rs`) serves SQLite and PostgreSQL; `dialect.rs` names what differs and
+//! `sqlite.rs`/`postgres.rs` hold just that.
 
+mod dialect;
 mod model;
 mod postgres;
 mod rows;
+mod sql;
 mod sqlite;
 
 pub use model::*;
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 use imgclass_core::JobId;
@@ -213,10 +215,24 @@ pub async fn copy_all(from: &dyn Store, to: &dyn Store) -> Result<(u64, u64)> {
 
 /// Opens the store a URL names (`sqlite://PATH` or `postgres://...`).
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    sqlx::any::install_default_drivers();
+    let wakeups = Arc::new(Notify::new());
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
+        let (writer, reader, dialect) = sqlite::open(url).await?;
+        Ok(Arc::new(sql::SqlStore::new(
+            writer,
+            reader,
+            Box::new(dialect),
+            wakeups,
+        )))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(PgStore::connect(url).await?))
+        let (pool, dialect) = postgres::open(url, wakeups.clone()).await?;
+        Ok(Arc::new(sql::SqlStore::new(
+            pool.clone(),
+            pool,
+            Box::new(dialect),
+            wakeups,
+        )))
     } else {
         Err(StoreError::Config {
             url: url.to_string(),

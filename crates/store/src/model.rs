@@ -14,6 +14,8 @@ pub struct NewJob {
     pub height: u32,
     pub file_name: Option<String>,
     pub max_attempts: u32,
+    /// Higher runs first among the jobs that are due.
+    pub priority: i32,
 }
 
 /// An error recorded on a job.
@@ -50,7 +52,11 @@ pub struct Job {
     /// Attempts since the job was created or last retried by hand; bounded by `max_attempts`.
     pub run_attempts: u32,
     pub max_attempts: u32,
+    /// Higher runs first among the jobs that are due.
+    pub priority: i32,
     pub run_at: DateTime<Utc>,
+    /// The token of the lease a running job is under (its worker's right to finish it).
+    pub lease_owner: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
     pub error: Option<JobError>,
     pub attempt_errors: Vec<AttemptError>,
@@ -167,6 +173,18 @@ pub struct Event {
     pub at: DateTime<Utc>,
     /// The job as it was right after the change (`None` once deleted).
     pub job: Option<Job>,
+}
+
+impl Job {
+    /// What the queue's rules look at.
+    pub fn counters(&self) -> imgclass_core::policy::Counters {
+        imgclass_core::policy::Counters {
+            status: self.status,
+            run_attempts: self.run_attempts,
+            max_attempts: self.max_attempts,
+            stalls: self.stalls,
+        }
+    }
 }
 
 /// Encodes a list cursor (the position after which the next page starts).

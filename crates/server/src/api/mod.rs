@@ -75,14 +75,61 @@ async fn drain_rest(field: &mut axum::extract::multipart::Field<'_>) {
     while let Ok(Some(_)) = field.chunk().await {}
 }
 
-async fn read_uploads(state: &AppState, mut multipart: Multipart) -> Result<Vec<Upload>, ApiError> {
+/// The plain (non-file) fields of a submission.
+#[derive(Debug, Default)]
+struct SubmitFields {
+    /// Higher runs first among due jobs.
+    priority: i32,
+}
+
+/// The range of `priority`.
+const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
+
+impl SubmitFields {
+    /// Takes a plain field; unknown ones are ignored.
+    async fn take(&mut self, field: axum::extract::multipart::Field<'_>) -> Result<(), ApiError> {
+        if field.name() != Some("priority") {
+            return Ok(());
+        }
+        let text = field.text().await.map_err(multipart_error)?;
+        self.priority = text
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p| PRIORITIES.contains(p))
+            .ok_or_else(|| {
+                ApiError::from_code(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "priority must be a whole number from {} to {}, not {:?}",
+                        PRIORITIES.start(),
+                        PRIORITIES.end(),
+                        text.chars().take(32).collect::<String>()
+                    ),
+                )
+            })?;
+        Ok(())
+    }
+}
+
+async fn read_uploads(
+    state: &AppState,
+    mut multipart: Multipart,
+) -> Result<(Vec<Upload>, SubmitFields), ApiError> {
     let max = state.upload.limits.max_bytes;
     let mut uploads = Vec::new();
+    let mut fields = SubmitFields::default();
     loop {
         let field = multipart.next_field().await.map_err(multipart_error)?;
         let Some(mut field) = field else { break };
         let Some(raw_name) = field.file_name().map(str::to_owned) else {
-            // Plain form fields carry no image; skip them.
+            if let Err(e) = fields.take(field).await {
+                // Read the rest, so that the client, still sending, reads the answer.
+                while let Ok(Some(mut f)) = multipart.next_field().await {
+                    drain_rest(&mut f).await;
+                }
+                return Err(e);
+            }
             continue;
         };
         if uploads.len() >= state.upload.max_files {
@@ -111,7 +158,7 @@ async fn read_uploads(state: &AppState, mut multipart: Multipart) -> Result<Vec<
         }
         uploads.push(Upload { file_name, bytes });
     }
-    Ok(uploads)
+    Ok((uploads, fields))
 }
 
 /// `POST /api/jobs`: one job per uploaded image; all or nothing.
@@ -125,7 +172,7 @@ async fn create_jobs(
             format!("send the images as multipart/form-data: {}", e.body_text()),
         )
     })?;
-    let uploads = read_uploads(&state, multipart).await?;
+    let (uploads, fields) = read_uploads(&state, multipart).await?;
     if uploads.is_empty() {
         return Err(ApiError::from_code(
             ErrorCode::NoFiles,
@@ -165,6 +212,7 @@ async fn create_jobs(
             sha256,
             file_name: upload.file_name,
             max_attempts: state.max_attempts,
+            priority: fields.priority,
         });
     }
     let jobs = state.store.create_jobs(new_jobs).await?;

@@ -14,6 +14,8 @@ pub struct JobView {
     pub image: ImageView,
     pub attempts: u32,
     pub max_attempts: u32,
+    /// Higher runs first among the jobs that are due.
+    pub priority: i32,
     pub error: Option<ErrorView>,
     /// The error of each failed attempt, latest first.
     pub attempt_errors: Vec<AttemptErrorView>,
@@ -80,6 +82,7 @@ impl From<Job> for JobView {
             },
             attempts: j.attempts,
             max_attempts: j.max_attempts,
+            priority: j.priority,
             error: j.error.map(|e| ErrorView {
                 code: e.code,
                 message: e.message,

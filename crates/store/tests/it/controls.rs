@@ -723,6 +723,7 @@ async fn a_job_that_stalls_too_often_fails_with_attempts_left() {
         &*store,
         NewJob {
             max_attempts: 5,
+            priority: 0,
             ..new_job(1)
         },
     )
@@ -791,6 +792,7 @@ async fn the_default_rescue_allows_three_stalls() {
         &*store,
         NewJob {
             max_attempts: 10,
+            priority: 0,
             ..new_job(1)
         },
     )

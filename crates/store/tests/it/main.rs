@@ -13,4 +13,5 @@ mod leases;
 mod list;
 mod outcomes;
 mod queue;
+mod races;
 mod sqlite;
