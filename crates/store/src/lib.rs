@@ -222,7 +222,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
         Ok(Arc::new(sql::SqlStore::new(
             writer,
             reader,
-            Box::new(dialect),
+            Arc::new(dialect),
             wakeups,
         )))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -230,7 +230,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
         Ok(Arc::new(sql::SqlStore::new(
             pool.clone(),
             pool,
-            Box::new(dialect),
+            Arc::new(dialect),
             wakeups,
         )))
     } else {

@@ -24,15 +24,58 @@ use sqlx::AnyPool;
 use sqlx::{Any, Row, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
+#[derive(Clone)]
 pub(crate) struct SqlStore {
     /// Write transactions (on SQLite a single connection: one writer at a time anyway).
     writer: AnyPool,
     /// Reads that need no transaction (on PostgreSQL the same pool as `writer`).
     reader: AnyPool,
-    dialect: Box<dyn Dialect>,
+    dialect: Arc<dyn Dialect>,
     wakeups: Arc<Notify>,
+    /// Where `create_jobs` hands its jobs to the group commit (`None` in the committer's own
+    /// handle, which writes directly).
+    submissions: Option<mpsc::Sender<Submission>>,
+}
+
+/// Jobs of one request waiting for the group commit, and where to send its answer.
+type Submission = (Vec<NewJob>, oneshot::Sender<Result<Vec<Job>>>);
+
+/// At most this many jobs, and about this many image bytes, share one commit.
+const GROUP_MAX_JOBS: usize = 512;
+const GROUP_MAX_BYTES: usize = 64 << 20;
+
+/// The group commit: takes whatever uploads are waiting (at once, never waiting for more), stores
+/// them in one transaction with one fsync, and answers each once it is committed. If that
+/// transaction fails, each request is tried alone, so that one bad request cannot fail the others
+/// and a failure that is everyone's (a full disk, a lost connection) answers each with its error;
+/// either way nothing of a failed transaction is stored.
+async fn group_commit(store: SqlStore, mut queue: mpsc::Receiver<Submission>) {
+    while let Some(first) = queue.recv().await {
+        let mut jobs = first.0.len();
+        let mut bytes: usize = first.0.iter().map(|j| j.image.len()).sum();
+        let mut batch = vec![first];
+        while jobs < GROUP_MAX_JOBS && bytes < GROUP_MAX_BYTES {
+            let Ok(next) = queue.try_recv() else { break };
+            jobs += next.0.len();
+            bytes += next.0.iter().map(|j| j.image.len()).sum::<usize>();
+            batch.push(next);
+        }
+        if batch.len() > 1 {
+            let requests: Vec<&[NewJob]> = batch.iter().map(|(jobs, _)| jobs.as_slice()).collect();
+            if let Ok(created) = store.insert_jobs(&requests).await {
+                for ((_, reply), jobs) in batch.into_iter().zip(created) {
+                    let _ = reply.send(Ok(jobs));
+                }
+                continue;
+            }
+        }
+        for (jobs, reply) in batch {
+            let result = store.insert_jobs(&[&jobs]).await.map(|mut c| c.remove(0));
+            let _ = reply.send(result);
+        }
+    }
 }
 
 /// A write transaction and the events it recorded.
@@ -57,18 +100,98 @@ fn ms(t: DateTime<Utc>) -> i64 {
 }
 
 impl SqlStore {
+    /// The store, with its group commit running (on the current tokio runtime).
     pub(crate) fn new(
         writer: AnyPool,
         reader: AnyPool,
-        dialect: Box<dyn Dialect>,
+        dialect: Arc<dyn Dialect>,
         wakeups: Arc<Notify>,
     ) -> Self {
-        SqlStore {
+        let mut store = SqlStore {
             writer,
             reader,
             dialect,
             wakeups,
+            submissions: None,
+        };
+        let (submit, queue) = mpsc::channel(1024);
+        // The committer ends when the last handle with `submit` is dropped.
+        tokio::spawn(group_commit(store.clone(), queue));
+        store.submissions = Some(submit);
+        store
+    }
+
+    /// Stores each request's images and queued jobs, all in one transaction; the jobs of each
+    /// request come back in its order.
+    async fn insert_jobs(&self, requests: &[&[NewJob]]) -> Result<Vec<Vec<Job>>> {
+        let mut w = self.begin(Durability::Durable).await?;
+        let mut created = Vec::with_capacity(requests.len());
+        for jobs in requests {
+            let mut mine = Vec::with_capacity(jobs.len());
+            for new in *jobs {
+                mine.push(self.insert_job(&mut w, new).await?);
+            }
+            created.push(mine);
         }
+        self.commit(w).await?;
+        Ok(created)
+    }
+
+    async fn insert_job(&self, w: &mut Write, new: &NewJob) -> Result<Job> {
+        Self::insert_blob(
+            w,
+            &new.sha256,
+            &new.image,
+            &new.content_type,
+            (new.width, new.height),
+        )
+        .await?;
+        let id = JobId::new();
+        let max_attempts = new.max_attempts.max(1);
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (id, status, image_sha256, file_name, max_attempts, priority, \
+             run_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7) \
+             RETURNING seq",
+        )
+        .bind(id.to_string())
+        .bind(JobStatus::Queued.as_str())
+        .bind(&new.sha256)
+        .bind(&new.file_name)
+        .bind(i64::from(max_attempts))
+        .bind(i64::from(new.priority))
+        .bind(w.now)
+        .fetch_one(&mut *w.tx)
+        .await?;
+        let now = ms_to_time(w.now);
+        let job = Job {
+            seq,
+            id,
+            status: JobStatus::Queued,
+            image_size: new.image.len() as u64,
+            image_sha256: new.sha256.clone(),
+            content_type: new.content_type.clone(),
+            width: new.width,
+            height: new.height,
+            file_name: new.file_name.clone(),
+            attempts: 0,
+            stalls: 0,
+            run_attempts: 0,
+            max_attempts,
+            priority: new.priority,
+            run_at: now,
+            lease_owner: None,
+            lease_until: None,
+            error: None,
+            attempt_errors: Vec::new(),
+            result: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+        };
+        self.record(w, id, EventKind::Created, Some(job.clone()))
+            .await?;
+        Ok(job)
     }
 
     async fn begin(&self, durability: Durability) -> Result<Write> {
@@ -313,66 +436,13 @@ impl Store for SqlStore {
     }
 
     async fn create_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>> {
-        let mut w = self.begin(Durability::Durable).await?;
-        let mut created = Vec::with_capacity(jobs.len());
-        for new in jobs {
-            Self::insert_blob(
-                &mut w,
-                &new.sha256,
-                &new.image,
-                &new.content_type,
-                (new.width, new.height),
-            )
-            .await?;
-            let id = JobId::new();
-            let max_attempts = new.max_attempts.max(1);
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO jobs (id, status, image_sha256, file_name, max_attempts, priority, \
-                 run_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7) \
-                 RETURNING seq",
-            )
-            .bind(id.to_string())
-            .bind(JobStatus::Queued.as_str())
-            .bind(&new.sha256)
-            .bind(&new.file_name)
-            .bind(i64::from(max_attempts))
-            .bind(i64::from(new.priority))
-            .bind(w.now)
-            .fetch_one(&mut *w.tx)
-            .await?;
-            let now = ms_to_time(w.now);
-            let job = Job {
-                seq,
-                id,
-                status: JobStatus::Queued,
-                image_size: new.image.len() as u64,
-                image_sha256: new.sha256,
-                content_type: new.content_type,
-                width: new.width,
-                height: new.height,
-                file_name: new.file_name,
-                attempts: 0,
-                stalls: 0,
-                run_attempts: 0,
-                max_attempts,
-                priority: new.priority,
-                run_at: now,
-                lease_owner: None,
-                lease_until: None,
-                error: None,
-                attempt_errors: Vec::new(),
-                result: None,
-                created_at: now,
-                started_at: None,
-                finished_at: None,
-                updated_at: now,
-            };
-            self.record(&mut w, id, EventKind::Created, Some(job.clone()))
-                .await?;
-            created.push(job);
-        }
-        self.commit(w).await?;
-        Ok(created)
+        let Some(submit) = &self.submissions else {
+            return Ok(self.insert_jobs(&[&jobs]).await?.remove(0));
+        };
+        let stopped = || StoreError::Unavailable("the store is shutting down".into());
+        let (reply, answer) = oneshot::channel();
+        submit.send((jobs, reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {

@@ -9,6 +9,7 @@ mod controls;
 mod copy;
 mod delete;
 mod events;
+mod group_commit;
 mod leases;
 mod list;
 mod outcomes;
