@@ -128,6 +128,18 @@ pub trait Store: Send + Sync + 'static {
     /// nothing is written.
     async fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<bool>;
 
+    /// A worker pool's round in one transaction: ends the given attempts (each fenced on its
+    /// own lease: `false` where it was not stored), then claims up to `limit` due jobs like
+    /// `claim_limited`.
+    async fn finish_and_claim(
+        &self,
+        finishes: Vec<(Lease, Outcome)>,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+        rate: Option<RateLimit>,
+    ) -> Result<(Vec<bool>, ClaimBatch)>;
+
     /// Puts a failed job back in the queue (manual retry).
     async fn retry(&self, id: JobId) -> Result<Job>;
 

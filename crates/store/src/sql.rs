@@ -361,7 +361,8 @@ impl SqlStore {
         }))
     }
 
-    /// Ends a leased attempt with `action`; false (nothing written) when fenced.
+    /// Ends a leased attempt with `action` in its own transaction; false (nothing written) when
+    /// fenced.
     async fn end_attempt(
         &self,
         lease: &Lease,
@@ -369,16 +370,141 @@ impl SqlStore {
         edit: impl FnOnce(&mut Job, i64),
     ) -> Result<bool> {
         let mut w = self.begin(Durability::Relaxed).await?;
-        let Some(job) = self.leased_job(&mut w, lease).await? else {
+        if self.end_attempt_in(&mut w, lease, action, edit).await? {
+            self.commit(w).await?;
+            Ok(true)
+        } else {
             w.tx.rollback().await?;
+            Ok(false)
+        }
+    }
+
+    /// Ends a leased attempt with `action` inside `w`; false (nothing written) when fenced.
+    async fn end_attempt_in(
+        &self,
+        w: &mut Write,
+        lease: &Lease,
+        action: Action,
+        edit: impl FnOnce(&mut Job, i64),
+    ) -> Result<bool> {
+        let Some(job) = self.leased_job(w, lease).await? else {
             return Ok(false);
         };
-        if self.apply(&mut w, &job, action, edit).await?.is_none() {
-            w.tx.rollback().await?;
-            return Ok(false);
+        Ok(self.apply(w, &job, action, edit).await?.is_some())
+    }
+
+    /// Ends a leased attempt with its outcome inside `w`; false when fenced.
+    async fn finish_in(&self, w: &mut Write, lease: &Lease, outcome: Outcome) -> Result<bool> {
+        let (action, result, error, run_at) = match outcome {
+            Outcome::Succeeded(result) => (Action::Succeed, Some(result), None, None),
+            Outcome::Failed(error) => (Action::Fail, None, Some(error), None),
+            Outcome::Retry { error, run_at } => (Action::Requeue, None, Some(error), Some(run_at)),
+        };
+        self.end_attempt_in(w, lease, action, |j, now| {
+            j.result = result;
+            if let Some(error) = error {
+                j.attempt_errors.push(AttemptError {
+                    attempt: j.attempts,
+                    code: error.code,
+                    message: error.message.clone(),
+                    at: ms_to_time(now),
+                });
+                j.error = Some(error);
+            } else {
+                j.error = None;
+            }
+            match run_at {
+                Some(t) => j.run_at = t,
+                None => j.finished_at = Some(ms_to_time(now)),
+            }
+        })
+        .await
+    }
+
+    /// Claims up to `limit` due jobs inside `w` under one fresh lease token, taking their starts
+    /// from the rate limit; writes nothing when none is claimed.
+    async fn claim_in(
+        &self,
+        w: &mut Write,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+        rate: Option<RateLimit>,
+    ) -> Result<ClaimBatch> {
+        let now = w.now;
+        let token = format!("{worker}/{}", uuid::Uuid::new_v4());
+        let mut limit = limit as i64;
+        let mut window: Vec<i64> = Vec::new();
+        if let Some(rate) = rate {
+            // The rate-limit row is read under the write lock (and row lock), so concurrent
+            // claimers on any node take starts one after the other.
+            window = self.recent_starts(&mut *w.tx, now, rate).await?;
+            let allowed = i64::from(rate.jobs) - window.len() as i64;
+            if allowed <= 0 {
+                let oldest = window.first().copied().unwrap_or(now);
+                let wait = (oldest + rate.per.as_millis() as i64 - now).max(1);
+                return Ok(ClaimBatch {
+                    claims: Vec::new(),
+                    rate_limited_for: Some(Duration::from_millis(wait as u64)),
+                });
+            }
+            limit = limit.min(allowed);
         }
-        self.commit(w).await?;
-        Ok(true)
+        let sql = format!(
+            "UPDATE jobs SET status = $1, attempts = attempts + 1, run_attempts = run_attempts + 1, \
+             lease_owner = $2, lease_until = $3, started_at = $4, updated_at = $4 \
+             WHERE seq IN (SELECT j.seq FROM jobs j WHERE j.status = $5 AND j.run_at <= $4 \
+             ORDER BY j.priority DESC, j.run_at, j.seq LIMIT $6{})",
+            self.dialect.lock(Lock::JobsSkipLocked)
+        );
+        let claimed = sqlx::query(&sql)
+            .bind(JobStatus::Queued.apply(Action::Claim)?.as_str())
+            .bind(&token)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .bind(JobStatus::Queued.as_str())
+            .bind(limit)
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        if claimed == 0 {
+            return Ok(ClaimBatch::default());
+        }
+        if rate.is_some() {
+            window.extend(std::iter::repeat_n(now, claimed as usize));
+            sqlx::query(
+                "INSERT INTO rate_limits (name, starts) VALUES ('global', $1) \
+                 ON CONFLICT (name) DO UPDATE SET starts = excluded.starts",
+            )
+            .bind(to_json(&window)?)
+            .execute(&mut *w.tx)
+            .await?;
+        }
+        // The lease token is new: it names exactly this batch. Claims come in queue order.
+        let rows = sqlx::query(&select_jobs(
+            "j.status = $1 AND j.lease_owner = $2 ORDER BY j.priority DESC, j.run_at, j.seq",
+        ))
+        .bind(JobStatus::Running.as_str())
+        .bind(&token)
+        .fetch_all(&mut *w.tx)
+        .await?;
+        let mut claims = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let job = job_from_row(row)?;
+            self.record(w, job.id, EventKind::Running, Some(job.clone()))
+                .await?;
+            claims.push(Claim {
+                lease: Lease {
+                    job_id: job.id,
+                    token: token.clone(),
+                },
+                job,
+            });
+        }
+        Ok(ClaimBatch {
+            claims,
+            rate_limited_for: None,
+        })
     }
 
     /// Inserts a blob and its chunks unless an identical one is stored.
@@ -527,83 +653,13 @@ impl Store for SqlStore {
         rate: Option<RateLimit>,
     ) -> Result<ClaimBatch> {
         let mut w = self.begin(Durability::Relaxed).await?;
-        let now = w.now;
-        let token = format!("{worker}/{}", uuid::Uuid::new_v4());
-        let mut limit = limit as i64;
-        let mut window: Vec<i64> = Vec::new();
-        if let Some(rate) = rate {
-            // The rate-limit row is read under the write lock (and row lock), so concurrent
-            // claimers on any node take starts one after the other.
-            window = self.recent_starts(&mut *w.tx, now, rate).await?;
-            let allowed = i64::from(rate.jobs) - window.len() as i64;
-            if allowed <= 0 {
-                w.tx.rollback().await?;
-                let oldest = window.first().copied().unwrap_or(now);
-                let wait = (oldest + rate.per.as_millis() as i64 - now).max(1);
-                return Ok(ClaimBatch {
-                    claims: Vec::new(),
-                    rate_limited_for: Some(Duration::from_millis(wait as u64)),
-                });
-            }
-            limit = limit.min(allowed);
-        }
-        let sql = format!(
-            "UPDATE jobs SET status = $1, attempts = attempts + 1, run_attempts = run_attempts + 1, \
-             lease_owner = $2, lease_until = $3, started_at = $4, updated_at = $4 \
-             WHERE seq IN (SELECT j.seq FROM jobs j WHERE j.status = $5 AND j.run_at <= $4 \
-             ORDER BY j.priority DESC, j.run_at, j.seq LIMIT $6{})",
-            self.dialect.lock(Lock::JobsSkipLocked)
-        );
-        let claimed = sqlx::query(&sql)
-            .bind(JobStatus::Queued.apply(Action::Claim)?.as_str())
-            .bind(&token)
-            .bind(now + lease.as_millis() as i64)
-            .bind(now)
-            .bind(JobStatus::Queued.as_str())
-            .bind(limit)
-            .execute(&mut *w.tx)
-            .await?
-            .rows_affected();
-        if claimed == 0 {
+        let batch = self.claim_in(&mut w, worker, limit, lease, rate).await?;
+        if batch.claims.is_empty() {
             w.tx.rollback().await?;
-            return Ok(ClaimBatch::default());
+        } else {
+            self.commit(w).await?;
         }
-        if rate.is_some() {
-            window.extend(std::iter::repeat_n(now, claimed as usize));
-            sqlx::query(
-                "INSERT INTO rate_limits (name, starts) VALUES ('global', $1) \
-                 ON CONFLICT (name) DO UPDATE SET starts = excluded.starts",
-            )
-            .bind(to_json(&window)?)
-            .execute(&mut *w.tx)
-            .await?;
-        }
-        // The lease token is new: it names exactly this batch. Claims come in queue order.
-        let rows = sqlx::query(&select_jobs(
-            "j.status = $1 AND j.lease_owner = $2 ORDER BY j.priority DESC, j.run_at, j.seq",
-        ))
-        .bind(JobStatus::Running.as_str())
-        .bind(&token)
-        .fetch_all(&mut *w.tx)
-        .await?;
-        let mut claims = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let job = job_from_row(row)?;
-            self.record(&mut w, job.id, EventKind::Running, Some(job.clone()))
-                .await?;
-            claims.push(Claim {
-                lease: Lease {
-                    job_id: job.id,
-                    token: token.clone(),
-                },
-                job,
-            });
-        }
-        self.commit(w).await?;
-        Ok(ClaimBatch {
-            claims,
-            rate_limited_for: None,
-        })
+        Ok(batch)
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
@@ -632,30 +688,36 @@ impl Store for SqlStore {
     }
 
     async fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<bool> {
-        let (action, result, error, run_at) = match outcome {
-            Outcome::Succeeded(result) => (Action::Succeed, Some(result), None, None),
-            Outcome::Failed(error) => (Action::Fail, None, Some(error), None),
-            Outcome::Retry { error, run_at } => (Action::Requeue, None, Some(error), Some(run_at)),
+        let mut w = self.begin(Durability::Relaxed).await?;
+        if self.finish_in(&mut w, lease, outcome).await? {
+            self.commit(w).await?;
+            Ok(true)
+        } else {
+            w.tx.rollback().await?;
+            Ok(false)
+        }
+    }
+
+    async fn finish_and_claim(
+        &self,
+        finishes: Vec<(Lease, Outcome)>,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+        rate: Option<RateLimit>,
+    ) -> Result<(Vec<bool>, ClaimBatch)> {
+        let mut w = self.begin(Durability::Relaxed).await?;
+        let mut stored = Vec::with_capacity(finishes.len());
+        for (l, outcome) in finishes {
+            stored.push(self.finish_in(&mut w, &l, outcome).await?);
+        }
+        let batch = if limit > 0 {
+            self.claim_in(&mut w, worker, limit, lease, rate).await?
+        } else {
+            ClaimBatch::default()
         };
-        self.end_attempt(lease, action, |j, now| {
-            j.result = result;
-            if let Some(error) = error {
-                j.attempt_errors.push(AttemptError {
-                    attempt: j.attempts,
-                    code: error.code,
-                    message: error.message.clone(),
-                    at: ms_to_time(now),
-                });
-                j.error = Some(error);
-            } else {
-                j.error = None;
-            }
-            match run_at {
-                Some(t) => j.run_at = t,
-                None => j.finished_at = Some(ms_to_time(now)),
-            }
-        })
-        .await
+        self.commit(w).await?;
+        Ok((stored, batch))
     }
 
     async fn retry(&self, id: JobId) -> Result<Job> {

@@ -12,7 +12,10 @@ use imgclass_store::{Claim, Job, JobError, Lease, Outcome};
 use rand::Rng;
 
 impl Worker {
-    pub(super) async fn attempt(&mut self, claim: Claim) {
+    /// Runs one attempt; the outcome to store, or `None` when the attempt ends without one (the
+    /// lease was lost, the job was given back, or its image could not be read: then its lease
+    /// expires and it runs again).
+    pub(super) async fn attempt(&mut self, claim: Claim) -> Option<(Lease, Outcome)> {
         let Claim { job, lease } = claim;
         let queue_wait = job
             .started_at
@@ -26,18 +29,15 @@ impl Worker {
                     code: ErrorCode::Internal,
                     message: "the job's image is missing".into(),
                 };
-                self.finish(&lease, Outcome::Failed(error)).await;
-                return;
+                return Some((lease, Outcome::Failed(error)));
             }
             Err(e) => {
                 // The lease will expire and the job will be picked up again.
                 tracing::warn!(error = %e, "cannot read the job's image");
-                return;
+                return None;
             }
         };
-        let Some(result) = self.classify_leased(&lease, bytes).await else {
-            return;
-        };
+        let result = self.classify_leased(&lease, bytes).await?;
         let outcome = match result {
             Ok(c) => {
                 tracing::info!(
@@ -59,7 +59,7 @@ impl Worker {
             }
             Err(error) => self.after_error(&job, error),
         };
-        self.finish(&lease, outcome).await;
+        Some((lease, outcome))
     }
 
     /// Classifies on the inference thread within the job timeout, renewing the lease meanwhile.
@@ -148,16 +148,6 @@ impl Worker {
             _ => {
                 tracing::warn!(error = %error.message, attempt = job.run_attempts, "job failed");
                 Outcome::Failed(error)
-            }
-        }
-    }
-
-    async fn finish(&self, lease: &Lease, outcome: Outcome) {
-        match self.store.finish(lease, outcome).await {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!("lease lost before the result was stored; result dropped"),
-            Err(e) => {
-                tracing::error!(error = %e, "could not store the job's outcome; its lease will expire and it will run again")
             }
         }
     }

@@ -113,19 +113,21 @@ impl Workers {
         if let Err(e) = store.rescue_expired_with(config.max_stalls).await {
             tracing::warn!(error = %e, "lease sweep failed");
         }
-        let mut tasks = Vec::new();
+        let mut workers = Vec::new();
         for i in 0..config.workers.max(1) {
-            let worker = runner::Worker::start(
-                format!("{}-w{i}", config.node),
-                format!("imgclass-infer-{i}"),
-                store.clone(),
-                factory.clone(),
-                config.clone(),
-                abort_rx.clone(),
-            )
-            .await?;
-            tasks.push(tokio::spawn(worker.run(stop_rx.clone())));
+            workers.push(
+                runner::Worker::start(
+                    format!("{}-w{i}", config.node),
+                    format!("imgclass-infer-{i}"),
+                    store.clone(),
+                    factory.clone(),
+                    config.clone(),
+                    abort_rx.clone(),
+                )
+                .await?,
+            );
         }
+        let mut tasks = runner::spawn_pool(store.clone(), config.clone(), workers, stop_rx.clone());
         tasks.push(tokio::spawn(maintenance::sweeper(
             store.clone(),
             config,

@@ -240,7 +240,11 @@ impl TestApp {
             Ok(j) => j,
             Err(_) => panic!(
                 "job {id} did not reach {status}; it is {:?}",
-                self.store.get_job(id).await.unwrap().map(|j| j.status)
+                self.store
+                    .get_job(id)
+                    .await
+                    .unwrap()
+                    .map(|j| (j.status, j.attempt_errors))
             ),
         }
     }

@@ -134,3 +134,54 @@ async fn a_failed_commit_answers_every_request_with_an_error_and_stores_nothing(
     let first = new_job(0);
     assert!(store.read_blob(&first.sha256).await.unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_stores_each_outcome_under_its_own_lease_and_claims_the_next() {
+    let (store, _db) = fresh_store().await;
+    let first: Vec<_> = (0..3).map(new_job).collect();
+    store.create_jobs(first).await.unwrap();
+    let claims = store.claim("pool", 3, LONG_LEASE).await.unwrap();
+    assert_eq!(claims.len(), 3);
+    // One of the batch is canceled while it runs: its worker's outcome must be fenced.
+    store.cancel(claims[1].job.id).await.unwrap();
+    store
+        .create_jobs((10..12).map(new_job).collect())
+        .await
+        .unwrap();
+    let outcomes = claims
+        .iter()
+        .map(|c| {
+            (
+                c.lease.clone(),
+                imgclass_store::Outcome::Succeeded(sample_result()),
+            )
+        })
+        .collect();
+    let (stored, next) = store
+        .finish_and_claim(outcomes, "pool", 2, LONG_LEASE, None)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![true, false, true]);
+    assert_eq!(next.claims.len(), 2);
+    let status = |i: usize| claims[i].job.id;
+    use imgclass_core::JobStatus::*;
+    assert_eq!(get(&*store, status(0)).await.status, Succeeded);
+    assert_eq!(get(&*store, status(1)).await.status, Canceled);
+    assert_eq!(get(&*store, status(2)).await.status, Succeeded);
+    for c in &next.claims {
+        assert_eq!(get(&*store, c.job.id).await.status, Running);
+    }
+    // The fenced job got no succeeded event.
+    let events = store.events_since(0, 100).await.unwrap();
+    assert!(!events
+        .iter()
+        .any(|e| e.job_id == status(1) && e.kind == imgclass_core::EventKind::Succeeded));
+    // A round with nothing to store and nothing due writes nothing and claims nothing.
+    let seq = store.last_event_seq().await.unwrap();
+    let (stored, none) = store
+        .finish_and_claim(Vec::new(), "pool", 4, LONG_LEASE, None)
+        .await
+        .unwrap();
+    assert!(stored.is_empty() && none.claims.is_empty());
+    assert_eq!(store.last_event_seq().await.unwrap(), seq);
+}
