@@ -31,6 +31,39 @@ enum Command {
     Worker(Box<WorkerArgs>),
     /// Create the database or bring it up to date; with --from and --to, copy an installation.
     Migrate(MigrateArgs),
+    /// API tokens: once one exists, every /api/* request needs one.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    db: DatabaseArgs,
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (it is shown this once; only its hash is stored).
+    Create {
+        /// A name to know it by (unique).
+        #[arg(long)]
+        name: String,
+        /// What it may do: submit, read, manage, admin (admin: everything, on every job).
+        #[arg(long, default_value = "submit,read,manage", value_parser = parse_scopes)]
+        scope: ScopeList,
+        /// It stops working after this long (e.g. 30d, 12h); default: never.
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// List the tokens (never their secrets).
+    List,
+    /// Revoke a token, by name or id, at once.
+    Revoke {
+        /// The token's name or id.
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -242,6 +275,14 @@ fn parse_rate_limit(s: &str) -> Result<imgclass_store::RateLimit, String> {
     })
 }
 
+/// `--scope submit,read`: one value holding a list (clap would take a bare `Vec` as repeats).
+#[derive(Debug, Clone)]
+struct ScopeList(Vec<imgclass_core::Scope>);
+
+fn parse_scopes(s: &str) -> Result<ScopeList, String> {
+    imgclass_core::Scope::parse_list(s).map(ScopeList)
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .trim()
@@ -270,6 +311,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(*args))),
         Command::Worker(args) => runtime().and_then(|rt| rt.block_on(worker(*args))),
         Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate(args))),
+        Command::Token(args) => runtime().and_then(|rt| rt.block_on(token(args))),
     };
     match result {
         Ok(code) => code,
@@ -347,6 +389,70 @@ async fn migrate(args: MigrateArgs) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+async fn token(args: TokenArgs) -> Result<std::process::ExitCode> {
+    let store = imgclass_store::connect(&args.db.database)
+        .await
+        .with_context(|| format!("cannot open the database {}", args.db.database))?;
+    store.migrate().await?;
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(
+            || "-".to_string(),
+            |t| t.format("%Y-%m-%d %H:%M").to_string(),
+        )
+    };
+    match args.command {
+        TokenCommand::Create {
+            name,
+            scope,
+            expires,
+        } => {
+            let (shown, new) = imgclass_server::auth::issue(&name, &scope.0, expires)
+                .map_err(anyhow::Error::msg)?;
+            let stored = store.create_token(&new).await?;
+            eprintln!(
+                "token {:?} (id {}, scopes {}, expires {}); it is shown only now:",
+                stored.name,
+                stored.id,
+                imgclass_core::Scope::join(&stored.scopes),
+                time(stored.expires_at)
+            );
+            println!("{shown}");
+        }
+        TokenCommand::List => {
+            let now = chrono::Utc::now();
+            println!(
+                "{:<12}  {:<24}  {:<26}  {:<16}  {:<16}  state",
+                "id", "name", "scopes", "created", "expires"
+            );
+            for t in store.list_tokens().await? {
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else if t.is_active(now) {
+                    "active"
+                } else {
+                    "expired"
+                };
+                println!(
+                    "{:<12}  {:<24}  {:<26}  {:<16}  {:<16}  {state}",
+                    t.id,
+                    t.name,
+                    imgclass_core::Scope::join(&t.scopes),
+                    time(Some(t.created_at)),
+                    time(t.expires_at)
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => match store.revoke_token(&name).await {
+            Ok(t) => println!("revoked {:?} (id {})", t.name, t.id),
+            Err(imgclass_store::StoreError::NotFound) => {
+                anyhow::bail!("no token has the name or id {name:?}")
+            }
+            Err(e) => return Err(e.into()),
+        },
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 async fn worker(args: WorkerArgs) -> Result<std::process::ExitCode> {
     let store = imgclass_store::connect(&args.db.database)
         .await
@@ -406,6 +512,10 @@ async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -
     Workers::start(store, factory, config).await
 }
 
+async fn store_has_tokens(store: &dyn imgclass_store::Store) -> bool {
+    store.tokens_in_use().await.unwrap_or(false)
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -443,6 +553,13 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && !store_has_tokens(&*state.store).await {
+        tracing::warn!(
+            "listening on {addr}, which is not a loopback address, without API tokens: anyone who \
+             can reach it can read, change and delete every job (create one with `imgclass token \
+             create`)"
+        );
+    }
     tracing::info!("imgclass is listening on http://{addr}");
     let (stopping, mut stop_rx) = tokio::sync::watch::channel(false);
     let server =

@@ -19,6 +19,10 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     ImageCorrupt,
     ImageTooLarge,
+    Unauthorized,
+    Forbidden,
+    RateLimited,
+    QueueFull,
     // Job errors.
     ClassificationFailed,
     InjectedFailure,
@@ -30,7 +34,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::BadRequest,
         ErrorCode::NoFiles,
         ErrorCode::NotFound,
@@ -41,6 +45,10 @@ impl ErrorCode {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::ImageCorrupt,
         ErrorCode::ImageTooLarge,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::QueueFull,
         ErrorCode::ClassificationFailed,
         ErrorCode::InjectedFailure,
         ErrorCode::Stalled,
@@ -61,6 +69,10 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::ImageCorrupt => "image_corrupt",
             ErrorCode::ImageTooLarge => "image_too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::QueueFull => "queue_full",
             ErrorCode::ClassificationFailed => "classification_failed",
             ErrorCode::InjectedFailure => "injected_failure",
             ErrorCode::Stalled => "stalled",

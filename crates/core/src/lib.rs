@@ -6,8 +6,10 @@ mod event;
 mod job;
 pub mod policy;
 mod result;
+mod scope;
 
 pub use error_code::ErrorCode;
 pub use event::EventKind;
 pub use job::{Action, JobId, JobStatus, ParseJobIdError, TransitionError};
 pub use result::{JobResult, ModelInfo, Prediction, Timings};
+pub use scope::Scope;

@@ -9,8 +9,10 @@ mod postgres;
 mod rows;
 mod sql;
 mod sqlite;
+mod tokens;
 
 pub use model::*;
+pub use tokens::{ApiToken, NewToken, Tokens};
 
 use async_trait::async_trait;
 use imgclass_core::JobId;
@@ -32,6 +34,8 @@ pub enum StoreError {
     InvalidState(#[from] imgclass_core::TransitionError),
     #[error("invalid cursor")]
     InvalidCursor,
+    #[error("{0}")]
+    Conflict(String),
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
     #[error("database error: {0}")]
@@ -84,7 +88,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything the service needs from its database.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Tokens + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<()>;
 
@@ -155,7 +159,12 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, before: chrono::DateTime<chrono::Utc>) -> Result<Pruned>;
 
     /// Counts per status and other queue figures.
-    async fn stats(&self, rate: Option<RateLimit>) -> Result<QueueStats>;
+    async fn stats(&self, rate: Option<RateLimit>) -> Result<QueueStats> {
+        self.stats_of(None, rate).await
+    }
+
+    /// Like `stats`, counting only the jobs of `owner` when one is given.
+    async fn stats_of(&self, owner: Option<&str>, rate: Option<RateLimit>) -> Result<QueueStats>;
 
     /// Deletes a job, and its image when no other job uses it.
     async fn delete(&self, id: JobId) -> Result<()>;
@@ -200,6 +209,7 @@ pub async fn copy_all(from: &dyn Store, to: &dyn Store) -> Result<(u64, u64)> {
         let page = from
             .list_jobs(&ListQuery {
                 status: None,
+                owner: None,
                 cursor: cursor.clone(),
                 limit: 500,
             })

@@ -16,6 +16,8 @@ pub struct NewJob {
     pub max_attempts: u32,
     /// Higher runs first among the jobs that are due.
     pub priority: i32,
+    /// The id of the API token that created the job (`None` when the API is open).
+    pub owner: Option<String>,
 }
 
 /// An error recorded on a job.
@@ -65,12 +67,16 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// The id of the API token that created the job.
+    pub owner: Option<String>,
 }
 
 /// A filter and page request for listing jobs.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub status: Option<JobStatus>,
+    /// Only the jobs of this token.
+    pub owner: Option<String>,
     /// Opaque cursor from a previous page.
     pub cursor: Option<String>,
     pub limit: usize,
@@ -153,6 +159,8 @@ pub struct QueueStats {
 pub struct RetryFilter {
     /// Only jobs whose last error has this code.
     pub error_code: Option<ErrorCode>,
+    /// Only the jobs of this token.
+    pub owner: Option<String>,
 }
 
 /// What `prune` removed.
@@ -173,6 +181,8 @@ pub struct Event {
     pub at: DateTime<Utc>,
     /// The job as it was right after the change (`None` once deleted).
     pub job: Option<Job>,
+    /// The job's owner (kept on the event, so that it is known after a delete too).
+    pub owner: Option<String>,
 }
 
 impl Job {

@@ -29,10 +29,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 #[derive(Clone)]
 pub(crate) struct SqlStore {
     /// Write transactions (on SQLite a single connection: one writer at a time anyway).
-    writer: AnyPool,
+    pub(crate) writer: AnyPool,
     /// Reads that need no transaction (on PostgreSQL the same pool as `writer`).
-    reader: AnyPool,
-    dialect: Arc<dyn Dialect>,
+    pub(crate) reader: AnyPool,
+    pub(crate) dialect: Arc<dyn Dialect>,
     wakeups: Arc<Notify>,
     /// Where `create_jobs` hands its jobs to the group commit (`None` in the committer's own
     /// handle, which writes directly).
@@ -79,10 +79,10 @@ async fn group_commit(store: SqlStore, mut queue: mpsc::Receiver<Submission>) {
 }
 
 /// A write transaction and the events it recorded.
-struct Write {
-    tx: Transaction<'static, Any>,
+pub(crate) struct Write {
+    pub(crate) tx: Transaction<'static, Any>,
     events: Vec<Event>,
-    now: i64,
+    pub(crate) now: i64,
 }
 
 /// The SELECT of whole jobs, followed by the given condition.
@@ -150,8 +150,8 @@ impl SqlStore {
         let max_attempts = new.max_attempts.max(1);
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (id, status, image_sha256, file_name, max_attempts, priority, \
-             run_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7) \
-             RETURNING seq",
+             run_at, created_at, updated_at, owner) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, $8) RETURNING seq",
         )
         .bind(id.to_string())
         .bind(JobStatus::Queued.as_str())
@@ -160,6 +160,7 @@ impl SqlStore {
         .bind(i64::from(max_attempts))
         .bind(i64::from(new.priority))
         .bind(w.now)
+        .bind(&new.owner)
         .fetch_one(&mut *w.tx)
         .await?;
         let now = ms_to_time(w.now);
@@ -188,13 +189,14 @@ impl SqlStore {
             started_at: None,
             finished_at: None,
             updated_at: now,
+            owner: new.owner.clone(),
         };
         self.record(w, id, EventKind::Created, Some(job.clone()))
             .await?;
         Ok(job)
     }
 
-    async fn begin(&self, durability: Durability) -> Result<Write> {
+    pub(crate) async fn begin(&self, durability: Durability) -> Result<Write> {
         let tx = self
             .writer
             .begin_with(self.dialect.begin(durability))
@@ -209,7 +211,7 @@ impl SqlStore {
     }
 
     /// Commits, then publishes the events and wakes idle workers when a job became claimable.
-    async fn commit(&self, mut w: Write) -> Result<()> {
+    pub(crate) async fn commit(&self, mut w: Write) -> Result<()> {
         if !w.events.is_empty() {
             self.dialect.announce(&mut w.tx).await?;
         }
@@ -229,14 +231,29 @@ impl SqlStore {
         kind: EventKind,
         job: Option<Job>,
     ) -> Result<()> {
+        let owner = job.as_ref().and_then(|j| j.owner.clone());
+        self.record_owned(w, job_id, kind, job, owner).await
+    }
+
+    /// Records an event whose job may be gone (a delete), naming the job's owner.
+    async fn record_owned(
+        &self,
+        w: &mut Write,
+        job_id: JobId,
+        kind: EventKind,
+        job: Option<Job>,
+        owner: Option<String>,
+    ) -> Result<()> {
         let status = job.as_ref().map(|j| j.status);
         let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (job_id, kind, status, at) VALUES ($1, $2, $3, $4) RETURNING seq",
+            "INSERT INTO events (job_id, kind, status, at, owner) VALUES ($1, $2, $3, $4, $5) \
+             RETURNING seq",
         )
         .bind(job_id.to_string())
         .bind(kind.as_str())
         .bind(status.map(JobStatus::as_str))
         .bind(w.now)
+        .bind(owner.clone())
         .fetch_one(&mut *w.tx)
         .await?;
         w.events.push(Event {
@@ -246,6 +263,7 @@ impl SqlStore {
             status,
             at: ms_to_time(w.now),
             job,
+            owner,
         });
         Ok(())
     }
@@ -588,12 +606,14 @@ impl Store for SqlStore {
         };
         let limit = query.limit.clamp(1, 500);
         let sql = select_jobs(
-            "j.seq < $1 AND ($2 IS NULL OR j.status = $2) ORDER BY j.seq DESC LIMIT $3",
+            "j.seq < $1 AND ($2 IS NULL OR j.status = $2) AND ($4 IS NULL OR j.owner = $4) \
+             ORDER BY j.seq DESC LIMIT $3",
         );
         let rows = sqlx::query(&sql)
             .bind(before)
             .bind(query.status.map(JobStatus::as_str))
             .bind(limit as i64 + 1)
+            .bind(query.owner.as_deref())
             .fetch_all(&self.reader)
             .await?;
         let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
@@ -730,12 +750,12 @@ impl Store for SqlStore {
 
     async fn delete(&self, id: JobId) -> Result<()> {
         let mut w = self.begin(Durability::Durable).await?;
-        let sha: Option<String> =
-            sqlx::query_scalar("DELETE FROM jobs WHERE id = $1 RETURNING image_sha256")
+        let deleted: Option<(String, Option<String>)> =
+            sqlx::query_as("DELETE FROM jobs WHERE id = $1 RETURNING image_sha256, owner")
                 .bind(id.to_string())
                 .fetch_optional(&mut *w.tx)
                 .await?;
-        let Some(sha) = sha else {
+        let Some((sha, owner)) = deleted else {
             w.tx.rollback().await?;
             return Err(StoreError::NotFound);
         };
@@ -746,7 +766,8 @@ impl Store for SqlStore {
         .bind(&sha)
         .execute(&mut *w.tx)
         .await?;
-        self.record(&mut w, id, EventKind::Deleted, None).await?;
+        self.record_owned(&mut w, id, EventKind::Deleted, None, owner)
+            .await?;
         self.commit(w).await
     }
 
@@ -802,11 +823,14 @@ impl Store for SqlStore {
 
     async fn retry_failed(&self, filter: &RetryFilter) -> Result<Vec<Job>> {
         let mut w = self.begin(Durability::Durable).await?;
-        let sql = select_jobs("j.status = $1 AND ($2 IS NULL OR j.error_code = $2) ORDER BY j.seq")
-            + self.dialect.lock(Lock::Jobs);
+        let sql = select_jobs(
+            "j.status = $1 AND ($2 IS NULL OR j.error_code = $2) AND ($3 IS NULL OR j.owner = $3) \
+             ORDER BY j.seq",
+        ) + self.dialect.lock(Lock::Jobs);
         let rows = sqlx::query(&sql)
             .bind(JobStatus::Failed.as_str())
             .bind(filter.error_code.map(|c| c.as_str()))
+            .bind(filter.owner.as_deref())
             .fetch_all(&mut *w.tx)
             .await?;
         let mut jobs = Vec::with_capacity(rows.len());
@@ -853,12 +877,16 @@ impl Store for SqlStore {
         })
     }
 
-    async fn stats(&self, rate: Option<RateLimit>) -> Result<QueueStats> {
+    async fn stats_of(&self, owner: Option<&str>, rate: Option<RateLimit>) -> Result<QueueStats> {
         let now = now_ms();
         let mut conn = self.reader.acquire().await?;
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM jobs WHERE ($1 IS NULL OR owner = $1) \
+             GROUP BY status",
+        )
+        .bind(owner)
+        .fetch_all(&mut *conn)
+        .await?;
         let mut stats = QueueStats::default();
         for row in rows {
             let status: String = row.try_get("status")?;
@@ -871,16 +899,21 @@ impl Store for SqlStore {
                 JobStatus::Canceled => stats.canceled = n,
             }
         }
-        let oldest: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(created_at) FROM jobs WHERE status = $1")
-                .bind(JobStatus::Queued.as_str())
-                .fetch_one(&mut *conn)
-                .await?;
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(created_at) FROM jobs WHERE status = $1 AND ($2 IS NULL OR owner = $2)",
+        )
+        .bind(JobStatus::Queued.as_str())
+        .bind(owner)
+        .fetch_one(&mut *conn)
+        .await?;
         stats.oldest_queued_at = oldest.map(ms_to_time);
-        let finished: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE finished_at >= $1")
-            .bind(now - 60_000)
-            .fetch_one(&mut *conn)
-            .await?;
+        let finished: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE finished_at >= $1 AND ($2 IS NULL OR owner = $2)",
+        )
+        .bind(now - 60_000)
+        .bind(owner)
+        .fetch_one(&mut *conn)
+        .await?;
         stats.finished_last_minute = finished as u64;
         if let Some(rate) = rate {
             // A plain read: statistics never wait for (or hold up) the claimers' row lock.
@@ -912,8 +945,9 @@ impl Store for SqlStore {
         let n = sqlx::query(
             "INSERT INTO jobs (id, status, image_sha256, file_name, attempts, stalls, run_attempts, \
              max_attempts, priority, run_at, error_code, error_message, attempt_errors, result, \
-             created_at, started_at, finished_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-             $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) ON CONFLICT (id) DO NOTHING",
+             created_at, started_at, finished_at, updated_at, owner) VALUES ($1, $2, $3, $4, $5, $6, \
+             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+             ON CONFLICT (id) DO NOTHING",
         )
         .bind(job.id.to_string())
         .bind(status.as_str())
@@ -933,6 +967,7 @@ impl Store for SqlStore {
         .bind(job.started_at.map(ms))
         .bind(job.finished_at.map(ms))
         .bind(ms(job.updated_at))
+        .bind(&job.owner)
         .execute(&mut *w.tx)
         .await?
         .rows_affected();
@@ -977,7 +1012,8 @@ pub(crate) async fn last_event_seq(pool: &AnyPool) -> Result<i64> {
 pub(crate) async fn read_events(pool: &AnyPool, after: i64, limit: usize) -> Result<Vec<Event>> {
     let sql = format!(
         "SELECT e.seq AS event_seq, e.job_id AS event_job_id, e.kind AS event_kind, \
-         e.status AS event_status, e.at AS event_at, {JOB_COLUMNS} FROM events e \
+         e.status AS event_status, e.at AS event_at, e.owner AS event_owner, {JOB_COLUMNS} \
+         FROM events e \
          LEFT JOIN jobs j ON j.id = e.job_id LEFT JOIN blobs b ON b.sha256 = j.image_sha256 \
          WHERE e.seq > $1 ORDER BY e.seq LIMIT $2"
     );
@@ -1003,6 +1039,7 @@ pub(crate) async fn read_events(pool: &AnyPool, after: i64, limit: usize) -> Res
             status: status.map(|s| s.parse()).transpose().map_err(db_err)?,
             at: ms_to_time(row.try_get("event_at")?),
             job,
+            owner: row.try_get("event_owner")?,
         });
     }
     Ok(out)

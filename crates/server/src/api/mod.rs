@@ -3,6 +3,7 @@
 mod events;
 pub mod views;
 
+use crate::auth::{self, Access, Caller};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
@@ -19,6 +20,7 @@ use views::{JobList, JobView, JobsCreated, RetriedJobs, StatsView};
 
 pub fn routes(state: AppState) -> Router {
     let body_limit = state.upload.request_limit();
+    let access = Access::new(state.store.clone());
     Router::new()
         .route("/api/jobs", post(create_jobs).get(list_jobs))
         .route("/api/jobs/retry-failed", post(retry_failed))
@@ -29,6 +31,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/api/jobs/{id}/cancel", post(cancel_job))
         .route("/api/events", get(events::stream))
         .route("/healthz", get(healthz))
+        .route_layer(axum::middleware::from_fn_with_state(access, auth::require))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -164,6 +167,7 @@ async fn read_uploads(
 /// `POST /api/jobs`: one job per uploaded image; all or nothing.
 async fn create_jobs(
     State(state): State<AppState>,
+    caller: Caller,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let multipart = multipart.map_err(|e| {
@@ -213,6 +217,7 @@ async fn create_jobs(
             file_name: upload.file_name,
             max_attempts: state.max_attempts,
             priority: fields.priority,
+            owner: caller.owner(),
         });
     }
     let jobs = state.store.create_jobs(new_jobs).await?;
@@ -239,6 +244,7 @@ struct ListParams {
 
 async fn list_jobs(
     State(state): State<AppState>,
+    caller: Caller,
     Query(params): Query<ListParams>,
 ) -> Result<Json<JobList>, ApiError> {
     let status = params
@@ -251,6 +257,7 @@ async fn list_jobs(
         .store
         .list_jobs(&ListQuery {
             status,
+            owner: caller.only(),
             cursor: params.cursor.filter(|c| !c.is_empty()),
             limit: params.limit.unwrap_or(50).clamp(1, 200),
         })
@@ -324,6 +331,7 @@ struct RetryFailedParams {
 /// `POST /api/jobs/retry-failed[?error_code=CODE]`: every failed job back to the queue.
 async fn retry_failed(
     State(state): State<AppState>,
+    caller: Caller,
     Query(params): Query<RetryFailedParams>,
 ) -> Result<Json<RetriedJobs>, ApiError> {
     let error_code = params
@@ -334,7 +342,10 @@ async fn retry_failed(
         .map_err(|e| ApiError::from_code(ErrorCode::BadRequest, e))?;
     let jobs = state
         .store
-        .retry_failed(&imgclass_store::RetryFilter { error_code })
+        .retry_failed(&imgclass_store::RetryFilter {
+            error_code,
+            owner: caller.only(),
+        })
         .await?;
     tracing::info!(jobs = jobs.len(), "failed jobs retried");
     Ok(Json(RetriedJobs {
@@ -344,8 +355,12 @@ async fn retry_failed(
 }
 
 /// `GET /api/stats`: queue figures.
-async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiError> {
-    let s = state.store.stats(state.rate_limit).await?;
+async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<StatsView>, ApiError> {
+    let only = caller.only();
+    let s = state
+        .store
+        .stats_of(only.as_deref(), state.rate_limit)
+        .await?;
     Ok(Json(StatsView::new(s, state.rate_limit)))
 }
 

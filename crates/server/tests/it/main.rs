@@ -1,5 +1,6 @@
 //! The real router on port 0, a fresh SQLite database per test, the built-in model.
 
+mod access;
 mod api;
 mod controls;
 mod events;

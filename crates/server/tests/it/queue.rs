@@ -142,6 +142,7 @@ async fn bad_images_found_by_the_worker_fail_at_once_with_a_clear_error() {
             file_name: Some("x.png".into()),
             max_attempts: 3,
             priority: 0,
+            owner: None,
         }])
         .await
         .unwrap();

@@ -16,3 +16,4 @@ mod outcomes;
 mod queue;
 mod races;
 mod sqlite;
+mod tokens;
