@@ -3,7 +3,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource, NoopClassifier};
+use imgclass_classifier::{
+    imagga, Classifier, ImageLimits, ImaggaClassifier, ImaggaConfig, Model, ModelSource,
+    NoopClassifier, Secret,
+};
 use imgclass_server::{AppState, ClassifierFactory, UploadConfig, WorkerConfig, Workers};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -99,24 +102,57 @@ struct DatabaseArgs {
 
 #[derive(Args, Clone)]
 struct ModelArgs {
+    /// What classifies: `builtin` (the ONNX model, in-process), `imagga` (the Imagga tagging
+    /// API; needs --imagga-key and --imagga-secret) or `noop` (answers at once without looking
+    /// at the image; only for benchmarks of the queue).
+    #[arg(long, env = "IMGCLASS_PROVIDER", value_enum, default_value_t = ProviderArg::Builtin)]
+    provider: ProviderArg,
     /// An ImageNet-style ONNX model to use instead of the built-in EfficientNet-Lite0.
     #[arg(long, env = "IMGCLASS_MODEL", requires = "labels")]
     model: Option<PathBuf>,
     /// The labels of --model, one per line, in output order.
     #[arg(long, env = "IMGCLASS_LABELS", requires = "model")]
     labels: Option<PathBuf>,
-    /// What classifies: `onnx` (the model) or `noop` (answers at once without looking at the
-    /// image; only for benchmarks of the queue).
-    #[arg(long, env = "IMGCLASS_PROVIDER", value_enum, default_value_t = Provider::Onnx)]
-    provider: Provider,
     /// How many labels a result holds.
     #[arg(long, env = "IMGCLASS_TOP_K", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
     top_k: u16,
+    #[command(flatten)]
+    imagga: ImaggaArgs,
+}
+
+/// The Imagga provider's settings.
+#[derive(Args, Clone)]
+struct ImaggaArgs {
+    /// Imagga API key (HTTP Basic user name).
+    #[arg(long, env = "IMGCLASS_IMAGGA_KEY", hide_env_values = true)]
+    imagga_key: Option<String>,
+    /// Imagga API secret (HTTP Basic password). Prefer the environment variable: a flag's value
+    /// is visible to other users of the machine in the process list.
+    #[arg(long, env = "IMGCLASS_IMAGGA_SECRET", hide_env_values = true)]
+    imagga_secret: Option<String>,
+    /// The Imagga API's base URL.
+    #[arg(long, env = "IMGCLASS_IMAGGA_URL", default_value = imagga::DEFAULT_URL)]
+    imagga_url: String,
+    /// The language of Imagga's labels (a language code such as en, de, fr).
+    #[arg(long, env = "IMGCLASS_IMAGGA_LANGUAGE", default_value = "en")]
+    imagga_language: String,
+    /// Leave out Imagga tags below this confidence (0–100).
+    #[arg(long, env = "IMGCLASS_IMAGGA_THRESHOLD")]
+    imagga_threshold: Option<f32>,
+    /// The longest a request to a remote provider may take, from connecting to the last byte
+    /// of its answer.
+    #[arg(long, env = "IMGCLASS_PROVIDER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    provider_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Provider {
-    Onnx,
+enum ProviderArg {
+    /// The ONNX model, in-process (the built-in EfficientNet-Lite0, or --model).
+    #[value(alias = "onnx")]
+    Builtin,
+    /// The Imagga tagging API.
+    Imagga,
+    /// Answers at once without looking at the image (queue benchmarks only).
     Noop,
 }
 
@@ -129,6 +165,28 @@ impl ModelArgs {
             },
             _ => ModelSource::BuiltIn,
         }
+    }
+
+    /// The Imagga provider's settings, checked (a classifier is made once to check them).
+    fn imagga(&self) -> Result<ImaggaConfig> {
+        let a = &self.imagga;
+        let (Some(key), Some(secret)) = (&a.imagga_key, &a.imagga_secret) else {
+            anyhow::bail!(
+                "--provider imagga needs --imagga-key and --imagga-secret \
+                 (or IMGCLASS_IMAGGA_KEY and IMGCLASS_IMAGGA_SECRET)"
+            );
+        };
+        let config = ImaggaConfig {
+            url: a.imagga_url.clone(),
+            key: key.clone(),
+            secret: Secret::new(secret.clone()),
+            top_k: usize::from(self.top_k),
+            language: a.imagga_language.clone(),
+            threshold: a.imagga_threshold,
+            timeout: a.provider_timeout,
+        };
+        ImaggaClassifier::new(&config)?;
+        Ok(config)
     }
 }
 
@@ -334,8 +392,14 @@ fn cores() -> usize {
 }
 
 fn classify(args: ClassifyArgs) -> Result<std::process::ExitCode> {
-    let model = Model::load(&args.model.source())?;
-    let mut classifier = model.session(cores(), usize::from(args.model.top_k))?;
+    let mut classifier: Box<dyn Classifier> = match args.model.provider {
+        ProviderArg::Builtin => {
+            let model = Model::load(&args.model.source())?;
+            Box::new(model.session(cores(), usize::from(args.model.top_k))?)
+        }
+        ProviderArg::Imagga => Box::new(ImaggaClassifier::new(&args.model.imagga()?)?),
+        ProviderArg::Noop => Box::new(NoopClassifier::default()),
+    };
     let mut failed = false;
     for path in &args.files {
         let result = std::fs::read(path)
@@ -347,12 +411,10 @@ fn classify(args: ClassifyArgs) -> Result<std::process::ExitCode> {
                 for p in &c.predictions {
                     println!("  {:>6.2}%  {}", p.probability * 100.0, p.label);
                 }
+                let info = classifier.info();
                 println!(
-                    "  (decode {:.1} ms, inference {:.1} ms, {} {})",
-                    c.decode_ms,
-                    c.inference_ms,
-                    classifier.info().name,
-                    classifier.info().version
+                    "  (decode {:.1} ms, inference {:.1} ms; provider {}, model {} {})",
+                    c.decode_ms, c.inference_ms, info.provider, info.name, info.version
                 );
             }
             Err(e) => {
@@ -471,11 +533,16 @@ async fn worker(args: WorkerArgs) -> Result<std::process::ExitCode> {
 async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -> Result<Workers> {
     let count = args.workers.map_or_else(cores, usize::from);
     let factory: ClassifierFactory = match args.model.provider {
-        Provider::Noop => {
+        ProviderArg::Noop => {
             tracing::warn!("provider noop: jobs succeed without classification (benchmarks only)");
             Arc::new(|| Ok(Box::new(NoopClassifier::default()) as Box<dyn Classifier>))
         }
-        Provider::Onnx => {
+        ProviderArg::Imagga => {
+            let config = args.model.imagga()?;
+            tracing::info!(provider = "imagga", url = %config.url, language = %config.language, timeout_ms = config.timeout.as_millis() as u64, workers = count, "classifying with the Imagga API");
+            Arc::new(move || Ok(Box::new(ImaggaClassifier::new(&config)?) as Box<dyn Classifier>))
+        }
+        ProviderArg::Builtin => {
             let source = args.model.source();
             let model = tokio::task::spawn_blocking(move || Model::load(&source)).await??;
             let intra = args
@@ -483,7 +550,7 @@ async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -
                 .map_or_else(|| (cores() / count).max(1), usize::from);
             let top_k = usize::from(args.model.top_k);
             let limits = args.limits.limits();
-            tracing::info!(model = %model.info().name, version = %model.info().version, workers = count, intra_threads = intra, "model loaded");
+            tracing::info!(provider = "builtin", model = %model.info().name, version = %model.info().version, workers = count, intra_threads = intra, "model loaded");
             Arc::new(move || {
                 let c = model.session(intra, top_k)?.with_limits(limits);
                 Ok(Box::new(c) as Box<dyn Classifier>)

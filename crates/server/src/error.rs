@@ -63,7 +63,9 @@ impl ApiError {
             ErrorCode::InvalidState => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::ImageCorrupt | ErrorCode::ImageTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::ImageCorrupt | ErrorCode::ImageTooLarge | ErrorCode::InvalidWebhook => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::RateLimited | ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
@@ -72,6 +74,13 @@ impl ApiError {
             | ErrorCode::InjectedFailure
             | ErrorCode::Stalled
             | ErrorCode::Timeout
+            | ErrorCode::ProviderAuth
+            | ErrorCode::ProviderQuota
+            | ErrorCode::ProviderProtocol
+            | ErrorCode::ProviderRejected
+            | ErrorCode::ProviderRateLimited
+            | ErrorCode::ProviderUnavailable
+            | ErrorCode::ProviderTimeout
             | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -1,6 +1,7 @@
-//! The `imgclass` binary as a user runs it: one-shot classification, and `serve` processes
-//! killed with SIGKILL that lose no accepted job.
+//! The `imgclass` binary as a user runs it: one-shot classification, `serve` processes killed
+//! with SIGKILL that lose no accepted job, and the Imagga provider against a fake Imagga API.
 
+mod imagga;
 mod pg_cluster;
 
 use serde_json::Value;

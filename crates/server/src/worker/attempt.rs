@@ -10,6 +10,13 @@ use imgclass_core::policy::{self, Happened};
 use imgclass_core::{ErrorCode, JobResult, JobStatus, Timings};
 use imgclass_store::{Claim, Job, JobError, Lease, Outcome};
 use rand::Rng;
+use std::time::Duration;
+
+/// A failed attempt: its error, and the wait the failing party asked for (`Retry-After`).
+struct Failure {
+    error: JobError,
+    retry_after: Option<Duration>,
+}
 
 impl Worker {
     /// Runs one attempt; the outcome to store, or `None` when the attempt ends without one (the
@@ -57,7 +64,7 @@ impl Worker {
                     },
                 })
             }
-            Err(error) => self.after_error(&job, error),
+            Err(failure) => self.after_error(&job, failure),
         };
         Some((lease, outcome))
     }
@@ -69,22 +76,28 @@ impl Worker {
         &mut self,
         lease: &Lease,
         bytes: Vec<u8>,
-    ) -> Option<Result<imgclass_classifier::Classification, JobError>> {
+    ) -> Option<Result<imgclass_classifier::Classification, Failure>> {
         let timeout = self.config.job_timeout;
         let result = {
             let thread = &self.thread;
             let work = async {
                 match tokio::time::timeout(timeout, thread.classify(bytes)).await {
-                    Ok(r) => r.map_err(|e: ClassifyError| JobError {
-                        code: e.code(),
-                        message: e.to_string(),
+                    Ok(r) => r.map_err(|e: ClassifyError| Failure {
+                        retry_after: e.retry_after(),
+                        error: JobError {
+                            code: e.code(),
+                            message: e.to_string(),
+                        },
                     }),
-                    Err(_) => Err(JobError {
-                        code: ErrorCode::Timeout,
-                        message: format!(
-                            "the classification took longer than the job timeout ({} ms) and was abandoned",
-                            timeout.as_millis()
-                        ),
+                    Err(_) => Err(Failure {
+                        retry_after: None,
+                        error: JobError {
+                            code: ErrorCode::Timeout,
+                            message: format!(
+                                "the classification took longer than the job timeout ({} ms) and was abandoned",
+                                timeout.as_millis()
+                            ),
+                        },
                     }),
                 }
             };
@@ -116,7 +129,7 @@ impl Worker {
                 }
             }
         };
-        if matches!(&result, Err(e) if e.code == ErrorCode::Timeout) {
+        if matches!(&result, Err(f) if f.error.code == ErrorCode::Timeout) {
             // The stuck thread finishes on its own and exits; this worker gets a fresh one.
             match InferenceThread::start(format!("{}-infer", self.name), self.factory.clone()).await
             {
@@ -128,11 +141,12 @@ impl Worker {
     }
 
     /// What follows a failed attempt, as the queue's rules decide: another attempt after a
-    /// backoff, or the end of the job.
-    fn after_error(&self, job: &Job, error: JobError) -> Outcome {
+    /// backoff (or the longer wait the failing party asked for), or the end of the job.
+    fn after_error(&self, job: &Job, failure: Failure) -> Outcome {
+        let Failure { error, retry_after } = failure;
         let happened = Happened::Errored {
             code: error.code,
-            retry_after: None,
+            retry_after,
         };
         let jitter = rand::rng().random_range(0.5..=1.0);
         let decision = policy::decide(&self.config.rules(), job.counters(), happened, jitter);

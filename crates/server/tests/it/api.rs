@@ -49,6 +49,7 @@ async fn uploaded_photos_are_classified() {
     assert_eq!(result["predictions"][0]["label"], "espresso");
     assert!(result["predictions"][0]["probability"].as_f64().unwrap() > 0.9);
     assert_eq!(result["model"]["name"], "efficientnet-lite0");
+    assert_eq!(result["model"]["provider"], "builtin");
     assert!(result["timings"]["inference_ms"].as_f64().unwrap() > 0.0);
     assert!(result["timings"]["decode_ms"].as_f64().unwrap() > 0.0);
     assert!(result["timings"]["queue_wait_ms"].as_f64().unwrap() >= 0.0);

@@ -4,5 +4,7 @@ mod access;
 mod api;
 mod controls;
 mod events;
+mod fake_imagga;
 mod helpers;
+mod imagga;
 mod queue;

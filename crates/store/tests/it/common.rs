@@ -252,6 +252,7 @@ pub fn sample_result() -> JobResult {
             },
         ],
         model: ModelInfo {
+            provider: imgclass_core::Provider::Imagga,
             name: "resnet".into(),
             version: "1.0".into(),
         },
