@@ -20,7 +20,11 @@ const CONTENT_TYPES: [&str; 4] = [
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().build().unwrap())
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -43,9 +47,10 @@ fuzz_target!(|data: &[u8]| {
         .body(Body::from(body.to_vec()))
         .unwrap();
     runtime().block_on(async {
-        if let Ok(uploads) = read_request(&config, &(), Some("x.png".into()), request).await {
-            assert!(uploads.len() <= config.max_files);
-            for upload in uploads {
+        let submitted = read_request(&config, &(), Some("x.png".into()), None, request).await;
+        if let Ok(submission) = submitted {
+            assert!(submission.uploads.len() <= config.max_files);
+            for upload in submission.uploads {
                 assert!(upload.bytes.len() as u64 <= limits.max_bytes);
                 let _ = imageio::check(&upload.bytes, &limits);
             }

@@ -276,7 +276,8 @@ describe('a server that classifies', () => {
     const timings = await coffee.locator('.timings').textContent();
     assert.match(timings, /queue wait/);
     assert.match(timings, /inference/);
-    assert.ok((await coffee.locator('.model').textContent()).trim().length > 0);
+    // Which provider and model answered.
+    assert.match((await coffee.locator('.model').textContent()).trim(), /^builtin · efficientnet-lite0 [0-9a-f]+$/);
 
     // The non-image shows the server's own message.
     const notes = cardNamed(page, 'notes.png', 'rejected');

@@ -1,16 +1,20 @@
 //! Image classification, synchronous and free of any async runtime: sniffing and checking
-//! uploads, decoding and pre-processing, the ONNX model run through ONNX Runtime, labels and top-k.
+//! uploads, decoding and pre-processing, the ONNX model run through ONNX Runtime, labels and top-k;
+//! and the other providers behind the same [`Classifier`] trait (the Imagga API, a no-op).
 //!
 //! Everything here blocks the calling thread; callers run it on a dedicated pool.
 
 pub mod imageio;
+pub mod imagga;
 mod model;
 pub mod runtime;
 
 pub use imageio::{ImageCheckError, ImageLimits, ProbedImage};
+pub use imagga::{ImaggaClassifier, ImaggaConfig, ImaggaConfigError, Secret};
 pub use model::{Classification, Model, ModelSource, OnnxClassifier};
 
-use imgclass_core::{ErrorCode, ModelInfo, Prediction};
+use imgclass_core::{ErrorCode, ModelInfo, Prediction, Provider};
+use std::time::Duration;
 
 /// Why one classification failed.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +23,17 @@ pub enum ClassifyError {
     Image(#[from] ImageCheckError),
     #[error("the model failed: {0}")]
     Model(String),
+    /// A failure made on purpose (fault injection), to exercise retries.
+    #[error("{0}")]
+    Injected(String),
+    /// A remote provider failed; `code` says how (and so whether another attempt may work).
+    #[error("{message}")]
+    Provider {
+        code: ErrorCode,
+        message: String,
+        /// How long the provider asked us to wait before trying again (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
 }
 
 impl ClassifyError {
@@ -26,6 +41,16 @@ impl ClassifyError {
         match self {
             ClassifyError::Image(e) => e.code(),
             ClassifyError::Model(_) => ErrorCode::ClassificationFailed,
+            ClassifyError::Injected(_) => ErrorCode::InjectedFailure,
+            ClassifyError::Provider { code, .. } => *code,
+        }
+    }
+
+    /// The wait the failing party asked for before another attempt, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClassifyError::Provider { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -49,6 +74,7 @@ impl Default for NoopClassifier {
     fn default() -> Self {
         NoopClassifier {
             info: ModelInfo {
+                provider: Provider::Noop,
                 name: "noop".into(),
                 version: "0".into(),
             },

@@ -4,7 +4,7 @@
 use crate::imageio::{self, ImageLimits, INPUT_SIDE};
 use crate::runtime::{self, RuntimeError};
 use crate::{Classifier, ClassifyError};
-use imgclass_core::{ModelInfo, Prediction};
+use imgclass_core::{ModelInfo, Prediction, Provider};
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::Tensor;
 use std::path::PathBuf;
@@ -97,7 +97,11 @@ impl Model {
             shared: Arc::new(Shared {
                 bytes,
                 labels,
-                info: ModelInfo { name, version },
+                info: ModelInfo {
+                    provider: Provider::Builtin,
+                    name,
+                    version,
+                },
             }),
         };
         let mut probe = model.session(1, 5)?;

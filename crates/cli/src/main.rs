@@ -3,7 +3,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource, NoopClassifier};
+use imgclass_classifier::{
+    imagga, Classifier, ImageLimits, ImaggaClassifier, ImaggaConfig, Model, ModelSource,
+    NoopClassifier, Secret,
+};
 use imgclass_server::{
     AppState, ClassifierFactory, HttpConfig, UploadConfig, WorkerConfig, Workers,
 };
@@ -33,6 +36,39 @@ enum Command {
     Worker(Box<WorkerArgs>),
     /// Create the database or bring it up to date; with --from and --to, copy an installation.
     Migrate(MigrateArgs),
+    /// API tokens: once one exists, every /api/* request needs one.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    db: DatabaseArgs,
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (it is shown this once; only its hash is stored).
+    Create {
+        /// A name to know it by (unique).
+        #[arg(long)]
+        name: String,
+        /// What it may do: submit, read, manage, admin (admin: everything, on every job).
+        #[arg(long, default_value = "submit,read,manage", value_parser = parse_scopes)]
+        scope: ScopeList,
+        /// It stops working after this long (e.g. 30d, 12h); default: never.
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// List the tokens (never their secrets).
+    List,
+    /// Revoke a token, by name or id, at once.
+    Revoke {
+        /// The token's name or id.
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -68,24 +104,57 @@ struct DatabaseArgs {
 
 #[derive(Args, Clone)]
 struct ModelArgs {
+    /// What classifies: `builtin` (the ONNX model, in-process), `imagga` (the Imagga tagging
+    /// API; needs --imagga-key and --imagga-secret) or `noop` (answers at once without looking
+    /// at the image; only for benchmarks of the queue).
+    #[arg(long, env = "IMGCLASS_PROVIDER", value_enum, default_value_t = ProviderArg::Builtin)]
+    provider: ProviderArg,
     /// An ImageNet-style ONNX model to use instead of the built-in EfficientNet-Lite0.
     #[arg(long, env = "IMGCLASS_MODEL", requires = "labels")]
     model: Option<PathBuf>,
     /// The labels of --model, one per line, in output order.
     #[arg(long, env = "IMGCLASS_LABELS", requires = "model")]
     labels: Option<PathBuf>,
-    /// What classifies: `onnx` (the model) or `noop` (answers at once without looking at the
-    /// image; only for benchmarks of the queue).
-    #[arg(long, env = "IMGCLASS_PROVIDER", value_enum, default_value_t = Provider::Onnx)]
-    provider: Provider,
     /// How many labels a result holds.
     #[arg(long, env = "IMGCLASS_TOP_K", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
     top_k: u16,
+    #[command(flatten)]
+    imagga: ImaggaArgs,
+}
+
+/// The Imagga provider's settings.
+#[derive(Args, Clone)]
+struct ImaggaArgs {
+    /// Imagga API key (HTTP Basic user name).
+    #[arg(long, env = "IMGCLASS_IMAGGA_KEY", hide_env_values = true)]
+    imagga_key: Option<String>,
+    /// Imagga API secret (HTTP Basic password). Prefer the environment variable: a flag's value
+    /// is visible to other users of the machine in the process list.
+    #[arg(long, env = "IMGCLASS_IMAGGA_SECRET", hide_env_values = true)]
+    imagga_secret: Option<String>,
+    /// The Imagga API's base URL.
+    #[arg(long, env = "IMGCLASS_IMAGGA_URL", default_value = imagga::DEFAULT_URL)]
+    imagga_url: String,
+    /// The language of Imagga's labels (a language code such as en, de, fr).
+    #[arg(long, env = "IMGCLASS_IMAGGA_LANGUAGE", default_value = "en")]
+    imagga_language: String,
+    /// Leave out Imagga tags below this confidence (0–100).
+    #[arg(long, env = "IMGCLASS_IMAGGA_THRESHOLD")]
+    imagga_threshold: Option<f32>,
+    /// The longest a request to a remote provider may take, from connecting to the last byte
+    /// of its answer.
+    #[arg(long, env = "IMGCLASS_PROVIDER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    provider_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Provider {
-    Onnx,
+enum ProviderArg {
+    /// The ONNX model, in-process (the built-in EfficientNet-Lite0, or --model).
+    #[value(alias = "onnx")]
+    Builtin,
+    /// The Imagga tagging API.
+    Imagga,
+    /// Answers at once without looking at the image (queue benchmarks only).
     Noop,
 }
 
@@ -98,6 +167,28 @@ impl ModelArgs {
             },
             _ => ModelSource::BuiltIn,
         }
+    }
+
+    /// The Imagga provider's settings, checked (a classifier is made once to check them).
+    fn imagga(&self) -> Result<ImaggaConfig> {
+        let a = &self.imagga;
+        let (Some(key), Some(secret)) = (&a.imagga_key, &a.imagga_secret) else {
+            anyhow::bail!(
+                "--provider imagga needs --imagga-key and --imagga-secret \
+                 (or IMGCLASS_IMAGGA_KEY and IMGCLASS_IMAGGA_SECRET)"
+            );
+        };
+        let config = ImaggaConfig {
+            url: a.imagga_url.clone(),
+            key: key.clone(),
+            secret: Secret::new(secret.clone()),
+            top_k: usize::from(self.top_k),
+            language: a.imagga_language.clone(),
+            threshold: a.imagga_threshold,
+            timeout: a.provider_timeout,
+        };
+        ImaggaClassifier::new(&config)?;
+        Ok(config)
     }
 }
 
@@ -281,6 +372,14 @@ fn parse_rate_limit(s: &str) -> Result<imgclass_store::RateLimit, String> {
     })
 }
 
+/// `--scope submit,read`: one value holding a list (clap would take a bare `Vec` as repeats).
+#[derive(Debug, Clone)]
+struct ScopeList(Vec<imgclass_core::Scope>);
+
+fn parse_scopes(s: &str) -> Result<ScopeList, String> {
+    imgclass_core::Scope::parse_list(s).map(ScopeList)
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .trim()
@@ -313,6 +412,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(*args))),
         Command::Worker(args) => runtime().and_then(|rt| rt.block_on(worker(*args))),
         Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate(args))),
+        Command::Token(args) => runtime().and_then(|rt| rt.block_on(token(args))),
     };
     match result {
         Ok(code) => code,
@@ -335,8 +435,14 @@ fn cores() -> usize {
 }
 
 fn classify(args: ClassifyArgs) -> Result<std::process::ExitCode> {
-    let model = Model::load(&args.model.source())?;
-    let mut classifier = model.session(cores(), usize::from(args.model.top_k))?;
+    let mut classifier: Box<dyn Classifier> = match args.model.provider {
+        ProviderArg::Builtin => {
+            let model = Model::load(&args.model.source())?;
+            Box::new(model.session(cores(), usize::from(args.model.top_k))?)
+        }
+        ProviderArg::Imagga => Box::new(ImaggaClassifier::new(&args.model.imagga()?)?),
+        ProviderArg::Noop => Box::new(NoopClassifier::default()),
+    };
     let mut failed = false;
     for path in &args.files {
         let result = std::fs::read(path)
@@ -348,12 +454,10 @@ fn classify(args: ClassifyArgs) -> Result<std::process::ExitCode> {
                 for p in &c.predictions {
                     println!("  {:>6.2}%  {}", p.probability * 100.0, p.label);
                 }
+                let info = classifier.info();
                 println!(
-                    "  (decode {:.1} ms, inference {:.1} ms, {} {})",
-                    c.decode_ms,
-                    c.inference_ms,
-                    classifier.info().name,
-                    classifier.info().version
+                    "  (decode {:.1} ms, inference {:.1} ms; provider {}, model {} {})",
+                    c.decode_ms, c.inference_ms, info.provider, info.name, info.version
                 );
             }
             Err(e) => {
@@ -390,6 +494,70 @@ async fn migrate(args: MigrateArgs) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+async fn token(args: TokenArgs) -> Result<std::process::ExitCode> {
+    let store = imgclass_store::connect(&args.db.database)
+        .await
+        .with_context(|| format!("cannot open the database {}", args.db.database))?;
+    store.migrate().await?;
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(
+            || "-".to_string(),
+            |t| t.format("%Y-%m-%d %H:%M").to_string(),
+        )
+    };
+    match args.command {
+        TokenCommand::Create {
+            name,
+            scope,
+            expires,
+        } => {
+            let (shown, new) = imgclass_server::auth::issue(&name, &scope.0, expires)
+                .map_err(anyhow::Error::msg)?;
+            let stored = store.create_token(&new).await?;
+            eprintln!(
+                "token {:?} (id {}, scopes {}, expires {}); it is shown only now:",
+                stored.name,
+                stored.id,
+                imgclass_core::Scope::join(&stored.scopes),
+                time(stored.expires_at)
+            );
+            println!("{shown}");
+        }
+        TokenCommand::List => {
+            let now = chrono::Utc::now();
+            println!(
+                "{:<12}  {:<24}  {:<26}  {:<16}  {:<16}  state",
+                "id", "name", "scopes", "created", "expires"
+            );
+            for t in store.list_tokens().await? {
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else if t.is_active(now) {
+                    "active"
+                } else {
+                    "expired"
+                };
+                println!(
+                    "{:<12}  {:<24}  {:<26}  {:<16}  {:<16}  {state}",
+                    t.id,
+                    t.name,
+                    imgclass_core::Scope::join(&t.scopes),
+                    time(Some(t.created_at)),
+                    time(t.expires_at)
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => match store.revoke_token(&name).await {
+            Ok(t) => println!("revoked {:?} (id {})", t.name, t.id),
+            Err(imgclass_store::StoreError::NotFound) => {
+                anyhow::bail!("no token has the name or id {name:?}")
+            }
+            Err(e) => return Err(e.into()),
+        },
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 async fn worker(args: WorkerArgs) -> Result<std::process::ExitCode> {
     let store = imgclass_store::connect(&args.db.database)
         .await
@@ -408,11 +576,16 @@ async fn worker(args: WorkerArgs) -> Result<std::process::ExitCode> {
 async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -> Result<Workers> {
     let count = args.workers.map_or_else(cores, usize::from);
     let factory: ClassifierFactory = match args.model.provider {
-        Provider::Noop => {
+        ProviderArg::Noop => {
             tracing::warn!("provider noop: jobs succeed without classification (benchmarks only)");
             Arc::new(|| Ok(Box::new(NoopClassifier::default()) as Box<dyn Classifier>))
         }
-        Provider::Onnx => {
+        ProviderArg::Imagga => {
+            let config = args.model.imagga()?;
+            tracing::info!(provider = "imagga", url = %config.url, language = %config.language, timeout_ms = config.timeout.as_millis() as u64, workers = count, "classifying with the Imagga API");
+            Arc::new(move || Ok(Box::new(ImaggaClassifier::new(&config)?) as Box<dyn Classifier>))
+        }
+        ProviderArg::Builtin => {
             let source = args.model.source();
             let model = tokio::task::spawn_blocking(move || Model::load(&source)).await??;
             let intra = args
@@ -420,7 +593,7 @@ async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -
                 .map_or_else(|| (cores() / count).max(1), usize::from);
             let top_k = usize::from(args.model.top_k);
             let limits = args.limits.limits();
-            tracing::info!(model = %model.info().name, version = %model.info().version, workers = count, intra_threads = intra, "model loaded");
+            tracing::info!(provider = "builtin", model = %model.info().name, version = %model.info().version, workers = count, intra_threads = intra, "model loaded");
             Arc::new(move || {
                 let c = model.session(intra, top_k)?.with_limits(limits);
                 Ok(Box::new(c) as Box<dyn Classifier>)
@@ -447,6 +620,10 @@ async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -
         ..WorkerConfig::default()
     };
     Workers::start(store, factory, config).await
+}
+
+async fn store_has_tokens(store: &dyn imgclass_store::Store) -> bool {
+    store.tokens_in_use().await.unwrap_or(false)
 }
 
 async fn shutdown_signal() {
@@ -486,6 +663,13 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && !store_has_tokens(&*state.store).await {
+        tracing::warn!(
+            "listening on {addr}, which is not a loopback address, without API tokens: anyone who \
+             can reach it can read, change and delete every job (create one with `imgclass token \
+             create`)"
+        );
+    }
     tracing::info!("imgclass is listening on http://{addr}");
     let (stopping, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = imgclass_server::serve(

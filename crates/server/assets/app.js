@@ -203,7 +203,7 @@
     const model = result.model || {};
     const item = (term, value) => h('div', null, [h('dt', { text: term }), h('dd', { text: value })]);
     return h('div', { class: 'result-meta' }, [
-      h('p', { class: 'model', text: [model.name, model.version].filter(Boolean).join(' ') }),
+      h('p', { class: 'model', title: 'provider · model version', text: [model.provider, [model.name, model.version].filter(Boolean).join(' ')].filter(Boolean).join(' · ') }),
       h('dl', { class: 'timings' }, [
         item('queue wait', millis(t.queue_wait_ms)),
         item('decode', millis(t.decode_ms)),

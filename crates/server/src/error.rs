@@ -67,14 +67,25 @@ impl ApiError {
             ErrorCode::InvalidState => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::ImageCorrupt | ErrorCode::ImageTooLarge | ErrorCode::EmptyFile => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ErrorCode::ImageCorrupt
+            | ErrorCode::ImageTooLarge
+            | ErrorCode::EmptyFile
+            | ErrorCode::InvalidWebhook => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::RateLimited | ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::ClassificationFailed
             | ErrorCode::InjectedFailure
             | ErrorCode::Stalled
             | ErrorCode::Timeout
+            | ErrorCode::ProviderAuth
+            | ErrorCode::ProviderQuota
+            | ErrorCode::ProviderProtocol
+            | ErrorCode::ProviderRejected
+            | ErrorCode::ProviderRateLimited
+            | ErrorCode::ProviderUnavailable
+            | ErrorCode::ProviderTimeout
             | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -134,7 +145,10 @@ impl IntoResponse for ApiError {
 /// extractors and routing, tower layers).
 fn code_for_status(status: StatusCode) -> ErrorCode {
     match status {
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
         StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
         StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
         StatusCode::REQUEST_TIMEOUT => ErrorCode::RequestTimeout,
         StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,

@@ -2,6 +2,7 @@
 //! started together.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod http;
 pub mod web;

@@ -1,14 +1,18 @@
 //! The one place that knows SQL: jobs and the queue (claim, lease, heartbeat, complete, retry,
-//! cancel), content-addressed image blobs, and the event log. Backends sit behind [`Store`].
+//! cancel), content-addressed image blobs, and the event log, behind [`Store`]. One
+//! implementation (`sql.rs`) serves SQLite and PostgreSQL; `dialect.rs` names what differs and
+//! `sqlite.rs`/`postgres.rs` hold just that.
 
+mod dialect;
 mod model;
 mod postgres;
 mod rows;
+mod sql;
 mod sqlite;
+mod tokens;
 
 pub use model::*;
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use tokens::{ApiToken, NewToken, Tokens};
 
 use async_trait::async_trait;
 use imgclass_core::JobId;
@@ -30,6 +34,8 @@ pub enum StoreError {
     InvalidState(#[from] imgclass_core::TransitionError),
     #[error("invalid cursor")]
     InvalidCursor,
+    #[error("{0}")]
+    Conflict(String),
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
     #[error("database error: {0}")]
@@ -82,7 +88,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything the service needs from its database.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Tokens + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<()>;
 
@@ -126,6 +132,18 @@ pub trait Store: Send + Sync + 'static {
     /// nothing is written.
     async fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<bool>;
 
+    /// A worker pool's round in one transaction: ends the given attempts (each fenced on its
+    /// own lease: `false` where it was not stored), then claims up to `limit` due jobs like
+    /// `claim_limited`.
+    async fn finish_and_claim(
+        &self,
+        finishes: Vec<(Lease, Outcome)>,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+        rate: Option<RateLimit>,
+    ) -> Result<(Vec<bool>, ClaimBatch)>;
+
     /// Puts a failed job back in the queue (manual retry).
     async fn retry(&self, id: JobId) -> Result<Job>;
 
@@ -141,7 +159,12 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, before: chrono::DateTime<chrono::Utc>) -> Result<Pruned>;
 
     /// Counts per status and other queue figures.
-    async fn stats(&self, rate: Option<RateLimit>) -> Result<QueueStats>;
+    async fn stats(&self, rate: Option<RateLimit>) -> Result<QueueStats> {
+        self.stats_of(None, rate).await
+    }
+
+    /// Like `stats`, counting only the jobs of `owner` when one is given.
+    async fn stats_of(&self, owner: Option<&str>, rate: Option<RateLimit>) -> Result<QueueStats>;
 
     /// Deletes a job, and its image when no other job uses it.
     async fn delete(&self, id: JobId) -> Result<()>;
@@ -186,6 +209,7 @@ pub async fn copy_all(from: &dyn Store, to: &dyn Store) -> Result<(u64, u64)> {
         let page = from
             .list_jobs(&ListQuery {
                 status: None,
+                owner: None,
                 cursor: cursor.clone(),
                 limit: 500,
             })
@@ -213,10 +237,24 @@ pub async fn copy_all(from: &dyn Store, to: &dyn Store) -> Result<(u64, u64)> {
 
 /// Opens the store a URL names (`sqlite://PATH` or `postgres://...`).
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    sqlx::any::install_default_drivers();
+    let wakeups = Arc::new(Notify::new());
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
+        let (writer, reader, dialect) = sqlite::open(url).await?;
+        Ok(Arc::new(sql::SqlStore::new(
+            writer,
+            reader,
+            Arc::new(dialect),
+            wakeups,
+        )))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(PgStore::connect(url).await?))
+        let (pool, dialect) = postgres::open(url, wakeups.clone()).await?;
+        Ok(Arc::new(sql::SqlStore::new(
+            pool.clone(),
+            pool,
+            Arc::new(dialect),
+            wakeups,
+        )))
     } else {
         Err(StoreError::Config {
             url: url.to_string(),

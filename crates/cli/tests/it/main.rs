@@ -1,6 +1,7 @@
-//! The `imgclass` binary as a user runs it: one-shot classification, and `serve` processes
-//! killed with SIGKILL that lose no accepted job.
+//! The `imgclass` binary as a user runs it: one-shot classification, `serve` processes killed
+//! with SIGKILL that lose no accepted job, and the Imagga provider against a fake Imagga API.
 
+mod imagga;
 mod pg_cluster;
 
 use serde_json::Value;
@@ -319,4 +320,56 @@ fn logs_written_to_a_pipe_have_no_colour_codes() {
     let _ = child.wait();
     assert!(seen.iter().any(|l| l.contains("listening on")), "{seen:?}");
     assert!(!seen.iter().any(|l| l.contains('\u{1b}')), "{seen:?}");
+}
+
+/// Runs `imgclass token ...` on a database; returns (success, stdout, stderr).
+fn token_cmd(db: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args(["token", "--database", db])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_made_on_the_command_line_close_the_api_and_revoke_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/jobs.db", dir.path().display());
+    let (ok, shown, _) = token_cmd(&db, &["create", "--name", "ci", "--expires", "30d"]);
+    assert!(ok);
+    let token = shown.trim().to_string();
+    assert!(token.starts_with("imgc_"), "{token}");
+    let (ok, _, err) = token_cmd(&db, &["create", "--name", "ci"]);
+    assert!(!ok && err.contains("exists already"), "{err}");
+    let (ok, _, err) = token_cmd(&db, &["create", "--name", "x", "--scope", "read,owner"]);
+    assert!(!ok && err.contains("unknown scope"), "{err}");
+    let (ok, list, _) = token_cmd(&db, &["list"]);
+    assert!(ok);
+    assert!(list.contains("ci") && list.contains("submit,read,manage") && list.contains("active"));
+    assert!(
+        !list.contains(&token[5..]),
+        "the secret is never shown again"
+    );
+
+    let api = Server::start(&db, &["--no-workers"]);
+    let client = reqwest::Client::new();
+    let jobs = format!("{}/api/jobs", api.base);
+    assert_eq!(client.get(&jobs).send().await.unwrap().status(), 401);
+    let ok = client.get(&jobs).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+
+    let (ok, out, _) = token_cmd(&db, &["revoke", "ci"]);
+    assert!(ok, "{out}");
+    let resp = client.get(&jobs).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (_, list, _) = token_cmd(&db, &["list"]);
+    assert!(list.contains("revoked"), "{list}");
 }

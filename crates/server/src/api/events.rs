@@ -3,6 +3,7 @@
 //! live events; a new client gets live events only.
 
 use super::ApiQuery;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::State;
@@ -35,6 +36,8 @@ struct Cursor {
     backlog: VecDeque<Event>,
     /// Whether the log must be read before taking live events again.
     catching_up: bool,
+    /// Only the events of jobs this caller may see are sent.
+    caller: Caller,
 }
 
 fn to_sse(e: Event) -> SseEvent {
@@ -46,6 +49,7 @@ fn to_sse(e: Event) -> SseEvent {
 
 pub(super) async fn stream(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<EventParams>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -66,6 +70,7 @@ pub(super) async fn stream(
         last,
         backlog: VecDeque::new(),
         catching_up,
+        caller,
     };
     let events = stream::unfold(cursor, |mut c| async move {
         loop {
@@ -74,6 +79,9 @@ pub(super) async fn stream(
                     continue;
                 }
                 c.last = e.seq;
+                if !c.caller.may_see(e.owner.as_deref()) {
+                    continue;
+                }
                 return Some((Ok(to_sse(e)), c));
             }
             if c.catching_up {

@@ -4,6 +4,7 @@ mod events;
 pub mod upload;
 pub mod views;
 
+use crate::auth::{self, Access, Caller};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
@@ -21,6 +22,7 @@ use views::{JobList, JobView, JobsCreated, RetriedJobs, StatsView};
 
 pub fn routes(state: AppState) -> Router {
     let body_limit = state.upload.request_limit();
+    let access = Access::new(state.store.clone());
     Router::new()
         .route("/api/jobs", post(create_jobs).get(list_jobs))
         .route("/api/jobs/retry-failed", post(retry_failed))
@@ -31,6 +33,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/api/jobs/{id}/cancel", post(cancel_job))
         .route("/api/events", get(events::stream))
         .route("/healthz", get(healthz))
+        .route_layer(axum::middleware::from_fn_with_state(access, auth::require))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -68,15 +71,26 @@ where
 struct UploadParams {
     /// The file name of a raw image body.
     filename: Option<String>,
+    /// The priority of a raw image body's job.
+    priority: Option<String>,
 }
 
 /// `POST /api/jobs`: one job per uploaded image; all or nothing.
 async fn create_jobs(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(params): ApiQuery<UploadParams>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let uploads = upload::read_request(&state.upload, &state, params.filename, request).await?;
+    let priority = params
+        .priority
+        .as_deref()
+        .map(upload::parse_priority)
+        .transpose()
+        .map_err(|e| ApiError::from_code(ErrorCode::InvalidQuery, e.message))?;
+    let submission =
+        upload::read_request(&state.upload, &state, params.filename, priority, request).await?;
+    let (uploads, priority) = (submission.uploads, submission.priority);
     if let Some(empty) = uploads.iter().find(|u| u.bytes.is_empty()) {
         return Err(ApiError::from_code(
             ErrorCode::EmptyFile,
@@ -120,6 +134,8 @@ async fn create_jobs(
             sha256,
             file_name: upload.file_name,
             max_attempts: state.max_attempts,
+            priority,
+            owner: caller.owner(),
         });
     }
     let jobs = state.store.create_jobs(new_jobs).await?;
@@ -169,6 +185,7 @@ fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
 
 async fn list_jobs(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<JobList>, ApiError> {
     let limit = parse_limit(params.limit.as_deref())?;
@@ -182,6 +199,7 @@ async fn list_jobs(
         .store
         .list_jobs(&ListQuery {
             status,
+            owner: caller.only(),
             cursor: params.cursor.filter(|c| !c.is_empty()),
             limit,
         })
@@ -255,6 +273,7 @@ struct RetryFailedParams {
 /// `POST /api/jobs/retry-failed[?error_code=CODE]`: every failed job back to the queue.
 async fn retry_failed(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(params): ApiQuery<RetryFailedParams>,
 ) -> Result<Json<RetriedJobs>, ApiError> {
     let error_code = params
@@ -265,7 +284,10 @@ async fn retry_failed(
         .map_err(|e| ApiError::from_code(ErrorCode::BadRequest, e))?;
     let jobs = state
         .store
-        .retry_failed(&imgclass_store::RetryFilter { error_code })
+        .retry_failed(&imgclass_store::RetryFilter {
+            error_code,
+            owner: caller.only(),
+        })
         .await?;
     tracing::info!(jobs = jobs.len(), "failed jobs retried");
     Ok(Json(RetriedJobs {
@@ -275,8 +297,12 @@ async fn retry_failed(
 }
 
 /// `GET /api/stats`: queue figures.
-async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiError> {
-    let s = state.store.stats(state.rate_limit).await?;
+async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<StatsView>, ApiError> {
+    let only = caller.only();
+    let s = state
+        .store
+        .stats_of(only.as_deref(), state.rate_limit)
+        .await?;
     Ok(Json(StatsView::new(s, state.rate_limit)))
 }
 

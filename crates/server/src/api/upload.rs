@@ -23,6 +23,35 @@ pub struct Upload {
     pub bytes: Vec<u8>,
 }
 
+/// The files of a submission and its plain fields.
+pub struct Submission {
+    pub uploads: Vec<Upload>,
+    /// Higher runs first among due jobs (the `priority` field, or `?priority=` of a raw body).
+    pub priority: i32,
+}
+
+/// The range of `priority`.
+pub const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
+
+/// Reads a `priority` value.
+pub fn parse_priority(text: &str) -> Result<i32, ApiError> {
+    text.trim()
+        .parse()
+        .ok()
+        .filter(|p| PRIORITIES.contains(p))
+        .ok_or_else(|| {
+            ApiError::from_code(
+                ErrorCode::BadRequest,
+                format!(
+                    "priority must be a whole number from {} to {}, not {:?}",
+                    PRIORITIES.start(),
+                    PRIORITIES.end(),
+                    text.chars().take(32).collect::<String>()
+                ),
+            )
+        })
+}
+
 /// What the headers of a multipart part say about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartInfo {
@@ -217,13 +246,15 @@ async fn drain_multipart(multipart: &mut Multipart) {
 }
 
 /// The files of a request to `POST /api/jobs`: multipart parts, or one raw image body named by
-/// `file_name` (`?filename=`). Public for the fuzz targets (`fuzz/`).
+/// `file_name` (`?filename=`) with `priority` (`?priority=`). Public for the fuzz targets
+/// (`fuzz/`).
 pub async fn read_request<S: Send + Sync>(
     config: &UploadConfig,
     state: &S,
     file_name: Option<String>,
+    priority: Option<i32>,
     request: Request,
-) -> Result<Vec<Upload>, ApiError> {
+) -> Result<Submission, ApiError> {
     let headers = request.headers();
     let media_type = headers
         .get(header::CONTENT_TYPE)
@@ -239,7 +270,10 @@ pub async fn read_request<S: Send + Sync>(
         return read_multipart(config, multipart).await;
     }
     if media_type.starts_with("image/") || media_type == "application/octet-stream" {
-        return read_raw(config, request.into_body(), file_name).await;
+        return Ok(Submission {
+            uploads: read_raw(config, request.into_body(), file_name).await?,
+            priority: priority.unwrap_or_default(),
+        });
     }
     let empty = media_type.is_empty()
         && !headers.contains_key(header::TRANSFER_ENCODING)
@@ -269,9 +303,10 @@ pub async fn read_request<S: Send + Sync>(
 async fn read_multipart(
     config: &UploadConfig,
     mut multipart: Multipart,
-) -> Result<Vec<Upload>, ApiError> {
+) -> Result<Submission, ApiError> {
     let max = config.limits.max_bytes;
     let mut uploads = Vec::new();
+    let mut priority = 0;
     let mut index = 0;
     loop {
         let next = multipart
@@ -305,7 +340,17 @@ async fn read_multipart(
             return Err(err);
         }
         if !part.is_file {
-            // A plain form field carries no image; the next `next_field` skips its bytes.
+            if part.field_name.as_deref() == Some("priority") {
+                let text = field.text().await.map_err(|e| multipart_error(&label, e))?;
+                match parse_priority(&text) {
+                    Ok(p) => priority = p,
+                    Err(e) => {
+                        drain_multipart(&mut multipart).await;
+                        return Err(e);
+                    }
+                }
+            }
+            // Other plain form fields are ignored; the next `next_field` skips their bytes.
             continue;
         }
         let mut bytes = Vec::new();
@@ -331,7 +376,7 @@ async fn read_multipart(
             bytes,
         });
     }
-    Ok(uploads)
+    Ok(Submission { uploads, priority })
 }
 
 async fn read_raw(

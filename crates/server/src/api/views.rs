@@ -14,6 +14,8 @@ pub struct JobView {
     pub image: ImageView,
     pub attempts: u32,
     pub max_attempts: u32,
+    /// Higher runs first among the jobs that are due.
+    pub priority: i32,
     pub error: Option<ErrorView>,
     /// The error of each failed attempt, latest first.
     pub attempt_errors: Vec<AttemptErrorView>,
@@ -86,6 +88,7 @@ impl From<Job> for JobView {
             },
             attempts: j.attempts,
             max_attempts: j.max_attempts,
+            priority: j.priority,
             error: j.error.map(|e| ErrorView {
                 code: e.code,
                 message: e.message,
@@ -222,7 +225,10 @@ mod tests {
             stalls: 0,
             run_attempts: 0,
             max_attempts: 3,
+            priority: 0,
+            owner: None,
             run_at: now,
+            lease_owner: None,
             lease_until: None,
             error: None,
             attempt_errors: Vec::new(),

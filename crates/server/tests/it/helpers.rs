@@ -167,6 +167,57 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// Creates an API token (as `imgclass token create` does) and returns what it shows once.
+    pub async fn token(&self, name: &str, scopes: &[imgclass_core::Scope]) -> String {
+        self.token_expiring(name, scopes, None).await
+    }
+
+    pub async fn token_expiring(
+        &self,
+        name: &str,
+        scopes: &[imgclass_core::Scope],
+        expires_in: Option<Duration>,
+    ) -> String {
+        let (shown, new) = imgclass_server::auth::issue(name, scopes, expires_in).unwrap();
+        self.store.create_token(&new).await.unwrap();
+        shown
+    }
+
+    /// A request with `Authorization: Bearer TOKEN` (none when `token` is `None`).
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let req = self.client.request(method, self.url(path));
+        match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// Uploads one file as the holder of `token`; returns the response.
+    pub async fn upload_as(&self, token: &str, name: &str, bytes: Vec<u8>) -> reqwest::Response {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()),
+        );
+        self.request(reqwest::Method::POST, "/api/jobs", Some(token))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Uploads one file as the holder of `token`; returns the job's id.
+    pub async fn submit_as(&self, token: &str, name: &str, bytes: Vec<u8>) -> JobId {
+        let resp = self.upload_as(token, name, bytes).await;
+        assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+        let body: Value = resp.json().await.unwrap();
+        body["jobs"][0]["id"].as_str().unwrap().parse().unwrap()
+    }
+
     /// Uploads files as one multipart request.
     pub async fn upload(&self, files: &[(&str, Vec<u8>)]) -> reqwest::Response {
         let mut form = reqwest::multipart::Form::new();
@@ -253,7 +304,11 @@ impl TestApp {
             Ok(j) => j,
             Err(_) => panic!(
                 "job {id} did not reach {status}; it is {:?}",
-                self.store.get_job(id).await.unwrap().map(|j| j.status)
+                self.store
+                    .get_job(id)
+                    .await
+                    .unwrap()
+                    .map(|j| (j.status, j.attempt_errors))
             ),
         }
     }

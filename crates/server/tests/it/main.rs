@@ -1,8 +1,11 @@
 //! The real router on port 0, a fresh SQLite database per test, the built-in model.
 
+mod access;
 mod api;
 mod controls;
 mod events;
+mod fake_imagga;
 mod helpers;
 mod hostile;
+mod imagga;
 mod queue;
