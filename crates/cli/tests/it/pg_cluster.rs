@@ -326,6 +326,16 @@ async fn nodes_recover_when_the_database_connections_drop() {
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unavailable");
+    // Not ready while the database does not answer; still alive.
+    let resp = reqwest::get(format!("{}/readyz", api.base)).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["reasons"][0].as_str().unwrap().contains("database"),
+        "{body}"
+    );
+    let resp = reqwest::get(format!("{}/healthz", api.base)).await.unwrap();
+    assert_eq!(resp.status(), 200);
 
     // The server is back: the nodes reconnect by themselves, events flow again.
     admin_exec(&format!(

@@ -18,9 +18,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use views::{JobList, JobView, JobsCreated, RetriedJobs, StatsView};
 
-pub fn routes(state: AppState) -> Router {
+pub fn routes(state: AppState, access: Access) -> Router {
     let body_limit = state.upload.request_limit();
-    let access = Access::new(state.store.clone());
     Router::new()
         .route("/api/jobs", post(create_jobs).get(list_jobs))
         .route("/api/jobs/retry-failed", post(retry_failed))

@@ -35,6 +35,7 @@ pub struct Options {
     pub max_attempts: u32,
     pub limits: ImageLimits,
     pub worker_config: WorkerConfig,
+    pub http: imgclass_server::HttpConfig,
 }
 
 impl Default for Options {
@@ -45,6 +46,7 @@ impl Default for Options {
             max_attempts: 3,
             limits: ImageLimits::default(),
             worker_config: WorkerConfig::default(),
+            http: imgclass_server::HttpConfig::default(),
         }
     }
 }
@@ -136,10 +138,9 @@ impl TestApp {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let router = imgclass_server::router_with(state, opts.http.clone());
         tokio::spawn(async move {
-            axum::serve(listener, imgclass_server::router(state))
-                .await
-                .unwrap();
+            axum::serve(listener, router).await.unwrap();
         });
         TestApp {
             base: format!("http://{addr}"),

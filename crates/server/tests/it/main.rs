@@ -7,4 +7,5 @@ mod events;
 mod fake_imagga;
 mod helpers;
 mod imagga;
+mod ops;
 mod queue;
