@@ -230,6 +230,17 @@ struct ServeArgs {
     /// browser; repeat for several (env: comma-separated). None by default.
     #[arg(long = "cors-origin", env = "IMGCLASS_CORS_ORIGIN", value_delimiter = ',', value_parser = parse_origin)]
     cors_origins: Vec<axum::http::HeaderValue>,
+    /// Requests to /api/* allowed per token (per client address while the API is open), as
+    /// N/PERIOD, e.g. 600/min; shared by every API node on the database. Off by default.
+    #[arg(long, env = "IMGCLASS_QUOTA_REQUESTS", value_parser = parse_rate_limit)]
+    quota_requests: Option<imgclass_store::RateLimit>,
+    /// Images submitted per token (per client address while the API is open), as N/PERIOD,
+    /// e.g. 120/min. Off by default.
+    #[arg(long, env = "IMGCLASS_QUOTA_SUBMISSIONS", value_parser = parse_rate_limit)]
+    quota_submissions: Option<imgclass_store::RateLimit>,
+    /// Queued jobs a token may have at once; more is refused with 429 queue_full.
+    #[arg(long, env = "IMGCLASS_MAX_QUEUED_PER_TOKEN")]
+    max_queued_per_token: Option<u64>,
     #[command(flatten)]
     work: WorkArgs,
 }
@@ -667,11 +678,20 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     let http = imgclass_server::HttpConfig {
         cors_origins: args.cors_origins.clone(),
         readiness,
+        quotas: imgclass_server::quota::QuotaConfig {
+            requests: args.quota_requests,
+            submissions: args.quota_submissions,
+            max_queued_per_token: args.max_queued_per_token,
+        },
     };
-    let server = axum::serve(listener, imgclass_server::router_with(state, http))
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        });
+    let app = imgclass_server::router_with(state, http);
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    });
     // Open event streams never end by themselves: after the signal, connections get a short
     // while to close before the process moves on to stopping the workers.
     let close_connections = async {

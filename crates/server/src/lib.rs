@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod ops;
+pub mod quota;
 pub mod web;
 pub mod worker;
 
@@ -59,6 +60,7 @@ pub struct HttpConfig {
     /// Origins (`https://app.example.com`) whose pages may call the API; none by default.
     pub cors_origins: Vec<axum::http::HeaderValue>,
     pub readiness: ops::Readiness,
+    pub quotas: quota::QuotaConfig,
 }
 
 /// The whole HTTP application, with the default [`HttpConfig`].
@@ -69,7 +71,7 @@ pub fn router(state: AppState) -> Router {
 /// The whole HTTP application.
 pub fn router_with(state: AppState, http: HttpConfig) -> Router {
     let store = state.store.clone();
-    let access = auth::Access::new(store.clone());
+    let access = auth::Access::new(store.clone()).with_quotas(http.quotas.clone());
     let app = api::routes(state, access)
         .merge(ops::routes(store, http.readiness.clone()))
         .merge(web::routes())

@@ -6,12 +6,14 @@
 mod dialect;
 mod model;
 mod postgres;
+mod quotas;
 mod rows;
 mod sql;
 mod sqlite;
 mod tokens;
 
 pub use model::*;
+pub use quotas::{QuotaTake, Quotas};
 pub use tokens::{ApiToken, NewToken, Tokens};
 
 use async_trait::async_trait;
@@ -88,7 +90,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything the service needs from its database.
 #[async_trait]
-pub trait Store: Tokens + Send + Sync + 'static {
+pub trait Store: Tokens + Quotas + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<()>;
 

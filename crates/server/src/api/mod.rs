@@ -167,6 +167,7 @@ async fn read_uploads(
 async fn create_jobs(
     State(state): State<AppState>,
     caller: Caller,
+    admission: crate::quota::Admission,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let multipart = multipart.map_err(|e| {
@@ -181,6 +182,9 @@ async fn create_jobs(
             ErrorCode::NoFiles,
             "the request has no image file; send them as multipart/form-data file fields",
         ));
+    }
+    if let Err(refused) = admission.admit(uploads.len()).await {
+        return Ok(refused);
     }
     let mut new_jobs = Vec::with_capacity(uploads.len());
     for upload in uploads {

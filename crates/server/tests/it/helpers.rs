@@ -140,7 +140,12 @@ impl TestApp {
         let addr = listener.local_addr().unwrap();
         let router = imgclass_server::router_with(state, opts.http.clone());
         tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+            .unwrap();
         });
         TestApp {
             base: format!("http://{addr}"),

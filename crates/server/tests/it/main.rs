@@ -9,3 +9,4 @@ mod helpers;
 mod imagga;
 mod ops;
 mod queue;
+mod quotas;
