@@ -8,7 +8,7 @@ use imgclass_classifier::{
     NoopClassifier, Secret,
 };
 use imgclass_server::{
-    AppState, ClassifierFactory, HttpConfig, UploadConfig, WorkerConfig, Workers,
+    AppState, ClassifierFactory, ServeLimits, UploadConfig, WorkerConfig, Workers,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -228,6 +228,21 @@ struct ServeArgs {
     /// Attempts a job gets before it fails for good.
     #[arg(long, env = "IMGCLASS_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: u32,
+    /// An origin (e.g. https://app.example.com) whose web pages may call the API from the
+    /// browser; repeat for several (env: comma-separated). None by default.
+    #[arg(long = "cors-origin", env = "IMGCLASS_CORS_ORIGIN", value_delimiter = ',', value_parser = parse_origin)]
+    cors_origins: Vec<axum::http::HeaderValue>,
+    /// Requests to /api/* allowed per token (per client address while the API is open), as
+    /// N/PERIOD, e.g. 600/min; shared by every API node on the database. Off by default.
+    #[arg(long, env = "IMGCLASS_QUOTA_REQUESTS", value_parser = parse_rate_limit)]
+    quota_requests: Option<imgclass_store::RateLimit>,
+    /// Images submitted per token (per client address while the API is open), as N/PERIOD,
+    /// e.g. 120/min. Off by default.
+    #[arg(long, env = "IMGCLASS_QUOTA_SUBMISSIONS", value_parser = parse_rate_limit)]
+    quota_submissions: Option<imgclass_store::RateLimit>,
+    /// Queued jobs a token may have at once; more is refused with 429 queue_full.
+    #[arg(long, env = "IMGCLASS_MAX_QUEUED_PER_TOKEN")]
+    max_queued_per_token: Option<u64>,
     #[command(flatten)]
     http: HttpArgs,
     #[command(flatten)]
@@ -257,20 +272,33 @@ struct HttpArgs {
 }
 
 impl HttpArgs {
-    fn config(&self) -> HttpConfig {
-        HttpConfig {
+    fn limits(&self) -> ServeLimits {
+        ServeLimits {
             header_read_timeout: self.header_read_timeout,
             keep_alive_timeout: self.keep_alive_timeout,
             body_read_timeout: self.body_read_timeout,
             max_connections: self.max_connections as usize,
             max_header_bytes: self.max_header_bytes as usize,
-            ..HttpConfig::default()
+            ..ServeLimits::default()
         }
     }
 }
 
+fn parse_origin(s: &str) -> Result<axum::http::HeaderValue, String> {
+    let s = s.trim().trim_end_matches('/');
+    let (scheme, rest) = s
+        .split_once("://")
+        .ok_or_else(|| format!("{s:?}: write an origin like https://app.example.com"))?;
+    if !["http", "https"].contains(&scheme) || rest.is_empty() || rest.contains('/') {
+        return Err(format!(
+            "{s:?}: an origin is scheme://host[:port], e.g. https://app.example.com"
+        ));
+    }
+    axum::http::HeaderValue::from_str(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
 /// What a process that runs workers needs.
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct WorkArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -647,10 +675,28 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         .with_context(|| format!("cannot open the database {}", args.db.database))?;
     store.migrate().await?;
 
-    let workers = if args.no_workers {
-        None
+    // The node listens at once; `/readyz` says 503 until the workers have loaded the model.
+    let (readiness, workers, mut workers_failed) = if args.no_workers {
+        let (_, never) = tokio::sync::oneshot::channel();
+        (imgclass_server::ops::Readiness::default(), None, never)
     } else {
-        Some(start_workers(store.clone(), &args.work).await?)
+        let (readiness, loaded) = imgclass_server::ops::Readiness::with_workers();
+        let (failed_tx, failed) = tokio::sync::oneshot::channel();
+        let slot = Arc::new(tokio::sync::Mutex::new(None));
+        let (store, work, put) = (store.clone(), args.work.clone(), slot.clone());
+        let starting = tokio::spawn(async move {
+            let mut put = put.lock().await;
+            match start_workers(store, &work).await {
+                Ok(w) => {
+                    *put = Some(w);
+                    loaded.store(true, std::sync::atomic::Ordering::Release);
+                }
+                Err(e) => {
+                    let _ = failed_tx.send(e);
+                }
+            }
+        });
+        (readiness, Some((slot, starting)), failed)
     };
 
     let state = AppState {
@@ -672,14 +718,21 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     }
     tracing::info!("imgclass is listening on http://{addr}");
     let (stopping, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = imgclass_server::serve(
-        listener,
-        imgclass_server::router(state),
-        args.http.config(),
-        async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
+    let http = imgclass_server::HttpConfig {
+        cors_origins: args.cors_origins.clone(),
+        readiness,
+        quotas: imgclass_server::quota::QuotaConfig {
+            requests: args.quota_requests,
+            submissions: args.quota_submissions,
+            max_queued_per_token: args.max_queued_per_token,
         },
-    );
+    };
+    let app = imgclass_server::router_with(state, http);
+    // Our accept loop (connection cap, request-head, keep-alive and body timeouts); it gives
+    // handlers the client's address (`ConnectInfo`) as `axum::serve` would.
+    let server = imgclass_server::serve(listener, app, args.http.limits(), async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    });
     // Open event streams never end by themselves: after the signal, connections get a short
     // while to close before the process moves on to stopping the workers.
     let close_connections = async {
@@ -691,9 +744,17 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     tokio::select! {
         r = server => r?,
         _ = close_connections => {}
+        Ok(e) = &mut workers_failed => return Err(e.context("cannot start the workers")),
     }
-    if let Some(w) = workers {
-        w.shutdown(args.work.shutdown_grace).await;
+    if let Some((slot, starting)) = workers {
+        if !starting.is_finished() {
+            // Still loading the model: nothing has been claimed yet.
+            starting.abort();
+        }
+        let _ = starting.await;
+        if let Some(w) = slot.lock().await.take() {
+            w.shutdown(args.work.shutdown_grace).await;
+        }
     }
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)

@@ -52,10 +52,11 @@ pub enum ErrorCode {
     // Server errors.
     Internal,
     Unavailable,
+    InsufficientStorage,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         ErrorCode::BadRequest,
         ErrorCode::NoFiles,
         ErrorCode::NotFound,
@@ -89,6 +90,7 @@ impl ErrorCode {
         ErrorCode::ProviderTimeout,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
+        ErrorCode::InsufficientStorage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +128,7 @@ impl ErrorCode {
             ErrorCode::ProviderTimeout => "provider_timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
         }
     }
 

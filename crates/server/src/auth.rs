@@ -7,6 +7,7 @@
 //! (fail closed), so a new route cannot be reached before its rule is written.
 
 use crate::error::ApiError;
+use crate::quota::{self, Admission, QuotaConfig};
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method};
@@ -184,6 +185,7 @@ fn parse(token: &str) -> Option<(&str, &str)> {
 #[derive(Clone)]
 pub struct Access {
     store: Arc<dyn Store>,
+    quotas: Arc<QuotaConfig>,
     /// Once a token exists the API stays closed; this flag never goes back.
     closed: Arc<AtomicBool>,
     /// While open: when the database was last asked (tokens made by `imgclass token create`
@@ -197,9 +199,15 @@ impl Access {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Access {
             store,
+            quotas: Arc::default(),
             closed: Arc::new(AtomicBool::new(false)),
             checked: Arc::new(Mutex::new(None)),
         }
+    }
+
+    pub fn with_quotas(mut self, quotas: QuotaConfig) -> Self {
+        self.quotas = Arc::new(quotas);
+        self
     }
 
     /// Whether requests need a token.
@@ -337,6 +345,11 @@ pub async fn require(State(access): State<Access>, req: Request, next: Next) -> 
         Ok(c) => c,
         Err(resp) => return resp,
     };
+    let who = quota::who(&caller, &parts);
+    let taken = match quota::take_request(&*access.store, &access.quotas, &who).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
     if !caller.has(rule.scope) {
         return ApiError::from_code(
             ErrorCode::Forbidden,
@@ -360,8 +373,20 @@ pub async fn require(State(access): State<Access>, req: Request, next: Next) -> 
             }
         }
     }
+    if rule.jobs == Jobs::Create {
+        parts.extensions.insert(Admission {
+            store: access.store.clone(),
+            config: access.quotas.clone(),
+            who,
+            caller: caller.clone(),
+        });
+    }
     parts.extensions.insert(caller);
-    next.run(Request::from_parts(parts, body)).await
+    let mut resp = next.run(Request::from_parts(parts, body)).await;
+    if let Some(take) = taken {
+        quota::set_headers(resp.headers_mut(), &take);
+    }
+    resp
 }
 
 #[cfg(test)]

@@ -75,6 +75,7 @@ impl ApiError {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::RateLimited | ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::ClassificationFailed
             | ErrorCode::InjectedFailure
             | ErrorCode::Stalled
@@ -122,6 +123,14 @@ impl From<StoreError> for ApiError {
                 ApiError::from_code(
                     ErrorCode::Unavailable,
                     "the database is unavailable; try again shortly",
+                )
+            }
+            StoreError::StorageFull(detail) => {
+                tracing::error!(error = %detail, "database storage full");
+                ApiError::from_code(
+                    ErrorCode::InsufficientStorage,
+                    "the server's storage is full; nothing of this request was stored; try again \
+                     once space is freed",
                 )
             }
             other => ApiError::internal("database error", other),
@@ -218,4 +227,20 @@ pub async fn json_errors(
         }
     }
     out
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_507_and_says_nothing_was_stored() {
+        let e = ApiError::from(StoreError::StorageFull("database or disk is full".into()));
+        assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(e.code, ErrorCode::InsufficientStorage);
+        assert!(e.message.contains("nothing of this request was stored"));
+        assert!(
+            !e.message.contains("database or disk"),
+            "internal detail leaked"
+        );
+    }
 }

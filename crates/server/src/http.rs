@@ -29,7 +29,7 @@ use tower_http::timeout::TimeoutBody;
 
 /// Limits on connections and requests, the defaults being those of `imgclass serve`.
 #[derive(Debug, Clone, Copy)]
-pub struct HttpConfig {
+pub struct ServeLimits {
     /// A client must send a whole request head within this time: on a new connection counted
     /// from the accept, on a kept-alive one from the request's first byte.
     pub header_read_timeout: Duration,
@@ -49,9 +49,9 @@ pub struct HttpConfig {
     pub max_headers: usize,
 }
 
-impl Default for HttpConfig {
+impl Default for ServeLimits {
     fn default() -> Self {
-        HttpConfig {
+        ServeLimits {
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
@@ -75,7 +75,7 @@ impl Default for HttpConfig {
 pub async fn serve<F>(
     listener: TcpListener,
     app: Router,
-    config: HttpConfig,
+    config: ServeLimits,
     shutdown: F,
 ) -> std::io::Result<()>
 where
@@ -132,7 +132,12 @@ where
             hyper::service::service_fn(move |request: Request<Incoming>| {
                 // Counted from the moment the head is complete until the response body is done.
                 let guard = conn.request_started();
-                let request = request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)));
+                let mut request =
+                    request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)));
+                // The client's address, as `axum::serve` gives it (`ConnectInfo`).
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
                 let response = app.clone().oneshot(request);
                 async move {
                     let response = response.await?;
@@ -294,7 +299,7 @@ impl Conn {
     }
 
     /// When the connection has waited too long for a request; `None` while one is in flight.
-    fn deadline(&self, config: &HttpConfig) -> Option<Instant> {
+    fn deadline(&self, config: &ServeLimits) -> Option<Instant> {
         let t = self.times();
         if t.in_flight > 0 {
             None
@@ -407,7 +412,7 @@ impl AsyncWrite for TrackedIo {
 /// Middleware: a request head over the configured size or header count is answered
 /// `431 headers_too_large` in the API's JSON shape.
 async fn limit_request_head(
-    State(config): State<HttpConfig>,
+    State(config): State<ServeLimits>,
     request: Request,
     next: Next,
 ) -> Response {

@@ -5,6 +5,8 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod http;
+pub mod ops;
+pub mod quota;
 pub mod web;
 pub mod worker;
 
@@ -14,7 +16,7 @@ use imgclass_store::Store;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-pub use http::{serve, HttpConfig};
+pub use http::{serve, ServeLimits};
 pub use worker::{ClassifierFactory, WorkerConfig, Workers};
 
 /// Upload checking settings.
@@ -57,11 +59,64 @@ pub struct AppState {
     pub rate_limit: Option<imgclass_store::RateLimit>,
 }
 
-/// The whole HTTP application. Every error under `/api` is JSON (`error::json_errors`).
+/// How the HTTP side is run for others: cross-origin access and readiness.
+#[derive(Clone, Default)]
+pub struct HttpConfig {
+    /// Origins (`https://app.example.com`) whose pages may call the API; none by default.
+    pub cors_origins: Vec<axum::http::HeaderValue>,
+    pub readiness: ops::Readiness,
+    pub quotas: quota::QuotaConfig,
+}
+
+/// The whole HTTP application, with the default [`HttpConfig`].
 pub fn router(state: AppState) -> Router {
-    api::routes(state)
+    router_with(state, HttpConfig::default())
+}
+
+/// The whole HTTP application.
+pub fn router_with(state: AppState, http: HttpConfig) -> Router {
+    let store = state.store.clone();
+    let access = auth::Access::new(store.clone()).with_quotas(http.quotas.clone());
+    let app = api::routes(state, access)
+        .merge(ops::routes(store, http.readiness.clone()))
         .merge(web::routes())
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
+        // Every error under `/api` is JSON, whatever produced it.
         .layer(axum::middleware::from_fn(error::json_errors))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    match cors(&http.cors_origins) {
+        Some(layer) => app.layer(layer),
+        None => app,
+    }
+}
+
+/// Cross-origin access for the listed origins only (closed when there is none): preflights
+/// are answered for the API's methods and the headers a client sends.
+fn cors(origins: &[axum::http::HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderName, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderName::from_static("ratelimit-reset"),
+                HeaderName::from_static("x-request-id"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }

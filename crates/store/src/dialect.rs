@@ -2,10 +2,10 @@
 //! begins and how durable its commit is, the row-lock clauses, how committed events reach
 //! subscribers (in-process on SQLite, LISTEN/NOTIFY on PostgreSQL), and migrations.
 
+use crate::sql::Tx;
 use crate::{Event, Result};
 use async_trait::async_trait;
 use sqlx::AnyPool;
-use sqlx::{Any, Transaction};
 use tokio::sync::broadcast;
 
 /// How durable a write transaction's commit must be.
@@ -41,7 +41,7 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     fn lock(&self, lock: Lock) -> &'static str;
 
     /// Runs in a transaction that recorded events, just before it commits.
-    async fn announce(&self, tx: &mut Transaction<'static, Any>) -> Result<()>;
+    async fn announce(&self, tx: &mut Tx) -> Result<()>;
 
     /// Receives the events of a transaction once it has committed.
     fn committed(&self, events: Vec<Event>);

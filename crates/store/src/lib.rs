@@ -6,12 +6,14 @@
 mod dialect;
 mod model;
 mod postgres;
+mod quotas;
 mod rows;
 mod sql;
 mod sqlite;
 mod tokens;
 
 pub use model::*;
+pub use quotas::{QuotaTake, Quotas};
 pub use tokens::{ApiToken, NewToken, Tokens};
 
 use async_trait::async_trait;
@@ -38,6 +40,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The disk (or the database's space) is full; nothing of the failed write was stored.
+    #[error("the database's storage is full: {0}")]
+    StorageFull(String),
     #[error("database error: {0}")]
     Database(String),
     #[error("invalid database URL {url:?}: {message}")]
@@ -52,7 +57,10 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
             | sqlx::Error::PoolClosed => StoreError::Unavailable(e.to_string()),
-            sqlx::Error::Database(ref db) if is_connection_problem(db.code().as_deref()) => {
+            sqlx::Error::Database(ref db) if is_storage_full(db.as_ref()) => {
+                StoreError::StorageFull(e.to_string())
+            }
+            sqlx::Error::Database(ref db) if is_connection_problem(db.as_ref()) => {
                 StoreError::Unavailable(e.to_string())
             }
             other => StoreError::Database(other.to_string()),
@@ -60,22 +68,34 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// SQLSTATEs that mean "the database cannot serve us right now", not "the request is wrong":
-/// connection exceptions (08), operator intervention such as a shutdown or restart (57P),
-/// insufficient resources (53), a database not accepting connections (55000), and SQLite's
-/// busy/locked codes (5, 6).
-fn is_connection_problem(code: Option<&str>) -> bool {
-    match code {
+/// A full disk: SQLite's SQLITE_FULL (13), PostgreSQL's `disk_full` (53100).
+fn is_storage_full(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(e) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        return sqlite_primary_code(e) == Some(13);
+    }
+    db.code().as_deref() == Some("53100")
+}
+
+/// Errors that mean "the database cannot serve us right now", not "the request is wrong".
+/// SQLite: busy or locked (5, 6), an I/O error (10), a file that cannot be opened (14). PostgreSQL
+/// SQLSTATEs: connection exceptions (08), operator intervention such as a shutdown or restart
+/// (57P), insufficient resources (53), a database not accepting connections (55000).
+fn is_connection_problem(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(e) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        return matches!(sqlite_primary_code(e), Some(5 | 6 | 10 | 14));
+    }
+    match db.code() {
         Some(c) => {
-            c.starts_with("08")
-                || c.starts_with("57P")
-                || c.starts_with("53")
-                || c == "55000"
-                || c == "5"
-                || c == "6"
+            c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") || c == "55000"
         }
         None => false,
     }
+}
+
+/// The primary result code of a SQLite error (its extended code's low byte).
+fn sqlite_primary_code(e: &sqlx::sqlite::SqliteError) -> Option<i32> {
+    let code = sqlx::error::DatabaseError::code(e)?;
+    code.parse::<i32>().ok().map(|c| c & 0xff)
 }
 
 impl From<sqlx::migrate::MigrateError> for StoreError {
@@ -88,7 +108,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything the service needs from its database.
 #[async_trait]
-pub trait Store: Tokens + Send + Sync + 'static {
+pub trait Store: Tokens + Quotas + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<()>;
 

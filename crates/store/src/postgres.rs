@@ -3,6 +3,7 @@
 //! event (and idle workers wake up) whichever node made the change.
 
 use crate::dialect::{Dialect, Durability, Lock};
+use crate::sql::Tx;
 use crate::sql::{last_event_seq, read_events};
 use crate::{Event, Result, StoreError};
 use async_trait::async_trait;
@@ -10,7 +11,6 @@ use imgclass_core::JobStatus;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::postgres::PgListener;
 use sqlx::AnyPool;
-use sqlx::{Any, Transaction};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,7 +74,7 @@ impl Dialect for Postgres {
 
     /// Announces the transaction's events to every node (delivered when it commits); the
     /// listener of each node, this one included, reads them from the log and broadcasts them.
-    async fn announce(&self, tx: &mut Transaction<'static, Any>) -> Result<()> {
+    async fn announce(&self, tx: &mut Tx) -> Result<()> {
         sqlx::query(&format!("NOTIFY {EVENTS_CHANNEL}"))
             .execute(&mut **tx)
             .await?;

@@ -20,8 +20,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use imgclass_core::policy::{self, Happened, Rules};
 use imgclass_core::{Action, ErrorCode, EventKind, JobId, JobStatus};
+use sqlx::pool::PoolConnection;
 use sqlx::AnyPool;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AnyConnection, Row};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
@@ -78,9 +79,63 @@ async fn group_commit(store: SqlStore, mut queue: mpsc::Receiver<Submission>) {
     }
 }
 
+/// A write transaction on a pool connection of its own, committed or rolled back explicitly.
+/// If it is dropped unfinished (an error, a canceled request) or its `COMMIT`/`ROLLBACK`
+/// fails, the connection is closed instead of going back to the pool: whatever happened (a
+/// full disk, an I/O error, a dropped connection), the next transaction starts on a clean
+/// connection, so one storage error never poisons the store.
+pub(crate) struct Tx {
+    conn: PoolConnection<Any>,
+    open: bool,
+}
+
+impl Tx {
+    async fn begin(pool: &AnyPool, statement: &'static str) -> Result<Tx> {
+        let mut tx = Tx {
+            conn: pool.acquire().await?,
+            open: true,
+        };
+        sqlx::Executor::execute(&mut *tx.conn, statement).await?;
+        Ok(tx)
+    }
+
+    pub(crate) async fn commit(mut self) -> Result<()> {
+        sqlx::Executor::execute(&mut *self.conn, "COMMIT").await?;
+        self.open = false;
+        Ok(())
+    }
+
+    pub(crate) async fn rollback(mut self) -> Result<()> {
+        sqlx::Executor::execute(&mut *self.conn, "ROLLBACK").await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 /// A write transaction and the events it recorded.
 pub(crate) struct Write {
-    pub(crate) tx: Transaction<'static, Any>,
+    pub(crate) tx: Tx,
     events: Vec<Event>,
     pub(crate) now: i64,
 }
@@ -197,10 +252,7 @@ impl SqlStore {
     }
 
     pub(crate) async fn begin(&self, durability: Durability) -> Result<Write> {
-        let tx = self
-            .writer
-            .begin_with(self.dialect.begin(durability))
-            .await?;
+        let tx = Tx::begin(&self.writer, self.dialect.begin(durability)).await?;
         // `now` is read once the transaction holds its locks, so that times recorded by
         // transactions that waited for each other never go backwards.
         Ok(Write {

@@ -3,11 +3,12 @@
 //! WAL journal, and events broadcast in-process (one process owns the file).
 
 use crate::dialect::{Dialect, Durability, Lock};
+use crate::sql::Tx;
 use crate::{Event, Result, StoreError};
 use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::AnyPool;
-use sqlx::{Any, Executor, Transaction};
+use sqlx::Executor;
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -81,7 +82,7 @@ impl Dialect for Sqlite {
         ""
     }
 
-    async fn announce(&self, _tx: &mut Transaction<'static, Any>) -> Result<()> {
+    async fn announce(&self, _tx: &mut Tx) -> Result<()> {
         Ok(())
     }
 

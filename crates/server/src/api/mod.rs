@@ -20,9 +20,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use views::{JobList, JobView, JobsCreated, RetriedJobs, StatsView};
 
-pub fn routes(state: AppState) -> Router {
+pub fn routes(state: AppState, access: Access) -> Router {
     let body_limit = state.upload.request_limit();
-    let access = Access::new(state.store.clone());
     Router::new()
         .route("/api/jobs", post(create_jobs).get(list_jobs))
         .route("/api/jobs/retry-failed", post(retry_failed))
@@ -79,6 +78,7 @@ struct UploadParams {
 async fn create_jobs(
     State(state): State<AppState>,
     caller: Caller,
+    admission: crate::quota::Admission,
     ApiQuery(params): ApiQuery<UploadParams>,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -102,6 +102,9 @@ async fn create_jobs(
             ErrorCode::NoFiles,
             "the request has no image file; send them as multipart/form-data file fields",
         ));
+    }
+    if let Err(refused) = admission.admit(uploads.len()).await {
+        return Ok(refused);
     }
     let mut new_jobs = Vec::with_capacity(uploads.len());
     for upload in uploads {

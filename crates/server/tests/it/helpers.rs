@@ -3,7 +3,7 @@
 use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource};
 use imgclass_core::{JobId, JobStatus};
 use imgclass_server::{
-    AppState, ClassifierFactory, HttpConfig, UploadConfig, WorkerConfig, Workers,
+    AppState, ClassifierFactory, ServeLimits, UploadConfig, WorkerConfig, Workers,
 };
 use imgclass_store::{Job, Store};
 use serde_json::Value;
@@ -37,7 +37,8 @@ pub struct Options {
     pub max_attempts: u32,
     pub limits: ImageLimits,
     pub worker_config: WorkerConfig,
-    pub http: HttpConfig,
+    pub http: imgclass_server::HttpConfig,
+    pub serve_limits: ServeLimits,
 }
 
 impl Default for Options {
@@ -48,7 +49,8 @@ impl Default for Options {
             max_attempts: 3,
             limits: ImageLimits::default(),
             worker_config: WorkerConfig::default(),
-            http: HttpConfig::default(),
+            http: imgclass_server::HttpConfig::default(),
+            serve_limits: ServeLimits::default(),
         }
     }
 }
@@ -142,16 +144,12 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         // The same accept loop and connection limits as `imgclass serve`.
-        let http = opts.http;
+        let router = imgclass_server::router_with(state, opts.http.clone());
+        let limits = opts.serve_limits;
         tokio::spawn(async move {
-            imgclass_server::serve(
-                listener,
-                imgclass_server::router(state),
-                http,
-                std::future::pending(),
-            )
-            .await
-            .unwrap();
+            imgclass_server::serve(listener, router, limits, std::future::pending())
+                .await
+                .unwrap();
         });
         TestApp {
             addr,

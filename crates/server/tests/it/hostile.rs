@@ -6,7 +6,7 @@
 use crate::helpers::{assert_error, fixture, Options, TestApp};
 use image::ImageEncoder;
 use imgclass_classifier::ImageLimits;
-use imgclass_server::HttpConfig;
+use imgclass_server::ServeLimits;
 use serde_json::Value;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,12 +15,12 @@ use tokio::net::TcpStream;
 /// Far more than any timeout here needs, even on a loaded 2-core machine.
 const GENEROUS: Duration = Duration::from_secs(30);
 
-fn short_timeouts() -> HttpConfig {
-    HttpConfig {
+fn short_timeouts() -> ServeLimits {
+    ServeLimits {
         header_read_timeout: Duration::from_secs(1),
         keep_alive_timeout: Duration::from_secs(1),
         body_read_timeout: Duration::from_secs(1),
-        ..HttpConfig::default()
+        ..ServeLimits::default()
     }
 }
 
@@ -390,7 +390,7 @@ async fn read_until_closed(stream: &mut TcpStream) -> Option<Vec<u8>> {
 async fn a_stalled_request_head_is_disconnected_while_others_are_served() {
     let app = TestApp::with(Options {
         workers: 0,
-        http: short_timeouts(),
+        serve_limits: short_timeouts(),
         ..Options::default()
     })
     .await;
@@ -422,7 +422,7 @@ async fn a_stalled_request_head_is_disconnected_while_others_are_served() {
 async fn a_stalled_body_is_abandoned_with_408() {
     let app = TestApp::with(Options {
         workers: 0,
-        http: short_timeouts(),
+        serve_limits: short_timeouts(),
         ..Options::default()
     })
     .await;
@@ -455,10 +455,10 @@ async fn stalled_connections_beyond_the_cap_leave_the_server_usable() {
     // stalled connections make room, not because they time out.
     let app = TestApp::with(Options {
         workers: 0,
-        http: HttpConfig {
+        serve_limits: ServeLimits {
             max_connections: 8,
             header_read_timeout: Duration::from_secs(600),
-            ..HttpConfig::default()
+            ..ServeLimits::default()
         },
         ..Options::default()
     })
@@ -512,7 +512,7 @@ async fn stalled_connections_beyond_the_cap_leave_the_server_usable() {
 async fn stalled_connections_time_out() {
     let app = TestApp::with(Options {
         workers: 0,
-        http: HttpConfig {
+        serve_limits: ServeLimits {
             max_connections: 8,
             ..short_timeouts()
         },
@@ -536,7 +536,7 @@ async fn stalled_connections_time_out() {
 async fn an_event_stream_outlives_the_connection_timeouts() {
     let app = TestApp::with(Options {
         workers: 0,
-        http: short_timeouts(),
+        serve_limits: short_timeouts(),
         ..Options::default()
     })
     .await;
@@ -562,10 +562,10 @@ async fn the_head_timeout_and_the_keep_alive_timeout_are_separate() {
     // Short head timeout, long keep-alive: a stalled head is cut, an idle connection stays.
     let app = TestApp::with(Options {
         workers: 0,
-        http: HttpConfig {
+        serve_limits: ServeLimits {
             header_read_timeout: Duration::from_secs(1),
             keep_alive_timeout: Duration::from_secs(600),
-            ..HttpConfig::default()
+            ..ServeLimits::default()
         },
         ..Options::default()
     })
@@ -600,10 +600,10 @@ async fn the_head_timeout_and_the_keep_alive_timeout_are_separate() {
     // Long head timeout, short keep-alive: an idle kept-alive connection is closed.
     let app = TestApp::with(Options {
         workers: 0,
-        http: HttpConfig {
+        serve_limits: ServeLimits {
             header_read_timeout: Duration::from_secs(600),
             keep_alive_timeout: Duration::from_secs(1),
-            ..HttpConfig::default()
+            ..ServeLimits::default()
         },
         ..Options::default()
     })

@@ -8,4 +8,6 @@ mod fake_imagga;
 mod helpers;
 mod hostile;
 mod imagga;
+mod ops;
 mod queue;
+mod quotas;

@@ -183,3 +183,49 @@ async fn a_copied_installation_keeps_job_owners() {
     assert_eq!(get(&*to, job.id).await.owner.as_deref(), Some("ta"));
     let _: &dyn Store = &*to;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_allows_its_limit_and_then_says_how_long_to_wait() {
+    let (store, _db) = fresh_store().await;
+    let per = std::time::Duration::from_secs(600);
+    let first = store.take_quota("req:a", 2, 3, per).await.unwrap();
+    assert!(first.allowed);
+    assert_eq!((first.limit, first.remaining), (3, 1));
+    assert!(first.reset <= per);
+    assert!(store.take_quota("req:a", 1, 3, per).await.unwrap().allowed);
+    let refused = store.take_quota("req:a", 1, 3, per).await.unwrap();
+    assert!(!refused.allowed);
+    assert_eq!(refused.remaining, 0);
+    let wait = refused.retry_after.expect("a wait");
+    assert!(
+        wait > std::time::Duration::ZERO && wait <= 2 * per,
+        "{wait:?}"
+    );
+    // More than is left is refused whole; other keys have their own budget.
+    assert!(!store.take_quota("sub:a", 4, 3, per).await.unwrap().allowed);
+    assert!(store.take_quota("sub:a", 3, 3, per).await.unwrap().allowed);
+    assert!(store.take_quota("req:b", 3, 3, per).await.unwrap().allowed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_takes_from_two_connections_never_overshoot() {
+    let db = TestDb::new().await;
+    let (one, two) = (db.open().await, db.open().await);
+    let per = std::time::Duration::from_secs(600);
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let store = if i % 2 == 0 { one.clone() } else { two.clone() };
+        tasks.push(tokio::spawn(async move {
+            store
+                .take_quota("req:shared", 1, 12, per)
+                .await
+                .unwrap()
+                .allowed
+        }));
+    }
+    let mut allowed = 0;
+    for t in tasks {
+        allowed += usize::from(t.await.unwrap());
+    }
+    assert_eq!(allowed, 12);
+}
