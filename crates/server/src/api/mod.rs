@@ -221,6 +221,7 @@ async fn create_jobs(
             max_attempts: state.max_attempts,
             priority: fields.priority,
             owner: caller.owner(),
+            webhook: None,
         });
     }
     let jobs = state.store.create_jobs(new_jobs).await?;
