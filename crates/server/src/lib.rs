@@ -7,6 +7,7 @@ pub mod error;
 pub mod ops;
 pub mod quota;
 pub mod web;
+pub mod webhooks;
 pub mod worker;
 
 use axum::Router;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub max_attempts: u32,
     /// The global rate limit the workers obey (for statistics).
     pub rate_limit: Option<imgclass_store::RateLimit>,
+    /// Webhook settings; `None`: this server sends no webhooks (no secret to sign them).
+    pub webhooks: Option<Arc<webhooks::WebhookConfig>>,
 }
 
 /// How the HTTP side is run for others: cross-origin access and readiness.

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use imgclass_classifier::imageio;
-use imgclass_core::{ErrorCode, JobId, JobStatus};
-use imgclass_store::{ListQuery, NewJob};
+use imgclass_core::{ErrorCode, EventKind, JobId, JobStatus};
+use imgclass_store::{ListQuery, NewJob, Webhook};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use views::{JobList, JobView, JobsCreated, RetriedJobs, StatsView};
@@ -28,6 +28,7 @@ pub fn routes(state: AppState, access: Access) -> Router {
         .route("/api/jobs/{id}/image", get(job_image))
         .route("/api/jobs/{id}/retry", post(retry_job))
         .route("/api/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/jobs/{id}/deliveries", get(job_deliveries))
         .route("/api/events", get(events::stream))
         .route("/healthz", get(healthz))
         .route_layer(axum::middleware::from_fn_with_state(access, auth::require))
@@ -82,35 +83,105 @@ async fn drain_rest(field: &mut axum::extract::multipart::Field<'_>) {
 struct SubmitFields {
     /// Higher runs first among due jobs.
     priority: i32,
+    /// The URL to call when the jobs change.
+    webhook: Option<String>,
+    /// Which changes to call it for (`None`: the jobs' end).
+    webhook_events: Option<Vec<EventKind>>,
 }
 
 /// The range of `priority`.
 const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
 
+fn invalid_webhook(message: impl Into<String>) -> ApiError {
+    ApiError::from_code(ErrorCode::InvalidWebhook, message)
+}
+
 impl SubmitFields {
     /// Takes a plain field; unknown ones are ignored.
     async fn take(&mut self, field: axum::extract::multipart::Field<'_>) -> Result<(), ApiError> {
-        if field.name() != Some("priority") {
+        let name = field.name().unwrap_or_default().to_string();
+        if !["priority", "webhook", "webhook_events"].contains(&name.as_str()) {
             return Ok(());
         }
         let text = field.text().await.map_err(multipart_error)?;
-        self.priority = text
-            .trim()
-            .parse()
-            .ok()
-            .filter(|p| PRIORITIES.contains(p))
-            .ok_or_else(|| {
-                ApiError::from_code(
-                    ErrorCode::BadRequest,
-                    format!(
-                        "priority must be a whole number from {} to {}, not {:?}",
-                        PRIORITIES.start(),
-                        PRIORITIES.end(),
-                        text.chars().take(32).collect::<String>()
-                    ),
-                )
-            })?;
+        match name.as_str() {
+            "webhook" => self.webhook = Some(text.trim().to_string()),
+            "webhook_events" => {
+                let events = self.webhook_events.get_or_insert_with(Vec::new);
+                for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let event = name
+                        .parse::<EventKind>()
+                        .ok()
+                        .filter(|e| Webhook::EVENTS.contains(e))
+                        .ok_or_else(|| {
+                            invalid_webhook(format!(
+                                "webhook_events are any of running, succeeded, failed, canceled; \
+                                 not {:?}",
+                                name.chars().take(32).collect::<String>()
+                            ))
+                        })?;
+                    if !events.contains(&event) {
+                        events.push(event);
+                    }
+                }
+            }
+            _ => {
+                self.priority = text
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|p| PRIORITIES.contains(p))
+                    .ok_or_else(|| {
+                        ApiError::from_code(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "priority must be a whole number from {} to {}, not {:?}",
+                                PRIORITIES.start(),
+                                PRIORITIES.end(),
+                                text.chars().take(32).collect::<String>()
+                            ),
+                        )
+                    })?;
+            }
+        }
         Ok(())
+    }
+
+    /// The jobs' webhook: the one given (or the server's default), checked.
+    async fn webhook(&self, state: &AppState) -> Result<Option<Webhook>, ApiError> {
+        let config = state.webhooks.as_deref();
+        let url = self
+            .webhook
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| config.and_then(|c| c.default_url.clone()));
+        let Some(url) = url else {
+            if self.webhook_events.is_some() {
+                return Err(invalid_webhook(
+                    "webhook_events were given without a webhook",
+                ));
+            }
+            return Ok(None);
+        };
+        let Some(config) = config else {
+            return Err(invalid_webhook(
+                "this server sends no webhooks (it runs without --webhook-secret)",
+            ));
+        };
+        let url = crate::webhooks::check_url(&url, config.allow_private)
+            .await
+            .map_err(invalid_webhook)?;
+        let events = match &self.webhook_events {
+            Some(e) if e.is_empty() => {
+                return Err(invalid_webhook("webhook_events names no event"));
+            }
+            Some(e) => e.clone(),
+            None => Webhook::DEFAULT_EVENTS.to_vec(),
+        };
+        Ok(Some(Webhook {
+            url: url.to_string(),
+            events,
+        }))
     }
 }
 
@@ -183,6 +254,7 @@ async fn create_jobs(
             "the request has no image file; send them as multipart/form-data file fields",
         ));
     }
+    let webhook = fields.webhook(&state).await?;
     if let Err(refused) = admission.admit(uploads.len()).await {
         return Ok(refused);
     }
@@ -221,7 +293,7 @@ async fn create_jobs(
             max_attempts: state.max_attempts,
             priority: fields.priority,
             owner: caller.owner(),
-            webhook: None,
+            webhook: webhook.clone(),
         });
     }
     let jobs = state.store.create_jobs(new_jobs).await?;
@@ -366,6 +438,23 @@ async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<Sta
         .stats_of(only.as_deref(), state.rate_limit)
         .await?;
     Ok(Json(StatsView::new(s, state.rate_limit)))
+}
+
+/// `GET /api/jobs/{id}/deliveries`: the job's webhook calls and each attempt.
+async fn job_deliveries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<views::DeliveryList>, ApiError> {
+    let id = parse_id(&id)?;
+    state
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let deliveries = state.store.deliveries(id).await?;
+    Ok(Json(views::DeliveryList {
+        deliveries: deliveries.into_iter().map(Into::into).collect(),
+    }))
 }
 
 async fn delete_job(

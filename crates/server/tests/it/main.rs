@@ -10,3 +10,4 @@ mod imagga;
 mod ops;
 mod queue;
 mod quotas;
+mod webhooks;
