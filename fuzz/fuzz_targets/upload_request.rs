@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
         .body(Body::from(body.to_vec()))
         .unwrap();
     runtime().block_on(async {
-        let submitted = read_request(&config, &(), Some("x.png".into()), None, request).await;
+        let submitted = read_request(&config, &(), Some("x.png".into()), &["priority"], request).await;
         if let Ok(submission) = submitted {
             assert!(submission.uploads.len() <= config.max_files);
             for upload in submission.uploads {

@@ -7,6 +7,7 @@ use imgclass_classifier::{
     imagga, Classifier, ImageLimits, ImaggaClassifier, ImaggaConfig, Model, ModelSource,
     NoopClassifier, Secret,
 };
+use imgclass_server::webhooks::{Deliverer, WebhookConfig, WebhookSecret};
 use imgclass_server::{
     AppState, ClassifierFactory, ServeLimits, UploadConfig, WorkerConfig, Workers,
 };
@@ -297,11 +298,92 @@ fn parse_origin(s: &str) -> Result<axum::http::HeaderValue, String> {
     axum::http::HeaderValue::from_str(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// Webhook settings: any process with a secret delivers webhooks.
+#[derive(Args, Clone)]
+struct WebhookArgs {
+    /// The secret webhooks are signed with (Standard Webhooks: whsec_ + base64 of 24–64 random
+    /// bytes). Without it, no webhook is sent and submissions that ask for one are refused.
+    /// Every node of one installation needs the same secret.
+    #[arg(long, env = "IMGCLASS_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_webhook_secret)]
+    webhook_secret: Option<WebhookSecret>,
+    /// The webhook of every job whose submission names none.
+    #[arg(long, env = "IMGCLASS_WEBHOOK_DEFAULT")]
+    webhook_default: Option<String>,
+    /// Also call loopback, private, link-local and other internal addresses (for tests and
+    /// receivers on the same network).
+    #[arg(long, env = "IMGCLASS_WEBHOOK_ALLOW_PRIVATE")]
+    webhook_allow_private: bool,
+    /// Attempts per webhook call, the first included (Standard Webhooks schedule: at once, 5 s,
+    /// 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, ...).
+    #[arg(long, env = "IMGCLASS_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    webhook_max_attempts: u32,
+    /// Multiplies the schedule's waits (e.g. 0.001 turns 5 min into 0.3 s; for tests).
+    #[arg(long, env = "IMGCLASS_WEBHOOK_SCHEDULE_SCALE", default_value_t = 1.0)]
+    webhook_schedule_scale: f64,
+    /// The longest one webhook call may take.
+    #[arg(long, env = "IMGCLASS_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    webhook_timeout: Duration,
+}
+
+fn parse_webhook_secret(s: &str) -> Result<WebhookSecret, String> {
+    WebhookSecret::parse(s)
+}
+
+impl WebhookArgs {
+    /// The webhook settings; `None` without a secret.
+    fn config(&self) -> Result<Option<WebhookConfig>> {
+        let Some(secret) = self.webhook_secret.clone() else {
+            if self.webhook_default.is_some() {
+                anyhow::bail!("--webhook-default needs --webhook-secret to sign the webhooks");
+            }
+            return Ok(None);
+        };
+        if !(self.webhook_schedule_scale.is_finite() && self.webhook_schedule_scale >= 0.0) {
+            anyhow::bail!("--webhook-schedule-scale must be a number from 0 up");
+        }
+        let mut config = WebhookConfig::new(secret);
+        config.allow_private = self.webhook_allow_private;
+        config.max_attempts = self.webhook_max_attempts;
+        config.schedule_scale = self.webhook_schedule_scale;
+        config.timeout = self.webhook_timeout;
+        config.lease = (self.webhook_timeout * 3).max(Duration::from_secs(30));
+        config.default_url = self.webhook_default.clone();
+        config.node = node_name();
+        Ok(Some(config))
+    }
+}
+
+fn node_name() -> String {
+    format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into()),
+        std::process::id()
+    )
+}
+
+/// Starts this process's webhook deliverer, when webhooks are on.
+fn start_deliverer(
+    store: &Arc<dyn imgclass_store::Store>,
+    config: &Option<WebhookConfig>,
+) -> Result<Option<Deliverer>> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    tracing::info!(
+        max_attempts = config.max_attempts,
+        allow_private = config.allow_private,
+        "delivering webhooks"
+    );
+    Ok(Some(Deliverer::start(store.clone(), config.clone())?))
+}
+
 /// What a process that runs workers needs.
 #[derive(Args, Clone)]
 struct WorkArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
     #[command(flatten)]
     limits: LimitArgs,
     /// Classification workers in this process (each with its own inference thread); default:
@@ -591,11 +673,16 @@ async fn worker(args: WorkerArgs) -> Result<std::process::ExitCode> {
         .await
         .with_context(|| format!("cannot open the database {}", args.db.database))?;
     store.migrate().await?;
-    let workers = start_workers(store, &args.work).await?;
+    let webhooks = args.work.webhooks.config()?;
+    let workers = start_workers(store.clone(), &args.work).await?;
+    let deliverer = start_deliverer(&store, &webhooks)?;
     tracing::info!("imgclass worker is running");
     shutdown_signal().await;
     tracing::info!("shutting down: no new jobs are started");
     workers.shutdown(args.work.shutdown_grace).await;
+    if let Some(d) = deliverer {
+        d.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -640,11 +727,7 @@ async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -
         backoff_max: args.backoff_max.max(args.backoff_base),
         max_stalls: args.max_stalls,
         retain: args.retain.0,
-        node: format!(
-            "{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into()),
-            std::process::id()
-        ),
+        node: node_name(),
         ..WorkerConfig::default()
     };
     Workers::start(store, factory, config).await
@@ -674,6 +757,7 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         .await
         .with_context(|| format!("cannot open the database {}", args.db.database))?;
     store.migrate().await?;
+    let webhooks = args.work.webhooks.config()?;
 
     // The node listens at once; `/readyz` says 503 until the workers have loaded the model.
     let (readiness, workers, mut workers_failed) = if args.no_workers {
@@ -704,7 +788,9 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         upload: UploadConfig::new(args.work.limits.limits(), cores()),
         max_attempts: args.max_attempts,
         rate_limit: args.work.rate_limit,
+        webhooks: webhooks.clone().map(Arc::new),
     };
+    let deliverer = start_deliverer(&state.store, &webhooks)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -755,6 +841,9 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         if let Some(w) = slot.lock().await.take() {
             w.shutdown(args.work.shutdown_grace).await;
         }
+    }
+    if let Some(d) = deliverer {
+        d.shutdown().await;
     }
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)

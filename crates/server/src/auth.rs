@@ -64,6 +64,7 @@ pub const API_RULES: &[Rule] = &[
     rule("GET", "/api/jobs/{id}/image", Scope::Read, Jobs::One),
     rule("POST", "/api/jobs/{id}/retry", Scope::Manage, Jobs::One),
     rule("POST", "/api/jobs/{id}/cancel", Scope::Manage, Jobs::One),
+    rule("GET", "/api/jobs/{id}/deliveries", Scope::Read, Jobs::One),
 ];
 
 /// The rule for a request, by method and route pattern (`HEAD` follows `GET`).

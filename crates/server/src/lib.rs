@@ -8,6 +8,7 @@ pub mod http;
 pub mod ops;
 pub mod quota;
 pub mod web;
+pub mod webhooks;
 pub mod worker;
 
 use axum::Router;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub max_attempts: u32,
     /// The global rate limit the workers obey (for statistics).
     pub rate_limit: Option<imgclass_store::RateLimit>,
+    /// Webhook settings; `None`: this server sends no webhooks (no secret to sign them).
+    pub webhooks: Option<Arc<webhooks::WebhookConfig>>,
 }
 
 /// How the HTTP side is run for others: cross-origin access and readiness.

@@ -29,6 +29,8 @@ pub(crate) enum Lock {
     JobsSkipLocked,
     /// The single row of a one-table SELECT.
     Row,
+    /// The rows of a one-table SELECT, skipping those another transaction holds.
+    RowsSkipLocked,
 }
 
 #[async_trait]

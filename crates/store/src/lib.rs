@@ -11,10 +11,12 @@ mod rows;
 mod sql;
 mod sqlite;
 mod tokens;
+mod webhooks;
 
 pub use model::*;
 pub use quotas::{QuotaTake, Quotas};
 pub use tokens::{ApiToken, NewToken, Tokens};
+pub use webhooks::{Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus, Webhooks};
 
 use async_trait::async_trait;
 use imgclass_core::JobId;
@@ -108,7 +110,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything the service needs from its database.
 #[async_trait]
-pub trait Store: Tokens + Quotas + Send + Sync + 'static {
+pub trait Store: Tokens + Quotas + Webhooks + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<()>;
 

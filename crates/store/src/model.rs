@@ -5,7 +5,7 @@ use imgclass_core::{ErrorCode, EventKind, JobId, JobResult, JobStatus};
 use serde::{Deserialize, Serialize};
 
 /// An image and its job, to be stored together.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewJob {
     pub image: Vec<u8>,
     pub sha256: String,
@@ -18,6 +18,34 @@ pub struct NewJob {
     pub priority: i32,
     /// The id of the API token that created the job (`None` when the API is open).
     pub owner: Option<String>,
+    /// Where to announce the job's changes.
+    pub webhook: Option<Webhook>,
+}
+
+/// A job's webhook: the URL called, and for which of the job's events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub url: String,
+    /// Any of `running`, `succeeded`, `failed`, `canceled`.
+    pub events: Vec<EventKind>,
+}
+
+impl Webhook {
+    /// The events a webhook may be called for.
+    pub const EVENTS: [EventKind; 4] = [
+        EventKind::Running,
+        EventKind::Succeeded,
+        EventKind::Failed,
+        EventKind::Canceled,
+    ];
+
+    /// The events called for when a submission names none: the job's end.
+    pub const DEFAULT_EVENTS: [EventKind; 3] =
+        [EventKind::Succeeded, EventKind::Failed, EventKind::Canceled];
+
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.events.contains(&kind)
+    }
 }
 
 /// An error recorded on a job.
@@ -36,8 +64,8 @@ pub struct AttemptError {
     pub at: DateTime<Utc>,
 }
 
-/// A job as stored.
-#[derive(Debug, Clone, PartialEq)]
+/// A job as stored (also the payload of its webhook deliveries, as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub seq: i64,
     pub id: JobId,
@@ -69,6 +97,8 @@ pub struct Job {
     pub updated_at: DateTime<Utc>,
     /// The id of the API token that created the job.
     pub owner: Option<String>,
+    #[serde(default)]
+    pub webhook: Option<Webhook>,
 }
 
 /// A filter and page request for listing jobs.

@@ -69,6 +69,7 @@ impl Dialect for Postgres {
             Lock::Jobs => " FOR UPDATE OF j",
             Lock::JobsSkipLocked => " FOR UPDATE OF j SKIP LOCKED",
             Lock::Row => " FOR UPDATE",
+            Lock::RowsSkipLocked => " FOR UPDATE SKIP LOCKED",
         }
     }
 

@@ -11,7 +11,7 @@ pub(crate) const JOB_COLUMNS: &str =
     "j.seq, j.id, j.status, j.image_sha256, b.content_type, b.size, b.width, \
      b.height, j.file_name, j.attempts, j.stalls, j.run_attempts, j.max_attempts, j.priority, j.run_at, j.lease_owner, j.lease_until, \
      j.error_code, j.error_message, j.attempt_errors, j.result, j.created_at, j.started_at, \
-     j.finished_at, j.updated_at, j.owner";
+     j.finished_at, j.updated_at, j.owner, j.webhook_url, j.webhook_events";
 
 pub(crate) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -81,6 +81,7 @@ where
         finished_at: opt_time("finished_at")?,
         updated_at: ms_to_time(row.try_get("updated_at")?),
         owner: row.try_get("owner")?,
+        webhook: webhook_from(row.try_get("webhook_url")?, row.try_get("webhook_events")?)?,
     })
 }
 
@@ -95,4 +96,28 @@ pub(crate) fn window_starts(stored: Option<String>, now: i64, rate: RateLimit) -
     starts.retain(|t| *t > window_start);
     starts.sort_unstable();
     Ok(starts)
+}
+
+/// A job's webhook from its two columns.
+pub(crate) fn webhook_from(
+    url: Option<String>,
+    events: Option<String>,
+) -> Result<Option<crate::Webhook>> {
+    let Some(url) = url else { return Ok(None) };
+    let events = events
+        .unwrap_or_default()
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .map(|e| e.parse().map_err(db_err))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(crate::Webhook { url, events }))
+}
+
+/// A webhook's events as stored: comma-separated names.
+pub(crate) fn webhook_events(w: &crate::Webhook) -> String {
+    w.events
+        .iter()
+        .map(|e| e.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -205,8 +205,8 @@ impl SqlStore {
         let max_attempts = new.max_attempts.max(1);
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (id, status, image_sha256, file_name, max_attempts, priority, \
-             run_at, created_at, updated_at, owner) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, $8) RETURNING seq",
+             run_at, created_at, updated_at, owner, webhook_url, webhook_events) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, $8, $9, $10) RETURNING seq",
         )
         .bind(id.to_string())
         .bind(JobStatus::Queued.as_str())
@@ -216,6 +216,8 @@ impl SqlStore {
         .bind(i64::from(new.priority))
         .bind(w.now)
         .bind(&new.owner)
+        .bind(new.webhook.as_ref().map(|h| h.url.clone()))
+        .bind(new.webhook.as_ref().map(crate::rows::webhook_events))
         .fetch_one(&mut *w.tx)
         .await?;
         let now = ms_to_time(w.now);
@@ -245,6 +247,7 @@ impl SqlStore {
             finished_at: None,
             updated_at: now,
             owner: new.owner.clone(),
+            webhook: new.webhook.clone(),
         };
         self.record(w, id, EventKind::Created, Some(job.clone()))
             .await?;
@@ -308,6 +311,10 @@ impl SqlStore {
         .bind(owner.clone())
         .fetch_one(&mut *w.tx)
         .await?;
+        if let Some(job) = &job {
+            // The webhook's call goes into the outbox with the change it announces.
+            crate::webhooks::enqueue(w, job, kind).await?;
+        }
         w.events.push(Event {
             seq,
             job_id,
@@ -921,6 +928,11 @@ impl Store for SqlStore {
             .execute(&mut *w.tx)
             .await?
             .rows_affected();
+        // Finished webhook deliveries go with the events; pending ones are still owed.
+        sqlx::query("DELETE FROM webhook_deliveries WHERE status <> 'pending' AND updated_at < $1")
+            .bind(before)
+            .execute(&mut *w.tx)
+            .await?;
         w.tx.commit().await?;
         Ok(Pruned {
             jobs,

@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use imgclass_classifier::imageio;
-use imgclass_core::{ErrorCode, JobId, JobStatus};
-use imgclass_store::{ListQuery, NewJob};
+use imgclass_core::{ErrorCode, EventKind, JobId, JobStatus};
+use imgclass_store::{ListQuery, NewJob, Webhook};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use views::{JobList, JobView, JobsCreated, RetriedJobs, StatsView};
@@ -30,6 +30,7 @@ pub fn routes(state: AppState, access: Access) -> Router {
         .route("/api/jobs/{id}/image", get(job_image))
         .route("/api/jobs/{id}/retry", post(retry_job))
         .route("/api/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/jobs/{id}/deliveries", get(job_deliveries))
         .route("/api/events", get(events::stream))
         .route("/healthz", get(healthz))
         .route_layer(axum::middleware::from_fn_with_state(access, auth::require))
@@ -70,8 +71,116 @@ where
 struct UploadParams {
     /// The file name of a raw image body.
     filename: Option<String>,
-    /// The priority of a raw image body's job.
+    /// The plain fields of a raw image body's jobs (as the multipart fields of that name).
     priority: Option<String>,
+    webhook: Option<String>,
+    webhook_events: Option<String>,
+}
+
+/// The plain (non-file) fields of a submission.
+#[derive(Debug, Default)]
+struct SubmitFields {
+    /// Higher runs first among due jobs.
+    priority: i32,
+    /// The URL to call when the jobs change.
+    webhook: Option<String>,
+    /// Which changes to call it for (`None`: the jobs' end).
+    webhook_events: Option<Vec<EventKind>>,
+}
+
+/// The range of `priority`.
+const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
+
+fn invalid_webhook(message: impl Into<String>) -> ApiError {
+    ApiError::from_code(ErrorCode::InvalidWebhook, message)
+}
+
+impl SubmitFields {
+    /// The plain fields a submission reads (multipart fields, or the query of a raw body).
+    const NAMES: [&'static str; 3] = ["priority", "webhook", "webhook_events"];
+
+    /// Takes a plain field; unknown ones are ignored.
+    fn take(&mut self, name: &str, text: &str) -> Result<(), ApiError> {
+        match name {
+            "webhook" => self.webhook = Some(text.trim().to_string()),
+            "webhook_events" => {
+                let events = self.webhook_events.get_or_insert_with(Vec::new);
+                for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let event = name
+                        .parse::<EventKind>()
+                        .ok()
+                        .filter(|e| Webhook::EVENTS.contains(e))
+                        .ok_or_else(|| {
+                            invalid_webhook(format!(
+                                "webhook_events are any of running, succeeded, failed, canceled; \
+                                 not {:?}",
+                                name.chars().take(32).collect::<String>()
+                            ))
+                        })?;
+                    if !events.contains(&event) {
+                        events.push(event);
+                    }
+                }
+            }
+            "priority" => {
+                self.priority = text
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|p| PRIORITIES.contains(p))
+                    .ok_or_else(|| {
+                        ApiError::from_code(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "priority must be a whole number from {} to {}, not {:?}",
+                                PRIORITIES.start(),
+                                PRIORITIES.end(),
+                                text.chars().take(32).collect::<String>()
+                            ),
+                        )
+                    })?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The jobs' webhook: the one given (or the server's default), checked.
+    async fn webhook(&self, state: &AppState) -> Result<Option<Webhook>, ApiError> {
+        let config = state.webhooks.as_deref();
+        let url = self
+            .webhook
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| config.and_then(|c| c.default_url.clone()));
+        let Some(url) = url else {
+            if self.webhook_events.is_some() {
+                return Err(invalid_webhook(
+                    "webhook_events were given without a webhook",
+                ));
+            }
+            return Ok(None);
+        };
+        let Some(config) = config else {
+            return Err(invalid_webhook(
+                "this server sends no webhooks (it runs without --webhook-secret)",
+            ));
+        };
+        let url = crate::webhooks::check_url(&url, config.allow_private)
+            .await
+            .map_err(invalid_webhook)?;
+        let events = match &self.webhook_events {
+            Some(e) if e.is_empty() => {
+                return Err(invalid_webhook("webhook_events names no event"));
+            }
+            Some(e) => e.clone(),
+            None => Webhook::DEFAULT_EVENTS.to_vec(),
+        };
+        Ok(Some(Webhook {
+            url: url.to_string(),
+            events,
+        }))
+    }
 }
 
 /// `POST /api/jobs`: one job per uploaded image; all or nothing.
@@ -82,15 +191,30 @@ async fn create_jobs(
     ApiQuery(params): ApiQuery<UploadParams>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let priority = params
-        .priority
-        .as_deref()
-        .map(upload::parse_priority)
-        .transpose()
-        .map_err(|e| ApiError::from_code(ErrorCode::InvalidQuery, e.message))?;
-    let submission =
-        upload::read_request(&state.upload, &state, params.filename, priority, request).await?;
-    let (uploads, priority) = (submission.uploads, submission.priority);
+    // Plain fields: from the query (how a raw image body gives them), then from the multipart
+    // fields of the same names.
+    let mut fields = SubmitFields::default();
+    for (name, value) in [
+        ("priority", &params.priority),
+        ("webhook", &params.webhook),
+        ("webhook_events", &params.webhook_events),
+    ] {
+        if let Some(value) = value {
+            fields.take(name, value)?;
+        }
+    }
+    let submission = upload::read_request(
+        &state.upload,
+        &state,
+        params.filename,
+        &SubmitFields::NAMES,
+        request,
+    )
+    .await?;
+    for (name, text) in &submission.fields {
+        fields.take(name, text)?;
+    }
+    let uploads = submission.uploads;
     if let Some(empty) = uploads.iter().find(|u| u.bytes.is_empty()) {
         return Err(ApiError::from_code(
             ErrorCode::EmptyFile,
@@ -103,6 +227,7 @@ async fn create_jobs(
             "the request has no image file; send them as multipart/form-data file fields",
         ));
     }
+    let webhook = fields.webhook(&state).await?;
     if let Err(refused) = admission.admit(uploads.len()).await {
         return Ok(refused);
     }
@@ -137,8 +262,9 @@ async fn create_jobs(
             sha256,
             file_name: upload.file_name,
             max_attempts: state.max_attempts,
-            priority,
+            priority: fields.priority,
             owner: caller.owner(),
+            webhook: webhook.clone(),
         });
     }
     let jobs = state.store.create_jobs(new_jobs).await?;
@@ -307,6 +433,23 @@ async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<Sta
         .stats_of(only.as_deref(), state.rate_limit)
         .await?;
     Ok(Json(StatsView::new(s, state.rate_limit)))
+}
+
+/// `GET /api/jobs/{id}/deliveries`: the job's webhook calls and each attempt.
+async fn job_deliveries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<views::DeliveryList>, ApiError> {
+    let id = parse_id(&id)?;
+    state
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let deliveries = state.store.deliveries(id).await?;
+    Ok(Json(views::DeliveryList {
+        deliveries: deliveries.into_iter().map(Into::into).collect(),
+    }))
 }
 
 async fn delete_job(

@@ -26,31 +26,12 @@ pub struct Upload {
 /// The files of a submission and its plain fields.
 pub struct Submission {
     pub uploads: Vec<Upload>,
-    /// Higher runs first among due jobs (the `priority` field, or `?priority=` of a raw body).
-    pub priority: i32,
+    /// The plain multipart fields that were asked for, as (name, text), in order.
+    pub fields: Vec<(String, String)>,
 }
 
-/// The range of `priority`.
-pub const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
-
-/// Reads a `priority` value.
-pub fn parse_priority(text: &str) -> Result<i32, ApiError> {
-    text.trim()
-        .parse()
-        .ok()
-        .filter(|p| PRIORITIES.contains(p))
-        .ok_or_else(|| {
-            ApiError::from_code(
-                ErrorCode::BadRequest,
-                format!(
-                    "priority must be a whole number from {} to {}, not {:?}",
-                    PRIORITIES.start(),
-                    PRIORITIES.end(),
-                    text.chars().take(32).collect::<String>()
-                ),
-            )
-        })
-}
+/// The longest plain field read, in bytes.
+pub const MAX_FIELD_BYTES: usize = 16 * 1024;
 
 /// What the headers of a multipart part say about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,14 +226,14 @@ async fn drain_multipart(multipart: &mut Multipart) {
     }
 }
 
-/// The files of a request to `POST /api/jobs`: multipart parts, or one raw image body named by
-/// `file_name` (`?filename=`) with `priority` (`?priority=`). Public for the fuzz targets
-/// (`fuzz/`).
+/// The files of a request to `POST /api/jobs`: multipart parts (with the text of the plain
+/// fields named in `wanted`), or one raw image body named by `file_name` (`?filename=`).
+/// Public for the fuzz targets (`fuzz/`).
 pub async fn read_request<S: Send + Sync>(
     config: &UploadConfig,
     state: &S,
     file_name: Option<String>,
-    priority: Option<i32>,
+    wanted: &[&str],
     request: Request,
 ) -> Result<Submission, ApiError> {
     let headers = request.headers();
@@ -267,12 +248,12 @@ pub async fn read_request<S: Send + Sync>(
                 format!("the multipart body cannot be read: {}", e.body_text()),
             )
         })?;
-        return read_multipart(config, multipart).await;
+        return read_multipart(config, wanted, multipart).await;
     }
     if media_type.starts_with("image/") || media_type == "application/octet-stream" {
         return Ok(Submission {
             uploads: read_raw(config, request.into_body(), file_name).await?,
-            priority: priority.unwrap_or_default(),
+            fields: Vec::new(),
         });
     }
     let empty = media_type.is_empty()
@@ -302,11 +283,12 @@ pub async fn read_request<S: Send + Sync>(
 
 async fn read_multipart(
     config: &UploadConfig,
+    wanted: &[&str],
     mut multipart: Multipart,
 ) -> Result<Submission, ApiError> {
     let max = config.limits.max_bytes;
     let mut uploads = Vec::new();
-    let mut priority = 0;
+    let mut fields = Vec::new();
     let mut index = 0;
     loop {
         let next = multipart
@@ -340,17 +322,28 @@ async fn read_multipart(
             return Err(err);
         }
         if !part.is_file {
-            if part.field_name.as_deref() == Some("priority") {
-                let text = field.text().await.map_err(|e| multipart_error(&label, e))?;
-                match parse_priority(&text) {
-                    Ok(p) => priority = p,
-                    Err(e) => {
-                        drain_multipart(&mut multipart).await;
-                        return Err(e);
-                    }
+            let Some(name) = part.field_name.filter(|n| wanted.contains(&n.as_str())) else {
+                // Other plain form fields are ignored; the next `next_field` skips their bytes.
+                continue;
+            };
+            let mut text = Vec::new();
+            while let Some(chunk) = field
+                .chunk()
+                .await
+                .map_err(|e| multipart_error(&label, e))?
+            {
+                if text.len() + chunk.len() > MAX_FIELD_BYTES {
+                    drain_field(&mut field).await;
+                    drop(field);
+                    drain_multipart(&mut multipart).await;
+                    return Err(ApiError::from_code(
+                        ErrorCode::PayloadTooLarge,
+                        format!("{label} is longer than {MAX_FIELD_BYTES} bytes"),
+                    ));
                 }
+                text.extend_from_slice(&chunk);
             }
-            // Other plain form fields are ignored; the next `next_field` skips their bytes.
+            fields.push((name, String::from_utf8_lossy(&text).into_owned()));
             continue;
         }
         let mut bytes = Vec::new();
@@ -376,7 +369,7 @@ async fn read_multipart(
             bytes,
         });
     }
-    Ok(Submission { uploads, priority })
+    Ok(Submission { uploads, fields })
 }
 
 async fn read_raw(

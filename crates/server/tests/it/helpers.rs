@@ -2,6 +2,7 @@
 
 use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource};
 use imgclass_core::{JobId, JobStatus};
+use imgclass_server::webhooks::{Deliverer, WebhookConfig};
 use imgclass_server::{
     AppState, ClassifierFactory, ServeLimits, UploadConfig, WorkerConfig, Workers,
 };
@@ -39,6 +40,10 @@ pub struct Options {
     pub worker_config: WorkerConfig,
     pub http: imgclass_server::HttpConfig,
     pub serve_limits: ServeLimits,
+    /// Webhook settings of the API (`None`: no webhooks).
+    pub webhooks: Option<WebhookConfig>,
+    /// The deliverer's settings when they differ from the API's; `Some(None)`: no deliverer.
+    pub deliverer: Option<Option<WebhookConfig>>,
 }
 
 impl Default for Options {
@@ -51,6 +56,8 @@ impl Default for Options {
             worker_config: WorkerConfig::default(),
             http: imgclass_server::HttpConfig::default(),
             serve_limits: ServeLimits::default(),
+            webhooks: None,
+            deliverer: None,
         }
     }
 }
@@ -100,6 +107,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub store: Arc<dyn Store>,
     _workers: Option<Workers>,
+    pub deliverer: Option<Deliverer>,
+    pub db_url: String,
     _dir: TempDir,
 }
 
@@ -140,7 +149,13 @@ impl TestApp {
             upload: UploadConfig::new(opts.limits, 2),
             max_attempts: opts.max_attempts,
             rate_limit: opts.worker_config.rate_limit,
+            webhooks: opts.webhooks.clone().map(Arc::new),
         };
+        let deliverer = opts
+            .deliverer
+            .clone()
+            .unwrap_or_else(|| opts.webhooks.clone())
+            .map(|c| Deliverer::start(store.clone(), c).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         // The same accept loop and connection limits as `imgclass serve`.
@@ -157,6 +172,8 @@ impl TestApp {
             client: reqwest::Client::new(),
             store,
             _workers: workers,
+            deliverer,
+            db_url,
             _dir: dir,
         }
     }
@@ -218,7 +235,19 @@ impl TestApp {
 
     /// Uploads files as one multipart request.
     pub async fn upload(&self, files: &[(&str, Vec<u8>)]) -> reqwest::Response {
+        self.upload_with(files, &[]).await
+    }
+
+    /// Uploads files with plain fields (`priority`, `webhook`, ...) as one multipart request.
+    pub async fn upload_with(
+        &self,
+        files: &[(&str, Vec<u8>)],
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut form = reqwest::multipart::Form::new();
+        for (name, value) in fields {
+            form = form.text(name.to_string(), value.to_string());
+        }
         for (name, bytes) in files {
             form = form.part(
                 "file",

@@ -11,3 +11,4 @@ mod imagga;
 mod ops;
 mod queue;
 mod quotas;
+mod webhooks;

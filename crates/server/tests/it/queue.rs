@@ -143,6 +143,7 @@ async fn bad_images_found_by_the_worker_fail_at_once_with_a_clear_error() {
             max_attempts: 3,
             priority: 0,
             owner: None,
+            webhook: None,
         }])
         .await
         .unwrap();

@@ -199,6 +199,7 @@ pub fn job_for(image: Vec<u8>, width: u32, height: u32, file_name: &str) -> NewJ
         max_attempts: 3,
         priority: 0,
         owner: None,
+        webhook: None,
     }
 }
 

@@ -17,3 +17,4 @@ mod queue;
 mod races;
 mod sqlite;
 mod tokens;
+mod webhooks;
