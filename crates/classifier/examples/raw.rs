@@ -10,12 +10,11 @@
 //! measured). `1x2` runs one thread with one ONNX Runtime session of 2 intra-op threads; `2x1`
 //! runs two threads, each with its own 1-thread session, taking images from a shared counter
 //! (what `imgclass serve --workers 2` does on 2 cores). Each image goes through
-//! `Classifier::classify`: sniff, header check, full decode with EXIF, resize, normalise, model,
-//! softmax, top-5. With `--repeat R` each layout runs R times (the JSON has every run).
+//! `Classifier::classify`: sniff, header check, decode (reduced where the format allows) with
+//! EXIF, crop + resize + normalise into the input tensor, model, softmax, top-5. With `--repeat R` each layout runs R times (the JSON has every run).
 //! `--breakdown` also times decode, pre-processing and the model apart, per image.
 
-use imgclass_classifier::imageio::{self, ImageLimits};
-use imgclass_classifier::{Classifier, Model, ModelSource};
+use imgclass_classifier::{Cancel, Classifier, Model, ModelSource};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -172,30 +171,31 @@ fn main() {
     let mut breakdown = Vec::new();
     if args.breakdown {
         let mut c = model.session(2, 5).expect("session");
-        let limits = ImageLimits::default();
         for (name, bytes) in args.files.iter().zip(images.iter()) {
             let (mut dec, mut pre, mut inf) = (Vec::new(), Vec::new(), Vec::new());
             let mut size = (0, 0);
+            let mut decoded = (0, 0);
+            let mut path = String::new();
             for _ in 0..5 {
-                let t0 = Instant::now();
-                let img = imageio::decode(bytes, &limits).expect("decode");
-                let t1 = Instant::now();
-                let mut buf = Vec::new();
-                imageio::preprocess(&img, &mut buf);
+                let p = c.prepare(bytes, &Cancel::never()).expect("prepare");
                 let t2 = Instant::now();
-                c.infer(&buf, 1).expect("infer");
+                c.infer_prepared().expect("infer");
                 let t3 = Instant::now();
-                size = (img.width(), img.height());
-                dec.push((t1 - t0).as_secs_f64() * 1e3);
-                pre.push((t2 - t1).as_secs_f64() * 1e3);
+                size = (p.width, p.height);
+                decoded = p.decoded;
+                path = format!("{:?}", p.decoder);
+                dec.push(p.decode.as_secs_f64() * 1e3);
+                pre.push(p.resize.as_secs_f64() * 1e3);
                 inf.push((t3 - t2).as_secs_f64() * 1e3);
             }
             let (d, p, i) = (median(dec), median(pre), median(inf));
             eprintln!(
-                "raw: {name}: {}x{} {} bytes: decode {d:.1} ms, preprocess {p:.1} ms, model (2 intra) {i:.1} ms",
+                "raw: {name}: {}x{} {} bytes: decode {d:.1} ms ({path}, {}x{}), resize+normalise {p:.1} ms, model (2 intra) {i:.1} ms",
                 size.0,
                 size.1,
-                bytes.len()
+                bytes.len(),
+                decoded.0,
+                decoded.1
             );
             breakdown.push((name.clone(), size, bytes.len(), d, p, i));
         }
