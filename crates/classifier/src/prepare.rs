@@ -10,10 +10,11 @@
 //! image therefore costs what a photo costs.
 //!
 //! Decoding:
-//! - JPEG: the header and the scan data are checked first (a header that declares more blocks
-//!   than the data can hold is refused as corrupt); a large JPEG is decoded at 1/2–1/8 scale in
-//!   the DCT domain (keeping the shorter side ≥ 256, as Pillow's `draft()`), a small one by
-//!   zune-jpeg in strict mode (which fails on data that ends before the last MCU).
+//! - JPEG: the markers are walked first (a header that declares more blocks than the scan data
+//!   can hold is refused as corrupt); then libjpeg-turbo (the MozJPEG fork, built from source
+//!   by the `mozjpeg` crate) decodes it, a large one at 1/2–1/8 scale in the DCT domain keeping
+//!   the shorter side ≥ 256 (as Pillow's `draft()`). Measured against jpeg-decoder's scaled
+//!   decode and zune-jpeg (full size only), it was the fastest; see bench/README.md.
 //! - PNG (not interlaced): decoded row by row; only the rows and columns around the centre square
 //!   are kept, box-averaged on the fly by an integer factor when the square is large (as Pillow's
 //!   `reducing_gap`), so memory stays at a few rows plus a small buffer. A PNG whose data ends
@@ -57,9 +58,9 @@ pub struct Prepared {
 /// Which decoder path was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecoderKind {
-    /// jpeg-decoder with DCT scaling (1/1 to 1/8).
+    /// libjpeg-turbo with DCT scaling (1/2 to 1/8).
     JpegScaled,
-    /// zune-jpeg, full size, strict.
+    /// libjpeg-turbo, full size.
     JpegFull,
     /// PNG row by row, kept around the centre square.
     PngRows,
@@ -173,62 +174,27 @@ impl Preprocessor {
             return Ok(None);
         }
         let min = w.min(h);
-        if min >= 2 * RESIZE_SHORT_SIDE {
-            // DCT-domain scaling: the smallest of 1/2, 1/4, 1/8 keeping the short side >= 256.
-            let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-            let want = |side: u32| {
-                u16::try_from(
-                    (u64::from(side) * u64::from(RESIZE_SHORT_SIDE)).div_ceil(u64::from(min)),
-                )
-                .unwrap_or(u16::MAX)
-            };
-            let (sw, sh) = decoder
-                .scale(want(w), want(h))
-                .map_err(|e| corrupt(e.to_string()))?;
-            let scale = w.div_ceil(u32::from(sw).max(1)).max(1);
-            let need = layout.decode_bytes(scale);
-            let _permit = take_budget(budget, need, w, h, cancel)?;
-            decoder.set_max_decoding_buffer_size(
-                usize::try_from(budget.capacity()).unwrap_or(usize::MAX),
-            );
-            let pixels = decoder.decode().map_err(|e| corrupt(e.to_string()))?;
-            let t1 = Instant::now();
-            cancel.check()?;
-            let channels = match decoder.info().map(|i| i.pixel_format) {
-                Some(jpeg_decoder::PixelFormat::RGB24) => 3,
-                Some(jpeg_decoder::PixelFormat::L8) => 1,
-                _ => return Ok(None),
-            };
-            let (sw, sh) = (u32::from(sw), u32::from(sh));
-            self.resize_pixels(&pixels, sw, sh, channels, orientation, out)?;
-            return Ok(Some(Decoded {
-                size: (sw, sh),
-                kind: DecoderKind::JpegScaled,
-                at: t1,
-            }));
+        // DCT-domain scaling: the smallest of 1/1, 1/2, 1/4, 1/8 that keeps the shorter side at
+        // least twice 256, so that the bilinear resize still reduces by 2 or more (like
+        // reducing_gap = 2). Scaling down to 256 itself, as Pillow's draft mode does, is sharper
+        // than the reference's bilinear reduction and flipped close top-1 calls in the
+        // agreement test.
+        let mut scale = 1u32;
+        while scale < 8 && min / (scale * 2) >= 2 * RESIZE_SHORT_SIDE {
+            scale *= 2;
         }
-        let need = layout.decode_bytes(1);
-        let _permit = take_budget(budget, need, w, h, cancel)?;
-        let options = zune_core::options::DecoderOptions::default()
-            .set_strict_mode(true)
-            .set_max_width(w as usize)
-            .set_max_height(h as usize)
-            .jpeg_set_out_colorspace(zune_core::colorspace::ColorSpace::RGB);
-        let mut decoder = zune_jpeg::JpegDecoder::new_with_options(Cursor::new(bytes), options);
-        let pixels = decoder.decode().map_err(|e| corrupt(e.to_string()))?;
+        let _permit = take_budget(budget, layout.decode_bytes(scale), w, h, cancel)?;
+        let (pixels, dw, dh) = decode_mozjpeg(bytes, scale).map_err(corrupt)?;
         let t1 = Instant::now();
         cancel.check()?;
-        let (dw, dh) = decoder
-            .dimensions()
-            .map(|(a, b)| (a as u32, b as u32))
-            .ok_or_else(|| corrupt("the JPEG has no frame".into()))?;
-        if pixels.len() != dw as usize * dh as usize * 3 {
-            return Err(corrupt("the JPEG decoded to an unexpected size".into()));
-        }
         self.resize_pixels(&pixels, dw, dh, 3, orientation, out)?;
         Ok(Some(Decoded {
             size: (dw, dh),
-            kind: DecoderKind::JpegFull,
+            kind: if scale > 1 {
+                DecoderKind::JpegScaled
+            } else {
+                DecoderKind::JpegFull
+            },
             at: t1,
         }))
     }
@@ -396,6 +362,33 @@ fn take_budget<'b>(
         }));
     }
     Ok(budget.acquire(need, cancel)?)
+}
+
+/// libjpeg-turbo (MozJPEG) at 1/`scale` in the DCT domain, to RGB. Its errors unwind out of the
+/// C code as panics (the crate's design), caught here.
+fn decode_mozjpeg(bytes: &[u8], scale: u32) -> Result<(Vec<u8>, u32, u32), String> {
+    let run = || -> std::io::Result<(Vec<u8>, u32, u32)> {
+        let mut d = mozjpeg::Decompress::new_mem(bytes)?;
+        d.scale(u8::try_from(8 / scale.clamp(1, 8)).unwrap_or(8));
+        let mut started = d.rgb()?;
+        let (w, h) = (started.width(), started.height());
+        let pixels: Vec<u8> = started.read_scanlines()?;
+        started.finish()?;
+        if pixels.len() != w * h * 3 {
+            return Err(std::io::Error::other(
+                "the JPEG decoded to an unexpected size",
+            ));
+        }
+        Ok((pixels, w as u32, h as u32))
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(panic) => Err(panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "libjpeg failed".into())),
+    }
 }
 
 /// A whole decode by the image crate, under its memory limits and the budget.

@@ -3,7 +3,7 @@
 //! job's lease while the thread works. A sweeper puts back the jobs of workers that died.
 
 use chrono::Utc;
-use imgclass_classifier::{Classification, Classifier, ClassifyError};
+use imgclass_classifier::{Cancel, Classification, Classifier, ClassifyError};
 use imgclass_core::{ErrorCode, JobResult, Timings};
 use imgclass_store::{Claim, JobError, Lease, Outcome, RateLimit, Store};
 use rand::Rng;
@@ -70,14 +70,14 @@ impl Default for WorkerConfig {
 type Reply = oneshot::Sender<Result<Classification, ClassifyError>>;
 
 struct InferenceThread {
-    tx: std_mpsc::Sender<(Vec<u8>, Reply)>,
+    tx: std_mpsc::Sender<(Vec<u8>, Cancel, Reply)>,
     info: imgclass_core::ModelInfo,
 }
 
 impl InferenceThread {
     /// Starts the thread and waits until its classifier is ready.
     async fn start(name: String, factory: ClassifierFactory) -> anyhow::Result<Self> {
-        let (tx, rx) = std_mpsc::channel::<(Vec<u8>, Reply)>();
+        let (tx, rx) = std_mpsc::channel::<(Vec<u8>, Cancel, Reply)>();
         let (ready_tx, ready_rx) = oneshot::channel();
         std::thread::Builder::new().name(name).spawn(move || {
             let mut classifier = match factory() {
@@ -90,9 +90,9 @@ impl InferenceThread {
                     return;
                 }
             };
-            while let Ok((bytes, reply)) = rx.recv() {
+            while let Ok((bytes, cancel, reply)) = rx.recv() {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    classifier.classify(&bytes)
+                    classifier.classify_with(&bytes, &cancel)
                 }))
                 .unwrap_or_else(|_| Err(ClassifyError::Model("the classifier panicked".into())));
                 let _ = reply.send(result);
@@ -104,10 +104,15 @@ impl InferenceThread {
         Ok(InferenceThread { tx, info })
     }
 
-    async fn classify(&self, bytes: Vec<u8>) -> Result<Classification, ClassifyError> {
+    /// Classifies on the thread; the thread gives up by itself once `timeout` has passed.
+    async fn classify(
+        &self,
+        bytes: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Classification, ClassifyError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send((bytes, reply))
+            .send((bytes, Cancel::after(timeout), reply))
             .map_err(|_| ClassifyError::Model("the inference thread is gone".into()))?;
         rx.await
             .map_err(|_| ClassifyError::Model("the inference thread is gone".into()))?
@@ -367,7 +372,7 @@ impl Worker {
                 if injected {
                     return Err(Interrupted::Injected);
                 }
-                match tokio::time::timeout(timeout, thread.classify(bytes)).await {
+                match tokio::time::timeout(timeout, thread.classify(bytes, timeout)).await {
                     Ok(r) => r.map_err(Interrupted::Failed),
                     Err(_) => Err(Interrupted::TimedOut),
                 }

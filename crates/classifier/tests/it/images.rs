@@ -108,7 +108,7 @@ fn tensors_match_the_reference_pipeline() {
         ("coffee.png", "coffee", DecoderKind::PngRows),
         ("chelsea.png", "chelsea", DecoderKind::PngRows),
         ("astronaut.png", "astronaut", DecoderKind::PngRows),
-        ("grace_hopper.jpg", "grace_hopper", DecoderKind::JpegScaled),
+        ("grace_hopper.jpg", "grace_hopper", DecoderKind::JpegFull),
         ("rocket.jpg", "rocket", DecoderKind::JpegFull),
     ] {
         let (p, got) = prepare(&fixture(file)).unwrap();
@@ -167,16 +167,16 @@ fn halves(x: u32, w: u32) -> [u8; 3] {
 fn large_jpegs_are_decoded_at_reduced_scale_and_exif_orientation_applies() {
     let big = jpeg_rgb(2400, 1200, |x, _| halves(x, 2400));
     let (p, t) = prepare(&big).unwrap();
-    // 1/4 keeps the shorter side at 300 >= 256; 1/8 would give 150.
+    // 1/2 keeps the shorter side at 600 >= 2 x 256; 1/4 would give 300.
     assert_eq!(
         (p.decoder, p.decoded),
-        (DecoderKind::JpegScaled, (600, 300))
+        (DecoderKind::JpegScaled, (1200, 600))
     );
     let red = |t: &[f32], x: usize, y: usize| t[y * 224 + x] > 0.5;
     assert!(red(&t, 10, 112) && !red(&t, 213, 112));
     // EXIF 6 = shown rotated 90° clockwise: the left half (red) is now on top.
     let (p, t) = prepare(&insert_exif_orientation(&big, 6)).unwrap();
-    assert_eq!(p.decoded, (600, 300));
+    assert_eq!(p.decoded, (1200, 600));
     assert!(red(&t, 112, 10) && !red(&t, 112, 213));
     // EXIF 8 = 270°: red at the bottom. EXIF 2 = mirrored: red on the right.
     let (_, t) = prepare(&insert_exif_orientation(&big, 8)).unwrap();

@@ -1,6 +1,8 @@
 //! The built-in model against the reference pipeline's numbers, and on real photos.
 
+mod agreement;
 mod images;
+mod variants;
 
 use imgclass_classifier::{Classifier, Model, ModelSource};
 use std::path::{Path, PathBuf};
