@@ -106,10 +106,10 @@ def load(files):
 def run_1x2(model, images, n, pipeline):
     s = session(model, 2)
     classify(s, images[0], pipeline)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for i in range(n):
         classify(s, images[i % len(images)], pipeline)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def run_2thread(model, images, n, pipeline):
@@ -134,10 +134,10 @@ def run_2thread(model, images, n, pipeline):
     for th in threads:
         th.start()
     barrier.wait()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for th in threads:
         th.join()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def _proc(model, files, indices, ready, go, done, pipeline):
@@ -170,7 +170,7 @@ def run_2proc(model, files, n, pipeline):
     for p in procs:
         p.join()
     assert count == n
-    return elapsed
+    return elapsed, None
 
 
 def main():
@@ -198,16 +198,20 @@ def main():
         for pipeline in pipelines:
             for mode in a.modes.split(","):
                 if mode == "1x2":
-                    secs = run_1x2(a.model, images, a.n, pipeline)
+                    secs, cpu = run_1x2(a.model, images, a.n, pipeline)
                 elif mode == "2thread":
-                    secs = run_2thread(a.model, images, a.n, pipeline)
+                    secs, cpu = run_2thread(a.model, images, a.n, pipeline)
                 elif mode == "2proc":
-                    secs = run_2proc(a.model, a.files, a.n, pipeline)
+                    secs, cpu = run_2proc(a.model, a.files, a.n, pipeline)
                 else:
                     sys.exit(f"unknown mode {mode}")
+                # CPU of the timed part (not measured for the 2proc children).
+                cpu_ms = cpu * 1e3 / a.n if cpu is not None else None
                 rate = a.n / secs
-                print(f"python-ort: {pipeline}: {mode}: {a.n} images in {secs:.2f} s = {rate:.1f} img/s", file=sys.stderr)
-                runs.append({"pipeline": pipeline, "mode": mode, "seconds": round(secs, 4), "images_per_s": round(rate, 2)})
+                cpu_note = f", CPU {cpu_ms:.1f} ms per image" if cpu_ms is not None else ""
+                print(f"python-ort: {pipeline}: {mode}: {a.n} images in {secs:.2f} s = {rate:.1f} img/s{cpu_note}", file=sys.stderr)
+                runs.append({"pipeline": pipeline, "mode": mode, "seconds": round(secs, 4), "images_per_s": round(rate, 2),
+                             "cpu_ms_per_image": cpu_ms and round(cpu_ms, 2)})
     breakdown = []
     if a.breakdown:
         s = session(a.model, 2)

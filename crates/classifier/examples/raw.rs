@@ -80,8 +80,28 @@ fn parse_args() -> Args {
     args
 }
 
-/// One run: `threads` threads, each with a session of `intra` intra-op threads.
-fn run(model: &Model, images: &Arc<Vec<Vec<u8>>>, n: usize, threads: usize, intra: usize) -> f64 {
+/// CPU seconds (user + system) this process has used, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // Clock ticks of 1/100 s on Linux.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// One run: `threads` threads, each with a session of `intra` intra-op threads. Returns the
+/// wall seconds and the CPU seconds of the timed part.
+fn run(
+    model: &Model,
+    images: &Arc<Vec<Vec<u8>>>,
+    n: usize,
+    threads: usize,
+    intra: usize,
+) -> (f64, f64) {
     let next = Arc::new(AtomicUsize::new(0));
     let barrier = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
@@ -105,11 +125,11 @@ fn run(model: &Model, images: &Arc<Vec<Vec<u8>>>, n: usize, threads: usize, intr
         })
         .collect();
     barrier.wait();
-    let t0 = Instant::now();
+    let (t0, c0) = (Instant::now(), cpu_seconds());
     for h in handles {
         h.join().expect("worker thread");
     }
-    t0.elapsed().as_secs_f64()
+    (t0.elapsed().as_secs_f64(), cpu_seconds() - c0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -158,13 +178,14 @@ fn main() {
         .iter()
         .flat_map(|m| std::iter::repeat_n(m, args.repeat))
     {
-        let secs = run(&model, &images, args.n, threads, intra);
+        let (secs, cpu) = run(&model, &images, args.n, threads, intra);
         let rate = args.n as f64 / secs;
+        let cpu_ms = cpu * 1e3 / args.n as f64;
         eprintln!(
-            "raw: {threads} thread(s) x {intra} intra: {} images in {secs:.2} s = {rate:.1} img/s",
+            "raw: {threads} thread(s) x {intra} intra: {} images in {secs:.2} s = {rate:.1} img/s, CPU {cpu_ms:.1} ms per image",
             args.n
         );
-        runs.push((threads, intra, secs, rate));
+        runs.push((threads, intra, secs, rate, cpu_ms));
     }
 
     // Per image: decode (with the upload checks), pre-processing, model; medians of a few runs.
@@ -212,10 +233,10 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    for (k, (threads, intra, secs, rate)) in runs.iter().enumerate() {
+    for (k, (threads, intra, secs, rate, cpu_ms)) in runs.iter().enumerate() {
         let _ = write!(
             json,
-            "{}{{\"threads\": {threads}, \"intra\": {intra}, \"seconds\": {secs:.4}, \"images_per_s\": {rate:.2}}}",
+            "{}{{\"threads\": {threads}, \"intra\": {intra}, \"seconds\": {secs:.4}, \"images_per_s\": {rate:.2}, \"cpu_ms_per_image\": {cpu_ms:.2}}}",
             if k > 0 { ", " } else { "" }
         );
     }

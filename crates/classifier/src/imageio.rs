@@ -387,26 +387,22 @@ pub fn jpeg_layout(bytes: &[u8]) -> Result<JpegLayout, ImageCheckError> {
                 let mut p = pos + len;
                 let mut data = 0u64;
                 while p < bytes.len() {
-                    if bytes[p] == 0xFF {
-                        match bytes.get(p + 1) {
-                            Some(0x00) => {
-                                data += 1;
-                                p += 2;
-                                continue;
-                            }
-                            Some(0xD0..=0xD7) => {
-                                p += 2;
-                                continue;
-                            }
-                            Some(0xFF) => {
-                                p += 1;
-                                continue;
-                            }
-                            _ => break,
+                    let Some(i) = bytes[p..].iter().position(|&b| b == 0xFF) else {
+                        data += (bytes.len() - p) as u64;
+                        p = bytes.len();
+                        break;
+                    };
+                    data += i as u64;
+                    p += i;
+                    match bytes.get(p + 1) {
+                        Some(0x00) => {
+                            data += 1;
+                            p += 2;
                         }
+                        Some(0xD0..=0xD7) => p += 2,
+                        Some(0xFF) => p += 1,
+                        _ => break,
                     }
-                    data += 1;
-                    p += 1;
                 }
                 layout.scan_bytes += data;
                 pos = p;
