@@ -6,12 +6,13 @@
 # loop of an older build. Prints, per pipeline, the images/s of each round and the CPU time per
 # image of the timed part (user + sys of the process, as each program reports it).
 #
-#   bench/compare.sh [--rounds 3] [--n 200] [--raw BIN] [--raw-before BIN] [--photos 'A B ...']
+#   bench/compare.sh [--rounds 3] [--n 200] [--raw BIN] [--raw-before BIN] [--also NAME=BIN]...
+#                    [--photos 'A B ...']
 #
 # With --photos, only those files (the per-photo table of bench/README.md runs it once per photo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=3; N=200; RAW=target/release/examples/raw; BEFORE=""; ONLY=""
+ROUNDS=3; N=200; RAW=target/release/examples/raw; BEFORE=""; ONLY=""; ALSO=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -19,7 +20,8 @@ while [ $# -gt 0 ]; do
     --raw) RAW=$2; shift 2 ;;
     --raw-before) BEFORE=$2; shift 2 ;;
     --photos) ONLY=$2; shift 2 ;;
-    *) sed -n '2,12p' "$0"; exit 2 ;;
+    --also) ALSO+=("$2"); shift 2 ;;
+    *) sed -n '2,13p' "$0"; exit 2 ;;
   esac
 done
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/setup-onnxruntime.sh)}"
@@ -37,6 +39,7 @@ CMD[python-naive]="$PY bench/ceiling.py --model $MODEL --n $N --modes 2thread --
 CMD[imgclass]="$RAW --n $N --mode 2x1"
 ORDER=(python-competent imgclass python-naive)
 if [ -n "$BEFORE" ]; then CMD[imgclass-before]="$BEFORE --n $N --mode 2x1"; ORDER+=(imgclass-before); fi
+for a in "${ALSO[@]}"; do CMD[${a%%=*}]="${a#*=} --n $N --mode 2x1"; ORDER+=("${a%%=*}"); done
 declare -A RATES CPUS
 for r in $(seq "$ROUNDS"); do
   for k in "${ORDER[@]}"; do
