@@ -13,8 +13,9 @@
 //! - JPEG: the markers are walked first (a header that declares more blocks than the scan data
 //!   can hold is refused as corrupt); then libjpeg-turbo (the MozJPEG fork, built from source
 //!   by the `mozjpeg` crate) decodes it, a large one at 1/2–1/8 scale in the DCT domain keeping
-//!   the shorter side ≥ 256 (as Pillow's `draft()`). Measured against jpeg-decoder's scaled
-//!   decode and zune-jpeg (full size only), it was the fastest; see bench/README.md.
+//!   the shorter side ≥ 512, so that the bilinear resize still does the last reduction by 2 or
+//!   more. Measured against jpeg-decoder's scaled decode and zune-jpeg (full size only), it was
+//!   the fastest; see bench/README.md.
 //! - PNG (not interlaced): decoded row by row; only the rows and columns around the centre square
 //!   are kept, box-averaged on the fly by an integer factor when the square is large (as Pillow's
 //!   `reducing_gap`), so memory stays at a few rows plus a small buffer. A PNG whose data ends
