@@ -378,6 +378,47 @@ fn headers_that_declare_more_than_the_data_holds_are_corrupt() {
     assert!(prepare(&jpeg_rgb(64, 128, noisy)).is_ok());
 }
 
+/// A progressive JPEG (made by libjpeg-turbo's encoder through the mozjpeg crate).
+fn progressive_jpeg(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
+    let img = RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
+    let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+    c.set_size(w as usize, h as usize);
+    c.set_quality(90.0);
+    c.set_progressive_mode();
+    let mut started = c.start_compress(Vec::new()).unwrap();
+    started.write_scanlines(img.as_raw()).unwrap();
+    started.finish().unwrap()
+}
+
+#[test]
+fn progressive_jpegs_decode_and_their_headers_are_checked_too() {
+    let bytes = progressive_jpeg(1600, 1200, |x, _| halves(x, 1600));
+    assert!(
+        bytes.windows(2).any(|w| w == [0xFF, 0xC2]),
+        "not progressive"
+    );
+    let (p, t) = prepare(&bytes).unwrap();
+    // 1200 / 2 = 600 >= 512: half scale.
+    assert_eq!(
+        (p.decoder, p.decoded),
+        (DecoderKind::JpegScaled, (800, 600))
+    );
+    assert!(t[112 * 224 + 10] > 0.5 && t[112 * 224 + 213] < 0.0);
+    let liar = patch_jpeg_size(&progressive_jpeg(16, 16, halves16), 10_000, 10_000);
+    assert_code(prepare(&liar), "image_corrupt");
+    assert_eq!(
+        imageio::check(&liar, &ImageLimits::default())
+            .unwrap_err()
+            .code()
+            .as_str(),
+        "image_corrupt"
+    );
+}
+
+fn halves16(x: u32, _: u32) -> [u8; 3] {
+    halves(x, 16)
+}
+
 #[test]
 fn a_cancelled_preparation_stops_with_timeout() {
     let bytes = png_rgb(640, 480, |x, y| [(x % 256) as u8, (y % 256) as u8, 0]);
