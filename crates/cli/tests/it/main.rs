@@ -338,3 +338,61 @@ async fn tokens_made_on_the_command_line_close_the_api_and_revoke_at_once() {
     let (_, list, _) = token_cmd(&db, &["list"]);
     assert!(list.contains("revoked"), "{list}");
 }
+
+/// Group commit under SIGKILL: uploads share commits, and every upload answered `202` before
+/// the process died is in the database after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_upload_acknowledged_before_sigkill_survives_the_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/jobs.db", dir.path().display());
+    let api = Server::start(&db, &["--no-workers"]);
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let image = std::fs::read(fixture("coffee.png")).unwrap();
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let (acked, image, client) = (acked.clone(), image.clone(), client.clone());
+        let url = format!("{}/api/jobs", api.base);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40 {
+                let form = reqwest::multipart::Form::new().part(
+                    "file",
+                    reqwest::multipart::Part::bytes(image.clone())
+                        .file_name(format!("{t}-{i}.png")),
+                );
+                let Ok(resp) = client.post(&url).multipart(form).send().await else {
+                    return;
+                };
+                if resp.status() != 202 {
+                    return;
+                }
+                let Ok(body) = resp.json::<Value>().await else {
+                    return;
+                };
+                let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
+                acked.lock().unwrap().push(id);
+            }
+        }));
+    }
+    // Kill it in the middle of the burst.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the burst did not get going"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    api.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() < 32 * 40, "killed too late to test anything");
+
+    let api = Server::start(&db, &["--no-workers"]);
+    for id in &acked {
+        let j = job(&api.base, id).await;
+        assert_eq!(j["status"], "queued", "acknowledged job {id} lost: {j}");
+    }
+}
