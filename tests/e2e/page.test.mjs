@@ -276,7 +276,8 @@ describe('a server that classifies', () => {
     const timings = await coffee.locator('.timings').textContent();
     assert.match(timings, /queue wait/);
     assert.match(timings, /inference/);
-    assert.ok((await coffee.locator('.model').textContent()).trim().length > 0);
+    // Which provider and model answered.
+    assert.match((await coffee.locator('.model').textContent()).trim(), /^builtin · efficientnet-lite0 [0-9a-f]+$/);
 
     // The non-image shows the server's own message.
     const notes = cardNamed(page, 'notes.png', 'rejected');
@@ -572,5 +573,110 @@ describe('a server whose classifications all fail', () => {
     const listed = await (await fetch(`${server.url}/api/jobs?limit=200`)).json();
     assert.deepEqual(ids, listed.jobs.map((j) => j.id));
     await noProblems(page, problems);
+  });
+});
+
+/** `imgclass token create` on a server's database; returns the token it prints once. */
+function createToken(dir, name, scope = 'submit,read,manage') {
+  const out = spawnSync(BIN, ['token', '--database', `sqlite://${dir}/t.db`, 'create', '--name', name, '--scope', scope], {
+    encoding: 'utf8',
+    env: { ...process.env, NO_COLOR: '1' },
+  });
+  assert.equal(out.status, 0, out.stderr);
+  const token = out.stdout.trim();
+  assert.match(token, /^imgc_/);
+  return token;
+}
+
+/** Sends files straight to the API with a token. */
+async function apiUploadAs(url, token, files) {
+  const form = new FormData();
+  for (const f of files) form.append('file', new Blob([f.bytes]), f.name);
+  const resp = await fetch(`${url}/api/jobs`, {
+    method: 'POST',
+    body: form,
+    headers: { authorization: `Bearer ${token}` },
+  });
+  return { status: resp.status, body: await resp.json() };
+}
+
+describe('a server with API tokens', () => {
+  let server;
+  let alice;
+  let bob;
+  let context;
+
+  before(async () => {
+    if (!serveHasFlag('--cors-origin')) {
+      throw new Error(`${BIN} has no API tokens yet; rebuild it`);
+    }
+    const dir = mkdtempSync(join(tmpdir(), 'imgclass-e2e-'));
+    alice = createToken(dir, 'alice');
+    bob = createToken(dir, 'bob');
+    server = await startServer([], { dir });
+    context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  });
+
+  after(async () => {
+    await context?.close();
+    await server?.stop();
+  });
+
+  test('the page asks for a token, signs in, and shows only that token\'s jobs', { timeout: SLOW }, async () => {
+    const page = await context.newPage();
+    const problems = [];
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    await page.addInitScript(recordStatuses);
+    await page.goto(server.url);
+
+    // Asked for a token; the jobs are not shown.
+    await page.locator('#login').waitFor();
+    assert.equal(await page.locator('#app').isVisible(), false);
+    const bobsJob = (await apiUploadAs(server.url, bob, [{ name: 'bobs.png', bytes: readFileSync(CHELSEA) }])).body.jobs[0].id;
+
+    // A wrong token is refused with the server's message.
+    await page.locator('#token-input').fill(`${alice.slice(0, -4)}0000`);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.locator('#login-error').waitFor();
+    assert.match(await page.locator('#login-error').textContent(), /not valid/);
+
+    // Alice's token: her jobs, live.
+    await page.locator('#token-input').fill(alice);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.locator('#connection[data-state="live"]').waitFor();
+    assert.equal(await page.locator('#login').isVisible(), false);
+    await page.locator('#file-input').setInputFiles([photo(COFFEE)]);
+    const coffee = cardNamed(page, 'coffee.png', 'succeeded');
+    await coffee.waitFor({ timeout: 60_000 });
+    assert.match((await topLabels(coffee))[0], /espresso/);
+    const created = await apiUploadAs(server.url, alice, [{ name: 'from-api.png', bytes: readFileSync(COFFEE) }]);
+    assert.equal(created.status, 202);
+    await cardNamed(page, 'from-api.png', 'succeeded').waitFor({ timeout: 60_000 });
+    // Bob's jobs, old and new, never appear.
+    const bobsNew = (await apiUploadAs(server.url, bob, [{ name: 'bobs-new.png', bytes: readFileSync(CHELSEA) }])).body.jobs[0].id;
+    await page.waitForFunction(async ([url, token, id]) => {
+      const r = await fetch(`${url}/api/jobs/${id}`, { headers: { authorization: `Bearer ${token}` } });
+      return (await r.json()).status === 'succeeded';
+    }, [server.url, bob, bobsNew], { timeout: 60_000, polling: 200 });
+    await page.reload();
+    await cardNamed(page, 'from-api.png', 'succeeded').waitFor();
+    assert.equal(await page.locator('#login').isVisible(), false, 'the token lasts for the tab');
+    for (const id of [bobsJob, bobsNew]) {
+      assert.equal(await page.locator(`.card[data-job-id="${id}"]`).count(), 0);
+    }
+    assert.equal(await page.locator('#cards .card').count(), 2);
+    // The thumbnail from the server loads with the token.
+    const loaded = await cardNamed(page, 'coffee.png').locator('img.thumb').evaluate(
+      (img) => img.complete && img.naturalWidth > 0,
+    );
+    assert.ok(loaded, 'the stored image is shown');
+    await page.screenshot({ path: join(SHOTS, 'page-signed-in.png'), fullPage: true });
+
+    // Signing out forgets the token and hides the jobs.
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.locator('#login').waitFor();
+    assert.equal(await page.locator('#cards .card').count(), 0);
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('imgclass-token')), null);
+    assert.deepEqual(problems, []);
   });
 });

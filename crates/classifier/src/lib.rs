@@ -1,11 +1,13 @@
 //! Image classification, synchronous and free of any async runtime: sniffing and checking
-//! uploads, decoding and pre-processing, the ONNX model run through ONNX Runtime, labels and top-k.
+//! uploads, decoding and pre-processing, the ONNX model run through ONNX Runtime, labels and top-k;
+//! and the other providers behind the same [`Classifier`] trait (the Imagga API, a no-op).
 //!
 //! Everything here blocks the calling thread; callers run it on a dedicated pool.
 
 pub mod budget;
 pub mod cancel;
 pub mod imageio;
+pub mod imagga;
 mod model;
 pub mod prepare;
 pub mod runtime;
@@ -13,9 +15,11 @@ pub mod runtime;
 pub use budget::DecodeBudget;
 pub use cancel::{Cancel, CancelHandle, Canceled};
 pub use imageio::{ImageCheckError, ImageLimits, ProbedImage};
+pub use imagga::{ImaggaClassifier, ImaggaConfig, ImaggaConfigError, Secret};
 pub use model::{Classification, Model, ModelSource, OnnxClassifier};
 
-use imgclass_core::{ErrorCode, ModelInfo, Prediction};
+use imgclass_core::{ErrorCode, ModelInfo, Prediction, Provider};
+use std::time::Duration;
 
 /// Why one classification failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +30,17 @@ pub enum ClassifyError {
     Model(String),
     #[error(transparent)]
     Canceled(#[from] Canceled),
+    /// A failure made on purpose (fault injection), to exercise retries.
+    #[error("{0}")]
+    Injected(String),
+    /// A remote provider failed; `code` says how (and so whether another attempt may work).
+    #[error("{message}")]
+    Provider {
+        code: ErrorCode,
+        message: String,
+        /// How long the provider asked us to wait before trying again (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
 }
 
 impl ClassifyError {
@@ -34,6 +49,16 @@ impl ClassifyError {
             ClassifyError::Image(e) => e.code(),
             ClassifyError::Model(_) => ErrorCode::ClassificationFailed,
             ClassifyError::Canceled(_) => ErrorCode::Timeout,
+            ClassifyError::Injected(_) => ErrorCode::InjectedFailure,
+            ClassifyError::Provider { code, .. } => *code,
+        }
+    }
+
+    /// The wait the failing party asked for before another attempt, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClassifyError::Provider { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -69,6 +94,7 @@ impl Default for NoopClassifier {
     fn default() -> Self {
         NoopClassifier {
             info: ModelInfo {
+                provider: Provider::Noop,
                 name: "noop".into(),
                 version: "0".into(),
             },

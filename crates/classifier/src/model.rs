@@ -7,7 +7,7 @@ use crate::imageio::{ImageLimits, INPUT_SIDE};
 use crate::prepare::{Prepared, Preprocessor};
 use crate::runtime::{self, RuntimeError};
 use crate::{Classifier, ClassifyError};
-use imgclass_core::{ModelInfo, Prediction};
+use imgclass_core::{ModelInfo, Prediction, Provider};
 use ort::memory::Allocator;
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::Tensor;
@@ -101,7 +101,11 @@ impl Model {
             shared: Arc::new(Shared {
                 bytes,
                 labels,
-                info: ModelInfo { name, version },
+                info: ModelInfo {
+                    provider: Provider::Builtin,
+                    name,
+                    version,
+                },
             }),
         };
         let mut probe = model.session(1, 5)?;

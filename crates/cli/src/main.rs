@@ -3,7 +3,11 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource, NoopClassifier};
+use imgclass_classifier::{
+    imagga, Classifier, ImageLimits, ImaggaClassifier, ImaggaConfig, Model, ModelSource,
+    NoopClassifier, Secret,
+};
+use imgclass_server::webhooks::{Deliverer, WebhookConfig, WebhookSecret};
 use imgclass_server::{AppState, ClassifierFactory, UploadConfig, WorkerConfig, Workers};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +35,39 @@ enum Command {
     Worker(Box<WorkerArgs>),
     /// Create the database or bring it up to date; with --from and --to, copy an installation.
     Migrate(MigrateArgs),
+    /// API tokens: once one exists, every /api/* request needs one.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    db: DatabaseArgs,
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (it is shown this once; only its hash is stored).
+    Create {
+        /// A name to know it by (unique).
+        #[arg(long)]
+        name: String,
+        /// What it may do: submit, read, manage, admin (admin: everything, on every job).
+        #[arg(long, default_value = "submit,read,manage", value_parser = parse_scopes)]
+        scope: ScopeList,
+        /// It stops working after this long (e.g. 30d, 12h); default: never.
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// List the tokens (never their secrets).
+    List,
+    /// Revoke a token, by name or id, at once.
+    Revoke {
+        /// The token's name or id.
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -66,24 +103,57 @@ struct DatabaseArgs {
 
 #[derive(Args, Clone)]
 struct ModelArgs {
+    /// What classifies: `builtin` (the ONNX model, in-process), `imagga` (the Imagga tagging
+    /// API; needs --imagga-key and --imagga-secret) or `noop` (answers at once without looking
+    /// at the image; only for benchmarks of the queue).
+    #[arg(long, env = "IMGCLASS_PROVIDER", value_enum, default_value_t = ProviderArg::Builtin)]
+    provider: ProviderArg,
     /// An ImageNet-style ONNX model to use instead of the built-in EfficientNet-Lite0.
     #[arg(long, env = "IMGCLASS_MODEL", requires = "labels")]
     model: Option<PathBuf>,
     /// The labels of --model, one per line, in output order.
     #[arg(long, env = "IMGCLASS_LABELS", requires = "model")]
     labels: Option<PathBuf>,
-    /// What classifies: `onnx` (the model) or `noop` (answers at once without looking at the
-    /// image; only for benchmarks of the queue).
-    #[arg(long, env = "IMGCLASS_PROVIDER", value_enum, default_value_t = Provider::Onnx)]
-    provider: Provider,
     /// How many labels a result holds.
     #[arg(long, env = "IMGCLASS_TOP_K", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
     top_k: u16,
+    #[command(flatten)]
+    imagga: ImaggaArgs,
+}
+
+/// The Imagga provider's settings.
+#[derive(Args, Clone)]
+struct ImaggaArgs {
+    /// Imagga API key (HTTP Basic user name).
+    #[arg(long, env = "IMGCLASS_IMAGGA_KEY", hide_env_values = true)]
+    imagga_key: Option<String>,
+    /// Imagga API secret (HTTP Basic password). Prefer the environment variable: a flag's value
+    /// is visible to other users of the machine in the process list.
+    #[arg(long, env = "IMGCLASS_IMAGGA_SECRET", hide_env_values = true)]
+    imagga_secret: Option<String>,
+    /// The Imagga API's base URL.
+    #[arg(long, env = "IMGCLASS_IMAGGA_URL", default_value = imagga::DEFAULT_URL)]
+    imagga_url: String,
+    /// The language of Imagga's labels (a language code such as en, de, fr).
+    #[arg(long, env = "IMGCLASS_IMAGGA_LANGUAGE", default_value = "en")]
+    imagga_language: String,
+    /// Leave out Imagga tags below this confidence (0–100).
+    #[arg(long, env = "IMGCLASS_IMAGGA_THRESHOLD")]
+    imagga_threshold: Option<f32>,
+    /// The longest a request to a remote provider may take, from connecting to the last byte
+    /// of its answer.
+    #[arg(long, env = "IMGCLASS_PROVIDER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    provider_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Provider {
-    Onnx,
+enum ProviderArg {
+    /// The ONNX model, in-process (the built-in EfficientNet-Lite0, or --model).
+    #[value(alias = "onnx")]
+    Builtin,
+    /// The Imagga tagging API.
+    Imagga,
+    /// Answers at once without looking at the image (queue benchmarks only).
     Noop,
 }
 
@@ -96,6 +166,28 @@ impl ModelArgs {
             },
             _ => ModelSource::BuiltIn,
         }
+    }
+
+    /// The Imagga provider's settings, checked (a classifier is made once to check them).
+    fn imagga(&self) -> Result<ImaggaConfig> {
+        let a = &self.imagga;
+        let (Some(key), Some(secret)) = (&a.imagga_key, &a.imagga_secret) else {
+            anyhow::bail!(
+                "--provider imagga needs --imagga-key and --imagga-secret \
+                 (or IMGCLASS_IMAGGA_KEY and IMGCLASS_IMAGGA_SECRET)"
+            );
+        };
+        let config = ImaggaConfig {
+            url: a.imagga_url.clone(),
+            key: key.clone(),
+            secret: Secret::new(secret.clone()),
+            top_k: usize::from(self.top_k),
+            language: a.imagga_language.clone(),
+            threshold: a.imagga_threshold,
+            timeout: a.provider_timeout,
+        };
+        ImaggaClassifier::new(&config)?;
+        Ok(config)
     }
 }
 
@@ -135,15 +227,124 @@ struct ServeArgs {
     /// Attempts a job gets before it fails for good.
     #[arg(long, env = "IMGCLASS_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: u32,
+    /// An origin (e.g. https://app.example.com) whose web pages may call the API from the
+    /// browser; repeat for several (env: comma-separated). None by default.
+    #[arg(long = "cors-origin", env = "IMGCLASS_CORS_ORIGIN", value_delimiter = ',', value_parser = parse_origin)]
+    cors_origins: Vec<axum::http::HeaderValue>,
+    /// Requests to /api/* allowed per token (per client address while the API is open), as
+    /// N/PERIOD, e.g. 600/min; shared by every API node on the database. Off by default.
+    #[arg(long, env = "IMGCLASS_QUOTA_REQUESTS", value_parser = parse_rate_limit)]
+    quota_requests: Option<imgclass_store::RateLimit>,
+    /// Images submitted per token (per client address while the API is open), as N/PERIOD,
+    /// e.g. 120/min. Off by default.
+    #[arg(long, env = "IMGCLASS_QUOTA_SUBMISSIONS", value_parser = parse_rate_limit)]
+    quota_submissions: Option<imgclass_store::RateLimit>,
+    /// Queued jobs a token may have at once; more is refused with 429 queue_full.
+    #[arg(long, env = "IMGCLASS_MAX_QUEUED_PER_TOKEN")]
+    max_queued_per_token: Option<u64>,
     #[command(flatten)]
     work: WorkArgs,
 }
 
+fn parse_origin(s: &str) -> Result<axum::http::HeaderValue, String> {
+    let s = s.trim().trim_end_matches('/');
+    let (scheme, rest) = s
+        .split_once("://")
+        .ok_or_else(|| format!("{s:?}: write an origin like https://app.example.com"))?;
+    if !["http", "https"].contains(&scheme) || rest.is_empty() || rest.contains('/') {
+        return Err(format!(
+            "{s:?}: an origin is scheme://host[:port], e.g. https://app.example.com"
+        ));
+    }
+    axum::http::HeaderValue::from_str(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Webhook settings: any process with a secret delivers webhooks.
+#[derive(Args, Clone)]
+struct WebhookArgs {
+    /// The secret webhooks are signed with (Standard Webhooks: whsec_ + base64 of 24–64 random
+    /// bytes). Without it, no webhook is sent and submissions that ask for one are refused.
+    /// Every node of one installation needs the same secret.
+    #[arg(long, env = "IMGCLASS_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_webhook_secret)]
+    webhook_secret: Option<WebhookSecret>,
+    /// The webhook of every job whose submission names none.
+    #[arg(long, env = "IMGCLASS_WEBHOOK_DEFAULT")]
+    webhook_default: Option<String>,
+    /// Also call loopback, private, link-local and other internal addresses (for tests and
+    /// receivers on the same network).
+    #[arg(long, env = "IMGCLASS_WEBHOOK_ALLOW_PRIVATE")]
+    webhook_allow_private: bool,
+    /// Attempts per webhook call, the first included (Standard Webhooks schedule: at once, 5 s,
+    /// 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, ...).
+    #[arg(long, env = "IMGCLASS_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    webhook_max_attempts: u32,
+    /// Multiplies the schedule's waits (e.g. 0.001 turns 5 min into 0.3 s; for tests).
+    #[arg(long, env = "IMGCLASS_WEBHOOK_SCHEDULE_SCALE", default_value_t = 1.0)]
+    webhook_schedule_scale: f64,
+    /// The longest one webhook call may take.
+    #[arg(long, env = "IMGCLASS_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    webhook_timeout: Duration,
+}
+
+fn parse_webhook_secret(s: &str) -> Result<WebhookSecret, String> {
+    WebhookSecret::parse(s)
+}
+
+impl WebhookArgs {
+    /// The webhook settings; `None` without a secret.
+    fn config(&self) -> Result<Option<WebhookConfig>> {
+        let Some(secret) = self.webhook_secret.clone() else {
+            if self.webhook_default.is_some() {
+                anyhow::bail!("--webhook-default needs --webhook-secret to sign the webhooks");
+            }
+            return Ok(None);
+        };
+        if !(self.webhook_schedule_scale.is_finite() && self.webhook_schedule_scale >= 0.0) {
+            anyhow::bail!("--webhook-schedule-scale must be a number from 0 up");
+        }
+        let mut config = WebhookConfig::new(secret);
+        config.allow_private = self.webhook_allow_private;
+        config.max_attempts = self.webhook_max_attempts;
+        config.schedule_scale = self.webhook_schedule_scale;
+        config.timeout = self.webhook_timeout;
+        config.lease = (self.webhook_timeout * 3).max(Duration::from_secs(30));
+        config.default_url = self.webhook_default.clone();
+        config.node = node_name();
+        Ok(Some(config))
+    }
+}
+
+fn node_name() -> String {
+    format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into()),
+        std::process::id()
+    )
+}
+
+/// Starts this process's webhook deliverer, when webhooks are on.
+fn start_deliverer(
+    store: &Arc<dyn imgclass_store::Store>,
+    config: &Option<WebhookConfig>,
+) -> Result<Option<Deliverer>> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    tracing::info!(
+        max_attempts = config.max_attempts,
+        allow_private = config.allow_private,
+        "delivering webhooks"
+    );
+    Ok(Some(Deliverer::start(store.clone(), config.clone())?))
+}
+
 /// What a process that runs workers needs.
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct WorkArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
     #[command(flatten)]
     limits: LimitArgs,
     /// Classification workers in this process (each with its own inference thread); default:
@@ -242,6 +443,14 @@ fn parse_rate_limit(s: &str) -> Result<imgclass_store::RateLimit, String> {
     })
 }
 
+/// `--scope submit,read`: one value holding a list (clap would take a bare `Vec` as repeats).
+#[derive(Debug, Clone)]
+struct ScopeList(Vec<imgclass_core::Scope>);
+
+fn parse_scopes(s: &str) -> Result<ScopeList, String> {
+    imgclass_core::Scope::parse_list(s).map(ScopeList)
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .trim()
@@ -270,6 +479,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(*args))),
         Command::Worker(args) => runtime().and_then(|rt| rt.block_on(worker(*args))),
         Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate(args))),
+        Command::Token(args) => runtime().and_then(|rt| rt.block_on(token(args))),
     };
     match result {
         Ok(code) => code,
@@ -292,8 +502,14 @@ fn cores() -> usize {
 }
 
 fn classify(args: ClassifyArgs) -> Result<std::process::ExitCode> {
-    let model = Model::load(&args.model.source())?;
-    let mut classifier = model.session(cores(), usize::from(args.model.top_k))?;
+    let mut classifier: Box<dyn Classifier> = match args.model.provider {
+        ProviderArg::Builtin => {
+            let model = Model::load(&args.model.source())?;
+            Box::new(model.session(cores(), usize::from(args.model.top_k))?)
+        }
+        ProviderArg::Imagga => Box::new(ImaggaClassifier::new(&args.model.imagga()?)?),
+        ProviderArg::Noop => Box::new(NoopClassifier::default()),
+    };
     let mut failed = false;
     for path in &args.files {
         let result = std::fs::read(path)
@@ -305,12 +521,10 @@ fn classify(args: ClassifyArgs) -> Result<std::process::ExitCode> {
                 for p in &c.predictions {
                     println!("  {:>6.2}%  {}", p.probability * 100.0, p.label);
                 }
+                let info = classifier.info();
                 println!(
-                    "  (decode {:.1} ms, inference {:.1} ms, {} {})",
-                    c.decode_ms,
-                    c.inference_ms,
-                    classifier.info().name,
-                    classifier.info().version
+                    "  (decode {:.1} ms, inference {:.1} ms; provider {}, model {} {})",
+                    c.decode_ms, c.inference_ms, info.provider, info.name, info.version
                 );
             }
             Err(e) => {
@@ -347,16 +561,85 @@ async fn migrate(args: MigrateArgs) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+async fn token(args: TokenArgs) -> Result<std::process::ExitCode> {
+    let store = imgclass_store::connect(&args.db.database)
+        .await
+        .with_context(|| format!("cannot open the database {}", args.db.database))?;
+    store.migrate().await?;
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(
+            || "-".to_string(),
+            |t| t.format("%Y-%m-%d %H:%M").to_string(),
+        )
+    };
+    match args.command {
+        TokenCommand::Create {
+            name,
+            scope,
+            expires,
+        } => {
+            let (shown, new) = imgclass_server::auth::issue(&name, &scope.0, expires)
+                .map_err(anyhow::Error::msg)?;
+            let stored = store.create_token(&new).await?;
+            eprintln!(
+                "token {:?} (id {}, scopes {}, expires {}); it is shown only now:",
+                stored.name,
+                stored.id,
+                imgclass_core::Scope::join(&stored.scopes),
+                time(stored.expires_at)
+            );
+            println!("{shown}");
+        }
+        TokenCommand::List => {
+            let now = chrono::Utc::now();
+            println!(
+                "{:<12}  {:<24}  {:<26}  {:<16}  {:<16}  state",
+                "id", "name", "scopes", "created", "expires"
+            );
+            for t in store.list_tokens().await? {
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else if t.is_active(now) {
+                    "active"
+                } else {
+                    "expired"
+                };
+                println!(
+                    "{:<12}  {:<24}  {:<26}  {:<16}  {:<16}  {state}",
+                    t.id,
+                    t.name,
+                    imgclass_core::Scope::join(&t.scopes),
+                    time(Some(t.created_at)),
+                    time(t.expires_at)
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => match store.revoke_token(&name).await {
+            Ok(t) => println!("revoked {:?} (id {})", t.name, t.id),
+            Err(imgclass_store::StoreError::NotFound) => {
+                anyhow::bail!("no token has the name or id {name:?}")
+            }
+            Err(e) => return Err(e.into()),
+        },
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 async fn worker(args: WorkerArgs) -> Result<std::process::ExitCode> {
     let store = imgclass_store::connect(&args.db.database)
         .await
         .with_context(|| format!("cannot open the database {}", args.db.database))?;
     store.migrate().await?;
-    let workers = start_workers(store, &args.work).await?;
+    let webhooks = args.work.webhooks.config()?;
+    let workers = start_workers(store.clone(), &args.work).await?;
+    let deliverer = start_deliverer(&store, &webhooks)?;
     tracing::info!("imgclass worker is running");
     shutdown_signal().await;
     tracing::info!("shutting down: no new jobs are started");
     workers.shutdown(args.work.shutdown_grace).await;
+    if let Some(d) = deliverer {
+        d.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -365,11 +648,16 @@ async fn worker(args: WorkerArgs) -> Result<std::process::ExitCode> {
 async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -> Result<Workers> {
     let count = args.workers.map_or_else(cores, usize::from);
     let factory: ClassifierFactory = match args.model.provider {
-        Provider::Noop => {
+        ProviderArg::Noop => {
             tracing::warn!("provider noop: jobs succeed without classification (benchmarks only)");
             Arc::new(|| Ok(Box::new(NoopClassifier::default()) as Box<dyn Classifier>))
         }
-        Provider::Onnx => {
+        ProviderArg::Imagga => {
+            let config = args.model.imagga()?;
+            tracing::info!(provider = "imagga", url = %config.url, language = %config.language, timeout_ms = config.timeout.as_millis() as u64, workers = count, "classifying with the Imagga API");
+            Arc::new(move || Ok(Box::new(ImaggaClassifier::new(&config)?) as Box<dyn Classifier>))
+        }
+        ProviderArg::Builtin => {
             let source = args.model.source();
             let model = tokio::task::spawn_blocking(move || Model::load(&source)).await??;
             let intra = args
@@ -377,7 +665,7 @@ async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -
                 .map_or_else(|| (cores() / count).max(1), usize::from);
             let top_k = usize::from(args.model.top_k);
             let limits = args.limits.limits();
-            tracing::info!(model = %model.info().name, version = %model.info().version, workers = count, intra_threads = intra, "model loaded");
+            tracing::info!(provider = "builtin", model = %model.info().name, version = %model.info().version, workers = count, intra_threads = intra, "model loaded");
             Arc::new(move || {
                 let c = model.session(intra, top_k)?.with_limits(limits);
                 Ok(Box::new(c) as Box<dyn Classifier>)
@@ -396,14 +684,14 @@ async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -
         backoff_max: args.backoff_max.max(args.backoff_base),
         max_stalls: args.max_stalls,
         retain: args.retain.0,
-        node: format!(
-            "{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into()),
-            std::process::id()
-        ),
+        node: node_name(),
         ..WorkerConfig::default()
     };
     Workers::start(store, factory, config).await
+}
+
+async fn store_has_tokens(store: &dyn imgclass_store::Store) -> bool {
+    store.tokens_in_use().await.unwrap_or(false)
 }
 
 async fn shutdown_signal() {
@@ -426,11 +714,30 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         .await
         .with_context(|| format!("cannot open the database {}", args.db.database))?;
     store.migrate().await?;
+    let webhooks = args.work.webhooks.config()?;
 
-    let workers = if args.no_workers {
-        None
+    // The node listens at once; `/readyz` says 503 until the workers have loaded the model.
+    let (readiness, workers, mut workers_failed) = if args.no_workers {
+        let (_, never) = tokio::sync::oneshot::channel();
+        (imgclass_server::ops::Readiness::default(), None, never)
     } else {
-        Some(start_workers(store.clone(), &args.work).await?)
+        let (readiness, loaded) = imgclass_server::ops::Readiness::with_workers();
+        let (failed_tx, failed) = tokio::sync::oneshot::channel();
+        let slot = Arc::new(tokio::sync::Mutex::new(None));
+        let (store, work, put) = (store.clone(), args.work.clone(), slot.clone());
+        let starting = tokio::spawn(async move {
+            let mut put = put.lock().await;
+            match start_workers(store, &work).await {
+                Ok(w) => {
+                    *put = Some(w);
+                    loaded.store(true, std::sync::atomic::Ordering::Release);
+                }
+                Err(e) => {
+                    let _ = failed_tx.send(e);
+                }
+            }
+        });
+        (readiness, Some((slot, starting)), failed)
     };
 
     let state = AppState {
@@ -438,17 +745,39 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         upload: UploadConfig::new(args.work.limits.limits(), cores()),
         max_attempts: args.max_attempts,
         rate_limit: args.work.rate_limit,
+        webhooks: webhooks.clone().map(Arc::new),
     };
+    let deliverer = start_deliverer(&state.store, &webhooks)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && !store_has_tokens(&*state.store).await {
+        tracing::warn!(
+            "listening on {addr}, which is not a loopback address, without API tokens: anyone who \
+             can reach it can read, change and delete every job (create one with `imgclass token \
+             create`)"
+        );
+    }
     tracing::info!("imgclass is listening on http://{addr}");
     let (stopping, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server =
-        axum::serve(listener, imgclass_server::router(state)).with_graceful_shutdown(async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        });
+    let http = imgclass_server::HttpConfig {
+        cors_origins: args.cors_origins.clone(),
+        readiness,
+        quotas: imgclass_server::quota::QuotaConfig {
+            requests: args.quota_requests,
+            submissions: args.quota_submissions,
+            max_queued_per_token: args.max_queued_per_token,
+        },
+    };
+    let app = imgclass_server::router_with(state, http);
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    });
     // Open event streams never end by themselves: after the signal, connections get a short
     // while to close before the process moves on to stopping the workers.
     let close_connections = async {
@@ -460,9 +789,20 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     tokio::select! {
         r = server => r?,
         _ = close_connections => {}
+        Ok(e) = &mut workers_failed => return Err(e.context("cannot start the workers")),
     }
-    if let Some(w) = workers {
-        w.shutdown(args.work.shutdown_grace).await;
+    if let Some((slot, starting)) = workers {
+        if !starting.is_finished() {
+            // Still loading the model: nothing has been claimed yet.
+            starting.abort();
+        }
+        let _ = starting.await;
+        if let Some(w) = slot.lock().await.take() {
+            w.shutdown(args.work.shutdown_grace).await;
+        }
+    }
+    if let Some(d) = deliverer {
+        d.shutdown().await;
     }
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)

@@ -19,18 +19,39 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     ImageCorrupt,
     ImageTooLarge,
+    Unauthorized,
+    Forbidden,
+    RateLimited,
+    QueueFull,
+    /// A submission's webhook URL is not one the server calls.
+    InvalidWebhook,
     // Job errors.
     ClassificationFailed,
     InjectedFailure,
     Stalled,
     Timeout,
+    /// The classification provider refused the credentials.
+    ProviderAuth,
+    /// The classification provider's quota or plan limit is used up.
+    ProviderQuota,
+    /// The classification provider answered something that does not follow its protocol.
+    ProviderProtocol,
+    /// The classification provider refused this image or request.
+    ProviderRejected,
+    /// The classification provider asked us to slow down (HTTP 429).
+    ProviderRateLimited,
+    /// The classification provider could not be reached or failed on its side (network, 5xx).
+    ProviderUnavailable,
+    /// The classification provider did not answer within `--provider-timeout`.
+    ProviderTimeout,
     // Server errors.
     Internal,
     Unavailable,
+    InsufficientStorage,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::BadRequest,
         ErrorCode::NoFiles,
         ErrorCode::NotFound,
@@ -41,12 +62,25 @@ impl ErrorCode {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::ImageCorrupt,
         ErrorCode::ImageTooLarge,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::QueueFull,
+        ErrorCode::InvalidWebhook,
         ErrorCode::ClassificationFailed,
         ErrorCode::InjectedFailure,
         ErrorCode::Stalled,
         ErrorCode::Timeout,
+        ErrorCode::ProviderAuth,
+        ErrorCode::ProviderQuota,
+        ErrorCode::ProviderProtocol,
+        ErrorCode::ProviderRejected,
+        ErrorCode::ProviderRateLimited,
+        ErrorCode::ProviderUnavailable,
+        ErrorCode::ProviderTimeout,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
+        ErrorCode::InsufficientStorage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,12 +95,25 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::ImageCorrupt => "image_corrupt",
             ErrorCode::ImageTooLarge => "image_too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::QueueFull => "queue_full",
+            ErrorCode::InvalidWebhook => "invalid_webhook",
             ErrorCode::ClassificationFailed => "classification_failed",
             ErrorCode::InjectedFailure => "injected_failure",
             ErrorCode::Stalled => "stalled",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::ProviderAuth => "provider_auth",
+            ErrorCode::ProviderQuota => "provider_quota",
+            ErrorCode::ProviderProtocol => "provider_protocol",
+            ErrorCode::ProviderRejected => "provider_rejected",
+            ErrorCode::ProviderRateLimited => "provider_rate_limited",
+            ErrorCode::ProviderUnavailable => "provider_unavailable",
+            ErrorCode::ProviderTimeout => "provider_timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
         }
     }
 
@@ -77,6 +124,9 @@ impl ErrorCode {
             ErrorCode::ClassificationFailed
                 | ErrorCode::InjectedFailure
                 | ErrorCode::Timeout
+                | ErrorCode::ProviderRateLimited
+                | ErrorCode::ProviderUnavailable
+                | ErrorCode::ProviderTimeout
                 | ErrorCode::Internal
                 | ErrorCode::Unavailable
         )
@@ -116,5 +166,24 @@ mod tests {
         assert!(!ErrorCode::ImageCorrupt.is_retryable());
         assert!(!ErrorCode::UnsupportedMediaType.is_retryable());
         assert!(ErrorCode::InjectedFailure.is_retryable());
+    }
+
+    #[test]
+    fn a_provider_that_refuses_us_is_not_asked_again() {
+        for c in [
+            ErrorCode::ProviderAuth,
+            ErrorCode::ProviderQuota,
+            ErrorCode::ProviderProtocol,
+            ErrorCode::ProviderRejected,
+        ] {
+            assert!(!c.is_retryable(), "{c}");
+        }
+        for c in [
+            ErrorCode::ProviderRateLimited,
+            ErrorCode::ProviderUnavailable,
+            ErrorCode::ProviderTimeout,
+        ] {
+            assert!(c.is_retryable(), "{c}");
+        }
     }
 }

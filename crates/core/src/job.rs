@@ -1,5 +1,7 @@
-//! Job identity, statuses and the state machine that decides which transitions are allowed.
+//! Job identity, statuses and the state machine: which action may move a job from which state
+//! to which. The rules that choose the action live in `policy`.
 
+use crate::EventKind;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -97,6 +99,7 @@ impl JobStatus {
             (Running, Fail) => Failed,
             (Running, Requeue) => Queued,
             (Running, LeaseExpired) => Queued,
+            (Running, Release) => Queued,
             (Failed, Retry) => Queued,
             (from, action) => return Err(TransitionError { from, action }),
         };
@@ -136,6 +139,8 @@ pub enum Action {
     Requeue,
     /// The worker running the job stopped renewing its lease.
     LeaseExpired,
+    /// The worker gives the job back unfinished (it is shutting down).
+    Release,
     /// A person asked for a failed job to run again.
     Retry,
     /// A person canceled a queued or running job.
@@ -150,8 +155,21 @@ impl Action {
             Action::Fail => "fail",
             Action::Requeue => "requeue",
             Action::LeaseExpired => "lease_expired",
+            Action::Release => "release",
             Action::Retry => "retry",
             Action::Cancel => "cancel",
+        }
+    }
+
+    /// The event recorded when this action changes a job.
+    pub fn event(self) -> EventKind {
+        match self {
+            Action::Claim => EventKind::Running,
+            Action::Succeed => EventKind::Succeeded,
+            Action::Fail => EventKind::Failed,
+            Action::Requeue | Action::LeaseExpired | Action::Release => EventKind::Requeued,
+            Action::Retry => EventKind::Retried,
+            Action::Cancel => EventKind::Canceled,
         }
     }
 }
@@ -178,6 +196,7 @@ mod tests {
         assert_eq!(Running.apply(Fail), Ok(Failed));
         assert_eq!(Running.apply(Requeue), Ok(Queued));
         assert_eq!(Running.apply(LeaseExpired), Ok(Queued));
+        assert_eq!(Running.apply(Release), Ok(Queued));
         assert_eq!(Failed.apply(Retry), Ok(Queued));
     }
 
@@ -193,9 +212,19 @@ mod tests {
             (Running, Fail),
             (Running, Requeue),
             (Running, LeaseExpired),
+            (Running, Release),
             (Failed, Retry),
         ];
-        let actions = [Claim, Succeed, Fail, Requeue, LeaseExpired, Retry, Cancel];
+        let actions = [
+            Claim,
+            Succeed,
+            Fail,
+            Requeue,
+            LeaseExpired,
+            Release,
+            Retry,
+            Cancel,
+        ];
         for from in JobStatus::ALL {
             for action in actions {
                 if !allowed.contains(&(from, action)) {
@@ -218,6 +247,7 @@ mod tests {
                 Action::Succeed,
                 Action::Requeue,
                 Action::LeaseExpired,
+                Action::Release,
             ] {
                 assert!(st.apply(action).is_err());
             }

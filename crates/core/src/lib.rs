@@ -4,9 +4,13 @@
 mod error_code;
 mod event;
 mod job;
+pub mod policy;
 mod result;
+pub mod retry_after;
+mod scope;
 
 pub use error_code::ErrorCode;
 pub use event::EventKind;
 pub use job::{Action, JobId, JobStatus, ParseJobIdError, TransitionError};
-pub use result::{JobResult, ModelInfo, Prediction, Timings};
+pub use result::{JobResult, ModelInfo, Prediction, Provider, Timings};
+pub use scope::Scope;

@@ -22,8 +22,15 @@
     canceled: 'canceled',
   };
 
+  const TOKEN_KEY = 'imgclass-token';
   const $ = (id) => document.getElementById(id);
   const ui = {
+    app: $('app'),
+    login: $('login'),
+    loginForm: $('login-form'),
+    tokenInput: $('token-input'),
+    loginError: $('login-error'),
+    signOut: $('sign-out'),
     cards: $('cards'),
     empty: $('empty'),
     loadMore: $('load-more'),
@@ -117,13 +124,52 @@
     return `the server answered ${resp.status} ${resp.statusText || ''}`.trim();
   }
 
-  /** fetch() that turns network failures into readable errors. */
-  async function request(url, options) {
+  // ---------------------------------------------------------------------------------------------
+  // API token (only when the server asks for one): kept in this tab's session storage.
+
+  function token() {
     try {
-      return await fetch(url, { headers: { accept: 'application/json' }, ...options });
+      return sessionStorage.getItem(TOKEN_KEY) || '';
+    } catch (_) {
+      return '';
+    }
+  }
+
+  function setToken(value) {
+    try {
+      if (value) sessionStorage.setItem(TOKEN_KEY, value);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (_) {
+      // Storage refused (private mode): the token lasts until the page is reloaded.
+    }
+    memoryToken = value;
+  }
+
+  let memoryToken = '';
+  const currentToken = () => token() || memoryToken;
+
+  /** A URL for what the browser fetches by itself (EventSource, <img>), which cannot send the
+   *  Authorization header: the token goes as the access_token query parameter. */
+  function withToken(url) {
+    const t = currentToken();
+    if (!t) return url;
+    return `${url}${url.includes('?') ? '&' : '?'}access_token=${encodeURIComponent(t)}`;
+  }
+
+  /** fetch() that sends the token and turns network failures into readable errors. A 401 means
+   *  the token is missing, wrong, expired or revoked: the page asks for one. */
+  async function request(url, options) {
+    const headers = { accept: 'application/json' };
+    const t = currentToken();
+    if (t) headers.authorization = `Bearer ${t}`;
+    let resp;
+    try {
+      resp = await fetch(url, { ...options, headers: { ...headers, ...((options || {}).headers || {}) } });
     } catch (_) {
       throw new Error('the server could not be reached');
     }
+    if (resp.status === 401) askForToken(await errorMessage(resp.clone()), Boolean(t));
+    return resp;
   }
 
   function announce(text) {
@@ -203,7 +249,7 @@
     const model = result.model || {};
     const item = (term, value) => h('div', null, [h('dt', { text: term }), h('dd', { text: value })]);
     return h('div', { class: 'result-meta' }, [
-      h('p', { class: 'model', text: [model.name, model.version].filter(Boolean).join(' ') }),
+      h('p', { class: 'model', title: 'provider · model version', text: [model.provider, [model.name, model.version].filter(Boolean).join(' ')].filter(Boolean).join(' · ') }),
       h('dl', { class: 'timings' }, [
         item('queue wait', millis(t.queue_wait_ms)),
         item('decode', millis(t.decode_ms)),
@@ -313,7 +359,7 @@
     }
     card.meta.textContent = meta.join(' · ');
 
-    const src = card.localUrl || (job && job.links && job.links.image) || '';
+    const src = card.localUrl || (job && job.links && job.links.image && withToken(job.links.image)) || '';
     if (src && card.thumb.getAttribute('src') !== src) card.thumb.src = src;
     card.thumb.alt = '';
 
@@ -659,12 +705,15 @@
   }
 
   let stale = false;
+  let events = null; // the open EventSource
 
   function connect() {
     // A stream opened by hand resumes after the last event seen; EventSource's own reconnects
     // send Last-Event-ID, which the server prefers.
+    if (events) events.close();
     const url = lastSeq > 0 ? `/api/events?after=${lastSeq}` : '/api/events';
-    const source = new EventSource(url);
+    const source = new EventSource(withToken(url));
+    events = source;
     source.addEventListener('open', () => {
       setConnection('live', 'Live');
       if (stale) {
@@ -677,7 +726,9 @@
       if (source.readyState === EventSource.CLOSED) {
         setConnection('offline', 'Offline, retrying…');
         source.close();
-        setTimeout(connect, RECONNECT_MS);
+        setTimeout(() => {
+          if (events === source) connect();
+        }, RECONNECT_MS);
       } else {
         setConnection('reconnecting', 'Reconnecting…');
       }
@@ -735,7 +786,65 @@
     ui.retryAll.addEventListener('click', retryAllFailed);
   }
 
+  // ---------------------------------------------------------------------------------------------
+  // Signing in
+
+  let started = false;
+
+  /** Shows the sign-in form instead of the jobs (the server needs a token it does not have). */
+  function askForToken(message, hadToken) {
+    if (events) {
+      events.close();
+      events = null;
+    }
+    started = false;
+    setToken('');
+    for (const card of [...byId.values()]) removeCard(card);
+    ui.cards.replaceChildren();
+    ui.app.hidden = true;
+    ui.signOut.hidden = true;
+    ui.login.hidden = false;
+    setConnection('offline', 'Signed out');
+    ui.loginError.textContent = hadToken ? message : '';
+    ui.loginError.hidden = !hadToken;
+    ui.tokenInput.focus();
+  }
+
+  /** Shows the jobs of the current token (or of everyone, on an open server). */
+  function start() {
+    if (started) return;
+    started = true;
+    ui.login.hidden = true;
+    ui.app.hidden = false;
+    ui.signOut.hidden = !currentToken();
+    lastSeq = 0;
+    connect();
+    loadPage({ reset: true });
+  }
+
+  /** Asks the server whether it serves this tab as it is (no token, or the stored one). */
+  async function probe() {
+    try {
+      const resp = await request('/api/jobs?limit=1');
+      if (resp.status !== 401) start();
+    } catch (_) {
+      start(); // unreachable: the page shows it, and reconnects
+    }
+  }
+
+  ui.loginForm.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const value = ui.tokenInput.value.trim();
+    if (!value) return;
+    setToken(value);
+    ui.loginError.hidden = true;
+    const resp = await request('/api/jobs?limit=1').catch((err) => ({ status: 0, err }));
+    if (resp.status === 401) return; // askForToken showed why
+    ui.tokenInput.value = '';
+    start();
+  });
+  ui.signOut.addEventListener('click', () => askForToken('', false));
+
   wire();
-  connect();
-  loadPage({ reset: true });
+  probe();
 })();

@@ -63,12 +63,25 @@ impl ApiError {
             ErrorCode::InvalidState => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::ImageCorrupt | ErrorCode::ImageTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::ImageCorrupt | ErrorCode::ImageTooLarge | ErrorCode::InvalidWebhook => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::RateLimited | ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::ClassificationFailed
             | ErrorCode::InjectedFailure
             | ErrorCode::Stalled
             | ErrorCode::Timeout
+            | ErrorCode::ProviderAuth
+            | ErrorCode::ProviderQuota
+            | ErrorCode::ProviderProtocol
+            | ErrorCode::ProviderRejected
+            | ErrorCode::ProviderRateLimited
+            | ErrorCode::ProviderUnavailable
+            | ErrorCode::ProviderTimeout
             | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -107,6 +120,14 @@ impl From<StoreError> for ApiError {
                     "the database is unavailable; try again shortly",
                 )
             }
+            StoreError::StorageFull(detail) => {
+                tracing::error!(error = %detail, "database storage full");
+                ApiError::from_code(
+                    ErrorCode::InsufficientStorage,
+                    "the server's storage is full; nothing of this request was stored; try again \
+                     once space is freed",
+                )
+            }
             other => ApiError::internal("database error", other),
         }
     }
@@ -121,5 +142,22 @@ impl IntoResponse for ApiError {
             },
         };
         (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_507_and_says_nothing_was_stored() {
+        let e = ApiError::from(StoreError::StorageFull("database or disk is full".into()));
+        assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(e.code, ErrorCode::InsufficientStorage);
+        assert!(e.message.contains("nothing of this request was stored"));
+        assert!(
+            !e.message.contains("database or disk"),
+            "internal detail leaked"
+        );
     }
 }

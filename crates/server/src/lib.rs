@@ -2,8 +2,12 @@
 //! started together.
 
 pub mod api;
+pub mod auth;
 pub mod error;
+pub mod ops;
+pub mod quota;
 pub mod web;
+pub mod webhooks;
 pub mod worker;
 
 use axum::Router;
@@ -49,11 +53,65 @@ pub struct AppState {
     pub max_attempts: u32,
     /// The global rate limit the workers obey (for statistics).
     pub rate_limit: Option<imgclass_store::RateLimit>,
+    /// Webhook settings; `None`: this server sends no webhooks (no secret to sign them).
+    pub webhooks: Option<Arc<webhooks::WebhookConfig>>,
+}
+
+/// How the HTTP side is run for others: cross-origin access and readiness.
+#[derive(Clone, Default)]
+pub struct HttpConfig {
+    /// Origins (`https://app.example.com`) whose pages may call the API; none by default.
+    pub cors_origins: Vec<axum::http::HeaderValue>,
+    pub readiness: ops::Readiness,
+    pub quotas: quota::QuotaConfig,
+}
+
+/// The whole HTTP application, with the default [`HttpConfig`].
+pub fn router(state: AppState) -> Router {
+    router_with(state, HttpConfig::default())
 }
 
 /// The whole HTTP application.
-pub fn router(state: AppState) -> Router {
-    api::routes(state)
+pub fn router_with(state: AppState, http: HttpConfig) -> Router {
+    let store = state.store.clone();
+    let access = auth::Access::new(store.clone()).with_quotas(http.quotas.clone());
+    let app = api::routes(state, access)
+        .merge(ops::routes(store, http.readiness.clone()))
         .merge(web::routes())
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    match cors(&http.cors_origins) {
+        Some(layer) => app.layer(layer),
+        None => app,
+    }
+}
+
+/// Cross-origin access for the listed origins only (closed when there is none): preflights
+/// are answered for the API's methods and the headers a client sends.
+fn cors(origins: &[axum::http::HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderName, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderName::from_static("ratelimit-reset"),
+                HeaderName::from_static("x-request-id"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }

@@ -1,14 +1,22 @@
 //! The one place that knows SQL: jobs and the queue (claim, lease, heartbeat, complete, retry,
-//! cancel), content-addressed image blobs, and the event log. Backends sit behind [`Store`].
+//! cancel), content-addressed image blobs, and the event log, behind [`Store`]. One
+//! implementation (`sql.rs`) serves SQLite and PostgreSQL; `dialect.rs` names what differs and
+//! `sqlite.rs`/`postgres.rs` hold just that.
 
+mod dialect;
 mod model;
 mod postgres;
+mod quotas;
 mod rows;
+mod sql;
 mod sqlite;
+mod tokens;
+mod webhooks;
 
 pub use model::*;
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use quotas::{QuotaTake, Quotas};
+pub use tokens::{ApiToken, NewToken, Tokens};
+pub use webhooks::{Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus, Webhooks};
 
 use async_trait::async_trait;
 use imgclass_core::JobId;
@@ -30,8 +38,13 @@ pub enum StoreError {
     InvalidState(#[from] imgclass_core::TransitionError),
     #[error("invalid cursor")]
     InvalidCursor,
+    #[error("{0}")]
+    Conflict(String),
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The disk (or the database's space) is full; nothing of the failed write was stored.
+    #[error("the database's storage is full: {0}")]
+    StorageFull(String),
     #[error("database error: {0}")]
     Database(String),
     #[error("invalid database URL {url:?}: {message}")]
@@ -46,7 +59,10 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
             | sqlx::Error::PoolClosed => StoreError::Unavailable(e.to_string()),
-            sqlx::Error::Database(ref db) if is_connection_problem(db.code().as_deref()) => {
+            sqlx::Error::Database(ref db) if is_storage_full(db.as_ref()) => {
+                StoreError::StorageFull(e.to_string())
+            }
+            sqlx::Error::Database(ref db) if is_connection_problem(db.as_ref()) => {
                 StoreError::Unavailable(e.to_string())
             }
             other => StoreError::Database(other.to_string()),
@@ -54,22 +70,34 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// SQLSTATEs that mean "the database cannot serve us right now", not "the request is wrong":
-/// connection exceptions (08), operator intervention such as a shutdown or restart (57P),
-/// insufficient resources (53), a database not accepting connections (55000), and SQLite's
-/// busy/locked codes (5, 6).
-fn is_connection_problem(code: Option<&str>) -> bool {
-    match code {
+/// A full disk: SQLite's SQLITE_FULL (13), PostgreSQL's `disk_full` (53100).
+fn is_storage_full(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(e) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        return sqlite_primary_code(e) == Some(13);
+    }
+    db.code().as_deref() == Some("53100")
+}
+
+/// Errors that mean "the database cannot serve us right now", not "the request is wrong".
+/// SQLite: busy or locked (5, 6), an I/O error (10), a file that cannot be opened (14). PostgreSQL
+/// SQLSTATEs: connection exceptions (08), operator intervention such as a shutdown or restart
+/// (57P), insufficient resources (53), a database not accepting connections (55000).
+fn is_connection_problem(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(e) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        return matches!(sqlite_primary_code(e), Some(5 | 6 | 10 | 14));
+    }
+    match db.code() {
         Some(c) => {
-            c.starts_with("08")
-                || c.starts_with("57P")
-                || c.starts_with("53")
-                || c == "55000"
-                || c == "5"
-                || c == "6"
+            c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") || c == "55000"
         }
         None => false,
     }
+}
+
+/// The primary result code of a SQLite error (its extended code's low byte).
+fn sqlite_primary_code(e: &sqlx::sqlite::SqliteError) -> Option<i32> {
+    let code = sqlx::error::DatabaseError::code(e)?;
+    code.parse::<i32>().ok().map(|c| c & 0xff)
 }
 
 impl From<sqlx::migrate::MigrateError> for StoreError {
@@ -82,7 +110,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything the service needs from its database.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Tokens + Quotas + Webhooks + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<()>;
 
@@ -126,6 +154,18 @@ pub trait Store: Send + Sync + 'static {
     /// nothing is written.
     async fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<bool>;
 
+    /// A worker pool's round in one transaction: ends the given attempts (each fenced on its
+    /// own lease: `false` where it was not stored), then claims up to `limit` due jobs like
+    /// `claim_limited`.
+    async fn finish_and_claim(
+        &self,
+        finishes: Vec<(Lease, Outcome)>,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+        rate: Option<RateLimit>,
+    ) -> Result<(Vec<bool>, ClaimBatch)>;
+
     /// Puts a failed job back in the queue (manual retry).
     async fn retry(&self, id: JobId) -> Result<Job>;
 
@@ -141,7 +181,12 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, before: chrono::DateTime<chrono::Utc>) -> Result<Pruned>;
 
     /// Counts per status and other queue figures.
-    async fn stats(&self, rate: Option<RateLimit>) -> Result<QueueStats>;
+    async fn stats(&self, rate: Option<RateLimit>) -> Result<QueueStats> {
+        self.stats_of(None, rate).await
+    }
+
+    /// Like `stats`, counting only the jobs of `owner` when one is given.
+    async fn stats_of(&self, owner: Option<&str>, rate: Option<RateLimit>) -> Result<QueueStats>;
 
     /// Deletes a job, and its image when no other job uses it.
     async fn delete(&self, id: JobId) -> Result<()>;
@@ -186,6 +231,7 @@ pub async fn copy_all(from: &dyn Store, to: &dyn Store) -> Result<(u64, u64)> {
         let page = from
             .list_jobs(&ListQuery {
                 status: None,
+                owner: None,
                 cursor: cursor.clone(),
                 limit: 500,
             })
@@ -213,10 +259,24 @@ pub async fn copy_all(from: &dyn Store, to: &dyn Store) -> Result<(u64, u64)> {
 
 /// Opens the store a URL names (`sqlite://PATH` or `postgres://...`).
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    sqlx::any::install_default_drivers();
+    let wakeups = Arc::new(Notify::new());
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
+        let (writer, reader, dialect) = sqlite::open(url).await?;
+        Ok(Arc::new(sql::SqlStore::new(
+            writer,
+            reader,
+            Arc::new(dialect),
+            wakeups,
+        )))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(PgStore::connect(url).await?))
+        let (pool, dialect) = postgres::open(url, wakeups.clone()).await?;
+        Ok(Arc::new(sql::SqlStore::new(
+            pool.clone(),
+            pool,
+            Arc::new(dialect),
+            wakeups,
+        )))
     } else {
         Err(StoreError::Config {
             url: url.to_string(),

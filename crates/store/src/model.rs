@@ -5,7 +5,7 @@ use imgclass_core::{ErrorCode, EventKind, JobId, JobResult, JobStatus};
 use serde::{Deserialize, Serialize};
 
 /// An image and its job, to be stored together.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewJob {
     pub image: Vec<u8>,
     pub sha256: String,
@@ -14,6 +14,38 @@ pub struct NewJob {
     pub height: u32,
     pub file_name: Option<String>,
     pub max_attempts: u32,
+    /// Higher runs first among the jobs that are due.
+    pub priority: i32,
+    /// The id of the API token that created the job (`None` when the API is open).
+    pub owner: Option<String>,
+    /// Where to announce the job's changes.
+    pub webhook: Option<Webhook>,
+}
+
+/// A job's webhook: the URL called, and for which of the job's events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub url: String,
+    /// Any of `running`, `succeeded`, `failed`, `canceled`.
+    pub events: Vec<EventKind>,
+}
+
+impl Webhook {
+    /// The events a webhook may be called for.
+    pub const EVENTS: [EventKind; 4] = [
+        EventKind::Running,
+        EventKind::Succeeded,
+        EventKind::Failed,
+        EventKind::Canceled,
+    ];
+
+    /// The events called for when a submission names none: the job's end.
+    pub const DEFAULT_EVENTS: [EventKind; 3] =
+        [EventKind::Succeeded, EventKind::Failed, EventKind::Canceled];
+
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.events.contains(&kind)
+    }
 }
 
 /// An error recorded on a job.
@@ -32,8 +64,8 @@ pub struct AttemptError {
     pub at: DateTime<Utc>,
 }
 
-/// A job as stored.
-#[derive(Debug, Clone, PartialEq)]
+/// A job as stored (also the payload of its webhook deliveries, as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub seq: i64,
     pub id: JobId,
@@ -50,7 +82,11 @@ pub struct Job {
     /// Attempts since the job was created or last retried by hand; bounded by `max_attempts`.
     pub run_attempts: u32,
     pub max_attempts: u32,
+    /// Higher runs first among the jobs that are due.
+    pub priority: i32,
     pub run_at: DateTime<Utc>,
+    /// The token of the lease a running job is under (its worker's right to finish it).
+    pub lease_owner: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
     pub error: Option<JobError>,
     pub attempt_errors: Vec<AttemptError>,
@@ -59,12 +95,18 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// The id of the API token that created the job.
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub webhook: Option<Webhook>,
 }
 
 /// A filter and page request for listing jobs.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub status: Option<JobStatus>,
+    /// Only the jobs of this token.
+    pub owner: Option<String>,
     /// Opaque cursor from a previous page.
     pub cursor: Option<String>,
     pub limit: usize,
@@ -147,6 +189,8 @@ pub struct QueueStats {
 pub struct RetryFilter {
     /// Only jobs whose last error has this code.
     pub error_code: Option<ErrorCode>,
+    /// Only the jobs of this token.
+    pub owner: Option<String>,
 }
 
 /// What `prune` removed.
@@ -167,6 +211,20 @@ pub struct Event {
     pub at: DateTime<Utc>,
     /// The job as it was right after the change (`None` once deleted).
     pub job: Option<Job>,
+    /// The job's owner (kept on the event, so that it is known after a delete too).
+    pub owner: Option<String>,
+}
+
+impl Job {
+    /// What the queue's rules look at.
+    pub fn counters(&self) -> imgclass_core::policy::Counters {
+        imgclass_core::policy::Counters {
+            status: self.status,
+            run_attempts: self.run_attempts,
+            max_attempts: self.max_attempts,
+            stalls: self.stalls,
+        }
+    }
 }
 
 /// Encodes a list cursor (the position after which the next page starts).

@@ -9,9 +9,9 @@ use std::str::FromStr;
 
 pub(crate) const JOB_COLUMNS: &str =
     "j.seq, j.id, j.status, j.image_sha256, b.content_type, b.size, b.width, \
-     b.height, j.file_name, j.attempts, j.stalls, j.run_attempts, j.max_attempts, j.run_at, j.lease_until, \
+     b.height, j.file_name, j.attempts, j.stalls, j.run_attempts, j.max_attempts, j.priority, j.run_at, j.lease_owner, j.lease_until, \
      j.error_code, j.error_message, j.attempt_errors, j.result, j.created_at, j.started_at, \
-     j.finished_at, j.updated_at";
+     j.finished_at, j.updated_at, j.owner, j.webhook_url, j.webhook_events";
 
 pub(crate) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -65,7 +65,9 @@ where
         stalls: row.try_get::<i64, _>("stalls")? as u32,
         run_attempts: row.try_get::<i64, _>("run_attempts")? as u32,
         max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+        priority: row.try_get::<i64, _>("priority")? as i32,
         run_at: ms_to_time(row.try_get("run_at")?),
+        lease_owner: row.try_get("lease_owner")?,
         lease_until: opt_time("lease_until")?,
         error,
         attempt_errors: serde_json::from_str(&attempt_errors)
@@ -78,6 +80,8 @@ where
         started_at: opt_time("started_at")?,
         finished_at: opt_time("finished_at")?,
         updated_at: ms_to_time(row.try_get("updated_at")?),
+        owner: row.try_get("owner")?,
+        webhook: webhook_from(row.try_get("webhook_url")?, row.try_get("webhook_events")?)?,
     })
 }
 
@@ -92,4 +96,28 @@ pub(crate) fn window_starts(stored: Option<String>, now: i64, rate: RateLimit) -
     starts.retain(|t| *t > window_start);
     starts.sort_unstable();
     Ok(starts)
+}
+
+/// A job's webhook from its two columns.
+pub(crate) fn webhook_from(
+    url: Option<String>,
+    events: Option<String>,
+) -> Result<Option<crate::Webhook>> {
+    let Some(url) = url else { return Ok(None) };
+    let events = events
+        .unwrap_or_default()
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .map(|e| e.parse().map_err(db_err))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(crate::Webhook { url, events }))
+}
+
+/// A webhook's events as stored: comma-separated names.
+pub(crate) fn webhook_events(w: &crate::Webhook) -> String {
+    w.events
+        .iter()
+        .map(|e| e.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }

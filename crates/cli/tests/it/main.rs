@@ -1,6 +1,7 @@
-//! The `imgclass` binary as a user runs it: one-shot classification, and `serve` processes
-//! killed with SIGKILL that lose no accepted job.
+//! The `imgclass` binary as a user runs it: one-shot classification, `serve` processes killed
+//! with SIGKILL that lose no accepted job, and the Imagga provider against a fake Imagga API.
 
+mod imagga;
 mod pg_cluster;
 
 use serde_json::Value;
@@ -284,4 +285,114 @@ async fn sigterm_exits_cleanly_and_leaves_no_job_running() {
         .await
         .unwrap();
     assert_eq!(running["jobs"].as_array().unwrap().len(), 0);
+}
+
+/// Runs `imgclass token ...` on a database; returns (success, stdout, stderr).
+fn token_cmd(db: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args(["token", "--database", db])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_made_on_the_command_line_close_the_api_and_revoke_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/jobs.db", dir.path().display());
+    let (ok, shown, _) = token_cmd(&db, &["create", "--name", "ci", "--expires", "30d"]);
+    assert!(ok);
+    let token = shown.trim().to_string();
+    assert!(token.starts_with("imgc_"), "{token}");
+    let (ok, _, err) = token_cmd(&db, &["create", "--name", "ci"]);
+    assert!(!ok && err.contains("exists already"), "{err}");
+    let (ok, _, err) = token_cmd(&db, &["create", "--name", "x", "--scope", "read,owner"]);
+    assert!(!ok && err.contains("unknown scope"), "{err}");
+    let (ok, list, _) = token_cmd(&db, &["list"]);
+    assert!(ok);
+    assert!(list.contains("ci") && list.contains("submit,read,manage") && list.contains("active"));
+    assert!(
+        !list.contains(&token[5..]),
+        "the secret is never shown again"
+    );
+
+    let api = Server::start(&db, &["--no-workers"]);
+    let client = reqwest::Client::new();
+    let jobs = format!("{}/api/jobs", api.base);
+    assert_eq!(client.get(&jobs).send().await.unwrap().status(), 401);
+    let ok = client.get(&jobs).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+
+    let (ok, out, _) = token_cmd(&db, &["revoke", "ci"]);
+    assert!(ok, "{out}");
+    let resp = client.get(&jobs).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (_, list, _) = token_cmd(&db, &["list"]);
+    assert!(list.contains("revoked"), "{list}");
+}
+
+/// Group commit under SIGKILL: uploads share commits, and every upload answered `202` before
+/// the process died is in the database after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_upload_acknowledged_before_sigkill_survives_the_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/jobs.db", dir.path().display());
+    let api = Server::start(&db, &["--no-workers"]);
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let image = std::fs::read(fixture("coffee.png")).unwrap();
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let (acked, image, client) = (acked.clone(), image.clone(), client.clone());
+        let url = format!("{}/api/jobs", api.base);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40 {
+                let form = reqwest::multipart::Form::new().part(
+                    "file",
+                    reqwest::multipart::Part::bytes(image.clone())
+                        .file_name(format!("{t}-{i}.png")),
+                );
+                let Ok(resp) = client.post(&url).multipart(form).send().await else {
+                    return;
+                };
+                if resp.status() != 202 {
+                    return;
+                }
+                let Ok(body) = resp.json::<Value>().await else {
+                    return;
+                };
+                let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
+                acked.lock().unwrap().push(id);
+            }
+        }));
+    }
+    // Kill it in the middle of the burst.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the burst did not get going"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    api.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() < 32 * 40, "killed too late to test anything");
+
+    let api = Server::start(&db, &["--no-workers"]);
+    for id in &acked {
+        let j = job(&api.base, id).await;
+        assert_eq!(j["status"], "queued", "acknowledged job {id} lost: {j}");
+    }
 }

@@ -5,7 +5,7 @@
 //! `postgres://postgres@127.0.0.1:5432/test`). `scripts/test.sh` runs them when the server
 //! answers (always in CI) and reports them as skipped, with the reason, when it does not.
 
-use super::{big_jpeg, fixture, job, submit, Server};
+use super::{big_jpeg, fixture, job, submit, token_cmd, Server};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -326,6 +326,16 @@ async fn nodes_recover_when_the_database_connections_drop() {
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unavailable");
+    // Not ready while the database does not answer; still alive.
+    let resp = reqwest::get(format!("{}/readyz", api.base)).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["reasons"][0].as_str().unwrap().contains("database"),
+        "{body}"
+    );
+    let resp = reqwest::get(format!("{}/healthz", api.base)).await.unwrap();
+    assert_eq!(resp.status(), 200);
 
     // The server is back: the nodes reconnect by themselves, events flow again.
     admin_exec(&format!(
@@ -355,4 +365,71 @@ async fn nodes_recover_when_the_database_connections_drop() {
     };
     let mut events = follow_events(&api.base, true);
     await_successes(&mut events, &[first, second], Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_are_shared_by_api_nodes() {
+    let db = PgDb::new().await;
+    let (ok, alice, err) = token_cmd(&db.url, &["create", "--name", "alice"]);
+    assert!(ok, "{err}");
+    let (ok, bob, err) = token_cmd(&db.url, &["create", "--name", "bob"]);
+    assert!(ok, "{err}");
+    let (alice, bob) = (alice.trim().to_string(), bob.trim().to_string());
+    let flags = [
+        "--no-workers",
+        "--quota-requests",
+        "6/1h",
+        "--quota-submissions",
+        "3/1h",
+    ];
+    let a = Server::start(&db.url, &flags);
+    let b = Server::start(&db.url, &flags);
+    let client = reqwest::Client::new();
+    let get = |base: &str, token: &str| {
+        client
+            .get(format!("{base}/api/jobs"))
+            .bearer_auth(token)
+            .send()
+    };
+    // Six requests in all, alternating nodes: each node sees the other's.
+    for i in 0..6 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let resp = get(base, &alice).await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(
+            resp.headers()["ratelimit-remaining"],
+            (5 - i).to_string().as_str()
+        );
+    }
+    for base in [&a.base, &b.base] {
+        let resp = get(base, &alice).await.unwrap();
+        assert_eq!(resp.status(), 429);
+        assert!(resp.headers().contains_key("retry-after"));
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "rate_limited");
+    }
+    assert_eq!(get(&b.base, &bob).await.unwrap().status(), 200);
+
+    // Submissions: 2 images on A and 1 on B use bob's 3; the next one on either is refused.
+    let photo = std::fs::read(fixture("coffee.png")).unwrap();
+    let upload = |base: String, files: usize| {
+        let mut form = reqwest::multipart::Form::new();
+        for i in 0..files {
+            form = form.part(
+                "file",
+                reqwest::multipart::Part::bytes(photo.clone()).file_name(format!("{i}.png")),
+            );
+        }
+        client
+            .post(format!("{base}/api/jobs"))
+            .bearer_auth(&bob)
+            .multipart(form)
+            .send()
+    };
+    assert_eq!(upload(a.base.clone(), 2).await.unwrap().status(), 202);
+    assert_eq!(upload(b.base.clone(), 1).await.unwrap().status(), 202);
+    let resp = upload(a.base.clone(), 1).await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
 }

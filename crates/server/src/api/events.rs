@@ -2,6 +2,7 @@
 //! `Last-Event-ID` (or `?after=SEQ`) first gets every event it missed from the event log, then
 //! live events; a new client gets live events only.
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{Query, State};
@@ -34,6 +35,8 @@ struct Cursor {
     backlog: VecDeque<Event>,
     /// Whether the log must be read before taking live events again.
     catching_up: bool,
+    /// Only the events of jobs this caller may see are sent.
+    caller: Caller,
 }
 
 fn to_sse(e: Event) -> SseEvent {
@@ -45,6 +48,7 @@ fn to_sse(e: Event) -> SseEvent {
 
 pub(super) async fn stream(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Query(params): Query<EventParams>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -65,6 +69,7 @@ pub(super) async fn stream(
         last,
         backlog: VecDeque::new(),
         catching_up,
+        caller,
     };
     let events = stream::unfold(cursor, |mut c| async move {
         loop {
@@ -73,6 +78,9 @@ pub(super) async fn stream(
                     continue;
                 }
                 c.last = e.seq;
+                if !c.caller.may_see(e.owner.as_deref()) {
+                    continue;
+                }
                 return Some((Ok(to_sse(e)), c));
             }
             if c.catching_up {

@@ -3,6 +3,7 @@
 mod events;
 pub mod views;
 
+use crate::auth::{self, Access, Caller};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
@@ -11,13 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use imgclass_classifier::imageio;
-use imgclass_core::{ErrorCode, JobId, JobStatus};
-use imgclass_store::{ListQuery, NewJob};
+use imgclass_core::{ErrorCode, EventKind, JobId, JobStatus};
+use imgclass_store::{ListQuery, NewJob, Webhook};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use views::{JobList, JobView, JobsCreated, RetriedJobs, StatsView};
 
-pub fn routes(state: AppState) -> Router {
+pub fn routes(state: AppState, access: Access) -> Router {
     let body_limit = state.upload.request_limit();
     Router::new()
         .route("/api/jobs", post(create_jobs).get(list_jobs))
@@ -27,8 +28,10 @@ pub fn routes(state: AppState) -> Router {
         .route("/api/jobs/{id}/image", get(job_image))
         .route("/api/jobs/{id}/retry", post(retry_job))
         .route("/api/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/jobs/{id}/deliveries", get(job_deliveries))
         .route("/api/events", get(events::stream))
         .route("/healthz", get(healthz))
+        .route_layer(axum::middleware::from_fn_with_state(access, auth::require))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -75,14 +78,131 @@ async fn drain_rest(field: &mut axum::extract::multipart::Field<'_>) {
     while let Ok(Some(_)) = field.chunk().await {}
 }
 
-async fn read_uploads(state: &AppState, mut multipart: Multipart) -> Result<Vec<Upload>, ApiError> {
+/// The plain (non-file) fields of a submission.
+#[derive(Debug, Default)]
+struct SubmitFields {
+    /// Higher runs first among due jobs.
+    priority: i32,
+    /// The URL to call when the jobs change.
+    webhook: Option<String>,
+    /// Which changes to call it for (`None`: the jobs' end).
+    webhook_events: Option<Vec<EventKind>>,
+}
+
+/// The range of `priority`.
+const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
+
+fn invalid_webhook(message: impl Into<String>) -> ApiError {
+    ApiError::from_code(ErrorCode::InvalidWebhook, message)
+}
+
+impl SubmitFields {
+    /// Takes a plain field; unknown ones are ignored.
+    async fn take(&mut self, field: axum::extract::multipart::Field<'_>) -> Result<(), ApiError> {
+        let name = field.name().unwrap_or_default().to_string();
+        if !["priority", "webhook", "webhook_events"].contains(&name.as_str()) {
+            return Ok(());
+        }
+        let text = field.text().await.map_err(multipart_error)?;
+        match name.as_str() {
+            "webhook" => self.webhook = Some(text.trim().to_string()),
+            "webhook_events" => {
+                let events = self.webhook_events.get_or_insert_with(Vec::new);
+                for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let event = name
+                        .parse::<EventKind>()
+                        .ok()
+                        .filter(|e| Webhook::EVENTS.contains(e))
+                        .ok_or_else(|| {
+                            invalid_webhook(format!(
+                                "webhook_events are any of running, succeeded, failed, canceled; \
+                                 not {:?}",
+                                name.chars().take(32).collect::<String>()
+                            ))
+                        })?;
+                    if !events.contains(&event) {
+                        events.push(event);
+                    }
+                }
+            }
+            _ => {
+                self.priority = text
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|p| PRIORITIES.contains(p))
+                    .ok_or_else(|| {
+                        ApiError::from_code(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "priority must be a whole number from {} to {}, not {:?}",
+                                PRIORITIES.start(),
+                                PRIORITIES.end(),
+                                text.chars().take(32).collect::<String>()
+                            ),
+                        )
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The jobs' webhook: the one given (or the server's default), checked.
+    async fn webhook(&self, state: &AppState) -> Result<Option<Webhook>, ApiError> {
+        let config = state.webhooks.as_deref();
+        let url = self
+            .webhook
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| config.and_then(|c| c.default_url.clone()));
+        let Some(url) = url else {
+            if self.webhook_events.is_some() {
+                return Err(invalid_webhook(
+                    "webhook_events were given without a webhook",
+                ));
+            }
+            return Ok(None);
+        };
+        let Some(config) = config else {
+            return Err(invalid_webhook(
+                "this server sends no webhooks (it runs without --webhook-secret)",
+            ));
+        };
+        let url = crate::webhooks::check_url(&url, config.allow_private)
+            .await
+            .map_err(invalid_webhook)?;
+        let events = match &self.webhook_events {
+            Some(e) if e.is_empty() => {
+                return Err(invalid_webhook("webhook_events names no event"));
+            }
+            Some(e) => e.clone(),
+            None => Webhook::DEFAULT_EVENTS.to_vec(),
+        };
+        Ok(Some(Webhook {
+            url: url.to_string(),
+            events,
+        }))
+    }
+}
+
+async fn read_uploads(
+    state: &AppState,
+    mut multipart: Multipart,
+) -> Result<(Vec<Upload>, SubmitFields), ApiError> {
     let max = state.upload.limits.max_bytes;
     let mut uploads = Vec::new();
+    let mut fields = SubmitFields::default();
     loop {
         let field = multipart.next_field().await.map_err(multipart_error)?;
         let Some(mut field) = field else { break };
         let Some(raw_name) = field.file_name().map(str::to_owned) else {
-            // Plain form fields carry no image; skip them.
+            if let Err(e) = fields.take(field).await {
+                // Read the rest, so that the client, still sending, reads the answer.
+                while let Ok(Some(mut f)) = multipart.next_field().await {
+                    drain_rest(&mut f).await;
+                }
+                return Err(e);
+            }
             continue;
         };
         if uploads.len() >= state.upload.max_files {
@@ -111,12 +231,14 @@ async fn read_uploads(state: &AppState, mut multipart: Multipart) -> Result<Vec<
         }
         uploads.push(Upload { file_name, bytes });
     }
-    Ok(uploads)
+    Ok((uploads, fields))
 }
 
 /// `POST /api/jobs`: one job per uploaded image; all or nothing.
 async fn create_jobs(
     State(state): State<AppState>,
+    caller: Caller,
+    admission: crate::quota::Admission,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let multipart = multipart.map_err(|e| {
@@ -125,12 +247,16 @@ async fn create_jobs(
             format!("send the images as multipart/form-data: {}", e.body_text()),
         )
     })?;
-    let uploads = read_uploads(&state, multipart).await?;
+    let (uploads, fields) = read_uploads(&state, multipart).await?;
     if uploads.is_empty() {
         return Err(ApiError::from_code(
             ErrorCode::NoFiles,
             "the request has no image file; send them as multipart/form-data file fields",
         ));
+    }
+    let webhook = fields.webhook(&state).await?;
+    if let Err(refused) = admission.admit(uploads.len()).await {
+        return Ok(refused);
     }
     let mut new_jobs = Vec::with_capacity(uploads.len());
     for upload in uploads {
@@ -165,6 +291,9 @@ async fn create_jobs(
             sha256,
             file_name: upload.file_name,
             max_attempts: state.max_attempts,
+            priority: fields.priority,
+            owner: caller.owner(),
+            webhook: webhook.clone(),
         });
     }
     let jobs = state.store.create_jobs(new_jobs).await?;
@@ -191,6 +320,7 @@ struct ListParams {
 
 async fn list_jobs(
     State(state): State<AppState>,
+    caller: Caller,
     Query(params): Query<ListParams>,
 ) -> Result<Json<JobList>, ApiError> {
     let status = params
@@ -203,6 +333,7 @@ async fn list_jobs(
         .store
         .list_jobs(&ListQuery {
             status,
+            owner: caller.only(),
             cursor: params.cursor.filter(|c| !c.is_empty()),
             limit: params.limit.unwrap_or(50).clamp(1, 200),
         })
@@ -276,6 +407,7 @@ struct RetryFailedParams {
 /// `POST /api/jobs/retry-failed[?error_code=CODE]`: every failed job back to the queue.
 async fn retry_failed(
     State(state): State<AppState>,
+    caller: Caller,
     Query(params): Query<RetryFailedParams>,
 ) -> Result<Json<RetriedJobs>, ApiError> {
     let error_code = params
@@ -286,7 +418,10 @@ async fn retry_failed(
         .map_err(|e| ApiError::from_code(ErrorCode::BadRequest, e))?;
     let jobs = state
         .store
-        .retry_failed(&imgclass_store::RetryFilter { error_code })
+        .retry_failed(&imgclass_store::RetryFilter {
+            error_code,
+            owner: caller.only(),
+        })
         .await?;
     tracing::info!(jobs = jobs.len(), "failed jobs retried");
     Ok(Json(RetriedJobs {
@@ -296,9 +431,30 @@ async fn retry_failed(
 }
 
 /// `GET /api/stats`: queue figures.
-async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiError> {
-    let s = state.store.stats(state.rate_limit).await?;
+async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<StatsView>, ApiError> {
+    let only = caller.only();
+    let s = state
+        .store
+        .stats_of(only.as_deref(), state.rate_limit)
+        .await?;
     Ok(Json(StatsView::new(s, state.rate_limit)))
+}
+
+/// `GET /api/jobs/{id}/deliveries`: the job's webhook calls and each attempt.
+async fn job_deliveries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<views::DeliveryList>, ApiError> {
+    let id = parse_id(&id)?;
+    state
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let deliveries = state.store.deliveries(id).await?;
+    Ok(Json(views::DeliveryList {
+        deliveries: deliveries.into_iter().map(Into::into).collect(),
+    }))
 }
 
 async fn delete_job(

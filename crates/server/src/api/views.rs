@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use imgclass_core::{ErrorCode, EventKind, JobResult, JobStatus};
-use imgclass_store::{Event, Job};
+use imgclass_store::{Delivery, DeliveryAttempt, DeliveryStatus, Event, Job};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -14,6 +14,8 @@ pub struct JobView {
     pub image: ImageView,
     pub attempts: u32,
     pub max_attempts: u32,
+    /// Higher runs first among the jobs that are due.
+    pub priority: i32,
     pub error: Option<ErrorView>,
     /// The error of each failed attempt, latest first.
     pub attempt_errors: Vec<AttemptErrorView>,
@@ -23,7 +25,55 @@ pub struct JobView {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// The job's webhook, if it has one.
+    pub webhook: Option<WebhookView>,
     pub links: Links,
+}
+
+/// A job's webhook, in short; `GET /api/jobs/{id}/deliveries` has each call.
+#[derive(Debug, Serialize)]
+pub struct WebhookView {
+    pub url: String,
+    pub events: Vec<EventKind>,
+    pub deliveries: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeliveryList {
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// One webhook call of a job and its attempts.
+#[derive(Debug, Serialize)]
+pub struct DeliveryView {
+    /// The `webhook-id` header of every attempt.
+    pub id: String,
+    pub event: EventKind,
+    pub url: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    /// When the next attempt is due (pending deliveries only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Each attempt, oldest first: its time, the receiver's status code or the error.
+    pub attempt_log: Vec<DeliveryAttempt>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Delivery> for DeliveryView {
+    fn from(d: Delivery) -> Self {
+        DeliveryView {
+            id: d.id,
+            event: d.event,
+            url: d.url,
+            status: d.status,
+            attempts: d.attempts,
+            next_attempt_at: d.next_attempt_at,
+            attempt_log: d.attempt_log,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -80,6 +130,7 @@ impl From<Job> for JobView {
             },
             attempts: j.attempts,
             max_attempts: j.max_attempts,
+            priority: j.priority,
             error: j.error.map(|e| ErrorView {
                 code: e.code,
                 message: e.message,
@@ -101,6 +152,11 @@ impl From<Job> for JobView {
             started_at: j.started_at,
             finished_at: j.finished_at,
             updated_at: j.updated_at,
+            webhook: j.webhook.map(|w| WebhookView {
+                url: w.url,
+                events: w.events,
+                deliveries: format!("/api/jobs/{}/deliveries", j.id),
+            }),
         }
     }
 }

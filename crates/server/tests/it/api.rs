@@ -49,6 +49,7 @@ async fn uploaded_photos_are_classified() {
     assert_eq!(result["predictions"][0]["label"], "espresso");
     assert!(result["predictions"][0]["probability"].as_f64().unwrap() > 0.9);
     assert_eq!(result["model"]["name"], "efficientnet-lite0");
+    assert_eq!(result["model"]["provider"], "builtin");
     assert!(result["timings"]["inference_ms"].as_f64().unwrap() > 0.0);
     assert!(result["timings"]["decode_ms"].as_f64().unwrap() > 0.0);
     assert!(result["timings"]["queue_wait_ms"].as_f64().unwrap() >= 0.0);
@@ -368,4 +369,35 @@ async fn health() {
     let (status, body) = app.get("/healthz").await;
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_field_is_checked_and_stored() {
+    let app = TestApp::without_workers().await;
+    let send = |priority: &str| {
+        let form = reqwest::multipart::Form::new()
+            .text("priority", priority.to_string())
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(fixture("coffee.png")).file_name("c.png"),
+            );
+        app.client.post(app.url("/api/jobs")).multipart(form).send()
+    };
+    let resp = send("7").await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["jobs"][0]["priority"], 7);
+    let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
+    let (_, job) = app.get(&format!("/api/jobs/{id}")).await;
+    assert_eq!(job["priority"], 7);
+    let (_, plain) = app.get("/api/jobs").await;
+    assert_eq!(plain["jobs"][0]["priority"], 7);
+
+    for bad in ["high", "1001", "-5000", ""] {
+        let msg = assert_error(send(bad).await.unwrap(), 400, "bad_request").await;
+        assert!(msg.contains("priority"), "{msg}");
+    }
+    // Nothing of the refused requests was stored.
+    let (_, list) = app.get("/api/jobs").await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
 }

@@ -7,14 +7,23 @@ use serde_json::Value;
 use std::time::Duration;
 
 /// Reads server-sent events from an open response: (id, kind, data).
-struct SseReader {
+pub(crate) struct SseReader {
     resp: reqwest::Response,
     buf: String,
 }
 
 impl SseReader {
     async fn open(app: &TestApp, last_event_id: Option<&str>) -> SseReader {
-        let mut req = app.client.get(app.url("/api/events"));
+        Self::open_as(app, None, last_event_id).await
+    }
+
+    /// The stream as the holder of `token` sees it.
+    pub(crate) async fn open_as(
+        app: &TestApp,
+        token: Option<&str>,
+        last_event_id: Option<&str>,
+    ) -> SseReader {
+        let mut req = app.request(reqwest::Method::GET, "/api/events", token);
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
         }
@@ -27,7 +36,7 @@ impl SseReader {
         }
     }
 
-    async fn next(&mut self) -> (i64, String, Value) {
+    pub(crate) async fn next(&mut self) -> (i64, String, Value) {
         tokio::time::timeout(Duration::from_secs(60), async {
             loop {
                 if let Some(end) = self.buf.find("\n\n") {

@@ -2,6 +2,7 @@
 
 use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource};
 use imgclass_core::{JobId, JobStatus};
+use imgclass_server::webhooks::{Deliverer, WebhookConfig};
 use imgclass_server::{AppState, ClassifierFactory, UploadConfig, WorkerConfig, Workers};
 use imgclass_store::{Job, Store};
 use serde_json::Value;
@@ -35,6 +36,11 @@ pub struct Options {
     pub max_attempts: u32,
     pub limits: ImageLimits,
     pub worker_config: WorkerConfig,
+    pub http: imgclass_server::HttpConfig,
+    /// Webhook settings of the API (`None`: no webhooks).
+    pub webhooks: Option<WebhookConfig>,
+    /// The deliverer's settings when they differ from the API's; `Some(None)`: no deliverer.
+    pub deliverer: Option<Option<WebhookConfig>>,
 }
 
 impl Default for Options {
@@ -45,6 +51,9 @@ impl Default for Options {
             max_attempts: 3,
             limits: ImageLimits::default(),
             worker_config: WorkerConfig::default(),
+            http: imgclass_server::HttpConfig::default(),
+            webhooks: None,
+            deliverer: None,
         }
     }
 }
@@ -93,6 +102,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub store: Arc<dyn Store>,
     _workers: Option<Workers>,
+    pub deliverer: Option<Deliverer>,
+    pub db_url: String,
     _dir: TempDir,
 }
 
@@ -133,19 +144,31 @@ impl TestApp {
             upload: UploadConfig::new(opts.limits, 2),
             max_attempts: opts.max_attempts,
             rate_limit: opts.worker_config.rate_limit,
+            webhooks: opts.webhooks.clone().map(Arc::new),
         };
+        let deliverer = opts
+            .deliverer
+            .clone()
+            .unwrap_or_else(|| opts.webhooks.clone())
+            .map(|c| Deliverer::start(store.clone(), c).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let router = imgclass_server::router_with(state, opts.http.clone());
         tokio::spawn(async move {
-            axum::serve(listener, imgclass_server::router(state))
-                .await
-                .unwrap();
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+            .unwrap();
         });
         TestApp {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             store,
             _workers: workers,
+            deliverer,
+            db_url,
             _dir: dir,
         }
     }
@@ -154,9 +177,72 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// Creates an API token (as `imgclass token create` does) and returns what it shows once.
+    pub async fn token(&self, name: &str, scopes: &[imgclass_core::Scope]) -> String {
+        self.token_expiring(name, scopes, None).await
+    }
+
+    pub async fn token_expiring(
+        &self,
+        name: &str,
+        scopes: &[imgclass_core::Scope],
+        expires_in: Option<Duration>,
+    ) -> String {
+        let (shown, new) = imgclass_server::auth::issue(name, scopes, expires_in).unwrap();
+        self.store.create_token(&new).await.unwrap();
+        shown
+    }
+
+    /// A request with `Authorization: Bearer TOKEN` (none when `token` is `None`).
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let req = self.client.request(method, self.url(path));
+        match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// Uploads one file as the holder of `token`; returns the response.
+    pub async fn upload_as(&self, token: &str, name: &str, bytes: Vec<u8>) -> reqwest::Response {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()),
+        );
+        self.request(reqwest::Method::POST, "/api/jobs", Some(token))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Uploads one file as the holder of `token`; returns the job's id.
+    pub async fn submit_as(&self, token: &str, name: &str, bytes: Vec<u8>) -> JobId {
+        let resp = self.upload_as(token, name, bytes).await;
+        assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+        let body: Value = resp.json().await.unwrap();
+        body["jobs"][0]["id"].as_str().unwrap().parse().unwrap()
+    }
+
     /// Uploads files as one multipart request.
     pub async fn upload(&self, files: &[(&str, Vec<u8>)]) -> reqwest::Response {
+        self.upload_with(files, &[]).await
+    }
+
+    /// Uploads files with plain fields (`priority`, `webhook`, ...) as one multipart request.
+    pub async fn upload_with(
+        &self,
+        files: &[(&str, Vec<u8>)],
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut form = reqwest::multipart::Form::new();
+        for (name, value) in fields {
+            form = form.text(name.to_string(), value.to_string());
+        }
         for (name, bytes) in files {
             form = form.part(
                 "file",
@@ -240,7 +326,11 @@ impl TestApp {
             Ok(j) => j,
             Err(_) => panic!(
                 "job {id} did not reach {status}; it is {:?}",
-                self.store.get_job(id).await.unwrap().map(|j| j.status)
+                self.store
+                    .get_job(id)
+                    .await
+                    .unwrap()
+                    .map(|j| (j.status, j.attempt_errors))
             ),
         }
     }

@@ -1,7 +1,13 @@
 //! The real router on port 0, a fresh SQLite database per test, the built-in model.
 
+mod access;
 mod api;
 mod controls;
 mod events;
+mod fake_imagga;
 mod helpers;
+mod imagga;
+mod ops;
 mod queue;
+mod quotas;
+mod webhooks;

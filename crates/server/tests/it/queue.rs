@@ -141,6 +141,9 @@ async fn bad_images_found_by_the_worker_fail_at_once_with_a_clear_error() {
             height: 1,
             file_name: Some("x.png".into()),
             max_attempts: 3,
+            priority: 0,
+            owner: None,
+            webhook: None,
         }])
         .await
         .unwrap();

@@ -197,6 +197,9 @@ pub fn job_for(image: Vec<u8>, width: u32, height: u32, file_name: &str) -> NewJ
         height,
         file_name: Some(file_name.into()),
         max_attempts: 3,
+        priority: 0,
+        owner: None,
+        webhook: None,
     }
 }
 
@@ -250,6 +253,7 @@ pub fn sample_result() -> JobResult {
             },
         ],
         model: ModelInfo {
+            provider: imgclass_core::Provider::Imagga,
             name: "resnet".into(),
             version: "1.0".into(),
         },

@@ -425,12 +425,14 @@ async fn retry_failed_with_an_error_code_takes_only_those() {
 
     let none = RetryFilter {
         error_code: Some(ErrorCode::Timeout),
+        ..Default::default()
     };
     assert!(store.retry_failed(&none).await.unwrap().is_empty());
     assert_eq!(store.last_event_seq().await.unwrap(), seq);
 
     let corrupt = RetryFilter {
         error_code: Some(ErrorCode::ImageCorrupt),
+        ..Default::default()
     };
     let retried = store.retry_failed(&corrupt).await.unwrap();
     assert_eq!(ids(&retried), vec![a.id, c.id]);
@@ -451,6 +453,7 @@ async fn retry_failed_with_an_error_code_takes_only_those() {
     assert!(store.retry_failed(&corrupt).await.unwrap().is_empty());
     let other = RetryFilter {
         error_code: Some(ErrorCode::ClassificationFailed),
+        ..Default::default()
     };
     assert_eq!(ids(&store.retry_failed(&other).await.unwrap()), vec![b.id]);
 }
@@ -723,6 +726,7 @@ async fn a_job_that_stalls_too_often_fails_with_attempts_left() {
         &*store,
         NewJob {
             max_attempts: 5,
+            priority: 0,
             ..new_job(1)
         },
     )
@@ -791,6 +795,7 @@ async fn the_default_rescue_allows_three_stalls() {
         &*store,
         NewJob {
             max_attempts: 10,
+            priority: 0,
             ..new_job(1)
         },
     )

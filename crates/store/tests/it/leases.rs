@@ -103,6 +103,7 @@ async fn an_expired_lease_without_attempts_left_fails_as_stalled() {
         &*store,
         imgclass_store::NewJob {
             max_attempts: 2,
+            priority: 0,
             ..new_job(1)
         },
     )
@@ -153,6 +154,7 @@ async fn a_single_attempt_job_fails_at_once_when_its_lease_expires() {
         &*store,
         imgclass_store::NewJob {
             max_attempts: 1,
+            priority: 0,
             ..new_job(1)
         },
     )
@@ -171,6 +173,7 @@ async fn a_manual_retry_grants_fresh_attempts() {
         &*store,
         imgclass_store::NewJob {
             max_attempts: 1,
+            priority: 0,
             ..new_job(1)
         },
     )

@@ -7,6 +7,7 @@ use imgclass_store::{Job, ListQuery, Outcome, StoreError};
 fn query(status: Option<JobStatus>, cursor: Option<String>, limit: usize) -> ListQuery {
     ListQuery {
         status,
+        owner: None,
         cursor,
         limit,
     }

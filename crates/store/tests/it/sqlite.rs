@@ -40,3 +40,98 @@ async fn an_unknown_url_scheme_is_a_config_error() {
         Ok(_) => panic!("expected a config error"),
     }
 }
+
+/// A small tmpfs mounted for one test (root only); unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { path, _dir: dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_cleanly_and_service_resumes_when_space_returns() {
+    // A real full disk: a 4 MiB tmpfs, a third of it taken by a file we can delete later.
+    let disk = match SmallDisk::mount(4 << 20) {
+        Some(d) => d,
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI must be able to mount a tmpfs for this test (it runs as root)")
+        }
+        None => {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (not root)");
+            return;
+        }
+    };
+    let filler = disk.path.join("filler");
+    std::fs::write(&filler, vec![1u8; 1400 << 10]).unwrap();
+    let url = format!("sqlite://{}", disk.path.join("t.db").display());
+    let store = imgclass_store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+
+    // Fill it: ~200 KB images until the disk refuses one.
+    let mut stored = Vec::new();
+    let refused = loop {
+        let seed = stored.len() as u64;
+        match store
+            .create_jobs(vec![job_for(png(260, 260, seed), 260, 260, "big.png")])
+            .await
+        {
+            Ok(mut jobs) => stored.push(jobs.remove(0)),
+            Err(e) => break e,
+        }
+        assert!(stored.len() < 100, "the disk never filled");
+    };
+    assert!(matches!(refused, StoreError::StorageFull(_)), "{refused:?}");
+    assert!(!stored.is_empty());
+
+    // Nothing half-written: exactly the acknowledged jobs exist, and the store still answers.
+    let page = store
+        .list_jobs(&imgclass_store::ListQuery {
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.jobs.len(), stored.len());
+    for job in &stored {
+        assert_eq!(get(&*store, job.id).await.status, JobStatus::Queued);
+    }
+    // Every later write while full fails the same clean way (not a poisoned connection).
+    for seed in 1000..1003 {
+        let e = store
+            .create_jobs(vec![job_for(png(260, 260, seed), 260, 260, "big.png")])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::StorageFull(_)), "{e:?}");
+    }
+
+    // Space returns: service resumes by itself.
+    std::fs::remove_file(&filler).unwrap();
+    let job = create(&*store, new_job(5000)).await;
+    let claims = store.claim("w", 100, LONG_LEASE).await.unwrap();
+    assert_eq!(claims.len(), stored.len() + 1);
+    assert!(claims.iter().any(|c| c.job.id == job.id));
+    store.cancel(stored[0].id).await.unwrap();
+    store.delete(job.id).await.unwrap();
+}

@@ -1,0 +1,583 @@
+//! Webhooks: checking a submission's webhook URL, and the deliverer, a background task that any
+//! node runs beside its workers. It claims due deliveries from the store's outbox under a lease,
+//! sends each one signed per Standard Webhooks 1.0 (`webhook-id`, `webhook-timestamp`,
+//! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`), and records the
+//! outcome: delivered on 2xx, stopped on `410 Gone`, otherwise tried again on the schedule
+//! (immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, … with jitter; a `429`/`503`'s
+//! `Retry-After` is waited out when longer) until `max_attempts`.
+//!
+//! The deliverer shares nothing with the job workers but the database: a slow or dead receiver
+//! holds only its own delivery (each has a timeout and runs on its own task) and never a job.
+//!
+//! SSRF guard: only `http(s)` URLs; the host's addresses are checked at submission and again
+//! at every connection (the client's resolver refuses a name with any loopback, private,
+//! link-local, multicast, unspecified or otherwise reserved address, which covers the cloud
+//! metadata address), IP literals likewise; proxies and redirects are not followed.
+
+use crate::api::views::JobView;
+use base64::Engine;
+use chrono::Utc;
+use hmac::{Hmac, Mac};
+use imgclass_store::{Delivery, DeliveryAttempt, DeliveryNext, Store};
+use rand::Rng;
+use reqwest::Url;
+use sha2::Sha256;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+/// The Standard Webhooks retry schedule: the wait before attempt 2, 3, …; the last repeats.
+pub const SCHEDULE: [Duration; 6] = [
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+];
+
+/// The signing secret (`whsec_` + base64 of the key); `Debug` shows `***`.
+#[derive(Clone)]
+pub struct WebhookSecret(Vec<u8>);
+
+impl WebhookSecret {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let b64 = s.trim().strip_prefix("whsec_").ok_or_else(|| {
+            "a webhook secret is whsec_ followed by base64 (e.g. from: echo whsec_$(head -c 32 /dev/urandom | base64))".to_string()
+        })?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("the webhook secret after whsec_ is not base64: {e}"))?;
+        if key.len() < 24 || key.len() > 64 {
+            return Err("a webhook secret's key is 24 to 64 bytes".into());
+        }
+        Ok(WebhookSecret(key))
+    }
+
+    /// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        )
+    }
+}
+
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Webhook settings (from the command line).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub secret: WebhookSecret,
+    /// Call loopback, private and link-local addresses too (tests, on-premises receivers).
+    pub allow_private: bool,
+    /// Attempts per delivery, the first included.
+    pub max_attempts: u32,
+    /// The schedule's waits are multiplied by this (tests run it scaled down).
+    pub schedule_scale: f64,
+    /// Each attempt's whole time.
+    pub timeout: Duration,
+    /// The webhook of jobs whose submission names none.
+    pub default_url: Option<String>,
+    /// How long a claimed delivery is this node's (longer than `timeout`).
+    pub lease: Duration,
+    /// Deliveries in flight at once on this node.
+    pub concurrency: usize,
+    /// The slowest the outbox is looked at when nothing wakes the deliverer.
+    pub poll_interval: Duration,
+    /// A name for this node in leases and logs.
+    pub node: String,
+}
+
+impl WebhookConfig {
+    pub fn new(secret: WebhookSecret) -> Self {
+        WebhookConfig {
+            secret,
+            allow_private: false,
+            max_attempts: 8,
+            schedule_scale: 1.0,
+            timeout: Duration::from_secs(10),
+            default_url: None,
+            lease: Duration::from_secs(60),
+            concurrency: 16,
+            poll_interval: Duration::from_secs(5),
+            node: format!("node-{}", std::process::id()),
+        }
+    }
+
+    /// The wait after `failed` attempts (≥ 1), scaled, with jitter (× 0.9–1.1).
+    pub fn delay_after(&self, failed: u32) -> Duration {
+        let i = (failed.max(1) as usize - 1).min(SCHEDULE.len() - 1);
+        let jitter = rand::rng().random_range(0.9..=1.1);
+        SCHEDULE[i].mul_f64((self.schedule_scale * jitter).max(0.0))
+    }
+}
+
+/// Why an address is not called, or `None` when it may be.
+pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => forbidden_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return forbidden_v4(v4);
+            }
+            let s = v6.segments();
+            if v6.is_loopback() {
+                Some("a loopback address")
+            } else if v6.is_unspecified() {
+                Some("the unspecified address")
+            } else if v6.is_multicast() {
+                Some("a multicast address")
+            } else if s[0] & 0xffc0 == 0xfe80 {
+                Some("a link-local address")
+            } else if s[0] & 0xfe00 == 0xfc00 {
+                Some("a private (unique local) address")
+            } else if s[0] == 0x64 && s[1] == 0xff9b {
+                // NAT64: judged by the IPv4 address it embeds.
+                forbidden_v4(Ipv4Addr::new(
+                    (s[6] >> 8) as u8,
+                    s[6] as u8,
+                    (s[7] >> 8) as u8,
+                    s[7] as u8,
+                ))
+            } else if s[0] == 0x2001 && s[1] == 0x0db8 {
+                Some("a documentation address")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let o = ip.octets();
+    if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_unspecified() || o[0] == 0 {
+        Some("the unspecified address")
+    } else if ip.is_private() {
+        Some("a private address")
+    } else if ip.is_link_local() {
+        // 169.254.169.254 is the cloud metadata service.
+        Some("a link-local address (this includes the cloud metadata service)")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip.is_broadcast() || o[0] >= 240 {
+        Some("a reserved address")
+    } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
+        Some("a shared (carrier-grade NAT) address")
+    } else if o[0] == 192 && o[1] == 0 && o[2] == 0 {
+        Some("a reserved address")
+    } else {
+        None
+    }
+}
+
+/// Checks a webhook URL as given at submission: parsed, `http(s)`, and every address its host
+/// resolves to allowed. The reason is said when it is not.
+pub async fn check_url(raw: &str, allow_private: bool) -> Result<Url, String> {
+    let raw = raw.trim();
+    if raw.len() > 2048 {
+        return Err("the webhook URL is longer than 2048 characters".into());
+    }
+    let url = Url::parse(raw).map_err(|e| format!("the webhook URL is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "the webhook URL must be http or https, not {}",
+            url.scheme()
+        ));
+    }
+    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+        return Err("the webhook URL has no host".into());
+    };
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addrs = resolve(host, port).await?;
+    if !allow_private {
+        for a in &addrs {
+            if let Some(why) = forbidden(a.ip()) {
+                return Err(format!(
+                    "the webhook host {host} resolves to {}, {why}; such addresses are not called",
+                    a.ip()
+                ));
+            }
+        }
+    }
+    Ok(url)
+}
+
+/// The addresses of a host (an IP literal is its own address).
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
+        .await
+        .map_err(|e| format!("the webhook host {host} cannot be resolved: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("the webhook host {host} has no address"));
+    }
+    Ok(addrs)
+}
+
+/// The HTTP client's resolver: the SSRF check at connection time, on the very addresses the
+/// connection will use (so a name that changes its answer after submission is caught).
+struct GuardedResolver {
+    allow_private: bool,
+}
+
+#[derive(Debug)]
+struct Refused(String);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs = resolve(&host, 0).await.map_err(Refused)?;
+            if !allow_private {
+                for a in &addrs {
+                    if let Some(why) = forbidden(a.ip()) {
+                        return Err(Box::new(Refused(format!(
+                            "refused: {host} resolves to {}, {why}",
+                            a.ip()
+                        )))
+                            as Box<dyn std::error::Error + Send + Sync>);
+                    }
+                }
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The client every delivery of this node goes through.
+fn client(config: &WebhookConfig) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(config.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver {
+            allow_private: config.allow_private,
+        }))
+        .user_agent(concat!("imgclass-webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+/// A delivery's body (serialized as is, so that numbers read exactly as in the API).
+#[derive(serde::Serialize)]
+struct Payload {
+    /// `job.running`, `job.succeeded`, `job.failed` or `job.canceled`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// When the change happened.
+    timestamp: chrono::DateTime<Utc>,
+    data: JobView,
+}
+
+/// The body of a delivery: the job's public view (as `GET /api/jobs/{id}` shows it) and the
+/// event type.
+pub fn body(delivery: &Delivery) -> Vec<u8> {
+    let payload = Payload {
+        kind: format!("job.{}", delivery.event.as_str()),
+        timestamp: delivery.job.updated_at,
+        data: JobView::from(delivery.job.clone()),
+    };
+    serde_json::to_vec(&payload).unwrap_or_default()
+}
+
+/// The running deliverer of this node.
+pub struct Deliverer {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Deliverer {
+    pub fn start(store: Arc<dyn Store>, config: WebhookConfig) -> anyhow::Result<Deliverer> {
+        let client = client(&config)?;
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(store, Arc::new(config), client, stop_rx));
+        Ok(Deliverer { stop, task })
+    }
+
+    /// Stops claiming; deliveries in flight are dropped (their leases expire and another node,
+    /// or the next start, sends them again with the same id).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    config: Arc<WebhookConfig>,
+    client: reqwest::Client,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let done = Arc::new(Notify::new());
+    let mut events = store.subscribe();
+    let mut in_flight = tokio::task::JoinSet::new();
+    while !*stop.borrow() {
+        let free = permits.available_permits();
+        let mut claimed_all = false;
+        if free > 0 {
+            match store
+                .claim_deliveries(&config.node, free, config.lease)
+                .await
+            {
+                Ok(batch) => {
+                    claimed_all = batch.len() == free;
+                    for delivery in batch {
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            return;
+                        };
+                        let (store, config, client, done) =
+                            (store.clone(), config.clone(), client.clone(), done.clone());
+                        in_flight.spawn(async move {
+                            deliver(&*store, &config, &client, delivery).await;
+                            drop(permit);
+                            done.notify_one();
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "claiming webhook deliveries failed"),
+            }
+        }
+        while in_flight.try_join_next().is_some() {}
+        if claimed_all {
+            continue;
+        }
+        let wait = match store.next_delivery_due().await {
+            Ok(Some(due)) => (due - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .clamp(Duration::from_millis(5), config.poll_interval),
+            _ => config.poll_interval,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            // A job changed (possibly with a delivery), on this node or another.
+            _ = events.recv() => {}
+            _ = done.notified() => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+    in_flight.abort_all();
+}
+
+/// One attempt of one delivery, and its outcome recorded.
+async fn deliver(
+    store: &dyn Store,
+    config: &WebhookConfig,
+    client: &reqwest::Client,
+    delivery: Delivery,
+) {
+    let body = body(&delivery);
+    let started = Instant::now();
+    let at = Utc::now();
+    let timestamp = at.timestamp();
+    let signature = config.secret.sign(&delivery.id, timestamp, &body);
+    let sent = send(client, config, &delivery, timestamp, &signature, body).await;
+    let attempt_no = delivery.attempts + 1;
+    let (status_code, error, retry_after) = match sent {
+        Ok((status, retry_after)) => (Some(status), None, retry_after),
+        Err(e) => (None, Some(e), None),
+    };
+    let next = match status_code {
+        Some(s) if (200..300).contains(&s) => DeliveryNext::Delivered,
+        Some(410) => DeliveryNext::Gone,
+        _ if attempt_no >= config.max_attempts => DeliveryNext::GiveUp,
+        _ => {
+            let wait = config
+                .delay_after(attempt_no)
+                .max(retry_after.unwrap_or_default());
+            DeliveryNext::RetryAt(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default())
+        }
+    };
+    let attempt = DeliveryAttempt {
+        at,
+        status_code,
+        error: error.clone(),
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    match next {
+        DeliveryNext::Delivered => {
+            tracing::info!(webhook.id = %delivery.id, job.id = %delivery.job_id, attempt = attempt_no, "webhook delivered")
+        }
+        _ => {
+            tracing::warn!(webhook.id = %delivery.id, job.id = %delivery.job_id, attempt = attempt_no, status = ?status_code, error = ?error, next = ?next, "webhook not delivered")
+        }
+    }
+    match store.finish_delivery(&delivery, attempt, next).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(webhook.id = %delivery.id, "webhook delivery lease lost; the outcome was not recorded")
+        }
+        Err(e) => {
+            tracing::warn!(webhook.id = %delivery.id, error = %e, "could not record a webhook attempt; it will be sent again")
+        }
+    }
+}
+
+/// Sends one attempt: the status and the `Retry-After` of a 429/503, or why there was no answer.
+async fn send(
+    client: &reqwest::Client,
+    config: &WebhookConfig,
+    delivery: &Delivery,
+    timestamp: i64,
+    signature: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Option<Duration>), String> {
+    let url = Url::parse(&delivery.url).map_err(|e| format!("not a URL: {e}"))?;
+    // IP literals never reach the resolver: checked here.
+    if !config.allow_private {
+        let literal = url
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<IpAddr>().ok());
+        if let Some(why) = literal.and_then(forbidden) {
+            return Err(format!("refused: the address is {why}"));
+        }
+    }
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &delivery.id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .map_err(describe)?;
+    let status = response.status().as_u16();
+    let retry_after = if status == 429 || status == 503 {
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| imgclass_core::retry_after::parse(v, std::time::SystemTime::now()))
+    } else {
+        None
+    };
+    Ok((status, retry_after))
+}
+
+/// A failed request in a few words, with its cause (a refused address, a timeout, …).
+fn describe(e: reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "no answer within the timeout"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "the request failed"
+    };
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        causes.push(s.to_string());
+        source = s.source();
+    }
+    causes.dedup();
+    if causes.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}: {}", causes.join(": "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forbidden_ranges() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "100.100.100.200",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00:ec2::254",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert!(forbidden(ip.parse().unwrap()).is_some(), "{ip}");
+        }
+        for ip in ["93.184.215.14", "8.8.8.8", "2606:4700::1111"] {
+            assert!(forbidden(ip.parse().unwrap()).is_none(), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn urls_are_checked_at_submission() {
+        let refused = |r: Result<Url, String>| r.unwrap_err();
+        assert!(refused(check_url("ftp://example.com/x", false).await).contains("http"));
+        assert!(refused(check_url("not a url", false).await).contains("not a URL"));
+        assert!(refused(check_url("http://127.0.0.1:9/x", false).await).contains("loopback"));
+        assert!(refused(check_url("http://localhost:9/x", false).await).contains("loopback"));
+        assert!(refused(check_url("http://[::1]/x", false).await).contains("loopback"));
+        assert!(
+            refused(check_url("http://169.254.169.254/latest", false).await).contains("metadata")
+        );
+        assert!(check_url("http://127.0.0.1:9/x", true).await.is_ok());
+        assert!(check_url("https://93.184.215.14/hook", false).await.is_ok());
+    }
+
+    #[test]
+    fn the_schedule_grows_and_repeats_its_last_step() {
+        let mut c = WebhookConfig::new(WebhookSecret(vec![7; 32]));
+        let d = |c: &WebhookConfig, n| c.delay_after(n).as_secs_f64();
+        assert!((4.5..=5.5).contains(&d(&c, 1)));
+        assert!((270.0..=330.0).contains(&d(&c, 2)));
+        assert!((9.0 * 3600.0..=11.0 * 3600.0).contains(&d(&c, 6)));
+        assert!((9.0 * 3600.0..=11.0 * 3600.0).contains(&d(&c, 20)));
+        c.schedule_scale = 0.001;
+        assert!((0.0045..=0.0055).contains(&d(&c, 1)));
+    }
+
+    #[test]
+    fn secrets_parse_and_sign_per_the_spec() {
+        assert!(WebhookSecret::parse("abc").is_err());
+        assert!(WebhookSecret::parse("whsec_???").is_err());
+        // The Standard Webhooks specification's example.
+        let s = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let sig = s.sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        assert_eq!(format!("{s:?}"), "***");
+    }
+}

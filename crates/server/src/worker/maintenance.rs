@@ -1,0 +1,55 @@
+//! Maintenance on a timer: the lease sweeper that puts back the jobs of workers that died, and
+//! retention, which deletes old finished jobs.
+
+use super::{signalled, WorkerConfig};
+use chrono::Utc;
+use imgclass_store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Rescues jobs whose worker is gone and, when retention is on, prunes old finished jobs.
+pub(super) async fn sweeper(
+    store: Arc<dyn Store>,
+    config: WorkerConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(config.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let prune_every = Duration::from_secs(60);
+    let mut last_prune: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = signalled(&mut stop) => return,
+        }
+        match store.rescue_expired_with(config.max_stalls).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(jobs = n, "rescued jobs whose worker stopped"),
+            Err(e) => tracing::warn!(error = %e, "lease sweep failed"),
+        }
+        if let Some(retain) = config.retain {
+            if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
+                last_prune = Some(tokio::time::Instant::now());
+                prune_once(&*store, retain).await;
+            }
+        }
+    }
+}
+
+/// Deletes what is older than the retention period.
+pub async fn prune_once(store: &dyn Store, retain: Duration) {
+    let before = Utc::now() - chrono::Duration::from_std(retain).unwrap_or(chrono::Duration::MAX);
+    match store.prune(before).await {
+        Ok(p) if p.jobs + p.blobs > 0 => {
+            tracing::info!(
+                jobs = p.jobs,
+                images = p.blobs,
+                events = p.events,
+                "pruned old jobs"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning failed"),
+    }
+}

@@ -1,0 +1,160 @@
+//! The workers. Each worker ([`runner`]) claims jobs from the queue on the async runtime and
+//! runs one attempt at a time ([`attempt`]): decoding and inference happen on the worker's own
+//! OS thread ([`inference`]), which owns one classifier session, while the attempt renews the
+//! job's lease. [`maintenance`] puts back the jobs of workers that died and prunes old ones;
+//! [`faults`] wraps the classifier to fail on purpose (`--inject-failure-rate`). What happens
+//! after a failed attempt is decided by `imgclass_core::policy`.
+
+mod attempt;
+mod faults;
+mod inference;
+mod maintenance;
+mod runner;
+
+pub use maintenance::prune_once;
+
+use imgclass_classifier::Classifier;
+use imgclass_core::policy::Rules;
+use imgclass_store::{RateLimit, Store};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Builds one classifier per worker thread (called on that thread).
+pub type ClassifierFactory =
+    Arc<dyn Fn() -> anyhow::Result<Box<dyn Classifier>> + Send + Sync + 'static>;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Number of workers (and inference threads) in this process.
+    pub workers: usize,
+    /// How long a claim is valid without a heartbeat.
+    pub lease: Duration,
+    /// How often expired leases are looked for.
+    pub sweep_interval: Duration,
+    /// The slowest the queue is polled when no wake-up arrives.
+    pub poll_interval: Duration,
+    /// Delay before the first automatic retry; doubles each attempt.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// A name for this process in lease tokens and logs.
+    pub node: String,
+    /// Share (0.0–1.0) of attempts that fail on purpose, to exercise retries and failures.
+    pub inject_failure_rate: f64,
+    /// Seed for the fault injection's random choices (reproducible runs); random if unset.
+    pub inject_failure_seed: Option<u64>,
+    /// Global limit on job starts, shared by every worker on the database.
+    pub rate_limit: Option<RateLimit>,
+    /// An attempt running longer than this is abandoned and counted as failed.
+    pub job_timeout: Duration,
+    /// Times a job may lose its worker before it fails as stalled.
+    pub max_stalls: u32,
+    /// Finished jobs older than this are deleted (with their unused images); `None` keeps them.
+    pub retain: Option<Duration>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        let rules = Rules::default();
+        WorkerConfig {
+            workers: 1,
+            lease: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(5),
+            backoff_base: rules.backoff_base,
+            backoff_max: rules.backoff_max,
+            node: format!("node-{}", std::process::id()),
+            inject_failure_rate: 0.0,
+            inject_failure_seed: None,
+            rate_limit: None,
+            job_timeout: Duration::from_secs(60),
+            max_stalls: rules.max_stalls,
+            retain: None,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The queue's rules as configured.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max.max(self.backoff_base),
+            max_stalls: self.max_stalls,
+        }
+    }
+}
+
+/// Running workers; dropping this does not stop them, `shutdown` does.
+pub struct Workers {
+    /// Stop claiming new jobs.
+    stop: watch::Sender<bool>,
+    /// Give running jobs back to the queue now.
+    abort: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts the inference threads (loading one session each), the worker loops and the sweeper.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        factory: ClassifierFactory,
+        config: WorkerConfig,
+    ) -> anyhow::Result<Workers> {
+        let (stop, stop_rx) = watch::channel(false);
+        let (abort, abort_rx) = watch::channel(false);
+        let factory = faults::wrap(
+            factory,
+            config.inject_failure_rate,
+            config.inject_failure_seed,
+        );
+        // Put back what a previous run of this node (or a dead node) left running.
+        if let Err(e) = store.rescue_expired_with(config.max_stalls).await {
+            tracing::warn!(error = %e, "lease sweep failed");
+        }
+        let mut workers = Vec::new();
+        for i in 0..config.workers.max(1) {
+            workers.push(
+                runner::Worker::start(
+                    format!("{}-w{i}", config.node),
+                    format!("imgclass-infer-{i}"),
+                    store.clone(),
+                    factory.clone(),
+                    config.clone(),
+                    abort_rx.clone(),
+                )
+                .await?,
+            );
+        }
+        let mut tasks = runner::spawn_pool(store.clone(), config.clone(), workers, stop_rx.clone());
+        tasks.push(tokio::spawn(maintenance::sweeper(
+            store.clone(),
+            config,
+            stop_rx.clone(),
+        )));
+        Ok(Workers { stop, abort, tasks })
+    }
+
+    /// Stops claiming, lets running jobs finish within `grace`, then gives the jobs still
+    /// running back to the queue. Returns once every worker has stopped.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let mut tasks = self.tasks;
+        let all = futures_util::future::join_all(tasks.iter_mut());
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("shutdown grace period over; giving running jobs back to the queue");
+            let _ = self.abort.send(true);
+            for t in tasks.into_iter().filter(|t| !t.is_finished()) {
+                let _ = t.await;
+            }
+        }
+    }
+}
+
+/// Resolves once the flag is set; never when its sender is gone without setting it.
+async fn signalled(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,127 @@
+//! Running it for others: cross-origin access (closed unless an origin is listed) and readiness.
+
+use crate::helpers::{Options, TestApp};
+use axum::http::HeaderValue;
+use imgclass_server::ops::Readiness;
+use imgclass_server::HttpConfig;
+use reqwest::Method;
+use std::sync::atomic::Ordering;
+
+const ALLOWED: &str = "https://app.example.com";
+
+async fn with_http(http: HttpConfig) -> TestApp {
+    TestApp::with(Options {
+        workers: 0,
+        http,
+        ..Options::default()
+    })
+    .await
+}
+
+async fn preflight(app: &TestApp, origin: &str, method: &str) -> reqwest::Response {
+    app.client
+        .request(Method::OPTIONS, app.url("/api/jobs"))
+        .header("origin", origin)
+        .header("access-control-request-method", method)
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
+fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).map(|v| v.to_str().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_origin_passes_the_preflight_and_others_do_not() {
+    let app = with_http(HttpConfig {
+        cors_origins: vec![HeaderValue::from_static(ALLOWED)],
+        ..HttpConfig::default()
+    })
+    .await;
+    let token = app.token("web", &imgclass_core::Scope::DEFAULT).await;
+
+    // Allowed: the preflight names the origin, the method and the headers the page sends,
+    // and it needs no token (a browser never sends one with a preflight).
+    let resp = preflight(&app, ALLOWED, "POST").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "access-control-allow-origin"), Some(ALLOWED));
+    let methods = header(&resp, "access-control-allow-methods").unwrap();
+    assert!(
+        methods.contains("POST") && methods.contains("DELETE"),
+        "{methods}"
+    );
+    let headers = header(&resp, "access-control-allow-headers").unwrap();
+    assert!(
+        headers.contains("authorization") && headers.contains("content-type"),
+        "{headers}"
+    );
+    // The actual request then carries the origin back, and shows the headers clients read.
+    let resp = app
+        .request(Method::GET, "/api/jobs", Some(&token))
+        .header("origin", ALLOWED)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "access-control-allow-origin"), Some(ALLOWED));
+    assert!(header(&resp, "access-control-expose-headers")
+        .unwrap()
+        .contains("retry-after"));
+
+    // Refused: another origin gets no permission, on the preflight or the request.
+    let resp = preflight(&app, "https://evil.example.net", "POST").await;
+    assert_eq!(header(&resp, "access-control-allow-origin"), None);
+    let resp = app
+        .request(Method::GET, "/api/jobs", Some(&token))
+        .header("origin", "https://evil.example.net")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&resp, "access-control-allow-origin"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_origin_access_is_closed_by_default() {
+    let app = with_http(HttpConfig::default()).await;
+    let resp = preflight(&app, ALLOWED, "POST").await;
+    assert_ne!(resp.status(), 200);
+    assert_eq!(header(&resp, "access-control-allow-origin"), None);
+    let resp = app
+        .client
+        .get(app.url("/api/jobs"))
+        .header("origin", ALLOWED)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "same-origin use is unchanged");
+    assert_eq!(header(&resp, "access-control-allow-origin"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_the_model_and_the_database() {
+    let (readiness, loaded) = Readiness::with_workers();
+    let app = with_http(HttpConfig {
+        readiness,
+        ..HttpConfig::default()
+    })
+    .await;
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["reasons"][0], "the model is not loaded yet");
+    // Liveness is another question: the process is alive.
+    assert_eq!(app.get("/healthz").await.0, 200);
+
+    loaded.store(true, Ordering::Release);
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
+
+    // A node without workers needs only the database.
+    let api_only = with_http(HttpConfig::default()).await;
+    assert_eq!(api_only.get("/readyz").await.0, 200);
+}
