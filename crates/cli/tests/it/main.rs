@@ -3,6 +3,7 @@
 
 mod imagga;
 mod pg_cluster;
+mod submit;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
