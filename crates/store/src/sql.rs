@@ -1041,9 +1041,9 @@ impl Store for SqlStore {
         let n = sqlx::query(
             "INSERT INTO jobs (id, status, image_sha256, file_name, attempts, stalls, run_attempts, \
              max_attempts, priority, run_at, error_code, error_message, attempt_errors, result, \
-             created_at, started_at, finished_at, updated_at, owner) VALUES ($1, $2, $3, $4, $5, $6, \
-             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
-             ON CONFLICT (id) DO NOTHING",
+             created_at, started_at, finished_at, updated_at, owner, webhook_url, webhook_events) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19, $20, $21) ON CONFLICT (id) DO NOTHING",
         )
         .bind(job.id.to_string())
         .bind(status.as_str())
@@ -1064,6 +1064,8 @@ impl Store for SqlStore {
         .bind(job.finished_at.map(ms))
         .bind(ms(job.updated_at))
         .bind(&job.owner)
+        .bind(job.webhook.as_ref().map(|h| h.url.clone()))
+        .bind(job.webhook.as_ref().map(crate::rows::webhook_events))
         .execute(&mut *w.tx)
         .await?
         .rows_affected();
