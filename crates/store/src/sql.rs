@@ -530,7 +530,11 @@ impl SqlStore {
             let allowed = i64::from(rate.jobs) - window.len() as i64;
             if allowed <= 0 {
                 let oldest = window.first().copied().unwrap_or(now);
-                let wait = (oldest + rate.per.as_millis() as i64 - now).max(1);
+                // On PostgreSQL `now` is read before the row lock is had, so a claimer that
+                // waited for the lock can find a start a little after its own `now`: the wait is
+                // never more than one window.
+                let per = rate.per.as_millis() as i64;
+                let wait = (oldest + per - now).clamp(1, per.max(1));
                 return Ok(ClaimBatch {
                     claims: Vec::new(),
                     rate_limited_for: Some(Duration::from_millis(wait as u64)),
