@@ -119,6 +119,12 @@ fn sniff(bytes: &[u8]) -> Result<ImageFormat, ImageCheckError> {
     }
 }
 
+/// The content type of an accepted image format, sniffed from the first bytes of a file (64 are
+/// enough); `None` when they are not the start of an image imgclass accepts.
+pub fn sniff_content_type(head: &[u8]) -> Option<&'static str> {
+    sniff(head).ok().map(content_type)
+}
+
 /// Sniffs the format and reads the dimensions from the header, without decoding pixels.
 pub fn probe(bytes: &[u8], limits: &ImageLimits) -> Result<ProbedImage, ImageCheckError> {
     if bytes.len() as u64 > limits.max_bytes {

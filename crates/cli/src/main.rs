@@ -1,5 +1,8 @@
 //! `imgclass`: the one binary. `serve` runs the API, the web page and the workers; `worker` runs
-//! workers only; `classify` classifies files locally; `migrate` prepares or copies a database.
+//! workers only; `classify` classifies files locally; `migrate` prepares or copies a database;
+//! `submit` uploads images to a server.
+
+mod submit;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -37,6 +40,8 @@ enum Command {
     Migrate(MigrateArgs),
     /// API tokens: once one exists, every /api/* request needs one.
     Token(TokenArgs),
+    /// Upload images (files and folders) to a server, with progress; --wait prints the results.
+    Submit(submit::SubmitArgs),
 }
 
 #[derive(Args)]
@@ -480,6 +485,7 @@ fn main() -> std::process::ExitCode {
         Command::Worker(args) => runtime().and_then(|rt| rt.block_on(worker(*args))),
         Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate(args))),
         Command::Token(args) => runtime().and_then(|rt| rt.block_on(token(args))),
+        Command::Submit(args) => submit::run(args),
     };
     match result {
         Ok(code) => code,

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::quota::{self, Admission, QuotaConfig};
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, Method};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -300,6 +300,19 @@ fn unauthorized(message: &str) -> Response {
     resp
 }
 
+/// `405 Method Not Allowed` with the route's methods in `Allow` (GET implies HEAD).
+fn method_not_allowed(allowed: &[&str]) -> Response {
+    let mut methods: Vec<&str> = allowed.to_vec();
+    if methods.contains(&"GET") {
+        methods.push("HEAD");
+    }
+    let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
+    if let Ok(v) = HeaderValue::from_str(&methods.join(",")) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
+}
+
 /// The path segment a route pattern's `{id}` stands for.
 fn job_id_in(pattern: &str, path: &str) -> Option<String> {
     let at = pattern.split('/').position(|s| s == "{id}")?;
@@ -317,6 +330,15 @@ pub async fn require(State(access): State<Access>, req: Request, next: Next) -> 
         return next.run(Request::from_parts(parts, body)).await;
     }
     let Some(rule) = rule_for(&parts.method, pattern) else {
+        // A method the route does not have: 405, as the router itself would answer.
+        let allowed: Vec<&str> = API_RULES
+            .iter()
+            .filter(|r| r.path == pattern)
+            .map(|r| r.method)
+            .collect();
+        if !allowed.is_empty() && !allowed.contains(&parts.method.as_str()) {
+            return method_not_allowed(&allowed);
+        }
         // Fail closed: a route without a rule is a mistake to fix, not an open door.
         return ApiError::internal("access", format!("no access rule for {pattern}"))
             .into_response();

@@ -530,7 +530,11 @@ impl SqlStore {
             let allowed = i64::from(rate.jobs) - window.len() as i64;
             if allowed <= 0 {
                 let oldest = window.first().copied().unwrap_or(now);
-                let wait = (oldest + rate.per.as_millis() as i64 - now).max(1);
+                // On PostgreSQL `now` is read before the row lock is had, so a claimer that
+                // waited for the lock can find a start a little after its own `now`: the wait is
+                // never more than one window.
+                let per = rate.per.as_millis() as i64;
+                let wait = (oldest + per - now).clamp(1, per.max(1));
                 return Ok(ClaimBatch {
                     claims: Vec::new(),
                     rate_limited_for: Some(Duration::from_millis(wait as u64)),
@@ -1041,9 +1045,9 @@ impl Store for SqlStore {
         let n = sqlx::query(
             "INSERT INTO jobs (id, status, image_sha256, file_name, attempts, stalls, run_attempts, \
              max_attempts, priority, run_at, error_code, error_message, attempt_errors, result, \
-             created_at, started_at, finished_at, updated_at, owner) VALUES ($1, $2, $3, $4, $5, $6, \
-             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
-             ON CONFLICT (id) DO NOTHING",
+             created_at, started_at, finished_at, updated_at, owner, webhook_url, webhook_events) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19, $20, $21) ON CONFLICT (id) DO NOTHING",
         )
         .bind(job.id.to_string())
         .bind(status.as_str())
@@ -1064,6 +1068,8 @@ impl Store for SqlStore {
         .bind(job.finished_at.map(ms))
         .bind(ms(job.updated_at))
         .bind(&job.owner)
+        .bind(job.webhook.as_ref().map(|h| h.url.clone()))
+        .bind(job.webhook.as_ref().map(crate::rows::webhook_events))
         .execute(&mut *w.tx)
         .await?
         .rows_affected();

@@ -3,6 +3,8 @@
 
 mod imagga;
 mod pg_cluster;
+mod submit;
+mod webhooks;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};

@@ -3,7 +3,7 @@
 //! live events; a new client gets live events only.
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -21,8 +21,11 @@ use super::views::EventView;
 
 const REPLAY_PAGE: usize = 500;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventParams {
+    /// Replay the events after this sequence number first (as `Last-Event-ID` does).
+    #[param(minimum = 0)]
     after: Option<i64>,
 }
 
@@ -46,12 +49,47 @@ fn to_sse(e: Event) -> SseEvent {
     SseEvent::default().id(id).event(kind).data(data)
 }
 
+/// One server-sent event as it is framed on the stream.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Only describes the stream; `to_sse` writes it.
+pub(super) struct StreamEvent {
+    /// The event's sequence number: send it back as `Last-Event-ID` to resume.
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    /// The kind of change.
+    event: imgclass_core::EventKind,
+    /// An `EventView`, as JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+/// Server-sent events of every job change, as they are committed, on whichever node.
+///
+/// Each event's `id` is its sequence number, its `event` the kind of change and its `data` an
+/// `Event` (JSON). A client that reconnects with `Last-Event-ID` (or `?after=`) first gets what
+/// it missed. The stream does not end; a comment keeps it alive every 15 s.
+#[utoipa::path(get, path = "/api/events", tag = "events", operation_id = "events",
+    params(EventParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this sequence number (a value that is not one is ignored).")),
+    responses(
+        (status = 200, description = "The event stream (`text/event-stream`); each event's `data` is an `EventView`.",
+            content_type = "text/event-stream", body = StreamEvent),
+        (status = 400, description = "`bad_request`: `after` is not a whole number from 0.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+    ))]
 pub(super) async fn stream(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Query(params): Query<EventParams>,
+    params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let Query(params) = params.map_err(super::query_error)?;
+    if params.after.is_some_and(|a| a < 0) {
+        return Err(ApiError::from_code(
+            imgclass_core::ErrorCode::BadRequest,
+            "after must be a sequence number (0 or more)",
+        ));
+    }
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
