@@ -391,6 +391,10 @@ struct WorkArgs {
     /// everything.
     #[arg(long, env = "IMGCLASS_RETAIN", default_value = "7d", value_parser = parse_retain)]
     retain: RetainArg,
+    /// Serve GET /metrics on this address instead of the API's port (the only way a worker
+    /// node serves them). It asks for no token: keep it private.
+    #[arg(long, env = "IMGCLASS_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// How long a running job's lease lasts without a heartbeat (e.g. 30s).
     #[arg(long, env = "IMGCLASS_LEASE", default_value = "30s", value_parser = parse_duration)]
     lease: Duration,
@@ -637,7 +641,11 @@ async fn worker(args: WorkerArgs) -> Result<std::process::ExitCode> {
         .with_context(|| format!("cannot open the database {}", args.db.database))?;
     store.migrate().await?;
     let webhooks = args.work.webhooks.config()?;
-    let workers = start_workers(store.clone(), &args.work).await?;
+    let metrics = Arc::new(imgclass_server::metrics::Metrics::new());
+    if let Some(addr) = args.work.metrics_listen {
+        serve_metrics(addr, metrics.clone(), store.clone()).await?;
+    }
+    let workers = start_workers(store.clone(), &args.work, Some(metrics)).await?;
     let deliverer = start_deliverer(&store, &webhooks)?;
     tracing::info!("imgclass worker is running");
     shutdown_signal().await;
@@ -651,7 +659,33 @@ async fn worker(args: WorkerArgs) -> Result<std::process::ExitCode> {
 }
 
 /// Loads the classifier and starts this process's workers.
-async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -> Result<Workers> {
+/// Serves `/metrics` alone on `addr` until the process ends.
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<imgclass_server::metrics::Metrics>,
+    store: Arc<dyn imgclass_store::Store>,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    tracing::info!(
+        "metrics are served on http://{}/metrics",
+        listener.local_addr()?
+    );
+    let app = imgclass_server::metrics_router(metrics, store);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
+async fn start_workers(
+    store: Arc<dyn imgclass_store::Store>,
+    args: &WorkArgs,
+    metrics: Option<Arc<imgclass_server::metrics::Metrics>>,
+) -> Result<Workers> {
     let count = args.workers.map_or_else(cores, usize::from);
     let factory: ClassifierFactory = match args.model.provider {
         ProviderArg::Noop => {
@@ -690,6 +724,7 @@ async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -
         backoff_max: args.backoff_max.max(args.backoff_base),
         max_stalls: args.max_stalls,
         retain: args.retain.0,
+        metrics,
         node: node_name(),
         ..WorkerConfig::default()
     };
@@ -722,6 +757,10 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     store.migrate().await?;
     let webhooks = args.work.webhooks.config()?;
 
+    let metrics = Arc::new(imgclass_server::metrics::Metrics::new());
+    if let Some(addr) = args.work.metrics_listen {
+        serve_metrics(addr, metrics.clone(), store.clone()).await?;
+    }
     // The node listens at once; `/readyz` says 503 until the workers have loaded the model.
     let (readiness, workers, mut workers_failed) = if args.no_workers {
         let (_, never) = tokio::sync::oneshot::channel();
@@ -731,9 +770,10 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         let (failed_tx, failed) = tokio::sync::oneshot::channel();
         let slot = Arc::new(tokio::sync::Mutex::new(None));
         let (store, work, put) = (store.clone(), args.work.clone(), slot.clone());
+        let metrics = metrics.clone();
         let starting = tokio::spawn(async move {
             let mut put = put.lock().await;
-            match start_workers(store, &work).await {
+            match start_workers(store, &work, Some(metrics)).await {
                 Ok(w) => {
                     *put = Some(w);
                     loaded.store(true, std::sync::atomic::Ordering::Release);
@@ -775,6 +815,8 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
             submissions: args.quota_submissions,
             max_queued_per_token: args.max_queued_per_token,
         },
+        metrics: Some(metrics),
+        metrics_on_api_port: args.work.metrics_listen.is_none(),
     };
     let app = imgclass_server::router_with(state, http);
     let server = axum::serve(

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod metrics;
 pub mod ops;
 pub mod quota;
 pub mod web;
@@ -64,6 +65,10 @@ pub struct HttpConfig {
     pub cors_origins: Vec<axum::http::HeaderValue>,
     pub readiness: ops::Readiness,
     pub quotas: quota::QuotaConfig,
+    /// This process's metrics; `/metrics` is served on the API's port when
+    /// `metrics_on_api_port` is set (otherwise on a port of its own, see [`metrics_router`]).
+    pub metrics: Option<Arc<metrics::Metrics>>,
+    pub metrics_on_api_port: bool,
 }
 
 /// The whole HTTP application, with the default [`HttpConfig`].
@@ -75,14 +80,28 @@ pub fn router(state: AppState) -> Router {
 pub fn router_with(state: AppState, http: HttpConfig) -> Router {
     let store = state.store.clone();
     let access = auth::Access::new(store.clone()).with_quotas(http.quotas.clone());
-    let app = api::routes(state, access)
-        .merge(ops::routes(store, http.readiness.clone()))
-        .merge(web::routes())
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let mut app = api::routes(state, access.clone())
+        .merge(ops::routes(store.clone(), http.readiness.clone()))
+        .merge(web::routes());
+    if let Some(m) = &http.metrics {
+        if http.metrics_on_api_port {
+            app = app.merge(metrics::routes(m.clone(), store, Some(access)));
+        }
+        app = app.layer(axum::middleware::from_fn_with_state(
+            m.clone(),
+            metrics::track_http,
+        ));
+    }
+    let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
     match cors(&http.cors_origins) {
         Some(layer) => app.layer(layer),
         None => app,
     }
+}
+
+/// `/metrics` alone, for `--metrics-listen` (no token asked: keep that port private).
+pub fn metrics_router(metrics: Arc<metrics::Metrics>, store: Arc<dyn Store>) -> Router {
+    metrics::routes(metrics, store, None)
 }
 
 /// Cross-origin access for the listed origins only (closed when there is none): preflights
