@@ -24,8 +24,27 @@ use std::time::Duration;
     about = "Asynchronous image classification: upload images, get labels."
 )]
 struct Cli {
+    /// Log lines as readable text, or as one JSON object per line (with the span fields:
+    /// request.id, job.id, node).
+    #[arg(long, global = true, env = "IMGCLASS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// This process's name in lease tokens, metrics and logs.
+fn node_name() -> String {
+    format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into()),
+        std::process::id()
+    )
 }
 
 #[derive(Subcommand)]
@@ -471,24 +490,34 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn,sqlx=warn,ort=warn"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => fmt.init(),
+        // One object per line; the fields of every enclosing span (request.id, job.id, node)
+        // come along in "spans", the innermost one's also in "span".
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let format = cli.log_format;
     let result = match cli.command {
         Command::Classify(args) => classify(args),
-        Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(*args))),
-        Command::Worker(args) => runtime().and_then(|rt| rt.block_on(worker(*args))),
-        Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate(args))),
-        Command::Token(args) => runtime().and_then(|rt| rt.block_on(token(args))),
+        Command::Serve(args) => runtime(format).and_then(|rt| rt.block_on(serve(*args))),
+        Command::Worker(args) => runtime(format).and_then(|rt| rt.block_on(worker(*args))),
+        Command::Migrate(args) => runtime(format).and_then(|rt| rt.block_on(migrate(args))),
+        Command::Token(args) => runtime(format).and_then(|rt| rt.block_on(token(args))),
         Command::Submit(args) => submit::run(args),
     };
     match result {
@@ -500,8 +529,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    init_tracing();
+fn runtime(format: LogFormat) -> Result<tokio::runtime::Runtime> {
+    init_tracing(format);
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
@@ -817,6 +846,7 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         },
         metrics: Some(metrics),
         metrics_on_api_port: args.work.metrics_listen.is_none(),
+        node: node_name(),
     };
     let app = imgclass_server::router_with(state, http);
     let server = axum::serve(

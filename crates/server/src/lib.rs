@@ -7,6 +7,7 @@ pub mod error;
 pub mod metrics;
 pub mod ops;
 pub mod quota;
+pub mod request_id;
 pub mod web;
 pub mod webhooks;
 pub mod worker;
@@ -69,6 +70,8 @@ pub struct HttpConfig {
     /// `metrics_on_api_port` is set (otherwise on a port of its own, see [`metrics_router`]).
     pub metrics: Option<Arc<metrics::Metrics>>,
     pub metrics_on_api_port: bool,
+    /// This node's name, on every request's log lines.
+    pub node: String,
 }
 
 /// The whole HTTP application, with the default [`HttpConfig`].
@@ -92,7 +95,17 @@ pub fn router_with(state: AppState, http: HttpConfig) -> Router {
             metrics::track_http,
         ));
     }
-    let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
+    let node: Arc<str> = if http.node.is_empty() {
+        "node".into()
+    } else {
+        http.node.as_str().into()
+    };
+    let app = app
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(
+            node,
+            request_id::track,
+        ));
     match cors(&http.cors_origins) {
         Some(layer) => app.layer(layer),
         None => app,

@@ -60,7 +60,7 @@ impl Worker {
         done: mpsc::Sender<Done>,
     ) {
         while let Some(claim) = jobs.recv().await {
-            let span = tracing::info_span!("job", job.id = %claim.job.id, worker = %self.name);
+            let span = tracing::info_span!("job", job.id = %claim.job.id, worker = %self.name, node = %self.config.node);
             let (created_at, waited) = (
                 claim.job.created_at,
                 claim.job.started_at.map(|s| s - claim.job.run_at),
