@@ -338,14 +338,6 @@ impl WebhookArgs {
     }
 }
 
-fn node_name() -> String {
-    format!(
-        "{}-{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into()),
-        std::process::id()
-    )
-}
-
 /// Starts this process's webhook deliverer, when webhooks are on.
 fn start_deliverer(
     store: &Arc<dyn imgclass_store::Store>,
