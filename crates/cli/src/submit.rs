@@ -368,7 +368,19 @@ fn describe(file: &str, job: &Value) -> String {
             } else {
                 ""
             };
-            format!("{file}: {}{cached}", labels.join(", "))
+            // Which provider and model answered.
+            let model = &job["result"]["model"];
+            let by = [&model["provider"], &model["name"]]
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let by = if by.is_empty() {
+                String::new()
+            } else {
+                format!(" [{by}]")
+            };
+            format!("{file}: {}{by}{cached}", labels.join(", "))
         }
         status => format!(
             "{file}: {status}{}",

@@ -55,6 +55,10 @@ async fn submit_uploads_a_folder_and_prints_each_result() {
     assert_eq!(lines.len(), 2, "{stdout}");
     assert!(lines[0].contains("coffee.png: espresso"), "{stdout}");
     assert!(
+        lines[0].contains("[builtin efficientnet-lite0]"),
+        "{stdout}"
+    );
+    assert!(
         lines[1].contains("rocket.jpg: ") && lines[1].contains("missile"),
         "{stdout}"
     );

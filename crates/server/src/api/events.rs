@@ -40,6 +40,8 @@ struct Cursor {
     catching_up: bool,
     /// Only the events of jobs this caller may see are sent.
     caller: Caller,
+    /// Counts this stream among the open ones while it lives.
+    _counted: Option<crate::metrics::SseGuard>,
 }
 
 fn to_sse(e: Event) -> SseEvent {
@@ -80,6 +82,7 @@ pub(super) struct StreamEvent {
 pub(super) async fn stream(
     State(state): State<AppState>,
     caller: Caller,
+    metrics: Option<axum::Extension<Arc<crate::metrics::Metrics>>>,
     headers: HeaderMap,
     params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -108,6 +111,7 @@ pub(super) async fn stream(
         backlog: VecDeque::new(),
         catching_up,
         caller,
+        _counted: metrics.map(|m| m.sse_client()),
     };
     let events = stream::unfold(cursor, |mut c| async move {
         loop {

@@ -7,6 +7,7 @@ mod events;
 mod fake_imagga;
 mod helpers;
 mod imagga;
+mod metrics;
 mod openapi;
 mod ops;
 mod queue;
