@@ -103,10 +103,13 @@ for tool in cargo node npm python3; do
 done
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/setup-onnxruntime.sh)}"
 
+# libjpeg-turbo's SIMD code needs nasm to build; without it the C code paths are used.
+FEATURES=()
+if command -v nasm >/dev/null; then FEATURES=(--features imgclass-classifier/jpeg-simd); fi
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
-  say "building (release): imgclass and the raw example"
-  step 1800 cargo build --release --quiet -p imgclass
-  step 1800 cargo build --release --quiet -p imgclass-classifier --example raw
+  say "building (release): imgclass and the raw example${FEATURES:+ (JPEG SIMD: nasm found)}"
+  step 1800 cargo build --release --quiet -p imgclass "${FEATURES[@]}"
+  step 1800 cargo build --release --quiet -p imgclass-classifier --example raw "${FEATURES[@]/imgclass-classifier\//}"
 fi
 [ -x "$BIN" ] && [ -x "$RAW" ] || { echo "bench/run.sh: $BIN or $RAW is missing" >&2; exit 1; }
 

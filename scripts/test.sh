@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: unit and integration tests of every crate (real SQLite, real model, real HTTP
 # on loopback, real processes), the store suite and the multi-process tests again on PostgreSQL,
-# then the browser end-to-end test of the web page in headless Chromium.
+# schema-based fuzzing of the HTTP API (schemathesis), then the browser end-to-end test of the
+# web page in headless Chromium.
 #   scripts/test.sh            # everything
 #   SKIP_E2E=1 scripts/test.sh # without the browser test
 # PostgreSQL: IMGCLASS_TEST_POSTGRES (default postgres://postgres@127.0.0.1:5432/test). When no
@@ -71,6 +72,16 @@ elif [ "${CI:-}" = "true" ]; then
   exit 1
 else
   echo "SKIPPED: PostgreSQL tests (no server answers at $IMGCLASS_TEST_POSTGRES; set IMGCLASS_TEST_POSTGRES)"
+fi
+
+# Schema-based fuzzing of the HTTP API against a live server (schemathesis, from PyPI).
+if command -v schemathesis >/dev/null; then
+  scripts/fuzz-api.sh
+elif [ "${CI:-}" = "true" ]; then
+  echo "schemathesis is not installed; in CI the API fuzzing must run" >&2
+  exit 1
+else
+  echo "SKIPPED: API fuzzing (pip install schemathesis to run it)"
 fi
 
 # The browser test uses the imgclass binary built above.

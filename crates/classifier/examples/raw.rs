@@ -10,12 +10,11 @@
 //! measured). `1x2` runs one thread with one ONNX Runtime session of 2 intra-op threads; `2x1`
 //! runs two threads, each with its own 1-thread session, taking images from a shared counter
 //! (what `imgclass serve --workers 2` does on 2 cores). Each image goes through
-//! `Classifier::classify`: sniff, header check, full decode with EXIF, resize, normalise, model,
-//! softmax, top-5. With `--repeat R` each layout runs R times (the JSON has every run).
+//! `Classifier::classify`: sniff, header check, decode (reduced where the format allows) with
+//! EXIF, crop + resize + normalise into the input tensor, model, softmax, top-5. With `--repeat R` each layout runs R times (the JSON has every run).
 //! `--breakdown` also times decode, pre-processing and the model apart, per image.
 
-use imgclass_classifier::imageio::{self, ImageLimits};
-use imgclass_classifier::{Classifier, Model, ModelSource};
+use imgclass_classifier::{Cancel, Classifier, Model, ModelSource};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -81,8 +80,28 @@ fn parse_args() -> Args {
     args
 }
 
-/// One run: `threads` threads, each with a session of `intra` intra-op threads.
-fn run(model: &Model, images: &Arc<Vec<Vec<u8>>>, n: usize, threads: usize, intra: usize) -> f64 {
+/// CPU seconds (user + system) this process has used, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // Clock ticks of 1/100 s on Linux.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// One run: `threads` threads, each with a session of `intra` intra-op threads. Returns the
+/// wall seconds and the CPU seconds of the timed part.
+fn run(
+    model: &Model,
+    images: &Arc<Vec<Vec<u8>>>,
+    n: usize,
+    threads: usize,
+    intra: usize,
+) -> (f64, f64) {
     let next = Arc::new(AtomicUsize::new(0));
     let barrier = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
@@ -106,11 +125,11 @@ fn run(model: &Model, images: &Arc<Vec<Vec<u8>>>, n: usize, threads: usize, intr
         })
         .collect();
     barrier.wait();
-    let t0 = Instant::now();
+    let (t0, c0) = (Instant::now(), cpu_seconds());
     for h in handles {
         h.join().expect("worker thread");
     }
-    t0.elapsed().as_secs_f64()
+    (t0.elapsed().as_secs_f64(), cpu_seconds() - c0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -159,43 +178,45 @@ fn main() {
         .iter()
         .flat_map(|m| std::iter::repeat_n(m, args.repeat))
     {
-        let secs = run(&model, &images, args.n, threads, intra);
+        let (secs, cpu) = run(&model, &images, args.n, threads, intra);
         let rate = args.n as f64 / secs;
+        let cpu_ms = cpu * 1e3 / args.n as f64;
         eprintln!(
-            "raw: {threads} thread(s) x {intra} intra: {} images in {secs:.2} s = {rate:.1} img/s",
+            "raw: {threads} thread(s) x {intra} intra: {} images in {secs:.2} s = {rate:.1} img/s, CPU {cpu_ms:.1} ms per image",
             args.n
         );
-        runs.push((threads, intra, secs, rate));
+        runs.push((threads, intra, secs, rate, cpu_ms));
     }
 
     // Per image: decode (with the upload checks), pre-processing, model; medians of a few runs.
     let mut breakdown = Vec::new();
     if args.breakdown {
         let mut c = model.session(2, 5).expect("session");
-        let limits = ImageLimits::default();
         for (name, bytes) in args.files.iter().zip(images.iter()) {
             let (mut dec, mut pre, mut inf) = (Vec::new(), Vec::new(), Vec::new());
             let mut size = (0, 0);
+            let mut decoded = (0, 0);
+            let mut path = String::new();
             for _ in 0..5 {
-                let t0 = Instant::now();
-                let img = imageio::decode(bytes, &limits).expect("decode");
-                let t1 = Instant::now();
-                let mut buf = Vec::new();
-                imageio::preprocess(&img, &mut buf);
+                let p = c.prepare(bytes, &Cancel::never()).expect("prepare");
                 let t2 = Instant::now();
-                c.infer(&buf, 1).expect("infer");
+                c.infer_prepared().expect("infer");
                 let t3 = Instant::now();
-                size = (img.width(), img.height());
-                dec.push((t1 - t0).as_secs_f64() * 1e3);
-                pre.push((t2 - t1).as_secs_f64() * 1e3);
+                size = (p.width, p.height);
+                decoded = p.decoded;
+                path = format!("{:?}", p.decoder);
+                dec.push(p.decode.as_secs_f64() * 1e3);
+                pre.push(p.resize.as_secs_f64() * 1e3);
                 inf.push((t3 - t2).as_secs_f64() * 1e3);
             }
             let (d, p, i) = (median(dec), median(pre), median(inf));
             eprintln!(
-                "raw: {name}: {}x{} {} bytes: decode {d:.1} ms, preprocess {p:.1} ms, model (2 intra) {i:.1} ms",
+                "raw: {name}: {}x{} {} bytes: decode {d:.1} ms ({path}, {}x{}), resize+normalise {p:.1} ms, model (2 intra) {i:.1} ms",
                 size.0,
                 size.1,
-                bytes.len()
+                bytes.len(),
+                decoded.0,
+                decoded.1
             );
             breakdown.push((name.clone(), size, bytes.len(), d, p, i));
         }
@@ -212,10 +233,10 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    for (k, (threads, intra, secs, rate)) in runs.iter().enumerate() {
+    for (k, (threads, intra, secs, rate, cpu_ms)) in runs.iter().enumerate() {
         let _ = write!(
             json,
-            "{}{{\"threads\": {threads}, \"intra\": {intra}, \"seconds\": {secs:.4}, \"images_per_s\": {rate:.2}}}",
+            "{}{{\"threads\": {threads}, \"intra\": {intra}, \"seconds\": {secs:.4}, \"images_per_s\": {rate:.2}, \"cpu_ms_per_image\": {cpu_ms:.2}}}",
             if k > 0 { ", " } else { "" }
         );
     }

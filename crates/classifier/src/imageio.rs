@@ -1,5 +1,7 @@
 //! Upload checks (format sniffed from the bytes, size limits read from the header before any
-//! pixel is decoded), full decoding with EXIF orientation, and the model's pre-processing.
+//! pixel is decoded, completeness and structure checked without decoding pixels), the JPEG
+//! marker walk, and a whole decode with EXIF orientation. The model's pre-processing is in
+//! `prepare.rs`.
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use imgclass_core::ErrorCode;
@@ -69,6 +71,15 @@ pub enum ImageCheckError {
     },
     #[error("the image is corrupt or truncated: {0}")]
     Corrupt(String),
+    #[error("decoding this {width}x{height} image needs {} MiB, more than the {} MiB a decode may use", needed.div_ceil(1 << 20), limit >> 20)]
+    TooMuchMemory {
+        width: u32,
+        height: u32,
+        needed: u64,
+        limit: u64,
+    },
+    #[error("the image needs more memory to decode than is allowed: {0}")]
+    DecoderLimit(String),
 }
 
 impl ImageCheckError {
@@ -78,7 +89,9 @@ impl ImageCheckError {
             | ImageCheckError::NotAnImage
             | ImageCheckError::UnsupportedFormat(_) => ErrorCode::UnsupportedMediaType,
             ImageCheckError::TooManyBytes { .. } => ErrorCode::PayloadTooLarge,
-            ImageCheckError::TooManyPixels { .. } => ErrorCode::ImageTooLarge,
+            ImageCheckError::TooManyPixels { .. }
+            | ImageCheckError::TooMuchMemory { .. }
+            | ImageCheckError::DecoderLimit(_) => ErrorCode::ImageTooLarge,
             ImageCheckError::Corrupt(_) => ErrorCode::ImageCorrupt,
         }
     }
@@ -104,6 +117,12 @@ fn sniff(bytes: &[u8]) -> Result<ImageFormat, ImageCheckError> {
                 .to_uppercase(),
         )),
     }
+}
+
+/// The content type of an accepted image format, sniffed from the first bytes of a file (64 are
+/// enough); `None` when they are not the start of an image imgclass accepts.
+pub fn sniff_content_type(head: &[u8]) -> Option<&'static str> {
+    sniff(head).ok().map(content_type)
 }
 
 /// Sniffs the format and reads the dimensions from the header, without decoding pixels.
@@ -143,7 +162,8 @@ pub fn probe(bytes: &[u8], limits: &ImageLimits) -> Result<ProbedImage, ImageChe
 /// the file is complete (a truncated file is refused) — without decoding pixels, which the
 /// worker does once. JPEG: an end-of-image marker after the last scan; PNG: every chunk whole,
 /// its CRC right, up to IEND; GIF: the trailer; WebP and BMP: the length their header declares;
-/// TIFF (rare, and without a cheap check): a full decode.
+/// TIFF: every strip or tile the first image's directory points to lies inside the file. A JPEG
+/// whose scan data is too short to hold the blocks its header declares is refused too.
 pub fn check(bytes: &[u8], limits: &ImageLimits) -> Result<ProbedImage, ImageCheckError> {
     let probed = probe(bytes, limits)?;
     let truncated = |what: &str| Err(ImageCheckError::Corrupt(what.to_string()));
@@ -151,6 +171,7 @@ pub fn check(bytes: &[u8], limits: &ImageLimits) -> Result<ProbedImage, ImageChe
         ImageFormat::Jpeg if !jpeg_has_end(bytes) => {
             return truncated("the JPEG data ends before its end-of-image marker")
         }
+        ImageFormat::Jpeg => jpeg_layout(bytes)?.check_data_covers_frame()?,
         ImageFormat::Png => png_complete(bytes)?,
         ImageFormat::Gif if bytes.last() != Some(&0x3B) => {
             return truncated("the GIF data ends before its trailer")
@@ -167,9 +188,7 @@ pub fn check(bytes: &[u8], limits: &ImageLimits) -> Result<ProbedImage, ImageChe
                 return truncated("the BMP data is shorter than its header says");
             }
         }
-        ImageFormat::Tiff => {
-            decode(bytes, limits)?;
-        }
+        ImageFormat::Tiff => tiff_structure(bytes)?,
         _ => {}
     }
     Ok(probed)
@@ -206,68 +225,6 @@ fn png_complete(bytes: &[u8]) -> Result<(), ImageCheckError> {
     }
 }
 
-/// Decodes for the model: like [`decode`], but a large JPEG is decoded at a reduced scale in
-/// the DCT domain (1/2, 1/4 or 1/8), keeping the shorter side at least `short_side` pixels.
-/// For a 12 MP photo that is several times faster and smaller than a full decode.
-pub fn decode_reduced(
-    bytes: &[u8],
-    limits: &ImageLimits,
-    short_side: u32,
-) -> Result<DynamicImage, ImageCheckError> {
-    let probed = probe(bytes, limits)?;
-    if probed.format == ImageFormat::Jpeg && probed.width.min(probed.height) >= 2 * short_side {
-        if !jpeg_has_end(bytes) {
-            return Err(ImageCheckError::Corrupt(
-                "the JPEG data ends before its end-of-image marker".into(),
-            ));
-        }
-        if let Some(img) = decode_jpeg_scaled(bytes, probed, short_side)? {
-            return Ok(img);
-        }
-    }
-    decode(bytes, limits)
-}
-
-/// `None` when the JPEG's pixel format is one the scaled path does not handle (CMYK, 16-bit).
-fn decode_jpeg_scaled(
-    bytes: &[u8],
-    probed: ProbedImage,
-    short_side: u32,
-) -> Result<Option<DynamicImage>, ImageCheckError> {
-    let corrupt = |e: jpeg_decoder::Error| ImageCheckError::Corrupt(e.to_string());
-    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    let min = probed.width.min(probed.height);
-    let want = |side: u32| {
-        u16::try_from((u64::from(side) * u64::from(short_side)).div_ceil(u64::from(min)))
-            .unwrap_or(u16::MAX)
-    };
-    let (w, h) = decoder
-        .scale(want(probed.width), want(probed.height))
-        .map_err(corrupt)?;
-    let format = decoder.info().map(|i| i.pixel_format);
-    let pixels = match format {
-        Some(jpeg_decoder::PixelFormat::RGB24) | Some(jpeg_decoder::PixelFormat::L8) => {
-            decoder.decode().map_err(corrupt)?
-        }
-        _ => return Ok(None),
-    };
-    let (w, h) = (u32::from(w), u32::from(h));
-    let bad_size = || ImageCheckError::Corrupt("the JPEG decoded to an unexpected size".into());
-    let mut img = match format {
-        Some(jpeg_decoder::PixelFormat::L8) => {
-            DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, pixels).ok_or_else(bad_size)?)
-        }
-        _ => DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, pixels).ok_or_else(bad_size)?),
-    };
-    if let Some(o) = decoder
-        .exif_data()
-        .and_then(image::metadata::Orientation::from_exif_chunk)
-    {
-        img.apply_orientation(o);
-    }
-    Ok(Some(img))
-}
-
 /// Checks and decodes a whole image (the first frame of an animation), with its EXIF
 /// orientation applied.
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, ImageCheckError> {
@@ -278,18 +235,236 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, ImageC
         ));
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), probed.format);
-    let mut decoder_limits = Limits::default();
-    decoder_limits.max_image_width = Some(limits.max_side);
-    decoder_limits.max_image_height = Some(limits.max_side);
-    // Room for the largest allowed image at 16 bits per channel RGBA.
-    decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(64 << 20));
-    reader.limits(decoder_limits);
-    let corrupt = |e: image::ImageError| ImageCheckError::Corrupt(e.to_string());
+    reader.limits(decoder_limits(
+        limits,
+        crate::budget::DecodeBudget::global().capacity(),
+    ));
+    let corrupt = decode_error;
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let orientation = decoder.orientation().map_err(corrupt)?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     img.apply_orientation(orientation);
     Ok(img)
+}
+
+/// The `image` crate's decoder limits: the size limits of the upload, and at most `max_alloc`
+/// bytes allocated by one decode.
+pub fn decoder_limits(limits: &ImageLimits, max_alloc: u64) -> Limits {
+    let mut l = Limits::default();
+    l.max_image_width = Some(limits.max_side);
+    l.max_image_height = Some(limits.max_side);
+    l.max_alloc = Some(max_alloc);
+    l
+}
+
+/// A decoder's error: a memory limit says so (`image_too_large`); anything else is corrupt data.
+pub fn decode_error(e: image::ImageError) -> ImageCheckError {
+    match e {
+        image::ImageError::Limits(l) => ImageCheckError::DecoderLimit(l.to_string()),
+        other => ImageCheckError::Corrupt(other.to_string()),
+    }
+}
+
+/// Checks a TIFF's structure without decoding pixels: the first image's directory parses, and
+/// each of its strips or tiles lies inside the file.
+fn tiff_structure(bytes: &[u8]) -> Result<(), ImageCheckError> {
+    use tiff::tags::Tag;
+    let corrupt = |e: &dyn std::fmt::Display| ImageCheckError::Corrupt(format!("TIFF: {e}"));
+    let mut d = tiff::decoder::Decoder::new(Cursor::new(bytes)).map_err(|e| corrupt(&e))?;
+    d.dimensions().map_err(|e| corrupt(&e))?;
+    d.colortype().map_err(|e| corrupt(&e))?;
+    let (offsets, counts) = match d.find_tag(Tag::TileOffsets).map_err(|e| corrupt(&e))? {
+        Some(_) => (Tag::TileOffsets, Tag::TileByteCounts),
+        None => (Tag::StripOffsets, Tag::StripByteCounts),
+    };
+    let offsets = d.get_tag_u64_vec(offsets).map_err(|e| corrupt(&e))?;
+    let counts = d.get_tag_u64_vec(counts).map_err(|e| corrupt(&e))?;
+    if offsets.is_empty() || offsets.len() != counts.len() {
+        return Err(corrupt(&"the image data is not described"));
+    }
+    let len = bytes.len() as u64;
+    for (o, c) in offsets.iter().zip(&counts) {
+        if o.checked_add(*c).is_none_or(|end| end > len) {
+            return Err(ImageCheckError::Corrupt(
+                "the TIFF data is shorter than its directory says".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a JPEG's markers say, read without decoding anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JpegLayout {
+    pub width: u16,
+    pub height: u16,
+    pub components: u8,
+    pub progressive: bool,
+    /// Arithmetic coding (which no decoder here supports; its data can be very short).
+    pub arithmetic: bool,
+    /// 8×8 blocks the frame holds, all components together.
+    pub blocks: u64,
+    /// Bytes of entropy-coded data in all scans (markers excluded).
+    pub scan_bytes: u64,
+    /// Where the EXIF data (after `Exif\0\0`) lies.
+    exif: Option<(usize, usize)>,
+}
+
+/// Walks a JPEG's markers: the frame header, the APP1 EXIF segment, and the length of each scan.
+pub fn jpeg_layout(bytes: &[u8]) -> Result<JpegLayout, ImageCheckError> {
+    let corrupt = |m: &str| ImageCheckError::Corrupt(format!("JPEG: {m}"));
+    let mut layout = JpegLayout {
+        width: 0,
+        height: 0,
+        components: 0,
+        progressive: false,
+        arithmetic: false,
+        blocks: 0,
+        scan_bytes: 0,
+        exif: None,
+    };
+    let mut seen_frame = false;
+    let mut pos = 2;
+    loop {
+        // Skip fill bytes before a marker.
+        while pos < bytes.len() && bytes[pos] == 0xFF && bytes.get(pos + 1) == Some(&0xFF) {
+            pos += 1;
+        }
+        if pos + 2 > bytes.len() || bytes[pos] != 0xFF {
+            return Err(corrupt("a marker is missing"));
+        }
+        let marker = bytes[pos + 1];
+        pos += 2;
+        match marker {
+            0xD9 => break,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        if pos + 2 > bytes.len() {
+            return Err(corrupt("the data ends inside a segment"));
+        }
+        let len = usize::from(u16::from_be_bytes([bytes[pos], bytes[pos + 1]]));
+        if len < 2 || pos + len > bytes.len() {
+            return Err(corrupt("a segment is longer than the file"));
+        }
+        let body = &bytes[pos + 2..pos + len];
+        match marker {
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                if seen_frame {
+                    break; // a second frame (e.g. a thumbnail after the image): not ours
+                }
+                seen_frame = true;
+                if body.len() < 6 {
+                    return Err(corrupt("the frame header is too short"));
+                }
+                layout.height = u16::from_be_bytes([body[1], body[2]]);
+                layout.width = u16::from_be_bytes([body[3], body[4]]);
+                layout.components = body[5];
+                layout.progressive = matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE);
+                layout.arithmetic = marker >= 0xC9;
+                let n = usize::from(layout.components);
+                if n == 0 || body.len() < 6 + 3 * n {
+                    return Err(corrupt("the frame header is too short"));
+                }
+                let sampling: Vec<(u64, u64)> = (0..n)
+                    .map(|i| {
+                        let s = body[6 + 3 * i + 1];
+                        (u64::from(s >> 4).max(1), u64::from(s & 15).max(1))
+                    })
+                    .collect();
+                let hmax = sampling.iter().map(|s| s.0).max().unwrap_or(1);
+                let vmax = sampling.iter().map(|s| s.1).max().unwrap_or(1);
+                let (w, h) = (u64::from(layout.width), u64::from(layout.height));
+                layout.blocks = sampling
+                    .iter()
+                    .map(|(hs, vs)| {
+                        let cw = (w * hs).div_ceil(hmax);
+                        let ch = (h * vs).div_ceil(vmax);
+                        cw.div_ceil(8) * ch.div_ceil(8)
+                    })
+                    .sum();
+            }
+            0xE1 if body.starts_with(b"Exif\0\0") && layout.exif.is_none() => {
+                layout.exif = Some((pos + 2 + 6, pos + len));
+            }
+            0xDA => {
+                // The entropy-coded data runs to the next marker that is not a restart marker
+                // or a stuffed 0xFF 0x00.
+                let mut p = pos + len;
+                let mut data = 0u64;
+                while p < bytes.len() {
+                    let Some(i) = bytes[p..].iter().position(|&b| b == 0xFF) else {
+                        data += (bytes.len() - p) as u64;
+                        p = bytes.len();
+                        break;
+                    };
+                    data += i as u64;
+                    p += i;
+                    match bytes.get(p + 1) {
+                        Some(0x00) => {
+                            data += 1;
+                            p += 2;
+                        }
+                        Some(0xD0..=0xD7) => p += 2,
+                        Some(0xFF) => p += 1,
+                        _ => break,
+                    }
+                }
+                layout.scan_bytes += data;
+                pos = p;
+                continue;
+            }
+            _ => {}
+        }
+        pos += len;
+    }
+    if !seen_frame {
+        return Err(corrupt("there is no frame header"));
+    }
+    Ok(layout)
+}
+
+impl JpegLayout {
+    /// Huffman-coded data spends at least one bit on every block (the DC difference, in a
+    /// sequential scan or in the first DC scan of a progressive one), so scan data shorter than
+    /// one bit per block cannot cover the frame: the header lies (or the data was cut), and a
+    /// decoder would fill the rest with grey.
+    pub fn check_data_covers_frame(&self) -> Result<(), ImageCheckError> {
+        if self.width == 0 || self.height == 0 {
+            return Err(ImageCheckError::Corrupt(
+                "the JPEG frame has no size (DNL marker)".into(),
+            ));
+        }
+        if !self.arithmetic && self.scan_bytes * 8 < self.blocks {
+            return Err(ImageCheckError::Corrupt(format!(
+                "the JPEG header declares {}x{} pixels ({} blocks) but its data ({} bytes) cannot cover them",
+                self.width, self.height, self.blocks, self.scan_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// The EXIF orientation, if the file has one.
+    pub fn orientation(&self, bytes: &[u8]) -> image::metadata::Orientation {
+        self.exif
+            .and_then(|(a, b)| image::metadata::Orientation::from_exif_chunk(&bytes[a..b]))
+            .unwrap_or(image::metadata::Orientation::NoTransforms)
+    }
+
+    /// About what decoding allocates at 1/`scale` (1, 2, 4 or 8): the output, the component
+    /// planes, and for a progressive file the coefficients of every block at full size.
+    pub fn decode_bytes(&self, scale: u32) -> u64 {
+        let s = u64::from(scale.max(1));
+        let (w, h) = (u64::from(self.width), u64::from(self.height));
+        let output = w.div_ceil(s) * h.div_ceil(s) * 3;
+        let planes = self.blocks * 64 / (s * s);
+        let coefficients = if self.progressive {
+            self.blocks * 128
+        } else {
+            0
+        };
+        output + planes + coefficients + (1 << 20)
+    }
 }
 
 /// Whether a JPEG stream is complete: an end-of-image marker follows the last start-of-scan.
@@ -307,45 +482,6 @@ fn jpeg_has_end(bytes: &[u8]) -> bool {
 pub const INPUT_SIDE: u32 = 224;
 /// The shorter side after the first resize, before the centre crop.
 pub const RESIZE_SHORT_SIDE: u32 = 256;
-
-/// The EfficientNet-Lite pre-processing: RGB, shorter side resized to 256 (bilinear), centre
-/// crop 224x224, `(pixel - 127) / 128`, laid out as CHW float32.
-pub fn preprocess(img: &DynamicImage, out: &mut Vec<f32>) {
-    let (w, h) = (img.width(), img.height());
-    // Very large photos are first shrunk cheaply to twice the target, which keeps the bilinear
-    // pass small without visible change to what the model sees.
-    let shrunk;
-    let img = if w.min(h) > 4 * RESIZE_SHORT_SIDE {
-        let s = (2 * RESIZE_SHORT_SIDE) as f32 / w.min(h) as f32;
-        shrunk = img.thumbnail_exact(
-            ((w as f32 * s).round() as u32).max(1),
-            ((h as f32 * s).round() as u32).max(1),
-        );
-        &shrunk
-    } else {
-        img
-    };
-    let rgb = img.to_rgb8();
-    let (w, h) = rgb.dimensions();
-    let s = RESIZE_SHORT_SIDE as f32 / w.min(h) as f32;
-    let nw = ((w as f32 * s).round() as u32).max(INPUT_SIDE);
-    let nh = ((h as f32 * s).round() as u32).max(INPUT_SIDE);
-    let resized = image::imageops::resize(&rgb, nw, nh, image::imageops::FilterType::Triangle);
-    let (left, top) = ((nw - INPUT_SIDE) / 2, (nh - INPUT_SIDE) / 2);
-    let plane = (INPUT_SIDE * INPUT_SIDE) as usize;
-    let start = out.len();
-    out.resize(start + 3 * plane, 0.0);
-    let dst = &mut out[start..];
-    for y in 0..INPUT_SIDE {
-        for x in 0..INPUT_SIDE {
-            let p = resized.get_pixel(left + x, top + y);
-            let i = (y * INPUT_SIDE + x) as usize;
-            for c in 0..3 {
-                dst[c * plane + i] = (f32::from(p[c]) - 127.0) / 128.0;
-            }
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -474,35 +610,6 @@ mod tests {
             .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
             .unwrap();
         out
-    }
-
-    #[test]
-    fn large_jpegs_are_decoded_at_a_reduced_scale() {
-        let l = ImageLimits::default();
-        let big = jpeg(2400, 1200);
-        let img = decode_reduced(&big, &l, 256).unwrap();
-        // 1/4 keeps the shorter side at 300 >= 256; 1/8 would give 150.
-        assert_eq!((img.width(), img.height()), (600, 300));
-        // Small images are decoded whole.
-        let small = jpeg(400, 300);
-        let img = decode_reduced(&small, &l, 256).unwrap();
-        assert_eq!((img.width(), img.height()), (400, 300));
-        // EXIF orientation still applies on the reduced path.
-        let rotated = insert_exif_orientation(&big, 6);
-        let img = decode_reduced(&rotated, &l, 256).unwrap();
-        assert_eq!((img.width(), img.height()), (300, 600));
-    }
-
-    #[test]
-    fn preprocess_shape_and_values() {
-        let img = image::load_from_memory(&png(300, 400)).unwrap();
-        let mut out = Vec::new();
-        preprocess(&img, &mut out);
-        assert_eq!(out.len(), 3 * 224 * 224);
-        let plane = 224 * 224;
-        assert!((out[0] - (10.0 - 127.0) / 128.0).abs() < 1e-6);
-        assert!((out[plane] - (200.0 - 127.0) / 128.0).abs() < 1e-6);
-        assert!((out[2 * plane] - (30.0 - 127.0) / 128.0).abs() < 1e-6);
     }
 
     #[test]

@@ -4,11 +4,16 @@
 //!
 //! Everything here blocks the calling thread; callers run it on a dedicated pool.
 
+pub mod budget;
+pub mod cancel;
 pub mod imageio;
 pub mod imagga;
 mod model;
+pub mod prepare;
 pub mod runtime;
 
+pub use budget::DecodeBudget;
+pub use cancel::{Cancel, CancelHandle, Canceled};
 pub use imageio::{ImageCheckError, ImageLimits, ProbedImage};
 pub use imagga::{ImaggaClassifier, ImaggaConfig, ImaggaConfigError, Secret};
 pub use model::{Classification, Model, ModelSource, OnnxClassifier};
@@ -23,6 +28,8 @@ pub enum ClassifyError {
     Image(#[from] ImageCheckError),
     #[error("the model failed: {0}")]
     Model(String),
+    #[error(transparent)]
+    Canceled(#[from] Canceled),
     /// A failure made on purpose (fault injection), to exercise retries.
     #[error("{0}")]
     Injected(String),
@@ -41,6 +48,7 @@ impl ClassifyError {
         match self {
             ClassifyError::Image(e) => e.code(),
             ClassifyError::Model(_) => ErrorCode::ClassificationFailed,
+            ClassifyError::Canceled(_) => ErrorCode::Timeout,
             ClassifyError::Injected(_) => ErrorCode::InjectedFailure,
             ClassifyError::Provider { code, .. } => *code,
         }
@@ -59,6 +67,18 @@ impl ClassifyError {
 /// thread at a time; a worker pool makes one per thread.
 pub trait Classifier: Send {
     fn classify(&mut self, image: &[u8]) -> Result<Classification, ClassifyError>;
+
+    /// Like [`classify`](Self::classify), but gives up (with [`ClassifyError::Canceled`]) soon
+    /// after `cancel` fires: between decoding stages, every few rows of a row-by-row decode, and
+    /// while waiting for decoder memory. Providers that cannot stop early just classify.
+    fn classify_with(
+        &mut self,
+        image: &[u8],
+        cancel: &Cancel,
+    ) -> Result<Classification, ClassifyError> {
+        let _ = cancel;
+        self.classify(image)
+    }
 
     /// The model whose answers these are.
     fn info(&self) -> &ModelInfo;

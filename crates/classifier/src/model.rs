@@ -1,10 +1,14 @@
 //! The ONNX model: loaded once per process, run through one ONNX Runtime session per worker
 //! thread; softmax and top-k over its logits.
 
-use crate::imageio::{self, ImageLimits, INPUT_SIDE};
+use crate::budget::DecodeBudget;
+use crate::cancel::Cancel;
+use crate::imageio::{ImageLimits, INPUT_SIDE};
+use crate::prepare::{Prepared, Preprocessor};
 use crate::runtime::{self, RuntimeError};
 use crate::{Classifier, ClassifyError};
 use imgclass_core::{ModelInfo, Prediction, Provider};
+use ort::memory::Allocator;
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::Tensor;
 use std::path::PathBuf;
@@ -144,6 +148,7 @@ impl Model {
             .map_err(|e| invalid(e.to_string()))?
             .commit_from_memory(&self.shared.bytes)
             .map_err(|e| invalid(e.to_string()))?;
+        let side = INPUT_SIDE as usize;
         let input = session
             .inputs()
             .first()
@@ -155,8 +160,11 @@ impl Model {
             session,
             input,
             limits: ImageLimits::default(),
+            budget: None,
             top_k: top_k.max(1),
-            buf: Vec::with_capacity(INPUT_LEN),
+            pre: Preprocessor::new(),
+            input_tensor: Tensor::<f32>::new(&Allocator::default(), [1usize, 3, side, side])
+                .map_err(|e| invalid(e.to_string()))?,
         })
     }
 }
@@ -177,14 +185,47 @@ pub struct OnnxClassifier {
     session: Session,
     input: String,
     limits: ImageLimits,
+    /// `None`: the process-wide [`DecodeBudget::global`].
+    budget: Option<Arc<DecodeBudget>>,
     top_k: usize,
-    buf: Vec<f32>,
+    pre: Preprocessor,
+    /// The model's input for one image, written in place by the pre-processing.
+    input_tensor: Tensor<f32>,
 }
 
 impl OnnxClassifier {
     pub fn with_limits(mut self, limits: ImageLimits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Decoders of this classifier take their memory from `budget` instead of the process-wide one.
+    pub fn with_budget(mut self, budget: Arc<DecodeBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Decodes and pre-processes one image into this classifier's input buffer (the first
+    /// stage of [`Classifier::classify`]); returns how it went. For benchmarks.
+    pub fn prepare(&mut self, image: &[u8], cancel: &Cancel) -> Result<Prepared, ClassifyError> {
+        let budget = self
+            .budget
+            .as_deref()
+            .unwrap_or_else(|| DecodeBudget::global());
+        let (_, out) = self.input_tensor.extract_tensor_mut();
+        self.pre.prepare(image, &self.limits, budget, cancel, out)
+    }
+
+    /// Runs the model on what [`prepare`](Self::prepare) left in the input tensor.
+    pub fn infer_prepared(&mut self) -> Result<Vec<f32>, String> {
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input.as_str() => &self.input_tensor])
+            .map_err(|e| e.to_string())?;
+        let (_, logits) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| e.to_string())?;
+        Ok(logits.to_vec())
     }
 
     pub fn model(&self) -> &Model {
@@ -234,16 +275,19 @@ pub fn top_k(logits: &[f32], k: usize, labels: &[String]) -> Vec<Prediction> {
 
 impl Classifier for OnnxClassifier {
     fn classify(&mut self, image: &[u8]) -> Result<Classification, ClassifyError> {
+        self.classify_with(image, &Cancel::never())
+    }
+
+    fn classify_with(
+        &mut self,
+        image: &[u8],
+        cancel: &Cancel,
+    ) -> Result<Classification, ClassifyError> {
         let t0 = Instant::now();
-        let img = imageio::decode_reduced(image, &self.limits, imageio::RESIZE_SHORT_SIDE)?;
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        imageio::preprocess(&img, &mut buf);
-        drop(img);
+        self.prepare(image, cancel)?;
+        cancel.check()?;
         let t1 = Instant::now();
-        let logits = self.infer(&buf, 1).map_err(ClassifyError::Model);
-        self.buf = buf;
-        let logits = logits?;
+        let logits = self.infer_prepared().map_err(ClassifyError::Model)?;
         let t2 = Instant::now();
         Ok(Classification {
             predictions: self.top_k(&logits, self.top_k),

@@ -1,5 +1,8 @@
 //! `imgclass`: the one binary. `serve` runs the API, the web page and the workers; `worker` runs
-//! workers only; `classify` classifies files locally; `migrate` prepares or copies a database.
+//! workers only; `classify` classifies files locally; `migrate` prepares or copies a database;
+//! `submit` uploads images to a server.
+
+mod submit;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -23,8 +26,27 @@ use std::time::Duration;
     about = "Asynchronous image classification: upload images, get labels."
 )]
 struct Cli {
+    /// Log lines as readable text, or as one JSON object per line (with the span fields:
+    /// request.id, job.id, node).
+    #[arg(long, global = true, env = "IMGCLASS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// This process's name in lease tokens, metrics and logs.
+fn node_name() -> String {
+    format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into()),
+        std::process::id()
+    )
 }
 
 #[derive(Subcommand)]
@@ -39,6 +61,8 @@ enum Command {
     Migrate(MigrateArgs),
     /// API tokens: once one exists, every /api/* request needs one.
     Token(TokenArgs),
+    /// Upload images (files and folders) to a server, with progress; --wait prints the results.
+    Submit(submit::SubmitArgs),
 }
 
 #[derive(Args)]
@@ -353,14 +377,6 @@ impl WebhookArgs {
     }
 }
 
-fn node_name() -> String {
-    format!(
-        "{}-{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into()),
-        std::process::id()
-    )
-}
-
 /// Starts this process's webhook deliverer, when webhooks are on.
 fn start_deliverer(
     store: &Arc<dyn imgclass_store::Store>,
@@ -425,6 +441,10 @@ struct WorkArgs {
     /// everything.
     #[arg(long, env = "IMGCLASS_RETAIN", default_value = "7d", value_parser = parse_retain)]
     retain: RetainArg,
+    /// Serve GET /metrics on this address instead of the API's port (the only way a worker
+    /// node serves them). It asks for no token: keep it private.
+    #[arg(long, env = "IMGCLASS_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// How long a running job's lease lasts without a heartbeat (e.g. 30s).
     #[arg(long, env = "IMGCLASS_LEASE", default_value = "30s", value_parser = parse_duration)]
     lease: Duration,
@@ -501,28 +521,39 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn,sqlx=warn,ort=warn"));
     // Colours only for a person at a terminal: not in files, pipes or journald (NO_COLOR too).
     let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(ansi)
-        .init();
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => fmt.init(),
+        // One object per line; the fields of every enclosing span (request.id, job.id, node)
+        // come along in "spans", the innermost one's also in "span".
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let format = cli.log_format;
     let result = match cli.command {
         Command::Classify(args) => classify(args),
-        Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(*args))),
-        Command::Worker(args) => runtime().and_then(|rt| rt.block_on(worker(*args))),
-        Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate(args))),
-        Command::Token(args) => runtime().and_then(|rt| rt.block_on(token(args))),
+        Command::Serve(args) => runtime(format).and_then(|rt| rt.block_on(serve(*args))),
+        Command::Worker(args) => runtime(format).and_then(|rt| rt.block_on(worker(*args))),
+        Command::Migrate(args) => runtime(format).and_then(|rt| rt.block_on(migrate(args))),
+        Command::Token(args) => runtime(format).and_then(|rt| rt.block_on(token(args))),
+        Command::Submit(args) => submit::run(args),
     };
     match result {
         Ok(code) => code,
@@ -533,8 +564,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    init_tracing();
+fn runtime(format: LogFormat) -> Result<tokio::runtime::Runtime> {
+    init_tracing(format);
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
@@ -674,7 +705,11 @@ async fn worker(args: WorkerArgs) -> Result<std::process::ExitCode> {
         .with_context(|| format!("cannot open the database {}", args.db.database))?;
     store.migrate().await?;
     let webhooks = args.work.webhooks.config()?;
-    let workers = start_workers(store.clone(), &args.work).await?;
+    let metrics = Arc::new(imgclass_server::metrics::Metrics::new());
+    if let Some(addr) = args.work.metrics_listen {
+        serve_metrics(addr, metrics.clone(), store.clone()).await?;
+    }
+    let workers = start_workers(store.clone(), &args.work, Some(metrics)).await?;
     let deliverer = start_deliverer(&store, &webhooks)?;
     tracing::info!("imgclass worker is running");
     shutdown_signal().await;
@@ -688,7 +723,33 @@ async fn worker(args: WorkerArgs) -> Result<std::process::ExitCode> {
 }
 
 /// Loads the classifier and starts this process's workers.
-async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -> Result<Workers> {
+/// Serves `/metrics` alone on `addr` until the process ends.
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<imgclass_server::metrics::Metrics>,
+    store: Arc<dyn imgclass_store::Store>,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    tracing::info!(
+        "metrics are served on http://{}/metrics",
+        listener.local_addr()?
+    );
+    let app = imgclass_server::metrics_router(metrics, store);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
+async fn start_workers(
+    store: Arc<dyn imgclass_store::Store>,
+    args: &WorkArgs,
+    metrics: Option<Arc<imgclass_server::metrics::Metrics>>,
+) -> Result<Workers> {
     let count = args.workers.map_or_else(cores, usize::from);
     let factory: ClassifierFactory = match args.model.provider {
         ProviderArg::Noop => {
@@ -727,6 +788,7 @@ async fn start_workers(store: Arc<dyn imgclass_store::Store>, args: &WorkArgs) -
         backoff_max: args.backoff_max.max(args.backoff_base),
         max_stalls: args.max_stalls,
         retain: args.retain.0,
+        metrics,
         node: node_name(),
         ..WorkerConfig::default()
     };
@@ -759,6 +821,10 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     store.migrate().await?;
     let webhooks = args.work.webhooks.config()?;
 
+    let metrics = Arc::new(imgclass_server::metrics::Metrics::new());
+    if let Some(addr) = args.work.metrics_listen {
+        serve_metrics(addr, metrics.clone(), store.clone()).await?;
+    }
     // The node listens at once; `/readyz` says 503 until the workers have loaded the model.
     let (readiness, workers, mut workers_failed) = if args.no_workers {
         let (_, never) = tokio::sync::oneshot::channel();
@@ -768,9 +834,10 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         let (failed_tx, failed) = tokio::sync::oneshot::channel();
         let slot = Arc::new(tokio::sync::Mutex::new(None));
         let (store, work, put) = (store.clone(), args.work.clone(), slot.clone());
+        let metrics = metrics.clone();
         let starting = tokio::spawn(async move {
             let mut put = put.lock().await;
-            match start_workers(store, &work).await {
+            match start_workers(store, &work, Some(metrics)).await {
                 Ok(w) => {
                     *put = Some(w);
                     loaded.store(true, std::sync::atomic::Ordering::Release);
@@ -812,6 +879,9 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
             submissions: args.quota_submissions,
             max_queued_per_token: args.max_queued_per_token,
         },
+        metrics: Some(metrics),
+        metrics_on_api_port: args.work.metrics_listen.is_none(),
+        node: node_name(),
     };
     let app = imgclass_server::router_with(state, http);
     // Our accept loop (connection cap, request-head, keep-alive and body timeouts); it gives

@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Every error imgclass reports, on a job or in an API response, carries one of these codes.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {

@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// One label and its probability.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
     /// The class index in the model's output.
@@ -14,6 +15,7 @@ pub struct Prediction {
 }
 
 /// What classifies a process's jobs (`--provider`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Provider {
@@ -56,6 +58,7 @@ impl FromStr for Provider {
 }
 
 /// The provider and model that produced a result.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// Results stored before providers were recorded came from the in-process model.
@@ -66,6 +69,7 @@ pub struct ModelInfo {
 }
 
 /// How long each stage of a job took, in milliseconds.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     pub queue_wait_ms: f64,
@@ -74,6 +78,7 @@ pub struct Timings {
 }
 
 /// The stored result of a succeeded job.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
     pub predictions: Vec<Prediction>,

@@ -5,8 +5,10 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod ops;
 pub mod quota;
+pub mod request_id;
 pub mod web;
 pub mod webhooks;
 pub mod worker;
@@ -69,6 +71,12 @@ pub struct HttpConfig {
     pub cors_origins: Vec<axum::http::HeaderValue>,
     pub readiness: ops::Readiness,
     pub quotas: quota::QuotaConfig,
+    /// This process's metrics; `/metrics` is served on the API's port when
+    /// `metrics_on_api_port` is set (otherwise on a port of its own, see [`metrics_router`]).
+    pub metrics: Option<Arc<metrics::Metrics>>,
+    pub metrics_on_api_port: bool,
+    /// This node's name, on every request's log lines.
+    pub node: String,
 }
 
 /// The whole HTTP application, with the default [`HttpConfig`].
@@ -80,17 +88,41 @@ pub fn router(state: AppState) -> Router {
 pub fn router_with(state: AppState, http: HttpConfig) -> Router {
     let store = state.store.clone();
     let access = auth::Access::new(store.clone()).with_quotas(http.quotas.clone());
-    let app = api::routes(state, access)
-        .merge(ops::routes(store, http.readiness.clone()))
-        .merge(web::routes())
+    let mut app = api::routes(state, access.clone())
+        .merge(ops::routes(store.clone(), http.readiness.clone()))
+        .merge(web::routes());
+    if let Some(m) = &http.metrics {
+        if http.metrics_on_api_port {
+            app = app.merge(metrics::routes(m.clone(), store, Some(access)));
+        }
+        app = app.layer(axum::middleware::from_fn_with_state(
+            m.clone(),
+            metrics::track_http,
+        ));
+    }
+    let node: Arc<str> = if http.node.is_empty() {
+        "node".into()
+    } else {
+        http.node.as_str().into()
+    };
+    let app = app
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
         // Every error under `/api` is JSON, whatever produced it.
         .layer(axum::middleware::from_fn(error::json_errors))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(
+            node,
+            request_id::track,
+        ));
     match cors(&http.cors_origins) {
         Some(layer) => app.layer(layer),
         None => app,
     }
+}
+
+/// `/metrics` alone, for `--metrics-listen` (no token asked: keep that port private).
+pub fn metrics_router(metrics: Arc<metrics::Metrics>, store: Arc<dyn Store>) -> Router {
+    metrics::routes(metrics, store, None)
 }
 
 /// Cross-origin access for the listed origins only (closed when there is none): preflights

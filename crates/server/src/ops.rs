@@ -4,11 +4,12 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use imgclass_store::Store;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What readiness depends on besides the database.
 #[derive(Clone, Default)]
@@ -36,12 +37,38 @@ struct ReadyState {
     readiness: Readiness,
 }
 
-pub(crate) fn routes(store: Arc<dyn Store>, readiness: Readiness) -> Router {
-    Router::new()
-        .route("/readyz", get(readyz))
-        .with_state(ReadyState { store, readiness })
+/// The operators' routes, registered with their OpenAPI description.
+fn router() -> OpenApiRouter<ReadyState> {
+    OpenApiRouter::new().routes(routes!(readyz))
 }
 
+pub(crate) fn routes(store: Arc<dyn Store>, readiness: Readiness) -> Router {
+    let (router, _) = router().split_for_parts();
+    router.with_state(ReadyState { store, readiness })
+}
+
+/// The operators' part of the OpenAPI document.
+pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
+    router().into_openapi()
+}
+
+/// Whether the node may take traffic.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // Only describes the answer, which `readyz` writes.
+struct ReadyView {
+    /// `ready` or `not_ready`.
+    #[schema(example = "ready")]
+    status: String,
+    /// Why not (only when not ready).
+    reasons: Option<Vec<String>>,
+}
+
+/// Readiness: the database answers and, on a node with workers, the model is loaded.
+#[utoipa::path(get, path = "/readyz", tag = "service", operation_id = "ready",
+    responses(
+        (status = 200, description = "Ready.", body = ReadyView),
+        (status = 503, description = "Not ready; `reasons` says why.", body = ReadyView),
+    ))]
 async fn readyz(State(s): State<ReadyState>) -> Response {
     let mut problems = Vec::new();
     if let Some(flag) = &s.readiness.model_loaded {

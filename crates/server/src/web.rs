@@ -25,7 +25,7 @@ pub fn routes() -> Router {
         .route("/style.css", get(style_css))
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
+pub(crate) fn asset(content_type: &'static str, body: &'static str) -> Response {
     let headers: [(HeaderName, HeaderValue); 7] = [
         (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),

@@ -4,6 +4,7 @@
 //! `sqlite.rs`/`postgres.rs` hold just that.
 
 mod dialect;
+mod health;
 mod model;
 mod postgres;
 mod quotas;
@@ -13,6 +14,7 @@ mod sqlite;
 mod tokens;
 mod webhooks;
 
+pub use health::{database_errors, DatabaseErrors, Health, PoolStatus};
 pub use model::*;
 pub use quotas::{QuotaTake, Quotas};
 pub use tokens::{ApiToken, NewToken, Tokens};
@@ -53,6 +55,14 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        let converted = Self::classify(e);
+        health::count_error(matches!(converted, StoreError::Unavailable(_)));
+        converted
+    }
+}
+
+impl StoreError {
+    fn classify(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::Io(_)
@@ -110,7 +120,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything the service needs from its database.
 #[async_trait]
-pub trait Store: Tokens + Quotas + Webhooks + Send + Sync + 'static {
+pub trait Store: Tokens + Quotas + Webhooks + Health + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<()>;
 

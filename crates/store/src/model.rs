@@ -232,8 +232,13 @@ pub(crate) fn encode_cursor(seq: i64) -> String {
     format!("j{seq}")
 }
 
+/// Only what `encode_cursor` writes: `j` and a positive number without sign or leading zero.
 pub(crate) fn decode_cursor(cursor: &str) -> Option<i64> {
-    cursor.strip_prefix('j')?.parse().ok().filter(|v| *v > 0)
+    let digits = cursor.strip_prefix('j')?;
+    if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|v| *v > 0)
 }
 
 pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<String, crate::StoreError> {

@@ -91,9 +91,31 @@ impl Dialect for Postgres {
     }
 
     async fn migrate(&self, pool: &AnyPool) -> Result<()> {
-        sqlx::migrate!("./migrations/postgres").run(pool).await?;
-        Ok(())
+        // This node's event listener may be reading the log (events joined with jobs) while a
+        // migration alters those tables; PostgreSQL then ends one of the two as a deadlock. A
+        // migration is one transaction, so the one that lost is simply run again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match sqlx::migrate!("./migrations/postgres").run(pool).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 5 && is_deadlock(&e) => {
+                    tracing::warn!(error = %e, "a migration met a deadlock; running it again");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
+}
+
+/// Whether a migration failed because PostgreSQL broke a deadlock (SQLSTATE 40P01).
+fn is_deadlock(e: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError;
+    let (MigrateError::Execute(inner) | MigrateError::ExecuteMigration(inner, _)) = e else {
+        return false;
+    };
+    matches!(inner, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
 }
 
 /// Events with seq above `last_seen` are read from the log in order and broadcast; a gap (a

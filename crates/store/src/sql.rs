@@ -472,30 +472,41 @@ impl SqlStore {
 
     /// Ends a leased attempt with its outcome inside `w`; false when fenced.
     async fn finish_in(&self, w: &mut Write, lease: &Lease, outcome: Outcome) -> Result<bool> {
+        let Some(job) = self.leased_job(w, lease).await? else {
+            return Ok(false);
+        };
+        self.finish_job(w, &job, outcome).await
+    }
+
+    /// Ends the attempt of `job` (read under its lease in `w`) with its outcome; false when the
+    /// guard did not match.
+    async fn finish_job(&self, w: &mut Write, job: &Job, outcome: Outcome) -> Result<bool> {
         let (action, result, error, run_at) = match outcome {
             Outcome::Succeeded(result) => (Action::Succeed, Some(result), None, None),
             Outcome::Failed(error) => (Action::Fail, None, Some(error), None),
             Outcome::Retry { error, run_at } => (Action::Requeue, None, Some(error), Some(run_at)),
         };
-        self.end_attempt_in(w, lease, action, |j, now| {
-            j.result = result;
-            if let Some(error) = error {
-                j.attempt_errors.push(AttemptError {
-                    attempt: j.attempts,
-                    code: error.code,
-                    message: error.message.clone(),
-                    at: ms_to_time(now),
-                });
-                j.error = Some(error);
-            } else {
-                j.error = None;
-            }
-            match run_at {
-                Some(t) => j.run_at = t,
-                None => j.finished_at = Some(ms_to_time(now)),
-            }
-        })
-        .await
+        let written = self
+            .apply(w, job, action, |j, now| {
+                j.result = result;
+                if let Some(error) = error {
+                    j.attempt_errors.push(AttemptError {
+                        attempt: j.attempts,
+                        code: error.code,
+                        message: error.message.clone(),
+                        at: ms_to_time(now),
+                    });
+                    j.error = Some(error);
+                } else {
+                    j.error = None;
+                }
+                match run_at {
+                    Some(t) => j.run_at = t,
+                    None => j.finished_at = Some(ms_to_time(now)),
+                }
+            })
+            .await?;
+        Ok(written.is_some())
     }
 
     /// Claims up to `limit` due jobs inside `w` under one fresh lease token, taking their starts
@@ -519,7 +530,11 @@ impl SqlStore {
             let allowed = i64::from(rate.jobs) - window.len() as i64;
             if allowed <= 0 {
                 let oldest = window.first().copied().unwrap_or(now);
-                let wait = (oldest + rate.per.as_millis() as i64 - now).max(1);
+                // On PostgreSQL `now` is read before the row lock is had, so a claimer that
+                // waited for the lock can find a start a little after its own `now`: the wait is
+                // never more than one window.
+                let per = rate.per.as_millis() as i64;
+                let wait = (oldest + per - now).clamp(1, per.max(1));
                 return Ok(ClaimBatch {
                     claims: Vec::new(),
                     rate_limited_for: Some(Duration::from_millis(wait as u64)),
@@ -786,9 +801,30 @@ impl Store for SqlStore {
         rate: Option<RateLimit>,
     ) -> Result<(Vec<bool>, ClaimBatch)> {
         let mut w = self.begin(Durability::Relaxed).await?;
+        // Every leased job of the round in one read (locked, in a stable order).
+        let mut jobs = std::collections::HashMap::with_capacity(finishes.len());
+        if !finishes.is_empty() {
+            let marks: Vec<String> = (1..=finishes.len()).map(|i| format!("${i}")).collect();
+            let sql = select_jobs(&format!("j.id IN ({}) ORDER BY j.seq", marks.join(", ")))
+                + self.dialect.lock(Lock::Jobs);
+            let mut q = sqlx::query(&sql);
+            for (l, _) in &finishes {
+                q = q.bind(l.job_id.to_string());
+            }
+            for row in q.fetch_all(&mut *w.tx).await? {
+                let job = job_from_row(&row)?;
+                jobs.insert(job.id, job);
+            }
+        }
         let mut stored = Vec::with_capacity(finishes.len());
         for (l, outcome) in finishes {
-            stored.push(self.finish_in(&mut w, &l, outcome).await?);
+            let leased = jobs.get(&l.job_id).filter(|j| {
+                j.status == JobStatus::Running && j.lease_owner.as_deref() == Some(&l.token)
+            });
+            stored.push(match leased {
+                Some(job) => self.finish_job(&mut w, job, outcome).await?,
+                None => false,
+            });
         }
         let batch = if limit > 0 {
             self.claim_in(&mut w, worker, limit, lease, rate).await?
@@ -1009,9 +1045,9 @@ impl Store for SqlStore {
         let n = sqlx::query(
             "INSERT INTO jobs (id, status, image_sha256, file_name, attempts, stalls, run_attempts, \
              max_attempts, priority, run_at, error_code, error_message, attempt_errors, result, \
-             created_at, started_at, finished_at, updated_at, owner) VALUES ($1, $2, $3, $4, $5, $6, \
-             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
-             ON CONFLICT (id) DO NOTHING",
+             created_at, started_at, finished_at, updated_at, owner, webhook_url, webhook_events) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19, $20, $21) ON CONFLICT (id) DO NOTHING",
         )
         .bind(job.id.to_string())
         .bind(status.as_str())
@@ -1032,6 +1068,8 @@ impl Store for SqlStore {
         .bind(job.finished_at.map(ms))
         .bind(ms(job.updated_at))
         .bind(&job.owner)
+        .bind(job.webhook.as_ref().map(|h| h.url.clone()))
+        .bind(job.webhook.as_ref().map(crate::rows::webhook_events))
         .execute(&mut *w.tx)
         .await?
         .rows_affected();
@@ -1074,36 +1112,48 @@ pub(crate) async fn last_event_seq(pool: &AnyPool) -> Result<i64> {
 
 /// Events after `after`, oldest first, each with its job's current state (one query).
 pub(crate) async fn read_events(pool: &AnyPool, after: i64, limit: usize) -> Result<Vec<Event>> {
-    let sql = format!(
-        "SELECT e.seq AS event_seq, e.job_id AS event_job_id, e.kind AS event_kind, \
-         e.status AS event_status, e.at AS event_at, e.owner AS event_owner, {JOB_COLUMNS} \
-         FROM events e \
-         LEFT JOIN jobs j ON j.id = e.job_id LEFT JOIN blobs b ON b.sha256 = j.image_sha256 \
-         WHERE e.seq > $1 ORDER BY e.seq LIMIT $2"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(after)
-        .bind(limit as i64)
-        .fetch_all(pool)
-        .await?;
+    // Two statements, never one that locks events and jobs together: a migration altering both
+    // (in its own order) must not deadlock with a reader (PostgreSQL's listener runs at start).
+    let rows = sqlx::query(
+        "SELECT seq, job_id, kind, status, at, owner FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await?;
+    let mut ids: Vec<String> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get("job_id")?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let mut jobs = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(200) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = select_jobs(&format!("j.id IN ({})", marks.join(", ")));
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        for row in q.fetch_all(pool).await? {
+            let job = job_from_row(&row)?;
+            jobs.insert(job.id, job);
+        }
+    }
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        let job_id: String = row.try_get("event_job_id")?;
-        let kind: String = row.try_get("event_kind")?;
-        let status: Option<String> = row.try_get("event_status")?;
-        let present: Option<String> = row.try_get("id")?;
-        let job = match present {
-            Some(_) => Some(job_from_row(&row)?),
-            None => None,
-        };
+        let job_id = parse_id(&row.try_get::<String, _>("job_id")?)?;
+        let kind: String = row.try_get("kind")?;
+        let status: Option<String> = row.try_get("status")?;
         out.push(Event {
-            seq: row.try_get("event_seq")?,
-            job_id: parse_id(&job_id)?,
+            seq: row.try_get("seq")?,
+            job_id,
             kind: kind.parse().map_err(db_err)?,
             status: status.map(|s| s.parse()).transpose().map_err(db_err)?,
-            at: ms_to_time(row.try_get("event_at")?),
-            job,
-            owner: row.try_get("event_owner")?,
+            at: ms_to_time(row.try_get("at")?),
+            job: jobs.get(&job_id).cloned(),
+            owner: row.try_get("owner")?,
         });
     }
     Ok(out)

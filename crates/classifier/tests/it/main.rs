@@ -1,5 +1,9 @@
 //! The built-in model against the reference pipeline's numbers, and on real photos.
 
+mod agreement;
+mod images;
+mod variants;
+
 use imgclass_classifier::{Classifier, Model, ModelSource};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

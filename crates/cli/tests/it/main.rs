@@ -3,6 +3,8 @@
 
 mod imagga;
 mod pg_cluster;
+mod submit;
+mod webhooks;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -73,6 +75,8 @@ fn classify_reports_bad_files_and_fails() {
 struct Server {
     child: Child,
     base: String,
+    /// Every line the process has written to stdout so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -89,7 +93,13 @@ impl Server {
     }
 
     fn spawn(args: &[&str]) -> Server {
+        Self::spawn_with(&[], args)
+    }
+
+    /// Like `spawn`, with arguments before the subcommand (`--log-format json`).
+    fn spawn_with(global: &[&str], args: &[&str]) -> Server {
         let mut child = Command::new(bin())
+            .args(global)
             .args(args)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
@@ -99,13 +109,16 @@ impl Server {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let base = loop {
             let line = lines
                 .next()
                 .expect("serve exited before listening")
                 .unwrap();
+            log.lock().unwrap().push(line.clone());
             if let Some(pos) = line.find("listening on http://") {
                 let url = line[pos + "listening on ".len()..].trim();
+                let url = url.split('"').next().unwrap_or(url);
                 break url
                     .trim_end_matches(|c: char| !c.is_ascii_digit())
                     .to_string();
@@ -114,9 +127,14 @@ impl Server {
                 break String::new();
             }
         };
-        // Keep draining the log so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, base }
+        // Keep reading the log so the child never blocks on a full pipe.
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                keep.lock().unwrap().push(line);
+            }
+        });
+        Server { child, base, log }
     }
 
     fn kill9(mut self) {
@@ -372,4 +390,135 @@ async fn tokens_made_on_the_command_line_close_the_api_and_revoke_at_once() {
     assert_eq!(body["error"]["code"], "unauthorized");
     let (_, list, _) = token_cmd(&db, &["list"]);
     assert!(list.contains("revoked"), "{list}");
+}
+
+/// Group commit under SIGKILL: uploads share commits, and every upload answered `202` before
+/// the process died is in the database after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_upload_acknowledged_before_sigkill_survives_the_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/jobs.db", dir.path().display());
+    let api = Server::start(&db, &["--no-workers"]);
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let image = std::fs::read(fixture("coffee.png")).unwrap();
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let (acked, image, client) = (acked.clone(), image.clone(), client.clone());
+        let url = format!("{}/api/jobs", api.base);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40 {
+                let form = reqwest::multipart::Form::new().part(
+                    "file",
+                    reqwest::multipart::Part::bytes(image.clone())
+                        .file_name(format!("{t}-{i}.png")),
+                );
+                let Ok(resp) = client.post(&url).multipart(form).send().await else {
+                    return;
+                };
+                if resp.status() != 202 {
+                    return;
+                }
+                let Ok(body) = resp.json::<Value>().await else {
+                    return;
+                };
+                let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
+                acked.lock().unwrap().push(id);
+            }
+        }));
+    }
+    // Kill it in the middle of the burst.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the burst did not get going"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    api.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() < 32 * 40, "killed too late to test anything");
+
+    let api = Server::start(&db, &["--no-workers"]);
+    for id in &acked {
+        let j = job(&api.base, id).await;
+        assert_eq!(j["status"], "queued", "acknowledged job {id} lost: {j}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_request_the_job_and_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/jobs.db", dir.path().display());
+    let server = Server::spawn_with(
+        &["--log-format", "json"],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &db,
+            "--workers",
+            "1",
+        ],
+    );
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(std::fs::read(fixture("coffee.png")).unwrap())
+            .file_name("coffee.png"),
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/jobs", server.base))
+        .header("X-Request-Id", "upload-7")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(resp.headers()["x-request-id"], "upload-7");
+    let body: Value = resp.json().await.unwrap();
+    let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
+    wait_for_event(&server.base, &id, "succeeded").await;
+    // Without an id of its own, a request gets one.
+    let resp = reqwest::get(format!("{}/api/stats", server.base))
+        .await
+        .unwrap();
+    let generated = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(generated.len(), 32, "{generated}");
+
+    // Every line is one JSON object; the lines about the job name it and the node, and the
+    // request's line names the request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (queued, succeeded) = loop {
+        let lines: Vec<Value> = server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect();
+        let about_job = |message: &str| {
+            lines.iter().find(|l| {
+                l["fields"]["message"] == message
+                    && (l["fields"]["job.id"] == id.as_str() || l["span"]["job.id"] == id.as_str())
+            })
+        };
+        if let (Some(q), Some(s)) = (about_job("job queued"), about_job("job succeeded")) {
+            break (q.clone(), s.clone());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log lines about {id}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(queued["span"]["request.id"], "upload-7", "{queued}");
+    let node = queued["span"]["node"].as_str().unwrap().to_string();
+    assert!(!node.is_empty());
+    assert_eq!(succeeded["span"]["job.id"], id.as_str(), "{succeeded}");
+    assert_eq!(succeeded["span"]["node"], node.as_str(), "{succeeded}");
 }

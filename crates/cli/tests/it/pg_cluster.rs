@@ -433,3 +433,59 @@ async fn quotas_are_shared_by_api_nodes() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited");
 }
+
+/// `Prefer: wait` on one API node answers when a worker process finishes the job, whichever
+/// node it was submitted through: the wait follows the shared event stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_wait_on_one_api_node_sees_a_worker_elsewhere_finish() {
+    let db = PgDb::new().await;
+    let a = Server::start(&db.url, &["--no-workers"]);
+    let b = Server::start(&db.url, &["--no-workers"]);
+    let id = submit(
+        &b.base,
+        "c.png",
+        std::fs::read(fixture("coffee.png")).unwrap(),
+    )
+    .await;
+    // No worker yet: the wait on A starts while the job is queued.
+    let waiting = tokio::spawn({
+        let url = format!("{}/api/jobs/{id}", a.base);
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("Prefer", "wait=60")
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    assert_eq!(job(&a.base, &id).await["status"], "queued");
+    let _w = Server::worker(&db.url, &["--workers", "1"]);
+    let resp = tokio::time::timeout(Duration::from_secs(90), waiting)
+        .await
+        .expect("the wait ended")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["preference-applied"], "wait=60");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "succeeded", "{body}");
+    assert_eq!(body["result"]["predictions"][0]["label"], "espresso");
+
+    // A submission through B that waits gets its finished jobs back.
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(std::fs::read(fixture("chelsea.png")).unwrap())
+            .file_name("chelsea.png"),
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/jobs", b.base))
+        .header("Prefer", "wait=60")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(resp.headers()["preference-applied"], "wait=60");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["jobs"][0]["status"], "succeeded", "{body}");
+}

@@ -4,7 +4,7 @@
 
 use super::ApiQuery;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -22,8 +22,11 @@ use super::views::EventView;
 
 const REPLAY_PAGE: usize = 500;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventParams {
+    /// Replay the events after this sequence number first (as `Last-Event-ID` does).
+    #[param(minimum = 0)]
     after: Option<i64>,
 }
 
@@ -38,6 +41,8 @@ struct Cursor {
     catching_up: bool,
     /// Only the events of jobs this caller may see are sent.
     caller: Caller,
+    /// Counts this stream among the open ones while it lives.
+    _counted: Option<crate::metrics::SseGuard>,
 }
 
 fn to_sse(e: Event) -> SseEvent {
@@ -47,12 +52,47 @@ fn to_sse(e: Event) -> SseEvent {
     SseEvent::default().id(id).event(kind).data(data)
 }
 
+/// One server-sent event as it is framed on the stream.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Only describes the stream; `to_sse` writes it.
+pub(super) struct StreamEvent {
+    /// The event's sequence number: send it back as `Last-Event-ID` to resume.
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    /// The kind of change.
+    event: imgclass_core::EventKind,
+    /// An `EventView`, as JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+/// Server-sent events of every job change, as they are committed, on whichever node.
+///
+/// Each event's `id` is its sequence number, its `event` the kind of change and its `data` an
+/// `Event` (JSON). A client that reconnects with `Last-Event-ID` (or `?after=`) first gets what
+/// it missed. The stream does not end; a comment keeps it alive every 15 s.
+#[utoipa::path(get, path = "/api/events", tag = "events", operation_id = "events",
+    params(EventParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this sequence number (a value that is not one is ignored).")),
+    responses(
+        (status = 200, description = "The event stream (`text/event-stream`); each event's `data` is an `EventView`.",
+            content_type = "text/event-stream", body = StreamEvent),
+        (status = 400, description = "`bad_request`: `after` is not a whole number from 0.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+    ))]
 pub(super) async fn stream(
     State(state): State<AppState>,
     caller: Caller,
+    metrics: Option<axum::Extension<Arc<crate::metrics::Metrics>>>,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<EventParams>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    if params.after.is_some_and(|a| a < 0) {
+        return Err(ApiError::from_code(
+            imgclass_core::ErrorCode::BadRequest,
+            "after must be a sequence number (0 or more)",
+        ));
+    }
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -71,6 +111,7 @@ pub(super) async fn stream(
         backlog: VecDeque::new(),
         catching_up,
         caller,
+        _counted: metrics.map(|m| m.sse_client()),
     };
     let events = stream::unfold(cursor, |mut c| async move {
         loop {

@@ -1,45 +1,88 @@
 //! The HTTP API: routes, uploads, job actions, server-sent events.
 
 mod events;
+mod openapi;
 pub mod upload;
 pub mod views;
+mod wait;
 
 use crate::auth::{self, Access, Caller};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use imgclass_classifier::imageio;
 use imgclass_core::{ErrorCode, EventKind, JobId, JobStatus};
 use imgclass_store::{ListQuery, NewJob, Webhook};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use views::{JobList, JobView, JobsCreated, RetriedJobs, StatsView};
+
+/// The API's routes that the access rules guard, each registered together with its OpenAPI
+/// description (so the document cannot leave a route out).
+fn guarded_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_jobs, list_jobs))
+        .routes(routes!(retry_failed))
+        .routes(routes!(stats))
+        .routes(routes!(get_job, delete_job))
+        .routes(routes!(job_image))
+        .routes(routes!(retry_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(job_deliveries))
+        .routes(routes!(events::stream))
+}
+
+/// Routes open to anyone: liveness and the API's description.
+fn public_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(openapi::document))
+        .routes(routes!(openapi::docs_page))
+}
+
+/// The OpenAPI document of the API, as served at `/api/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let guarded = guarded_router().into_openapi();
+    let guarded_paths = guarded.paths.paths.keys().cloned().collect();
+    let mut doc = openapi::ApiDoc::openapi();
+    doc.merge(guarded);
+    doc.merge(public_router().into_openapi());
+    doc.merge(crate::ops::openapi());
+    openapi::add_access_responses(&mut doc, &guarded_paths);
+    doc
+}
 
 pub fn routes(state: AppState, access: Access) -> Router {
     let body_limit = state.upload.request_limit();
-    Router::new()
-        .route("/api/jobs", post(create_jobs).get(list_jobs))
-        .route("/api/jobs/retry-failed", post(retry_failed))
-        .route("/api/stats", get(stats))
-        .route("/api/jobs/{id}", get(get_job).delete(delete_job))
-        .route("/api/jobs/{id}/image", get(job_image))
-        .route("/api/jobs/{id}/retry", post(retry_job))
-        .route("/api/jobs/{id}/cancel", post(cancel_job))
-        .route("/api/jobs/{id}/deliveries", get(job_deliveries))
-        .route("/api/events", get(events::stream))
-        .route("/healthz", get(healthz))
+    let (guarded, _) = guarded_router().split_for_parts();
+    let (public, _) = public_router().split_for_parts();
+    guarded
         .route_layer(axum::middleware::from_fn_with_state(access, auth::require))
+        .merge(public)
+        .merge(openapi::asset_routes())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// `GET /healthz`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "service", operation_id = "health",
+    responses((status = 200, description = "The process is up.", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 fn parse_id(id: &str) -> Result<JobId, ApiError> {
@@ -99,7 +142,7 @@ impl SubmitFields {
     /// The plain fields a submission reads (multipart fields, or the query of a raw body).
     const NAMES: [&'static str; 3] = ["priority", "webhook", "webhook_events"];
 
-    /// Takes a plain field; unknown ones are ignored.
+    /// Takes a plain field; the reader refuses unknown ones.
     fn take(&mut self, name: &str, text: &str) -> Result<(), ApiError> {
         match name {
             "webhook" => self.webhook = Some(text.trim().to_string()),
@@ -183,12 +226,57 @@ impl SubmitFields {
     }
 }
 
-/// `POST /api/jobs`: one job per uploaded image; all or nothing.
+/// The multipart form of a submission.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Only describes the form; `read_uploads` reads it.
+struct SubmitForm {
+    /// One or more image files (JPEG, PNG, WebP, GIF, BMP, TIFF; the format is sniffed from the
+    /// bytes). Every part with a file name is an image, whatever its field name.
+    #[schema(value_type = Vec<String>, format = Binary, min_items = 1, max_items = 64)]
+    file: Vec<Vec<u8>>,
+    /// Higher runs first among due jobs.
+    #[schema(minimum = -1000, maximum = 1000, default = 0, required = false)]
+    priority: i32,
+    /// A URL to call (a signed POST) when the jobs change; needs a server with webhooks on
+    /// (`--webhook-secret`), and a public address unless the server allows private ones.
+    #[schema(required = false)]
+    webhook: String,
+    /// Which changes to call the webhook for, comma-separated: `running`, `succeeded`,
+    /// `failed`, `canceled` (default: each job's end).
+    #[schema(required = false)]
+    webhook_events: String,
+}
+
+/// Submit images: one job per image file, all or nothing.
+///
+/// Every file is checked before anything is stored: its format is sniffed from the bytes, its
+/// size and dimensions are checked against the limits (from the header, before decoding), and
+/// it must be complete. One bad file refuses the whole request.
+///
+/// With `Prefer: wait=N` (N ≤ 60) the answer waits until every job has finished or N seconds
+/// have passed, and then shows the jobs as they are (`Preference-Applied: wait=N`).
+#[utoipa::path(post, path = "/api/jobs", tag = "jobs", operation_id = "create_jobs",
+    params(("Prefer" = Option<String>, Header, description = "`wait=N`: hold the answer until every job has finished, at most N seconds (N ≤ 60; larger values count as 60).")),
+    request_body(content = SubmitForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 202, description = "The jobs, in the order of the files: queued, or with `Prefer: wait`, as they are when they finished or the wait ended.", body = JobsCreated,
+            headers(("Location" = String, description = "The first job's URL."),
+                ("Preference-Applied" = String, description = "`wait=N` when the answer waited."))),
+        (status = 400, description = "`bad_request`: the body is not a readable multipart form, it has a field that is neither a file nor a known field, or `priority` is out of range. `no_files`: the form has no file.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: a file is over the size limit, the body over the request limit, or there are too many files.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a file is not an image of an accepted format.", body = ErrorBody),
+        (status = 422, description = "`image_corrupt`: a file is truncated or damaged. `image_too_large`: an image is over the width, height or pixel limit. `invalid_webhook`: the webhook URL or events are not ones the server calls.", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the caller's submission quota is used up (`Retry-After`). `queue_full`: the caller has as many queued jobs as it may.", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds until a submission may be accepted again."))),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+    ))]
 async fn create_jobs(
     State(state): State<AppState>,
     caller: Caller,
     admission: crate::quota::Admission,
     ApiQuery(params): ApiQuery<UploadParams>,
+    headers: HeaderMap,
     request: Request,
 ) -> Result<Response, ApiError> {
     // Plain fields: from the query (how a raw image body gives them), then from the multipart
@@ -267,11 +355,19 @@ async fn create_jobs(
             webhook: webhook.clone(),
         });
     }
-    let jobs = state.store.create_jobs(new_jobs).await?;
+    let wait = wait::preferred(&headers);
+    // Subscribed before the jobs exist, so the wait cannot miss their changes.
+    let live = wait.map(|_| state.store.subscribe());
+    let mut jobs = state.store.create_jobs(new_jobs).await?;
     for j in &jobs {
         tracing::info!(job.id = %j.id, image.sha256 = %j.image_sha256, "job queued");
     }
     let location = format!("/api/jobs/{}", jobs[0].id);
+    if let (Some(wait), Some(live)) = (wait, live) {
+        jobs = wait::until_finished(&*state.store, live, jobs, wait)
+            .await?
+            .jobs;
+    }
     let body = JobsCreated {
         jobs: jobs.into_iter().map(JobView::from).collect(),
     };
@@ -279,13 +375,23 @@ async fn create_jobs(
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
+    if let Some(wait) = wait {
+        set_preference_applied(&mut resp, wait);
+    }
     Ok(resp)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Only jobs in this status.
+    #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^j[1-9][0-9]{0,17}$")]
     cursor: Option<String>,
+    /// Jobs per page.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200, default = 50)]
     limit: Option<String>,
 }
 
@@ -312,6 +418,13 @@ fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
+/// List jobs, newest first, one page at a time.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", operation_id = "list_jobs", params(ListParams),
+    responses(
+        (status = 200, description = "A page of jobs; `next_cursor` is null on the last page.", body = JobList),
+        (status = 400, description = "`invalid_status`: `status` is not a job status. `invalid_cursor`: the cursor is not one this server gave out. `bad_request`: the query cannot be read (`limit` not a number from 1 to 200).", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+    ))]
 async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
@@ -320,7 +433,6 @@ async fn list_jobs(
     let limit = parse_limit(params.limit.as_deref())?;
     let status = params
         .status
-        .filter(|s| !s.is_empty())
         .map(|s| s.parse::<JobStatus>())
         .transpose()
         .map_err(|e| ApiError::from_code(ErrorCode::InvalidStatus, e))?;
@@ -339,18 +451,67 @@ async fn list_jobs(
     }))
 }
 
+/// One job, with its result once it has one.
+///
+/// With `Prefer: wait=N` (N ≤ 60) the answer waits until the job has finished or N seconds
+/// have passed (`Preference-Applied: wait=N`).
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", operation_id = "get_job",
+    params(("id" = String, Path, description = "The job's id.", format = Uuid),
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: hold the answer until the job has finished, at most N seconds (N ≤ 60; larger values count as 60).")),
+    responses(
+        (status = 200, description = "The job.", body = JobView,
+            headers(("Preference-Applied" = String, description = "`wait=N` when the answer waited."))),
+        (status = 404, description = "`not_found`: no job has this id.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+    ))]
 async fn get_job(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<JobView>, ApiError> {
-    let job = state
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let wait = wait::preferred(&headers);
+    // Subscribed before the read, so the wait cannot miss a change after it.
+    let live = wait.map(|_| state.store.subscribe());
+    let mut job = state
         .store
-        .get_job(parse_id(&id)?)
+        .get_job(id)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(job.into()))
+    if let (Some(wait), Some(live)) = (wait, live) {
+        let waited = wait::until_finished(&*state.store, live, vec![job], wait).await?;
+        if !waited.deleted.is_empty() {
+            return Err(ApiError::not_found());
+        }
+        job = waited
+            .jobs
+            .into_iter()
+            .next()
+            .ok_or_else(ApiError::not_found)?;
+    }
+    let mut resp = Json(JobView::from(job)).into_response();
+    if let Some(wait) = wait {
+        set_preference_applied(&mut resp, wait);
+    }
+    Ok(resp)
 }
 
+fn set_preference_applied(resp: &mut Response, wait: std::time::Duration) {
+    if let Ok(v) = HeaderValue::from_str(&wait::applied(wait)) {
+        resp.headers_mut()
+            .insert(header::HeaderName::from_static("preference-applied"), v);
+    }
+}
+
+/// The stored image of a job, as uploaded.
+#[utoipa::path(get, path = "/api/jobs/{id}/image", tag = "jobs", operation_id = "get_job_image", params(("id" = String, Path, description = "The job's id.", format = Uuid)),
+    responses(
+        (status = 200, description = "The bytes, with the sniffed `Content-Type`.",
+            content(("image/jpeg"), ("image/png"), ("image/webp"), ("image/gif"), ("image/bmp"), ("image/tiff")),
+            headers(("ETag" = String, description = "The image's SHA-256."))),
+        (status = 404, description = "`not_found`: no job has this id.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+    ))]
 async fn job_image(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -376,6 +537,14 @@ async fn job_image(
     Ok((headers, image.bytes).into_response())
 }
 
+/// Run a failed job again: it goes back to the queue with a new round of attempts.
+#[utoipa::path(post, path = "/api/jobs/{id}/retry", tag = "jobs", operation_id = "retry_job", params(("id" = String, Path, description = "The job's id.", format = Uuid)),
+    responses(
+        (status = 200, description = "The job, queued again.", body = JobView),
+        (status = 404, description = "`not_found`: no job has this id.", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: only failed jobs can be retried.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+    ))]
 async fn retry_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -385,6 +554,14 @@ async fn retry_job(
     Ok(Json(job.into()))
 }
 
+/// Cancel a queued or running job (a running job's result is dropped).
+#[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "jobs", operation_id = "cancel_job", params(("id" = String, Path, description = "The job's id.", format = Uuid)),
+    responses(
+        (status = 200, description = "The job, canceled.", body = JobView),
+        (status = 404, description = "`not_found`: no job has this id.", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the job has already finished.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+    ))]
 async fn cancel_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -394,12 +571,21 @@ async fn cancel_job(
     Ok(Json(job.into()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RetryFailedParams {
+    /// Only failed jobs whose error has this code.
+    #[param(value_type = Option<ErrorCode>)]
     error_code: Option<String>,
 }
 
-/// `POST /api/jobs/retry-failed[?error_code=CODE]`: every failed job back to the queue.
+/// Run every failed job (with this error code) again.
+#[utoipa::path(post, path = "/api/jobs/retry-failed", tag = "jobs", operation_id = "retry_failed_jobs", params(RetryFailedParams),
+    responses(
+        (status = 200, description = "The jobs put back in the queue.", body = RetriedJobs),
+        (status = 400, description = "`bad_request`: `error_code` is not an error code.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+    ))]
 async fn retry_failed(
     State(state): State<AppState>,
     caller: Caller,
@@ -407,7 +593,6 @@ async fn retry_failed(
 ) -> Result<Json<RetriedJobs>, ApiError> {
     let error_code = params
         .error_code
-        .filter(|c| !c.is_empty())
         .map(|c| c.parse::<ErrorCode>())
         .transpose()
         .map_err(|e| ApiError::from_code(ErrorCode::BadRequest, e))?;
@@ -425,7 +610,13 @@ async fn retry_failed(
     }))
 }
 
-/// `GET /api/stats`: queue figures.
+/// Queue figures: counts per status, the oldest queued job's age, recent throughput, the rate
+/// limit's remaining starts (a token without `admin` sees its own jobs' figures).
+#[utoipa::path(get, path = "/api/stats", tag = "service", operation_id = "stats",
+    responses(
+        (status = 200, description = "The figures.", body = StatsView),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+    ))]
 async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<StatsView>, ApiError> {
     let only = caller.only();
     let s = state
@@ -435,7 +626,14 @@ async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<Sta
     Ok(Json(StatsView::new(s, state.rate_limit)))
 }
 
-/// `GET /api/jobs/{id}/deliveries`: the job's webhook calls and each attempt.
+/// The job's webhook calls, each with its attempts.
+#[utoipa::path(get, path = "/api/jobs/{id}/deliveries", tag = "jobs", operation_id = "get_job_deliveries",
+    params(("id" = String, Path, description = "The job's id.", format = Uuid)),
+    responses(
+        (status = 200, description = "The calls, oldest first.", body = views::DeliveryList),
+        (status = 404, description = "`not_found`: no job has this id.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+    ))]
 async fn job_deliveries(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -452,6 +650,13 @@ async fn job_deliveries(
     }))
 }
 
+/// Delete a job (whatever its state), and its image when no other job uses it.
+#[utoipa::path(delete, path = "/api/jobs/{id}", tag = "jobs", operation_id = "delete_job", params(("id" = String, Path, description = "The job's id.", format = Uuid)),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "`not_found`: no job has this id.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+    ))]
 async fn delete_job(
     State(state): State<AppState>,
     Path(id): Path<String>,

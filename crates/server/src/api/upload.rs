@@ -323,8 +323,18 @@ async fn read_multipart(
         }
         if !part.is_file {
             let Some(name) = part.field_name.filter(|n| wanted.contains(&n.as_str())) else {
-                // Other plain form fields are ignored; the next `next_field` skips their bytes.
-                continue;
+                // Any other plain field is refused: a misspelt field is not silently ignored.
+                drain_field(&mut field).await;
+                drop(field);
+                drain_multipart(&mut multipart).await;
+                return Err(ApiError::from_code(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "unknown form field in {label}: send image files (with a file name) and \
+                         optionally {}",
+                        wanted.join(", ")
+                    ),
+                ));
             };
             let mut text = Vec::new();
             while let Some(chunk) = field

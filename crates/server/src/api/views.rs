@@ -5,14 +5,22 @@ use chrono::{DateTime, Utc};
 use imgclass_core::{Action, ErrorCode, EventKind, JobResult, JobStatus};
 use imgclass_store::{Delivery, DeliveryAttempt, DeliveryStatus, Event, Job};
 use serde::Serialize;
+use utoipa::ToSchema;
 
-#[derive(Debug, Serialize)]
+/// A job: one uploaded image, its place in the queue, and once it has run, its result.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct JobView {
+    /// The job's id (a UUID v7).
+    #[schema(format = Uuid)]
     pub id: String,
     pub status: JobStatus,
+    /// The uploaded file's name (its last path component), if the client sent one.
     pub file_name: Option<String>,
     pub image: ImageView,
+    /// Attempts started so far.
     pub attempts: u32,
+    /// Attempts the job gets before it fails for good (per round; a manual retry starts a new
+    /// round).
     pub max_attempts: u32,
     /// Higher runs first among the jobs that are due.
     pub priority: i32,
@@ -31,33 +39,64 @@ pub struct JobView {
 }
 
 /// A job's webhook, in short; `GET /api/jobs/{id}/deliveries` has each call.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookView {
     pub url: String,
     pub events: Vec<EventKind>,
     pub deliveries: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryList {
     pub deliveries: Vec<DeliveryView>,
 }
 
 /// One webhook call of a job and its attempts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryView {
     /// The `webhook-id` header of every attempt.
     pub id: String,
     pub event: EventKind,
     pub url: String,
+    #[schema(value_type = DeliveryStatusSchema)]
     pub status: DeliveryStatus,
     pub attempts: u32,
     /// When the next attempt is due (pending deliveries only).
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// Each attempt, oldest first: its time, the receiver's status code or the error.
+    #[schema(value_type = Vec<DeliveryAttemptSchema>)]
     pub attempt_log: Vec<DeliveryAttempt>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A webhook delivery's state (the schema of `imgclass_store::DeliveryStatus`).
+#[derive(ToSchema)]
+#[schema(as = DeliveryStatus)]
+#[allow(dead_code)] // Only describes what the store's type serializes to.
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatusSchema {
+    /// Not delivered yet; tried at `next_attempt_at`.
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Given up: every attempt failed.
+    Failed,
+    /// The receiver answered `410 Gone`: no more attempts.
+    Gone,
+}
+
+/// One attempt of a webhook delivery (the schema of `imgclass_store::DeliveryAttempt`).
+#[derive(ToSchema)]
+#[schema(as = DeliveryAttempt)]
+#[allow(dead_code)] // Only describes what the store's type serializes to.
+pub struct DeliveryAttemptSchema {
+    at: DateTime<Utc>,
+    /// The receiver's HTTP status, when it answered.
+    status_code: Option<u16>,
+    /// Why there was no (successful) answer.
+    error: Option<String>,
+    duration_ms: u64,
 }
 
 impl From<Delivery> for DeliveryView {
@@ -76,22 +115,25 @@ impl From<Delivery> for DeliveryView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ImageView {
+    /// Sniffed from the bytes.
     pub content_type: String,
+    /// In bytes.
     pub size: u64,
     pub width: u32,
     pub height: u32,
+    /// SHA-256 of the bytes, in hex.
     pub sha256: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorView {
     pub code: ErrorCode,
     pub message: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AttemptErrorView {
     pub attempt: u32,
     pub code: ErrorCode,
@@ -99,7 +141,7 @@ pub struct AttemptErrorView {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Links {
     #[serde(rename = "self")]
     pub this: String,
@@ -167,24 +209,24 @@ impl From<Job> for JobView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct JobsCreated {
     pub jobs: Vec<JobView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct JobList {
     pub jobs: Vec<JobView>,
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RetriedJobs {
     pub count: usize,
     pub jobs: Vec<JobView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StatsView {
     pub counts: StatusCounts,
     /// Age of the oldest queued job, in seconds (null when nothing is queued).
@@ -193,7 +235,7 @@ pub struct StatsView {
     pub rate_limit: Option<RateLimitView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StatusCounts {
     pub queued: u64,
     pub running: u64,
@@ -202,7 +244,7 @@ pub struct StatusCounts {
     pub canceled: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RateLimitView {
     pub jobs: u32,
     pub per_s: f64,
@@ -234,7 +276,7 @@ impl StatsView {
 }
 
 /// One server-sent event's data.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     pub seq: i64,
     pub kind: EventKind,

@@ -81,7 +81,7 @@ impl Worker {
         let result = {
             let thread = &self.thread;
             let work = async {
-                match tokio::time::timeout(timeout, thread.classify(bytes)).await {
+                match tokio::time::timeout(timeout, thread.classify(bytes, timeout)).await {
                     Ok(r) => r.map_err(|e: ClassifyError| Failure {
                         retry_after: e.retry_after(),
                         error: JobError {

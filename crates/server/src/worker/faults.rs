@@ -3,7 +3,7 @@
 //! it: an injected failure is an ordinary classification error.
 
 use super::ClassifierFactory;
-use imgclass_classifier::{Classification, Classifier, ClassifyError};
+use imgclass_classifier::{Cancel, Classification, Classifier, ClassifyError};
 use imgclass_core::ModelInfo;
 use rand::{Rng, SeedableRng};
 use std::sync::{Arc, Mutex};
@@ -35,6 +35,20 @@ impl Classifier for Faulty {
             )));
         }
         self.inner.classify(image)
+    }
+
+    fn classify_with(
+        &mut self,
+        image: &[u8],
+        cancel: &Cancel,
+    ) -> Result<Classification, ClassifyError> {
+        if self.injector.strikes() {
+            return Err(ClassifyError::Injected(format!(
+                "injected failure: this attempt failed on purpose (--inject-failure-rate {})",
+                self.injector.rate
+            )));
+        }
+        self.inner.classify_with(image, cancel)
     }
 
     fn info(&self) -> &ModelInfo {

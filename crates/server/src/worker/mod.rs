@@ -52,6 +52,8 @@ pub struct WorkerConfig {
     pub max_stalls: u32,
     /// Finished jobs older than this are deleted (with their unused images); `None` keeps them.
     pub retain: Option<Duration>,
+    /// Where the workers count what they do (`/metrics`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Default for WorkerConfig {
@@ -71,6 +73,7 @@ impl Default for WorkerConfig {
             job_timeout: Duration::from_secs(60),
             max_stalls: rules.max_stalls,
             retain: None,
+            metrics: None,
         }
     }
 }

@@ -60,8 +60,15 @@ impl Worker {
         done: mpsc::Sender<Done>,
     ) {
         while let Some(claim) = jobs.recv().await {
-            let span = tracing::info_span!("job", job.id = %claim.job.id, worker = %self.name);
+            let span = tracing::info_span!("job", job.id = %claim.job.id, worker = %self.name, node = %self.config.node);
+            let (created_at, waited) = (
+                claim.job.created_at,
+                claim.job.started_at.map(|s| s - claim.job.run_at),
+            );
             let outcome = self.attempt(claim).instrument(span).await;
+            if let (Some(m), Some((_, o))) = (&self.config.metrics, &outcome) {
+                m.attempt_ended(created_at, waited, o);
+            }
             if done
                 .send(Done {
                     worker: index,
@@ -181,6 +188,13 @@ impl Driver {
                             jobs = fenced,
                             "lease lost before the result was stored; result dropped"
                         );
+                    }
+                    if let (Some(m), true) = (&self.config.metrics, limit > 0) {
+                        match batch.rate_limited_for {
+                            Some(wait) => m.rate_limited(wait),
+                            None if !batch.claims.is_empty() => m.claimed(batch.claims.len()),
+                            None => {}
+                        }
                     }
                     if let Some(wait) = batch.rate_limited_for {
                         // Jobs stay queued until the rate limit allows another start.

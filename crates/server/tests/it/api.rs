@@ -220,7 +220,7 @@ fn png(w: u32, h: u32) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_files_is_400() {
     let app = TestApp::without_workers().await;
-    let form = reqwest::multipart::Form::new().text("note", "no file here");
+    let form = reqwest::multipart::Form::new().text("priority", "1");
     let resp = app
         .client
         .post(app.url("/api/jobs"))
@@ -229,6 +229,22 @@ async fn a_request_without_files_is_400() {
         .await
         .unwrap();
     assert_error(resp, 400, "no_files").await;
+    // A field that is neither a file nor a known one is refused, not ignored.
+    let form = reqwest::multipart::Form::new()
+        .text("note", "no file here")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(fixture("coffee.png")).file_name("coffee.png"),
+        );
+    let resp = app
+        .client
+        .post(app.url("/api/jobs"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let message = assert_error(resp, 400, "bad_request").await;
+    assert!(message.contains("note"), "{message}");
     // A body that is neither multipart nor an image (issue 15: 415, was 400 bad_request).
     let resp = app
         .client

@@ -84,7 +84,7 @@ async fn every_part_that_carries_a_file_is_a_file() {
                 &png,
             ),
             // A plain form field is not a file.
-            (b"Content-Disposition: form-data; name=\"note\"", b"hello"),
+            (b"Content-Disposition: form-data; name=\"priority\"", b"1"),
         ],
     )
     .await;
@@ -170,8 +170,8 @@ async fn a_part_that_cannot_be_taken_refuses_the_request_and_is_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_parts_or_files_is_413() {
     let app = TestApp::without_workers().await;
-    let field = b"Content-Disposition: form-data; name=\"note\"".as_slice();
-    let parts: Vec<(&[u8], &[u8])> = (0..129).map(|_| (field, b"x".as_slice())).collect();
+    let field = b"Content-Disposition: form-data; name=\"priority\"".as_slice();
+    let parts: Vec<(&[u8], &[u8])> = (0..129).map(|_| (field, b"1".as_slice())).collect();
     let msg = assert_error(post_multipart(&app, &parts).await, 413, "payload_too_large").await;
     assert!(msg.contains("part 129"), "{msg}");
 

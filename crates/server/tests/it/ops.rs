@@ -125,3 +125,36 @@ async fn readyz_waits_for_the_model_and_the_database() {
     let api_only = with_http(HttpConfig::default()).await;
     assert_eq!(api_only.get("/readyz").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_a_request_id() {
+    let app = with_http(HttpConfig::default()).await;
+    let id_of = |resp: &reqwest::Response| header(resp, "x-request-id").map(str::to_string);
+    let resp = app
+        .client
+        .get(app.url("/api/jobs"))
+        .header("x-request-id", "client-abc.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(id_of(&resp).as_deref(), Some("client-abc.1"));
+    // None, or one that is not sensible: a new one.
+    for sent in [None, Some("x".repeat(200)), Some("has space".to_string())] {
+        let mut req = app.client.get(app.url("/healthz"));
+        if let Some(s) = &sent {
+            req = req.header("x-request-id", s.as_str());
+        }
+        let got = id_of(&req.send().await.unwrap()).expect("an id");
+        assert_eq!(got.len(), 32, "{got}");
+        assert!(got.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+    // Errors too.
+    let resp = app
+        .client
+        .get(app.url("/api/jobs/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(id_of(&resp).is_some());
+}

@@ -30,7 +30,18 @@ async fn copy_all_moves_jobs_results_and_images_once() {
         .unwrap();
     let running = create(&*source, new_job(3)).await;
     claim_one(&*source, "w", LONG_LEASE).await;
-    let queued = create(&*source, new_job(1)).await; // shares the first image
+    // Shares the first image; has a webhook.
+    let queued = create(
+        &*source,
+        imgclass_store::NewJob {
+            webhook: Some(imgclass_store::Webhook {
+                url: "https://hooks.example.com/x".into(),
+                events: vec![imgclass_core::EventKind::Failed],
+            }),
+            ..new_job(1)
+        },
+    )
+    .await;
 
     let (copied, skipped) = copy_all(&*source, &*target).await.unwrap();
     assert_eq!((copied, skipped), (4, 0));
@@ -45,6 +56,7 @@ async fn copy_all_moves_jobs_results_and_images_once() {
         assert_eq!(b.created_at, a.created_at);
         assert_eq!(b.finished_at, a.finished_at);
         assert_eq!(b.file_name, a.file_name);
+        assert_eq!(b.webhook, a.webhook);
         let want = if a.status == JobStatus::Running {
             JobStatus::Queued
         } else {

@@ -1,0 +1,190 @@
+//! The API's OpenAPI 3.1 document (generated from the handlers' annotations, served at
+//! `/api/openapi.json`) and the reference page that renders it (`/api/docs`): plain HTML and
+//! JavaScript built into the binary, under the same strict content security policy as the page.
+
+use crate::web::asset;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
+
+/// What the document says besides the routes (which `api_router` adds).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "imgclass",
+        description = "Asynchronous image classification. Upload images; each becomes a job in a \
+durable queue; workers classify it and the result (the top labels with their probabilities) \
+appears on the job.\n\nEvery error is `{\"error\": {\"code\": \"...\", \"message\": \"...\"}}`: \
+branch on `code`, which never changes; `message` is for people.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    // The `data` of each server-sent event (the stream's schema frames it as text).
+    components(schemas(super::views::EventView)),
+    tags(
+        (name = "jobs", description = "Submitting images and following their jobs."),
+        (name = "events", description = "Job changes as they happen."),
+        (name = "service", description = "Health, figures and this description."),
+    )
+)]
+pub(super) struct ApiDoc;
+
+/// A response header: its name and what it says.
+type HeaderDoc = (&'static str, &'static str);
+
+/// What the access layer (`auth::require`, which runs before the handler of every guarded route)
+/// can answer: status, code, description, and the header that goes with it.
+const ACCESS_ERRORS: [(&str, &str, &str, Option<HeaderDoc>); 5] = [
+    (
+        "401",
+        "unauthorized",
+        "`unauthorized`: this server has API tokens and the request has none, or one that is \
+         unknown, expired or revoked.",
+        Some(("WWW-Authenticate", "`Bearer realm=\"imgclass\"`")),
+    ),
+    (
+        "403",
+        "forbidden",
+        "`forbidden`: the token lacks the scope this route needs.",
+        None,
+    ),
+    (
+        "429",
+        "rate_limited",
+        "`rate_limited`: the caller's request quota is used up; try again after `Retry-After` \
+         seconds.",
+        Some((
+            "Retry-After",
+            "Seconds until the quota allows a request again.",
+        )),
+    ),
+    (
+        "503",
+        "unavailable",
+        "`unavailable`: the database cannot be reached; try again.",
+        None,
+    ),
+    (
+        "507",
+        "insufficient_storage",
+        "`insufficient_storage`: the database's disk is full.",
+        None,
+    ),
+];
+
+/// Adds to every operation of `guarded` paths what the access layer may answer, and the optional
+/// bearer token: a server without tokens is open, one with tokens needs one.
+pub(super) fn add_access_responses(doc: &mut OpenApi, guarded: &BTreeSet<String>) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !guarded.contains(path) {
+            continue;
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for op in operations.into_iter().flatten() {
+            op.security = Some(vec![
+                SecurityRequirement::default(),
+                SecurityRequirement::new("bearer", Vec::<String>::new()),
+            ]);
+            for (status, code, text, header) in ACCESS_ERRORS {
+                match op.responses.responses.get_mut(status) {
+                    Some(RefOr::T(r)) => {
+                        if !r.description.contains(&format!("`{code}`")) {
+                            r.description.push(' ');
+                            r.description.push_str(text);
+                        }
+                    }
+                    Some(RefOr::Ref(_)) => {}
+                    None => {
+                        let mut r = ResponseBuilder::new().description(text).content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                .build(),
+                        );
+                        if let Some((name, about)) = header {
+                            r = r.header(
+                                name,
+                                HeaderBuilder::new().description(Some(about)).build(),
+                            );
+                        }
+                        op.responses
+                            .responses
+                            .insert(status.to_string(), RefOr::T(r.build()));
+                    }
+                }
+            }
+        }
+    }
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API token (`imgclass token create`). Needed once the server has \
+                         any token; before that the API is open.",
+                    ))
+                    .build(),
+            ),
+        );
+}
+
+const DOCS_HTML: &str = include_str!("../../assets/docs.html");
+const DOCS_JS: &str = include_str!("../../assets/docs.js");
+const DOCS_CSS: &str = include_str!("../../assets/docs.css");
+
+/// The document as JSON, built once.
+fn document_json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| {
+        super::openapi()
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes")
+    })
+}
+
+/// This API's OpenAPI 3.1 description.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "service", operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI document.", body = serde_json::Value)))]
+pub(super) async fn document() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        document_json(),
+    )
+        .into_response()
+}
+
+/// The API reference: a page that renders `/api/openapi.json`.
+#[utoipa::path(get, path = "/api/docs", tag = "service", operation_id = "docs",
+    responses((status = 200, description = "The reference page (HTML).", content_type = "text/html", body = String)))]
+pub(super) async fn docs_page() -> Response {
+    asset("text/html; charset=utf-8", DOCS_HTML)
+}
+
+/// The reference page's script and style sheet.
+pub(super) fn asset_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route(
+            "/api/docs/docs.js",
+            get(|| async { asset("text/javascript; charset=utf-8", DOCS_JS) }),
+        )
+        .route(
+            "/api/docs/docs.css",
+            get(|| async { asset("text/css; charset=utf-8", DOCS_CSS) }),
+        )
+}

@@ -1,0 +1,388 @@
+//! `GET /metrics` in the Prometheus (OpenMetrics) text format: the queue as the database sees it
+//! (jobs by status, read at scrape time), what this node's workers did (jobs finished by status
+//! and error code, queue wait, decode, inference and end-to-end durations, claim batch sizes,
+//! rate-limit waits), its HTTP traffic (requests by route and status, durations), open
+//! event streams, and its database connections and errors.
+//!
+//! With API tokens in use, `/metrics` on the API's port needs an `admin` token;
+//! `--metrics-listen ADDR` serves it on a port of its own, without a token (keep that port
+//! private).
+
+use crate::auth::{Access, Caller};
+use crate::error::ApiError;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use imgclass_core::{ErrorCode, Scope};
+use imgclass_store::{Outcome, Store};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FinishedLabels {
+    status: String,
+    error_code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Seconds, from 1 ms to about 16 s.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// The metrics of one process.
+pub struct Metrics {
+    registry: Registry,
+    jobs: Family<StatusLabel, Gauge>,
+    finished: Family<FinishedLabels, Counter>,
+    queue_wait: Histogram,
+    decode: Histogram,
+    inference: Histogram,
+    end_to_end: Histogram,
+    claim_batch: Histogram,
+    rate_limit_waits: Counter,
+    rate_limit_wait: Histogram,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: HistogramFamily<RouteLabels>,
+    sse_clients: Gauge,
+    db_connections: Family<PoolLabels, Gauge>,
+    db_errors: Family<KindLabel, Counter>,
+    // Webhook deliveries by outcome are registered here by the webhook work
+    // (`imgclass_webhook_deliveries_total{outcome}`), next to the job counters.
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("imgclass"),
+            jobs: Family::default(),
+            finished: Family::default(),
+            queue_wait: seconds(),
+            decode: seconds(),
+            inference: seconds(),
+            end_to_end: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
+            claim_batch: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            rate_limit_waits: Counter::default(),
+            rate_limit_wait: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(seconds),
+            sse_clients: Gauge::default(),
+            db_connections: Family::default(),
+            db_errors: Family::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "jobs",
+            "Jobs in the database by status (read at scrape time)",
+            m.jobs.clone(),
+        );
+        r.register(
+            "jobs_finished",
+            "Jobs this node's workers ended, by status and error code",
+            m.finished.clone(),
+        );
+        r.register_with_unit(
+            "job_queue_wait",
+            "Time from due to claimed, per attempt",
+            Unit::Seconds,
+            m.queue_wait.clone(),
+        );
+        r.register_with_unit(
+            "job_decode",
+            "Image decode and pre-processing time",
+            Unit::Seconds,
+            m.decode.clone(),
+        );
+        r.register_with_unit(
+            "job_inference",
+            "Model inference time",
+            Unit::Seconds,
+            m.inference.clone(),
+        );
+        r.register_with_unit(
+            "job_end_to_end",
+            "Time from submission to the end of the job",
+            Unit::Seconds,
+            m.end_to_end.clone(),
+        );
+        r.register(
+            "claim_batch_size",
+            "Jobs taken by one claim",
+            m.claim_batch.clone(),
+        );
+        r.register(
+            "rate_limit_waits",
+            "Times the workers waited for the global rate limit",
+            m.rate_limit_waits.clone(),
+        );
+        r.register_with_unit(
+            "rate_limit_wait",
+            "How long the workers waited for the global rate limit",
+            Unit::Seconds,
+            m.rate_limit_wait.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests by method, route and status",
+            m.http_requests.clone(),
+        );
+        r.register_with_unit(
+            "http_request_duration",
+            "HTTP request durations by method and route (to the response's head)",
+            Unit::Seconds,
+            m.http_duration.clone(),
+        );
+        r.register(
+            "sse_clients",
+            "Open event streams (GET /api/events)",
+            m.sse_clients.clone(),
+        );
+        r.register(
+            "db_connections",
+            "Database connections by pool and state (read at scrape time)",
+            m.db_connections.clone(),
+        );
+        r.register(
+            "db_errors",
+            "Database errors seen by this process, by kind",
+            m.db_errors.clone(),
+        );
+        m
+    }
+
+    /// What an attempt of this node's workers ended with (called as the outcome is handed back).
+    pub fn attempt_ended(
+        &self,
+        created_at: chrono::DateTime<chrono::Utc>,
+        queue_wait: Option<chrono::Duration>,
+        outcome: &Outcome,
+    ) {
+        if let Some(w) = queue_wait.and_then(|w| w.to_std().ok()) {
+            self.queue_wait.observe(w.as_secs_f64());
+        }
+        let (status, code) = match outcome {
+            Outcome::Succeeded(r) => {
+                self.decode.observe(r.timings.decode_ms / 1e3);
+                self.inference.observe(r.timings.inference_ms / 1e3);
+                ("succeeded", String::new())
+            }
+            Outcome::Failed(e) => ("failed", e.code.to_string()),
+            // Not the end of the job: it runs again.
+            Outcome::Retry { error, .. } => ("retried", error.code.to_string()),
+        };
+        if status != "retried" {
+            let e2e = (chrono::Utc::now() - created_at)
+                .to_std()
+                .unwrap_or_default();
+            self.end_to_end.observe(e2e.as_secs_f64());
+        }
+        self.finished
+            .get_or_create(&FinishedLabels {
+                status: status.into(),
+                error_code: code,
+            })
+            .inc();
+    }
+
+    /// A claim took `n` jobs.
+    pub fn claimed(&self, n: usize) {
+        self.claim_batch.observe(n as f64);
+    }
+
+    /// The workers wait `wait` for the global rate limit.
+    pub fn rate_limited(&self, wait: Duration) {
+        self.rate_limit_waits.inc();
+        self.rate_limit_wait.observe(wait.as_secs_f64());
+    }
+
+    /// Counts an open event stream until the guard is dropped.
+    pub fn sse_client(self: &Arc<Self>) -> SseGuard {
+        self.sse_clients.inc();
+        SseGuard(self.clone())
+    }
+
+    /// The text exposition, after reading what is read at scrape time.
+    pub async fn render(&self, store: &dyn Store) -> String {
+        match store.stats(None).await {
+            Ok(s) => {
+                for (status, n) in [
+                    ("queued", s.queued),
+                    ("running", s.running),
+                    ("succeeded", s.succeeded),
+                    ("failed", s.failed),
+                    ("canceled", s.canceled),
+                ] {
+                    self.jobs
+                        .get_or_create(&StatusLabel {
+                            status: status.into(),
+                        })
+                        .set(n as i64);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: cannot read the job counts"),
+        }
+        for p in store.pool_status() {
+            for (state, n) in [("open", p.size), ("idle", p.idle), ("max", p.max)] {
+                self.db_connections
+                    .get_or_create(&PoolLabels {
+                        pool: p.name.into(),
+                        state: state.into(),
+                    })
+                    .set(i64::from(n));
+            }
+        }
+        let errors = imgclass_store::database_errors();
+        for (kind, n) in [("unavailable", errors.unavailable), ("other", errors.other)] {
+            let c = self
+                .db_errors
+                .get_or_create(&KindLabel { kind: kind.into() });
+            // The store counts; the counter follows it.
+            c.inc_by(n.saturating_sub(c.get()));
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics: encoding failed");
+        }
+        out
+    }
+}
+
+/// An open event stream, counted while it lives.
+pub struct SseGuard(Arc<Metrics>);
+
+impl Drop for SseGuard {
+    fn drop(&mut self) {
+        self.0.sse_clients.dec();
+    }
+}
+
+/// Middleware: counts and times every request by method, route pattern and status, and makes
+/// the metrics reachable to handlers (the event stream counts its clients).
+pub async fn track_http(
+    State(metrics): State<Arc<Metrics>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    req.extensions_mut().insert(metrics.clone());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    metrics
+        .http_duration
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status: resp.status().as_u16().to_string(),
+        })
+        .inc();
+    resp
+}
+
+#[derive(Clone)]
+struct MetricsState {
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+    /// On the API's port: who may read them. `None` on a port of its own.
+    access: Option<Access>,
+}
+
+/// `GET /metrics`. With `access`, it is on the API's port: once tokens are in use it needs an
+/// `admin` token.
+pub fn routes(metrics: Arc<Metrics>, store: Arc<dyn Store>, access: Option<Access>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(MetricsState {
+            metrics,
+            store,
+            access,
+        })
+}
+
+async fn scrape(State(s): State<MetricsState>, req: Request) -> Response {
+    if let Some(access) = &s.access {
+        let (parts, _) = req.into_parts();
+        match access.authenticate(&parts).await {
+            Ok(caller @ Caller::Token(_)) if !caller.has(Scope::Admin) => {
+                return ApiError::from_code(
+                    ErrorCode::Forbidden,
+                    "the metrics need a token with the admin scope",
+                )
+                .into_response()
+            }
+            Ok(_) => {}
+            Err(resp) => return resp,
+        }
+    }
+    let body = s.metrics.render(&*s.store).await;
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
