@@ -441,7 +441,7 @@ async fn list_jobs(
         .list_jobs(&ListQuery {
             status,
             owner: caller.only(),
-            cursor: params.cursor.filter(|c| !c.is_empty()),
+            cursor: params.cursor,
             limit,
         })
         .await?;
