@@ -400,7 +400,7 @@ pub const DEFAULT_PAGE: usize = 50;
 pub const MAX_PAGE: usize = 200;
 
 fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
-    match limit.map(str::trim).filter(|l| !l.is_empty()) {
+    match limit.map(str::trim) {
         None => Ok(DEFAULT_PAGE),
         Some(l) => l
             .parse::<usize>()
