@@ -292,7 +292,7 @@ struct SubmitForm {
 /// have passed, and then shows the jobs as they are (`Preference-Applied: wait=N`).
 #[utoipa::path(post, path = "/api/jobs", tag = "jobs", operation_id = "create_jobs",
     params(("Prefer" = Option<String>, Header, description = "`wait=N`: hold the answer until every job has finished, at most N seconds (N ≤ 60; larger values count as 60)."),
-        ("Idempotency-Key" = Option<String>, Header, description = "A key of 1 to 255 visible ASCII characters (bare, or as a structured-field string `\"…\"`) that makes the request safe to send again: within `--idempotency-ttl` (24 h by default) the same key with the same files and fields answers with the first request's jobs (`Idempotent-Replayed: true`). Keys are per caller.")),
+        ("Idempotency-Key" = Option<String>, Header, description = "A key of 1 to 255 visible ASCII characters (bare, or as a structured-field string `\"…\"`) that makes the request safe to send again: within `--idempotency-ttl` (24 h by default) the same key with the same files and fields answers with the first request's jobs (`Idempotent-Replayed: true`). Keys are per caller.", pattern = r#"^([!#-\[\]-~]{1,255}|"[!#-\[\]-~]{1,255}")$"#)),
     request_body(content = SubmitForm, content_type = "multipart/form-data"),
     responses(
         (status = 202, description = "The jobs, in the order of the files: queued (or `succeeded` with `cached: true` when the result cache answered), or with `Prefer: wait`, as they are when they finished or the wait ended. A request sent again with its `Idempotency-Key` gets the first request's jobs as they are now.", body = JobsCreated,
