@@ -306,9 +306,11 @@ impl SqlStore {
         })
     }
 
-    /// Commits, then publishes the events and wakes idle workers when a job became claimable.
+    /// Writes the transaction's events, commits, then publishes the events and wakes idle
+    /// workers when a job became claimable.
     pub(crate) async fn commit(&self, mut w: Write) -> Result<()> {
         if !w.events.is_empty() {
+            Self::insert_events(&mut w).await?;
             self.dialect.announce(&mut w.tx).await?;
         }
         w.tx.commit().await?;
@@ -341,23 +343,14 @@ impl SqlStore {
         owner: Option<String>,
     ) -> Result<()> {
         let status = job.as_ref().map(|j| j.status);
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (job_id, kind, status, at, owner) VALUES ($1, $2, $3, $4, $5) \
-             RETURNING seq",
-        )
-        .bind(job_id.to_string())
-        .bind(kind.as_str())
-        .bind(status.map(JobStatus::as_str))
-        .bind(w.now)
-        .bind(owner.clone())
-        .fetch_one(&mut *w.tx)
-        .await?;
         if let Some(job) = &job {
             // The webhook's call goes into the outbox with the change it announces.
             crate::webhooks::enqueue(w, job, kind).await?;
         }
+        // Written with the transaction's other events at commit (`insert_events`), which gives
+        // it its `seq`.
         w.events.push(Event {
-            seq,
+            seq: 0,
             job_id,
             kind,
             status,
@@ -365,6 +358,55 @@ impl SqlStore {
             job,
             owner,
         });
+        Ok(())
+    }
+
+    /// Inserts the events a transaction recorded, a few hundred rows per statement, and gives
+    /// each its `seq` (in the order they were recorded).
+    async fn insert_events(w: &mut Write) -> Result<()> {
+        const ROWS: usize = 400;
+        for start in (0..w.events.len()).step_by(ROWS) {
+            let chunk = start..(start + ROWS).min(w.events.len());
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 5;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO events (job_id, kind, status, at, owner) VALUES {} RETURNING seq",
+                values.join(", ")
+            );
+            let mut q = sqlx::query_scalar::<_, i64>(&sql);
+            for e in &w.events[chunk.clone()] {
+                q = q
+                    .bind(e.job_id.to_string())
+                    .bind(e.kind.as_str())
+                    .bind(e.status.map(JobStatus::as_str))
+                    .bind(w.now)
+                    .bind(e.owner.clone());
+            }
+            let mut seqs = q.fetch_all(&mut *w.tx).await?;
+            if seqs.len() != chunk.len() {
+                return Err(db_err(format!(
+                    "inserting {} events returned {} ids",
+                    chunk.len(),
+                    seqs.len()
+                )));
+            }
+            // Sequence values are drawn row by row, in the order of the VALUES list.
+            seqs.sort_unstable();
+            for (e, seq) in w.events[chunk].iter_mut().zip(seqs) {
+                e.seq = seq;
+            }
+        }
         Ok(())
     }
 
