@@ -198,14 +198,24 @@ impl SqlStore {
     }
 
     /// Stores each request's images and jobs and completes its idempotency key, all in one
-    /// transaction; the jobs of each request come back in its order.
+    /// transaction and a few statements for the whole group; the jobs of each request come
+    /// back in its order.
     async fn insert_jobs(&self, requests: &[Request<'_>]) -> Result<Vec<Vec<Job>>> {
         let mut w = self.begin(Durability::Durable).await?;
+        let all: Vec<&NewJob> = requests.iter().flat_map(|(jobs, _)| jobs.iter()).collect();
+        Self::insert_blobs(&mut w, &all).await?;
+        let mut jobs = Self::insert_job_rows(&mut w, &all).await?.into_iter();
         let mut created = Vec::with_capacity(requests.len());
-        for (jobs, key) in requests {
-            let mut mine = Vec::with_capacity(jobs.len());
-            for new in *jobs {
-                mine.push(self.insert_job(&mut w, new).await?);
+        for (mine, key) in requests {
+            let mine: Vec<Job> = jobs.by_ref().take(mine.len()).collect();
+            for job in &mine {
+                self.record(&mut w, job.id, EventKind::Created, Some(job.clone()))
+                    .await?;
+                if job.cached {
+                    // Still announced as a success, like any job that finishes.
+                    self.record(&mut w, job.id, EventKind::Succeeded, Some(job.clone()))
+                        .await?;
+                }
             }
             if let Some(hold) = key {
                 let ids: Vec<JobId> = mine.iter().map(|j| j.id).collect();
@@ -217,82 +227,145 @@ impl SqlStore {
         Ok(created)
     }
 
-    async fn insert_job(&self, w: &mut Write, new: &NewJob) -> Result<Job> {
-        Self::insert_blob(
-            w,
-            &new.sha256,
-            &new.image,
-            &new.content_type,
-            (new.width, new.height),
-        )
-        .await?;
-        let id = JobId::new();
-        let max_attempts = new.max_attempts.max(1);
+    /// Inserts the rows of new jobs (a few hundred per statement) and returns them as stored, in
+    /// order. A job answered from the result cache is created finished, with the earlier result.
+    async fn insert_job_rows(w: &mut Write, new: &[&NewJob]) -> Result<Vec<Job>> {
+        const ROWS: usize = 200;
+        const COLUMNS: usize = 16;
         let now = ms_to_time(w.now);
-        // A job answered from the result cache is created finished, with the earlier result.
-        let (status, finished_at) = match new.cached_result {
-            Some(_) => (JobStatus::Succeeded, Some(w.now)),
-            None => (JobStatus::Queued, None),
-        };
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO jobs (id, status, image_sha256, file_name, max_attempts, priority, \
-             run_at, created_at, updated_at, owner, webhook_url, webhook_events, result, cached, \
-             started_at, finished_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, $8, $9, $10, $11, $12, $13, $13) \
-             RETURNING seq",
-        )
-        .bind(id.to_string())
-        .bind(status.as_str())
-        .bind(&new.sha256)
-        .bind(&new.file_name)
-        .bind(i64::from(max_attempts))
-        .bind(i64::from(new.priority))
-        .bind(w.now)
-        .bind(&new.owner)
-        .bind(new.webhook.as_ref().map(|h| h.url.clone()))
-        .bind(new.webhook.as_ref().map(crate::rows::webhook_events))
-        .bind(new.cached_result.as_ref().map(to_json).transpose()?)
-        .bind(i64::from(new.cached_result.is_some()))
-        .bind(finished_at)
-        .fetch_one(&mut *w.tx)
-        .await?;
-        let job = Job {
-            seq,
-            id,
-            status,
-            image_size: new.image.len() as u64,
-            image_sha256: new.sha256.clone(),
-            content_type: new.content_type.clone(),
-            width: new.width,
-            height: new.height,
-            file_name: new.file_name.clone(),
-            attempts: 0,
-            stalls: 0,
-            run_attempts: 0,
-            max_attempts,
-            priority: new.priority,
-            run_at: now,
-            lease_owner: None,
-            lease_until: None,
-            error: None,
-            attempt_errors: Vec::new(),
-            result: new.cached_result.clone(),
-            created_at: now,
-            started_at: finished_at.map(ms_to_time),
-            finished_at: finished_at.map(ms_to_time),
-            updated_at: now,
-            owner: new.owner.clone(),
-            webhook: new.webhook.clone(),
-            cached: new.cached_result.is_some(),
-        };
-        self.record(w, id, EventKind::Created, Some(job.clone()))
-            .await?;
-        if job.cached {
-            // Still announced as a success, like any job that finishes.
-            self.record(w, id, EventKind::Succeeded, Some(job.clone()))
-                .await?;
+        let mut created = Vec::with_capacity(new.len());
+        for chunk in new.chunks(ROWS) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let marks: Vec<String> = (1..=COLUMNS)
+                        .map(|c| format!("${}", i * COLUMNS + c))
+                        .collect();
+                    format!("({})", marks.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO jobs (id, status, image_sha256, file_name, max_attempts, priority, \
+                 run_at, created_at, updated_at, owner, webhook_url, webhook_events, result, \
+                 cached, started_at, finished_at) VALUES {} RETURNING id, seq",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            let mut jobs = Vec::with_capacity(chunk.len());
+            for new in chunk {
+                let (status, finished_at) = match new.cached_result {
+                    Some(_) => (JobStatus::Succeeded, Some(now)),
+                    None => (JobStatus::Queued, None),
+                };
+                let job = Job {
+                    seq: 0,
+                    id: JobId::new(),
+                    status,
+                    image_size: new.image.len() as u64,
+                    image_sha256: new.sha256.clone(),
+                    content_type: new.content_type.clone(),
+                    width: new.width,
+                    height: new.height,
+                    file_name: new.file_name.clone(),
+                    attempts: 0,
+                    stalls: 0,
+                    run_attempts: 0,
+                    max_attempts: new.max_attempts.max(1),
+                    priority: new.priority,
+                    run_at: now,
+                    lease_owner: None,
+                    lease_until: None,
+                    error: None,
+                    attempt_errors: Vec::new(),
+                    result: new.cached_result.clone(),
+                    created_at: now,
+                    started_at: finished_at,
+                    finished_at,
+                    updated_at: now,
+                    owner: new.owner.clone(),
+                    webhook: new.webhook.clone(),
+                    cached: new.cached_result.is_some(),
+                };
+                q = q
+                    .bind(job.id.to_string())
+                    .bind(job.status.as_str())
+                    .bind(job.image_sha256.clone())
+                    .bind(job.file_name.clone())
+                    .bind(i64::from(job.max_attempts))
+                    .bind(i64::from(job.priority))
+                    .bind(w.now)
+                    .bind(w.now)
+                    .bind(w.now)
+                    .bind(job.owner.clone())
+                    .bind(job.webhook.as_ref().map(|h| h.url.clone()))
+                    .bind(job.webhook.as_ref().map(crate::rows::webhook_events))
+                    .bind(job.result.as_ref().map(to_json).transpose()?)
+                    .bind(i64::from(job.cached))
+                    .bind(finished_at.map(|_| w.now))
+                    .bind(finished_at.map(|_| w.now));
+                jobs.push(job);
+            }
+            let mut seqs = std::collections::HashMap::with_capacity(chunk.len());
+            for row in q.fetch_all(&mut *w.tx).await? {
+                let id: String = row.try_get("id")?;
+                seqs.insert(id, row.try_get::<i64, _>("seq")?);
+            }
+            for mut job in jobs {
+                job.seq = *seqs
+                    .get(&job.id.to_string())
+                    .ok_or_else(|| db_err(format!("job {} was not inserted", job.id)))?;
+                created.push(job);
+            }
         }
-        Ok(job)
+        Ok(created)
+    }
+
+    /// Stores the images of new jobs that are not stored yet (once each, however many jobs
+    /// share one).
+    async fn insert_blobs(w: &mut Write, new: &[&NewJob]) -> Result<()> {
+        const ROWS: usize = 200;
+        let mut seen = std::collections::HashSet::with_capacity(new.len());
+        let distinct: Vec<&NewJob> = new
+            .iter()
+            .copied()
+            .filter(|j| seen.insert(j.sha256.as_str()))
+            .collect();
+        for chunk in distinct.chunks(ROWS) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 6;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO blobs (sha256, size, content_type, width, height, created_at) \
+                 VALUES {} ON CONFLICT (sha256) DO NOTHING RETURNING sha256",
+                values.join(", ")
+            );
+            let mut q = sqlx::query_scalar::<_, String>(&sql);
+            for j in chunk {
+                q = q
+                    .bind(j.sha256.clone())
+                    .bind(j.image.len() as i64)
+                    .bind(j.content_type.clone())
+                    .bind(i64::from(j.width))
+                    .bind(i64::from(j.height))
+                    .bind(w.now);
+            }
+            let inserted: std::collections::HashSet<String> =
+                q.fetch_all(&mut *w.tx).await?.into_iter().collect();
+            for j in chunk.iter().filter(|j| inserted.contains(&j.sha256)) {
+                Self::insert_chunks(w, &j.sha256, &j.image).await?;
+            }
+        }
+        Ok(())
     }
 
     pub(crate) async fn begin(&self, durability: Durability) -> Result<Write> {
@@ -704,14 +777,20 @@ impl SqlStore {
         .await?
         .rows_affected();
         if inserted == 1 {
-            for (idx, chunk) in bytes.chunks(CHUNK_SIZE).enumerate() {
-                sqlx::query("INSERT INTO blob_chunks (sha256, idx, data) VALUES ($1, $2, $3)")
-                    .bind(sha256)
-                    .bind(idx as i64)
-                    .bind(chunk)
-                    .execute(&mut *w.tx)
-                    .await?;
-            }
+            Self::insert_chunks(w, sha256, bytes).await?;
+        }
+        Ok(())
+    }
+
+    /// A new image's bytes, in chunks of at most `CHUNK_SIZE`.
+    async fn insert_chunks(w: &mut Write, sha256: &str, bytes: &[u8]) -> Result<()> {
+        for (idx, chunk) in bytes.chunks(CHUNK_SIZE).enumerate() {
+            sqlx::query("INSERT INTO blob_chunks (sha256, idx, data) VALUES ($1, $2, $3)")
+                .bind(sha256)
+                .bind(idx as i64)
+                .bind(chunk)
+                .execute(&mut *w.tx)
+                .await?;
         }
         Ok(())
     }
