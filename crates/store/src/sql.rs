@@ -161,6 +161,53 @@ pub(crate) struct Write {
     pub(crate) now: i64,
 }
 
+/// The job as `action` leaves it: the state machine's status, `edit`'s other columns, no lease
+/// unless running.
+fn next_state(
+    job: &Job,
+    action: Action,
+    now: i64,
+    edit: impl FnOnce(&mut Job, i64),
+) -> Result<Job> {
+    let mut next = job.clone();
+    next.status = job.status.apply(action)?;
+    edit(&mut next, now);
+    if next.status != JobStatus::Running {
+        next.lease_owner = None;
+        next.lease_until = None;
+    }
+    next.updated_at = ms_to_time(now);
+    Ok(next)
+}
+
+/// The job as a worker's `outcome` leaves it.
+fn finished(job: &Job, outcome: Outcome, now: i64) -> Result<(Job, Action)> {
+    let (action, result, error, run_at) = match outcome {
+        Outcome::Succeeded(result) => (Action::Succeed, Some(result), None, None),
+        Outcome::Failed(error) => (Action::Fail, None, Some(error), None),
+        Outcome::Retry { error, run_at } => (Action::Requeue, None, Some(error), Some(run_at)),
+    };
+    let next = next_state(job, action, now, |j, now| {
+        j.result = result;
+        if let Some(error) = error {
+            j.attempt_errors.push(AttemptError {
+                attempt: j.attempts,
+                code: error.code,
+                message: error.message.clone(),
+                at: ms_to_time(now),
+            });
+            j.error = Some(error);
+        } else {
+            j.error = None;
+        }
+        match run_at {
+            Some(t) => j.run_at = t,
+            None => j.finished_at = Some(ms_to_time(now)),
+        }
+    })?;
+    Ok((next, action))
+}
+
 /// The SELECT of whole jobs, followed by the given condition.
 fn select_jobs(condition: &str) -> String {
     format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN blobs b ON b.sha256 = j.image_sha256 WHERE {condition}")
@@ -506,48 +553,80 @@ impl SqlStore {
         action: Action,
         edit: impl FnOnce(&mut Job, i64),
     ) -> Result<Option<Job>> {
-        let mut next = job.clone();
-        next.status = job.status.apply(action)?;
-        edit(&mut next, w.now);
-        if next.status != JobStatus::Running {
-            next.lease_owner = None;
-            next.lease_until = None;
+        let next = next_state(job, action, w.now, edit)?;
+        Ok(self
+            .apply_all(w, vec![(job, next, action)])
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    /// [`apply`](Self::apply) for many jobs at once: each `(job as read, job as it becomes,
+    /// action)` is written with the same guard, in one statement per hundred jobs; the events
+    /// of those written are recorded in order.
+    async fn apply_all(
+        &self,
+        w: &mut Write,
+        changes: Vec<(&Job, Job, Action)>,
+    ) -> Result<Vec<Option<Job>>> {
+        const ROWS: usize = 100;
+        const COLUMNS: usize = 17;
+        let mut written = Vec::with_capacity(changes.len());
+        for chunk in changes.chunks(ROWS) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let marks: Vec<String> = (1..=COLUMNS)
+                        .map(|c| format!("${}", i * COLUMNS + c))
+                        .collect();
+                    format!("({})", marks.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "UPDATE jobs SET status = v.column2, attempts = v.column3, stalls = v.column4, \
+                 run_attempts = v.column5, run_at = v.column6, lease_owner = v.column7, \
+                 lease_until = v.column8, error_code = v.column9, error_message = v.column10, \
+                 attempt_errors = v.column11, result = v.column12, started_at = v.column13, \
+                 finished_at = v.column14, updated_at = v.column15 \
+                 FROM (VALUES {}) AS v \
+                 WHERE jobs.id = v.column1 AND jobs.status = v.column16 \
+                 AND COALESCE(jobs.lease_owner, '') = v.column17 RETURNING id",
+                values.join(", ")
+            );
+            let mut q = sqlx::query_scalar::<_, String>(&sql);
+            for (job, next, _) in chunk {
+                let error = next.error.as_ref();
+                q = q
+                    .bind(job.id.to_string())
+                    .bind(next.status.as_str())
+                    .bind(i64::from(next.attempts))
+                    .bind(i64::from(next.stalls))
+                    .bind(i64::from(next.run_attempts))
+                    .bind(ms(next.run_at))
+                    .bind(next.lease_owner.clone())
+                    .bind(next.lease_until.map(ms))
+                    .bind(error.map(|e| e.code.as_str()))
+                    .bind(error.map(|e| e.message.clone()))
+                    .bind(to_json(&next.attempt_errors)?)
+                    .bind(next.result.as_ref().map(to_json).transpose()?)
+                    .bind(next.started_at.map(ms))
+                    .bind(next.finished_at.map(ms))
+                    .bind(w.now)
+                    .bind(job.status.as_str())
+                    .bind(job.lease_owner.clone().unwrap_or_default());
+            }
+            let changed: std::collections::HashSet<String> =
+                q.fetch_all(&mut *w.tx).await?.into_iter().collect();
+            for (job, next, action) in chunk {
+                if changed.contains(&job.id.to_string()) {
+                    self.record(w, job.id, action.event(), Some(next.clone()))
+                        .await?;
+                    written.push(Some(next.clone()));
+                } else {
+                    written.push(None);
+                }
+            }
         }
-        next.updated_at = ms_to_time(w.now);
-        let error = next.error.as_ref();
-        let changed = sqlx::query(
-            "UPDATE jobs SET status = $1, attempts = $2, stalls = $3, run_attempts = $4, \
-             run_at = $5, lease_owner = $6, lease_until = $7, error_code = $8, \
-             error_message = $9, attempt_errors = $10, result = $11, started_at = $12, \
-             finished_at = $13, updated_at = $14 \
-             WHERE id = $15 AND status = $16 AND COALESCE(lease_owner, '') = $17",
-        )
-        .bind(next.status.as_str())
-        .bind(i64::from(next.attempts))
-        .bind(i64::from(next.stalls))
-        .bind(i64::from(next.run_attempts))
-        .bind(ms(next.run_at))
-        .bind(next.lease_owner.clone())
-        .bind(next.lease_until.map(ms))
-        .bind(error.map(|e| e.code.as_str()))
-        .bind(error.map(|e| e.message.clone()))
-        .bind(to_json(&next.attempt_errors)?)
-        .bind(next.result.as_ref().map(to_json).transpose()?)
-        .bind(next.started_at.map(ms))
-        .bind(next.finished_at.map(ms))
-        .bind(w.now)
-        .bind(job.id.to_string())
-        .bind(job.status.as_str())
-        .bind(job.lease_owner.clone().unwrap_or_default())
-        .execute(&mut *w.tx)
-        .await?
-        .rows_affected();
-        if changed != 1 {
-            return Ok(None);
-        }
-        self.record(w, job.id, action.event(), Some(next.clone()))
-            .await?;
-        Ok(Some(next))
+        Ok(written)
     }
 
     /// A person's action on one job: the rules decide from the job's current state.
@@ -631,38 +710,8 @@ impl SqlStore {
         let Some(job) = self.leased_job(w, lease).await? else {
             return Ok(false);
         };
-        self.finish_job(w, &job, outcome).await
-    }
-
-    /// Ends the attempt of `job` (read under its lease in `w`) with its outcome; false when the
-    /// guard did not match.
-    async fn finish_job(&self, w: &mut Write, job: &Job, outcome: Outcome) -> Result<bool> {
-        let (action, result, error, run_at) = match outcome {
-            Outcome::Succeeded(result) => (Action::Succeed, Some(result), None, None),
-            Outcome::Failed(error) => (Action::Fail, None, Some(error), None),
-            Outcome::Retry { error, run_at } => (Action::Requeue, None, Some(error), Some(run_at)),
-        };
-        let written = self
-            .apply(w, job, action, |j, now| {
-                j.result = result;
-                if let Some(error) = error {
-                    j.attempt_errors.push(AttemptError {
-                        attempt: j.attempts,
-                        code: error.code,
-                        message: error.message.clone(),
-                        at: ms_to_time(now),
-                    });
-                    j.error = Some(error);
-                } else {
-                    j.error = None;
-                }
-                match run_at {
-                    Some(t) => j.run_at = t,
-                    None => j.finished_at = Some(ms_to_time(now)),
-                }
-            })
-            .await?;
-        Ok(written.is_some())
+        let (next, action) = finished(&job, outcome, w.now)?;
+        Ok(self.apply_all(w, vec![(&job, next, action)]).await?[0].is_some())
     }
 
     /// Claims up to `limit` due jobs inside `w` under one fresh lease token, taking their starts
@@ -981,16 +1030,24 @@ impl Store for SqlStore {
                 jobs.insert(job.id, job);
             }
         }
-        let mut stored = Vec::with_capacity(finishes.len());
+        // The outcomes of jobs still under the lease they were finished with, all in one write.
+        let mut leased = Vec::with_capacity(finishes.len());
+        let mut changes = Vec::with_capacity(finishes.len());
         for (l, outcome) in finishes {
-            let leased = jobs.get(&l.job_id).filter(|j| {
+            let job = jobs.get(&l.job_id).filter(|j| {
                 j.status == JobStatus::Running && j.lease_owner.as_deref() == Some(&l.token)
             });
-            stored.push(match leased {
-                Some(job) => self.finish_job(&mut w, job, outcome).await?,
-                None => false,
-            });
+            leased.push(job.is_some());
+            if let Some(job) = job {
+                let (next, action) = finished(job, outcome, w.now)?;
+                changes.push((job, next, action));
+            }
         }
+        let mut written = self.apply_all(&mut w, changes).await?.into_iter();
+        let stored: Vec<bool> = leased
+            .into_iter()
+            .map(|l| l && written.next().flatten().is_some())
+            .collect();
         let batch = if limit > 0 {
             self.claim_in(&mut w, worker, limit, lease, rate).await?
         } else {
