@@ -161,6 +161,18 @@ pub(crate) struct Write {
     pub(crate) now: i64,
 }
 
+/// The placeholders of a multi-row `VALUES` list: `rows` tuples of `columns` numbered
+/// parameters, `($1, $2), ($3, $4)`.
+fn values_list(rows: usize, columns: usize) -> String {
+    let row = |r: usize| {
+        let marks: Vec<String> = (1..=columns)
+            .map(|c| format!("${}", r * columns + c))
+            .collect();
+        format!("({})", marks.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
 /// The job as `action` leaves it: the state machine's status, `edit`'s other columns, no lease
 /// unless running.
 fn next_state(
@@ -282,19 +294,11 @@ impl SqlStore {
         let now = ms_to_time(w.now);
         let mut created = Vec::with_capacity(new.len());
         for chunk in new.chunks(ROWS) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let marks: Vec<String> = (1..=COLUMNS)
-                        .map(|c| format!("${}", i * COLUMNS + c))
-                        .collect();
-                    format!("({})", marks.join(", "))
-                })
-                .collect();
+            let values = values_list(chunk.len(), COLUMNS);
             let sql = format!(
                 "INSERT INTO jobs (id, status, image_sha256, file_name, max_attempts, priority, \
                  run_at, created_at, updated_at, owner, webhook_url, webhook_events, result, \
-                 cached, started_at, finished_at) VALUES {} RETURNING id, seq",
-                values.join(", ")
+                 cached, started_at, finished_at) VALUES {values} RETURNING id, seq"
             );
             let mut q = sqlx::query(&sql);
             let mut jobs = Vec::with_capacity(chunk.len());
@@ -377,24 +381,10 @@ impl SqlStore {
             .filter(|j| seen.insert(j.sha256.as_str()))
             .collect();
         for chunk in distinct.chunks(ROWS) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 6;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6
-                    )
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO blobs (sha256, size, content_type, width, height, created_at) \
                  VALUES {} ON CONFLICT (sha256) DO NOTHING RETURNING sha256",
-                values.join(", ")
+                values_list(chunk.len(), 6)
             );
             let mut q = sqlx::query_scalar::<_, String>(&sql);
             for j in chunk {
@@ -487,22 +477,9 @@ impl SqlStore {
         const ROWS: usize = 400;
         for start in (0..w.events.len()).step_by(ROWS) {
             let chunk = start..(start + ROWS).min(w.events.len());
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 5;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5
-                    )
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO events (job_id, kind, status, at, owner) VALUES {} RETURNING seq",
-                values.join(", ")
+                values_list(chunk.len(), 5)
             );
             let mut q = sqlx::query_scalar::<_, i64>(&sql);
             for e in &w.events[chunk.clone()] {
@@ -573,24 +550,16 @@ impl SqlStore {
         const COLUMNS: usize = 17;
         let mut written = Vec::with_capacity(changes.len());
         for chunk in changes.chunks(ROWS) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let marks: Vec<String> = (1..=COLUMNS)
-                        .map(|c| format!("${}", i * COLUMNS + c))
-                        .collect();
-                    format!("({})", marks.join(", "))
-                })
-                .collect();
+            let values = values_list(chunk.len(), COLUMNS);
             let sql = format!(
                 "UPDATE jobs SET status = v.column2, attempts = v.column3, stalls = v.column4, \
                  run_attempts = v.column5, run_at = v.column6, lease_owner = v.column7, \
                  lease_until = v.column8, error_code = v.column9, error_message = v.column10, \
                  attempt_errors = v.column11, result = v.column12, started_at = v.column13, \
                  finished_at = v.column14, updated_at = v.column15 \
-                 FROM (VALUES {}) AS v \
+                 FROM (VALUES {values}) AS v \
                  WHERE jobs.id = v.column1 AND jobs.status = v.column16 \
-                 AND COALESCE(jobs.lease_owner, '') = v.column17 RETURNING id",
-                values.join(", ")
+                 AND COALESCE(jobs.lease_owner, '') = v.column17 RETURNING id"
             );
             let mut q = sqlx::query_scalar::<_, String>(&sql);
             for (job, next, _) in chunk {

@@ -206,6 +206,20 @@ async fn a_key_expires_after_its_time_to_live() {
     assert_eq!(job_count(&app).await, 4);
 }
 
+/// Submits coffee.png and waits for its result (`Prefer: wait`); the answer's body.
+async fn classified_coffee(app: &TestApp) -> Value {
+    app.client
+        .post(app.url("/api/jobs"))
+        .header("Prefer", "wait=30")
+        .multipart(multipart(&[("coffee.png", fixture("coffee.png"))], &[]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_classified_before_is_answered_from_the_cache() {
     let app = TestApp::with(Options {
@@ -213,16 +227,7 @@ async fn an_image_classified_before_is_answered_from_the_cache() {
         ..Options::default()
     })
     .await;
-    let coffee = [("coffee.png", fixture("coffee.png"))];
-    let waited = app
-        .client
-        .post(app.url("/api/jobs"))
-        .header("Prefer", "wait=30")
-        .multipart(multipart(&coffee, &[]))
-        .send()
-        .await
-        .unwrap();
-    let first: Value = waited.json().await.unwrap();
+    let first = classified_coffee(&app).await;
     let first = &first["jobs"][0];
     assert_eq!(first["status"], "succeeded", "{first}");
     assert_eq!(first["cached"], false);
@@ -278,17 +283,7 @@ async fn an_image_classified_before_is_answered_from_the_cache() {
 async fn without_the_cache_every_image_is_classified() {
     let app = TestApp::with(Options::default()).await;
     let coffee = [("coffee.png", fixture("coffee.png"))];
-    let first: Value = app
-        .client
-        .post(app.url("/api/jobs"))
-        .header("Prefer", "wait=30")
-        .multipart(multipart(&coffee, &[]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first = classified_coffee(&app).await;
     assert_eq!(first["jobs"][0]["status"], "succeeded");
     let body: Value = app.upload(&coffee).await.json().await.unwrap();
     assert_eq!(body["jobs"][0]["cached"], false);
