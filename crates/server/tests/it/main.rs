@@ -13,5 +13,6 @@ mod openapi;
 mod ops;
 mod queue;
 mod quotas;
+mod search;
 mod wait;
 mod webhooks;

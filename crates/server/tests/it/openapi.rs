@@ -25,8 +25,15 @@ const OPERATIONS: &[(&str, &str, &[&str])] = &[
     (
         "get",
         "/api/jobs",
-        &["invalid_status", "invalid_cursor", "bad_request"],
+        &["invalid_status", "invalid_cursor", "invalid_query"],
     ),
+    (
+        "get",
+        "/api/jobs/export",
+        &["invalid_query", "invalid_status"],
+    ),
+    ("post", "/api/jobs/cancel-queued", &["invalid_query"]),
+    ("post", "/api/jobs/delete-finished", &["invalid_query"]),
     ("get", "/api/jobs/{id}", &["not_found"]),
     ("delete", "/api/jobs/{id}", &["not_found"]),
     ("get", "/api/jobs/{id}/image", &["not_found"]),
@@ -170,8 +177,15 @@ async fn every_documented_operation_is_served() {
             operations.push((path, item, method));
         }
     }
-    // The delete last, so that the others find the job.
-    operations.sort_by_key(|(_, _, method)| *method == "delete");
+    // The deletes last, so that the others find the job; the bulk delete (which takes it, once
+    // canceled) after the delete of the job itself.
+    operations.sort_by_key(|(path, _, method)| {
+        if path.ends_with("/delete-finished") {
+            2
+        } else {
+            u8::from(*method == "delete")
+        }
+    });
     for (path, item, method) in operations {
         {
             if path == "/api/events" {

@@ -15,6 +15,7 @@ mod list;
 mod outcomes;
 mod queue;
 mod races;
+mod search;
 mod sqlite;
 mod tokens;
 mod webhooks;
