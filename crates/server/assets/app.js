@@ -387,9 +387,12 @@
     if (queued.length !== stats.counts.queued) return null;
     const now = Date.now();
     const due = queued.filter((j) => Date.parse(j.run_at) <= now + 250);
+    // Jobs stored in one commit share their times; their ids (UUID v7) follow their order.
+    const order = (x, y) => (x < y ? -1 : x > y ? 1 : 0);
     due.sort((a, b) => (b.priority - a.priority)
-      || (stamp(a.run_at) < stamp(b.run_at) ? -1 : stamp(a.run_at) > stamp(b.run_at) ? 1 : 0)
-      || (stamp(a.created_at) < stamp(b.created_at) ? -1 : 1));
+      || order(stamp(a.run_at), stamp(b.run_at))
+      || order(stamp(a.created_at), stamp(b.created_at))
+      || order(a.id, b.id));
     const i = due.findIndex((j) => j.id === job.id);
     return i < 0 ? null : `#${i + 1}`;
   }
