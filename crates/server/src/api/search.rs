@@ -135,7 +135,7 @@ pub(super) enum ExportFormat {
 #[into_params(parameter_in = Query)]
 pub(super) struct ExportParams {
     /// `csv` (the default) or `json`.
-    #[param(value_type = Option<ExportFormat>)]
+    #[param(value_type = Option<ExportFormat>, inline)]
     format: Option<ExportFormat>,
     /// Only jobs in this status.
     #[param(value_type = Option<JobStatus>)]

@@ -163,6 +163,26 @@ async fn the_document_is_openapi_3_1_and_names_every_route_and_error() {
     assert_eq!(codes, ErrorCode::ALL.map(|c| c.as_str()));
     let body = &doc["paths"]["/api/jobs"]["post"]["requestBody"]["content"];
     assert!(body["multipart/form-data"]["schema"].is_object());
+
+    // Every reference resolves (a client generator or a fuzzer cannot follow one that does not).
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r);
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for r in all {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or(r);
+        assert!(schemas[name].is_object(), "{r} does not resolve");
+    }
 }
 
 /// Every documented operation is served by the router (none is documented but missing).
