@@ -1067,6 +1067,39 @@ describe('a rate-limited server whose jobs sometimes fail', () => {
   });
 });
 
+describe('a server that retries after a backoff', () => {
+  let server;
+  let session;
+
+  before(async () => {
+    server = await startServer([
+      '--inject-failure-rate', '1.0', '--max-attempts', '2', '--backoff-base', '20s', '--backoff-max', '20s',
+    ]);
+    session = await openPage(browser, server.url);
+  });
+
+  after(async () => {
+    await session?.context.close();
+    await server?.stop();
+  });
+
+  test('a queued card waiting for its retry says until when, and shows the failed attempt', { timeout: SLOW }, async () => {
+    const { page, problems } = session;
+    await page.locator('#file-input').setInputFiles([photo(COFFEE)]);
+    const card = cardNamed(page, 'coffee.png', 'queued').filter({ has: page.locator('.attempts li') });
+    await card.waitFor({ timeout: 30_000 });
+    const id = await card.getAttribute('data-job-id');
+    const job = await apiJson(server.url, `/api/jobs/${id}`);
+    assert.equal(job.attempts, 1);
+    const at = new Date(job.run_at).toLocaleTimeString('en-US', { hour12: false });
+    const reason = await card.locator('.wait-reason').textContent();
+    assert.match(reason, /^Retry backoff after attempt 1 failed: runs again at \d\d:\d\d:\d\d$/);
+    assert.ok(reason.endsWith(await page.evaluate((t) => new Date(t).toLocaleTimeString([], { hour12: false }), job.run_at)), `${reason} names ${at}`);
+    assert.match(await card.locator('.attempts li').first().textContent(), /^Attempt 1 .*\(injected_failure\)/);
+    await noProblems(page, problems);
+  });
+});
+
 /** A stand-in for the Imagga API on loopback whose uploads answer only when released. */
 function slowImagga() {
   let release;
