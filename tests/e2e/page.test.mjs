@@ -958,6 +958,8 @@ describe('the dashboard', () => {
     await audit(page, 'dashboard, 360 px');
     await page.screenshot({ path: join(SHOTS, 'dashboard-360.png') });
     await page.screenshot({ path: join(SHOTS, 'dashboard-360-full.png'), fullPage: true });
+    await page.locator('#jobs-title').evaluate((el) => el.scrollIntoView());
+    await page.screenshot({ path: join(SHOTS, 'dashboard-360-jobs.png') });
     await page.setViewportSize({ width: 1280, height: 800 });
     await noProblems(page, problems);
   });
