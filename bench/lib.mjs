@@ -96,9 +96,10 @@ for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
   });
 }
 
-/** Runs `imgclass serve` on a free port; resolves once it prints its address. */
+/** Runs `imgclass serve` on a free port; resolves once it prints its address. The result cache
+ *  is off: the benchmarks send the same images many times and measure their classification. */
 export async function startServe({ bin, database, args = [], logFile, timeoutMs = 60000, env = {} }) {
-  const argv = ["serve", "--listen", "127.0.0.1:0", "--database", database, ...args];
+  const argv = ["serve", "--listen", "127.0.0.1:0", "--database", database, "--no-result-cache", ...args];
   const child = spawn(bin, argv, {
     env: { ...process.env, NO_COLOR: "1", ...env },
     stdio: ["ignore", "pipe", "pipe"],

@@ -85,7 +85,8 @@ def main():
     url = a.admin.rsplit("/", 1)[0] + "/" + db
     procs = []
     try:
-        api, base = start([a.bin, "serve", "--no-workers", "--listen", "127.0.0.1:0", "--database", url], "listening")
+        # The result cache is off: the same photos are sent many times, to be classified each time.
+        api, base = start([a.bin, "serve", "--no-workers", "--no-result-cache", "--listen", "127.0.0.1:0", "--database", url], "listening")
         procs.append(api)
         for _ in range(a.procs):
             w, _ = start([a.bin, "worker", "--database", url, "--workers", str(a.workers_per_proc)] + (["--intra-threads", str(a.intra)] if a.intra else []), "worker is running")

@@ -308,7 +308,8 @@ describe('a server that classifies', () => {
   let session;
 
   before(async () => {
-    server = await startServer();
+    // The same photos are sent several times, to be classified (and canceled) each time.
+    server = await startServer(['--no-result-cache']);
     session = await openPage(browser, server.url);
   });
 
@@ -487,7 +488,7 @@ describe('a server that classifies', () => {
     const port = new URL(server.url).port;
     await server.stop({ keepDatabase: true });
     await page.locator('#connection[data-state="reconnecting"], #connection[data-state="offline"]').waitFor();
-    server = await startServer([], { dir: server.dir, listen: `127.0.0.1:${port}` });
+    server = await startServer(['--no-result-cache'], { dir: server.dir, listen: `127.0.0.1:${port}` });
     // A job created and finished while the page is still disconnected (EventSource waits a few
     // seconds between tries).
     const created = await apiUpload(server.url, [{ name: 'while-away.png', bytes: readFileSync(CHELSEA) }]);
@@ -783,7 +784,8 @@ describe('the dashboard', () => {
   let session;
 
   before(async () => {
-    server = await startServer();
+    // The same photos are sent several times, to be classified each time.
+    server = await startServer(['--no-result-cache']);
     session = await openPage(browser, server.url);
   });
 
@@ -1001,7 +1003,7 @@ describe('a rate-limited server whose jobs sometimes fail', () => {
 
   before(async () => {
     server = await startServer([
-      '--rate-limit', '1/3s', '--inject-failure-rate', '0.5', '--inject-failure-seed', '11', '--max-attempts', '1',
+      '--no-result-cache', '--rate-limit', '1/3s', '--inject-failure-rate', '0.5', '--inject-failure-seed', '11', '--max-attempts', '1',
     ]);
     session = await openPage(browser, server.url);
   });
@@ -1075,7 +1077,7 @@ describe('a server that retries after a backoff', () => {
 
   before(async () => {
     server = await startServer([
-      '--inject-failure-rate', '1.0', '--max-attempts', '2', '--backoff-base', '20s', '--backoff-max', '20s',
+      '--no-result-cache', '--inject-failure-rate', '1.0', '--max-attempts', '2', '--backoff-base', '20s', '--backoff-max', '20s',
     ]);
     session = await openPage(browser, server.url);
   });
@@ -1162,5 +1164,37 @@ describe('a server whose provider is slow', () => {
     assert.match(await canceled.locator('.card-note').textContent(), /^Canceled while it ran \(attempt 1\)/);
     imagga.release();
     await noProblems(page, problems);
+  });
+});
+
+describe('a server with the result cache', () => {
+  let server;
+  let session;
+
+  before(async () => {
+    server = await startServer();
+    session = await openPage(browser, server.url);
+  });
+
+  after(async () => {
+    await session?.context.close();
+    await server?.stop();
+  });
+
+  test('a photo classified before is answered at once and marked cached', { timeout: SLOW }, async () => {
+    const { page, problems } = session;
+    await page.locator('#file-input').setInputFiles([photo(COFFEE)]);
+    const first = cardNamed(page, 'coffee.png', 'succeeded');
+    await first.waitFor({ timeout: 60_000 });
+    assert.equal(await first.locator('.cached-mark').count(), 0, 'a classified photo is not marked');
+    const again = await apiUpload(server.url, [{ name: 'coffee-again.png', bytes: readFileSync(COFFEE) }]);
+    assert.equal(again.status, 202);
+    assert.equal(again.body.jobs[0].cached, true);
+    const cached = cardNamed(page, 'coffee-again.png', 'succeeded');
+    await cached.waitFor({ timeout: 10_000 });
+    await cached.locator('.cached-mark').waitFor();
+    assert.equal((await cached.locator('.cached-mark').textContent()).trim(), 'cached');
+    assert.match((await topLabels(cached))[0], /espresso/);
+    assert.deepEqual(problems, []);
   });
 });

@@ -1,6 +1,7 @@
 // Renders docs/screenshot.png, the README's picture of the page: a real `imgclass serve` with the
-// built-in model and a rate limit, the photos of tests/fixtures uploaded through the page, taken
-// while the first ones have their labels and the others wait for the rate limit.
+// built-in model and a rate limit (and no result cache, so that each photo is classified again),
+// the photos of tests/fixtures uploaded through the page, taken while the first ones have their
+// labels and the others wait for the rate limit.
 //
 // Usage (from the repository root, once `cargo build -p imgclass` has run):
 //   node tests/e2e/screenshot.mjs [output.png]
@@ -22,7 +23,7 @@ const PHOTOS = ['coffee.png', 'chelsea.png', 'astronaut.png', 'rocket.jpg', 'gra
 const dir = mkdtempSync(join(tmpdir(), 'imgclass-shot-'));
 const child = spawn(BIN, [
   'serve', '--listen', '127.0.0.1:0', '--database', `sqlite://${dir}/t.db`, '--workers', '1',
-  '--rate-limit', '6/20s',
+  '--rate-limit', '6/20s', '--no-result-cache',
 ], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'inherit'] });
 const url = await new Promise((resolveUrl, reject) => {
   createInterface({ input: child.stdout }).on('line', (line) => {

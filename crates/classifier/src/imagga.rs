@@ -153,12 +153,17 @@ impl ImaggaClassifier {
             top_k: config.top_k.max(1),
             language: config.language.clone(),
             threshold: config.threshold,
-            info: ModelInfo {
-                provider: Provider::Imagga,
-                name: "imagga-tags".into(),
-                version: "v2".into(),
-            },
+            info: Self::model_info(),
         })
+    }
+
+    /// What the results of this provider name as their model.
+    pub fn model_info() -> ModelInfo {
+        ModelInfo {
+            provider: Provider::Imagga,
+            name: "imagga-tags".into(),
+            version: "v2".into(),
+        }
     }
 
     /// `POST /v2/uploads`: the upload id.

@@ -65,29 +65,7 @@ pub struct Classification {
 impl Model {
     /// Loads the model and its labels and checks them by running one blank image through.
     pub fn load(source: &ModelSource) -> Result<Model, ModelError> {
-        let (bytes, labels_text, name) = match source {
-            ModelSource::BuiltIn => (
-                std::borrow::Cow::Borrowed(BUILTIN_MODEL),
-                BUILTIN_LABELS.to_string(),
-                "efficientnet-lite0".to_string(),
-            ),
-            ModelSource::File { model, labels } => {
-                let read = |p: &PathBuf| {
-                    std::fs::read(p).map_err(|source| ModelError::Read {
-                        path: p.display().to_string(),
-                        source,
-                    })
-                };
-                let bytes = read(model)?;
-                let labels = String::from_utf8(read(labels)?)
-                    .map_err(|_| ModelError::Invalid("the labels file is not UTF-8".into()))?;
-                let name = model
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "model".into());
-                (std::borrow::Cow::Owned(bytes), labels, name)
-            }
-        };
+        let (bytes, labels_text, name) = read_source(source)?;
         let labels: Vec<String> = labels_text
             .lines()
             .map(|l| l.trim().to_string())
@@ -120,6 +98,17 @@ impl Model {
             )));
         }
         Ok(model)
+    }
+
+    /// Which model `source` is (what its results will name), without loading it into ONNX
+    /// Runtime.
+    pub fn identify(source: &ModelSource) -> Result<ModelInfo, ModelError> {
+        let (bytes, _, name) = read_source(source)?;
+        Ok(ModelInfo {
+            provider: Provider::Builtin,
+            name,
+            version: short_digest(&bytes),
+        })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -167,6 +156,35 @@ impl Model {
                 .map_err(|e| invalid(e.to_string()))?,
         })
     }
+}
+
+/// A model source's bytes, labels file text and name.
+type SourceParts = (std::borrow::Cow<'static, [u8]>, String, String);
+
+fn read_source(source: &ModelSource) -> Result<SourceParts, ModelError> {
+    Ok(match source {
+        ModelSource::BuiltIn => (
+            std::borrow::Cow::Borrowed(BUILTIN_MODEL),
+            BUILTIN_LABELS.to_string(),
+            "efficientnet-lite0".to_string(),
+        ),
+        ModelSource::File { model, labels } => {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|source| ModelError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })
+            };
+            let bytes = read(model)?;
+            let labels = String::from_utf8(read(labels)?)
+                .map_err(|_| ModelError::Invalid("the labels file is not UTF-8".into()))?;
+            let name = model
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into());
+            (std::borrow::Cow::Owned(bytes), labels, name)
+        }
+    })
 }
 
 fn short_digest(bytes: &[u8]) -> String {

@@ -268,6 +268,14 @@ struct ServeArgs {
     /// Queued jobs a token may have at once; more is refused with 429 queue_full.
     #[arg(long, env = "IMGCLASS_MAX_QUEUED_PER_TOKEN")]
     max_queued_per_token: Option<u64>,
+    /// How long an Idempotency-Key is remembered after its first use (a submission sent again
+    /// with it in that time gets the first one's jobs).
+    #[arg(long, env = "IMGCLASS_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
+    idempotency_ttl: Duration,
+    /// Classify every image, even one this model has already classified (by default such an
+    /// image is answered at once from the earlier result, marked cached).
+    #[arg(long, env = "IMGCLASS_NO_RESULT_CACHE")]
+    no_result_cache: bool,
     #[command(flatten)]
     http: HttpArgs,
     #[command(flatten)]
@@ -745,6 +753,15 @@ async fn serve_metrics(
     Ok(())
 }
 
+/// The model whose results the result cache reuses: the one this node's workers would run.
+fn cached_model(args: &ModelArgs) -> Result<imgclass_core::ModelInfo> {
+    Ok(match args.provider {
+        ProviderArg::Noop => NoopClassifier::default().info().clone(),
+        ProviderArg::Imagga => ImaggaClassifier::model_info(),
+        ProviderArg::Builtin => Model::identify(&args.source())?,
+    })
+}
+
 async fn start_workers(
     store: Arc<dyn imgclass_store::Store>,
     args: &WorkArgs,
@@ -856,6 +873,12 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         max_attempts: args.max_attempts,
         rate_limit: args.work.rate_limit,
         webhooks: webhooks.clone().map(Arc::new),
+        idempotency_ttl: args.idempotency_ttl,
+        result_cache: if args.no_result_cache {
+            None
+        } else {
+            Some(cached_model(&args.work.model)?)
+        },
     };
     let deliverer = start_deliverer(&state.store, &webhooks)?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -31,6 +31,12 @@ pub enum ErrorCode {
     QueueFull,
     /// A submission's webhook URL is not one the server calls.
     InvalidWebhook,
+    /// The `Idempotency-Key` header is not a key the server accepts.
+    InvalidIdempotencyKey,
+    /// The `Idempotency-Key` was first used with a different request.
+    IdempotencyKeyMismatch,
+    /// A request with the same `Idempotency-Key` is still being processed.
+    IdempotencyKeyInUse,
     // Job errors.
     ClassificationFailed,
     InjectedFailure,
@@ -57,7 +63,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 37] = [
         ErrorCode::BadRequest,
         ErrorCode::NoFiles,
         ErrorCode::NotFound,
@@ -78,6 +84,9 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::QueueFull,
         ErrorCode::InvalidWebhook,
+        ErrorCode::InvalidIdempotencyKey,
+        ErrorCode::IdempotencyKeyMismatch,
+        ErrorCode::IdempotencyKeyInUse,
         ErrorCode::ClassificationFailed,
         ErrorCode::InjectedFailure,
         ErrorCode::Stalled,
@@ -116,6 +125,9 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::InvalidWebhook => "invalid_webhook",
+            ErrorCode::InvalidIdempotencyKey => "invalid_idempotency_key",
+            ErrorCode::IdempotencyKeyMismatch => "idempotency_key_mismatch",
+            ErrorCode::IdempotencyKeyInUse => "idempotency_key_in_use",
             ErrorCode::ClassificationFailed => "classification_failed",
             ErrorCode::InjectedFailure => "injected_failure",
             ErrorCode::Stalled => "stalled",

@@ -313,12 +313,16 @@
     return h('ol', { class: 'chart', 'aria-label': 'Top labels with their probabilities' }, rows);
   }
 
-  function resultDetails(result) {
+  function resultDetails(result, cached) {
     const t = result.timings || {};
     const model = result.model || {};
     const item = (term, value) => h('div', null, [h('dt', { text: term }), h('dd', { text: value })]);
+    const modelText = [model.provider, [model.name, model.version].filter(Boolean).join(' ')].filter(Boolean).join(' · ');
     return h('div', { class: 'result-meta' }, [
-      h('p', { class: 'model', title: 'provider · model version', text: [model.provider, [model.name, model.version].filter(Boolean).join(' ')].filter(Boolean).join(' · ') }),
+      h('p', { class: 'model', title: 'provider · model version' }, [
+        modelText,
+        cached ? h('span', { class: 'cached-mark', title: 'Answered from an earlier result for the same image and model', text: 'cached' }) : null,
+      ]),
       h('dl', { class: 'timings' }, [
         item('queue wait', millis(t.queue_wait_ms)),
         item('decode', millis(t.decode_ms)),
@@ -430,7 +434,7 @@
         return parts;
       }
       case 'succeeded':
-        return job.result ? [chart(job.result), resultDetails(job.result)] : [];
+        return job.result ? [chart(job.result), resultDetails(job.result, job.cached)] : [];
       case 'failed': {
         const error = job.error || {};
         const parts = [
@@ -1383,7 +1387,7 @@
       ]));
     }
     if (result) {
-      sections.push(h('h3', { text: 'Labels' }), chart(result), resultDetails(result));
+      sections.push(h('h3', { text: 'Labels' }), chart(result), resultDetails(result, job.cached));
     }
     const errors = job.attempt_errors || [];
     sections.push(h('h3', { text: 'Attempts' }));

@@ -62,18 +62,20 @@ impl ApiError {
             | ErrorCode::NoFiles
             | ErrorCode::InvalidStatus
             | ErrorCode::InvalidCursor
-            | ErrorCode::InvalidQuery => StatusCode::BAD_REQUEST,
+            | ErrorCode::InvalidQuery
+            | ErrorCode::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ErrorCode::InvalidState => StatusCode::CONFLICT,
+            ErrorCode::InvalidState | ErrorCode::IdempotencyKeyInUse => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::ImageCorrupt
             | ErrorCode::ImageTooLarge
             | ErrorCode::EmptyFile
-            | ErrorCode::InvalidWebhook => StatusCode::UNPROCESSABLE_ENTITY,
+            | ErrorCode::InvalidWebhook
+            | ErrorCode::IdempotencyKeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::RateLimited | ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
@@ -136,6 +138,11 @@ impl From<StoreError> for ApiError {
                      once space is freed",
                 )
             }
+            StoreError::KeyLost => ApiError::from_code(
+                ErrorCode::IdempotencyKeyInUse,
+                "another request with this Idempotency-Key took it over; nothing of this request \
+                 was stored",
+            ),
             other => ApiError::internal("database error", other),
         }
     }

@@ -62,7 +62,15 @@ pub struct AppState {
     pub rate_limit: Option<imgclass_store::RateLimit>,
     /// Webhook settings; `None`: this server sends no webhooks (no secret to sign them).
     pub webhooks: Option<Arc<webhooks::WebhookConfig>>,
+    /// How long an `Idempotency-Key` is remembered after its first use.
+    pub idempotency_ttl: std::time::Duration,
+    /// The model whose earlier results may answer a new job for the same image (the result
+    /// cache); `None`: every job is classified.
+    pub result_cache: Option<imgclass_core::ModelInfo>,
 }
+
+/// How long `Idempotency-Key`s are remembered by default.
+pub const DEFAULT_IDEMPOTENCY_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// How the HTTP side is run for others: cross-origin access and readiness.
 #[derive(Clone, Default)]

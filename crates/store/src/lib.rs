@@ -5,6 +5,7 @@
 
 mod dialect;
 mod health;
+mod idempotency;
 mod model;
 mod postgres;
 mod quotas;
@@ -15,6 +16,7 @@ mod tokens;
 mod webhooks;
 
 pub use health::{database_errors, DatabaseErrors, Health, PoolStatus};
+pub use idempotency::Idempotency;
 pub use model::*;
 pub use quotas::{QuotaTake, Quotas};
 pub use tokens::{ApiToken, NewToken, Tokens};
@@ -49,6 +51,10 @@ pub enum StoreError {
     StorageFull(String),
     #[error("database error: {0}")]
     Database(String),
+    /// The request's hold on its `Idempotency-Key` lapsed and another request took the key over;
+    /// nothing of this request was stored.
+    #[error("the request no longer holds its idempotency key")]
+    KeyLost,
     #[error("invalid database URL {url:?}: {message}")]
     Config { url: String, message: String },
 }
@@ -120,13 +126,19 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything the service needs from its database.
 #[async_trait]
-pub trait Store: Tokens + Quotas + Webhooks + Health + Send + Sync + 'static {
+pub trait Store: Tokens + Quotas + Webhooks + Health + Idempotency + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<()>;
 
     /// Stores the images (deduplicated by content) and creates one queued job per image, all in
     /// one transaction.
-    async fn create_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>>;
+    async fn create_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>> {
+        self.create_jobs_keyed(jobs, None).await
+    }
+
+    /// `create_jobs`, and when `key` is given, completes that `Idempotency-Key` with the jobs in
+    /// the same transaction (`KeyLost` when the request no longer holds it: nothing is stored).
+    async fn create_jobs_keyed(&self, jobs: Vec<NewJob>, key: Option<KeyHold>) -> Result<Vec<Job>>;
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
 

@@ -20,6 +20,9 @@ pub struct NewJob {
     pub owner: Option<String>,
     /// Where to announce the job's changes.
     pub webhook: Option<Webhook>,
+    /// An earlier job's result for the same image and model: the job is created `succeeded`
+    /// with it (`cached`), and never queued.
+    pub cached_result: Option<JobResult>,
 }
 
 /// A job's webhook: the URL called, and for which of the job's events.
@@ -99,6 +102,9 @@ pub struct Job {
     pub owner: Option<String>,
     #[serde(default)]
     pub webhook: Option<Webhook>,
+    /// Answered from the result cache when it was created.
+    #[serde(default)]
+    pub cached: bool,
 }
 
 /// A filter and page request for listing jobs.
@@ -316,4 +322,37 @@ pub(crate) fn decode_cursor(cursor: &str) -> Option<i64> {
 
 pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<String, crate::StoreError> {
     serde_json::to_string(v).map_err(|e| crate::StoreError::Database(e.to_string()))
+}
+
+/// An `Idempotency-Key` as one request uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// Whose key it is: the API token's id, or empty when the API is open.
+    pub scope: String,
+    pub key: String,
+    /// A digest of what the request asks for (its files and fields), to tell a retry of the
+    /// same request from another request that reuses the key.
+    pub fingerprint: String,
+}
+
+/// A key held by the request that is creating its jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHold {
+    pub key: IdempotencyKey,
+    /// This request's mark on the key; only it may complete the key.
+    pub holder: String,
+}
+
+/// What became of a request's claim on its `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// The key is this request's: create the jobs with it (`create_jobs_keyed`), or give it
+    /// back (`release_idempotency_key`).
+    Held(KeyHold),
+    /// The key's first request created these jobs: answer with them.
+    Replay(Vec<JobId>),
+    /// The key was first used with a different request.
+    Mismatch,
+    /// The key's first request is still being processed; its hold lapses at `until`.
+    InUse { until: DateTime<Utc> },
 }

@@ -13,8 +13,8 @@ use crate::model::{decode_cursor, encode_cursor, to_json};
 use crate::rows::{db_err, job_from_row, ms_to_time, now_ms, window_starts, JOB_COLUMNS};
 use crate::{
     AttemptError, Claim, ClaimBatch, Event, FinishedCounts, Job, JobError, JobFilter, JobPage,
-    Lease, ListQuery, NewJob, Outcome, Pruned, QueueStats, RateLimit, Result, RetryFilter, Store,
-    StoreError, StoredImage, CHUNK_SIZE,
+    KeyHold, Lease, ListQuery, NewJob, Outcome, Pruned, QueueStats, RateLimit, Result, RetryFilter,
+    Store, StoreError, StoredImage, CHUNK_SIZE,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -40,8 +40,26 @@ pub(crate) struct SqlStore {
     submissions: Option<mpsc::Sender<Submission>>,
 }
 
-/// Jobs of one request waiting for the group commit, and where to send its answer.
-type Submission = (Vec<NewJob>, oneshot::Sender<Result<Vec<Job>>>);
+/// Jobs of one request waiting for the group commit, the idempotency key they complete, and
+/// where to send its answer.
+struct Submission {
+    jobs: Vec<NewJob>,
+    key: Option<KeyHold>,
+    reply: oneshot::Sender<Result<Vec<Job>>>,
+}
+
+/// One request's part of a transaction: its jobs and the key they complete.
+type Request<'a> = (&'a [NewJob], Option<&'a KeyHold>);
+
+impl Submission {
+    fn request(&self) -> Request<'_> {
+        (&self.jobs, self.key.as_ref())
+    }
+
+    fn bytes(&self) -> usize {
+        self.jobs.iter().map(|j| j.image.len()).sum()
+    }
+}
 
 /// At most this many jobs, and about this many image bytes, share one commit.
 const GROUP_MAX_JOBS: usize = 512;
@@ -54,27 +72,30 @@ const GROUP_MAX_BYTES: usize = 64 << 20;
 /// either way nothing of a failed transaction is stored.
 async fn group_commit(store: SqlStore, mut queue: mpsc::Receiver<Submission>) {
     while let Some(first) = queue.recv().await {
-        let mut jobs = first.0.len();
-        let mut bytes: usize = first.0.iter().map(|j| j.image.len()).sum();
+        let mut jobs = first.jobs.len();
+        let mut bytes = first.bytes();
         let mut batch = vec![first];
         while jobs < GROUP_MAX_JOBS && bytes < GROUP_MAX_BYTES {
             let Ok(next) = queue.try_recv() else { break };
-            jobs += next.0.len();
-            bytes += next.0.iter().map(|j| j.image.len()).sum::<usize>();
+            jobs += next.jobs.len();
+            bytes += next.bytes();
             batch.push(next);
         }
         if batch.len() > 1 {
-            let requests: Vec<&[NewJob]> = batch.iter().map(|(jobs, _)| jobs.as_slice()).collect();
+            let requests: Vec<Request> = batch.iter().map(Submission::request).collect();
             if let Ok(created) = store.insert_jobs(&requests).await {
-                for ((_, reply), jobs) in batch.into_iter().zip(created) {
-                    let _ = reply.send(Ok(jobs));
+                for (submission, jobs) in batch.into_iter().zip(created) {
+                    let _ = submission.reply.send(Ok(jobs));
                 }
                 continue;
             }
         }
-        for (jobs, reply) in batch {
-            let result = store.insert_jobs(&[&jobs]).await.map(|mut c| c.remove(0));
-            let _ = reply.send(result);
+        for submission in batch {
+            let result = store
+                .insert_jobs(&[submission.request()])
+                .await
+                .map(|mut c| c.remove(0));
+            let _ = submission.reply.send(result);
         }
     }
 }
@@ -252,15 +273,19 @@ impl SqlStore {
         store
     }
 
-    /// Stores each request's images and queued jobs, all in one transaction; the jobs of each
-    /// request come back in its order.
-    async fn insert_jobs(&self, requests: &[&[NewJob]]) -> Result<Vec<Vec<Job>>> {
+    /// Stores each request's images and jobs and completes its idempotency key, all in one
+    /// transaction; the jobs of each request come back in its order.
+    async fn insert_jobs(&self, requests: &[Request<'_>]) -> Result<Vec<Vec<Job>>> {
         let mut w = self.begin(Durability::Durable).await?;
         let mut created = Vec::with_capacity(requests.len());
-        for jobs in requests {
+        for (jobs, key) in requests {
             let mut mine = Vec::with_capacity(jobs.len());
             for new in *jobs {
                 mine.push(self.insert_job(&mut w, new).await?);
+            }
+            if let Some(hold) = key {
+                let ids: Vec<JobId> = mine.iter().map(|j| j.id).collect();
+                crate::idempotency::complete(&mut w, hold, &ids).await?;
             }
             created.push(mine);
         }
@@ -279,13 +304,21 @@ impl SqlStore {
         .await?;
         let id = JobId::new();
         let max_attempts = new.max_attempts.max(1);
+        let now = ms_to_time(w.now);
+        // A job answered from the result cache is created finished, with the earlier result.
+        let (status, finished_at) = match new.cached_result {
+            Some(_) => (JobStatus::Succeeded, Some(w.now)),
+            None => (JobStatus::Queued, None),
+        };
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (id, status, image_sha256, file_name, max_attempts, priority, \
-             run_at, created_at, updated_at, owner, webhook_url, webhook_events) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, $8, $9, $10) RETURNING seq",
+             run_at, created_at, updated_at, owner, webhook_url, webhook_events, result, cached, \
+             started_at, finished_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, $8, $9, $10, $11, $12, $13, $13) \
+             RETURNING seq",
         )
         .bind(id.to_string())
-        .bind(JobStatus::Queued.as_str())
+        .bind(status.as_str())
         .bind(&new.sha256)
         .bind(&new.file_name)
         .bind(i64::from(max_attempts))
@@ -294,13 +327,15 @@ impl SqlStore {
         .bind(&new.owner)
         .bind(new.webhook.as_ref().map(|h| h.url.clone()))
         .bind(new.webhook.as_ref().map(crate::rows::webhook_events))
+        .bind(new.cached_result.as_ref().map(to_json).transpose()?)
+        .bind(i64::from(new.cached_result.is_some()))
+        .bind(finished_at)
         .fetch_one(&mut *w.tx)
         .await?;
-        let now = ms_to_time(w.now);
         let job = Job {
             seq,
             id,
-            status: JobStatus::Queued,
+            status,
             image_size: new.image.len() as u64,
             image_sha256: new.sha256.clone(),
             content_type: new.content_type.clone(),
@@ -317,16 +352,22 @@ impl SqlStore {
             lease_until: None,
             error: None,
             attempt_errors: Vec::new(),
-            result: None,
+            result: new.cached_result.clone(),
             created_at: now,
-            started_at: None,
-            finished_at: None,
+            started_at: finished_at.map(ms_to_time),
+            finished_at: finished_at.map(ms_to_time),
             updated_at: now,
             owner: new.owner.clone(),
             webhook: new.webhook.clone(),
+            cached: new.cached_result.is_some(),
         };
         self.record(w, id, EventKind::Created, Some(job.clone()))
             .await?;
+        if job.cached {
+            // Still announced as a success, like any job that finishes.
+            self.record(w, id, EventKind::Succeeded, Some(job.clone()))
+                .await?;
+        }
         Ok(job)
     }
 
@@ -795,13 +836,16 @@ impl Store for SqlStore {
         self.dialect.migrate(&self.writer).await
     }
 
-    async fn create_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>> {
+    async fn create_jobs_keyed(&self, jobs: Vec<NewJob>, key: Option<KeyHold>) -> Result<Vec<Job>> {
         let Some(submit) = &self.submissions else {
-            return Ok(self.insert_jobs(&[&jobs]).await?.remove(0));
+            return Ok(self.insert_jobs(&[(&jobs, key.as_ref())]).await?.remove(0));
         };
         let stopped = || StoreError::Unavailable("the store is shutting down".into());
         let (reply, answer) = oneshot::channel();
-        submit.send((jobs, reply)).await.map_err(|_| stopped())?;
+        submit
+            .send(Submission { jobs, key, reply })
+            .await
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -1272,9 +1316,10 @@ impl Store for SqlStore {
         let n = sqlx::query(
             "INSERT INTO jobs (id, status, image_sha256, file_name, attempts, stalls, run_attempts, \
              max_attempts, priority, run_at, error_code, error_message, attempt_errors, result, \
-             created_at, started_at, finished_at, updated_at, owner, webhook_url, webhook_events) \
+             created_at, started_at, finished_at, updated_at, owner, webhook_url, webhook_events, \
+             cached) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, $21) ON CONFLICT (id) DO NOTHING",
+             $18, $19, $20, $21, $22) ON CONFLICT (id) DO NOTHING",
         )
         .bind(job.id.to_string())
         .bind(status.as_str())
@@ -1297,6 +1342,7 @@ impl Store for SqlStore {
         .bind(&job.owner)
         .bind(job.webhook.as_ref().map(|h| h.url.clone()))
         .bind(job.webhook.as_ref().map(crate::rows::webhook_events))
+        .bind(i64::from(job.cached))
         .execute(&mut *w.tx)
         .await?
         .rows_affected();

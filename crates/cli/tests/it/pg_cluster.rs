@@ -142,7 +142,9 @@ async fn await_successes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_jobs_on_two_worker_processes_each_complete_once() {
     let db = PgDb::new().await;
-    let api = Server::start(&db.url, &["--no-workers"]);
+    // Two photos, sent 25 times each: without the result cache, so that the workers classify
+    // every one.
+    let api = Server::start(&db.url, &["--no-workers", "--no-result-cache"]);
     let _w1 = Server::worker(&db.url, &["--workers", "1"]);
     let _w2 = Server::worker(&db.url, &["--workers", "1"]);
     let mut events = follow_events(&api.base, true);
@@ -515,4 +517,64 @@ async fn prefer_wait_on_one_api_node_sees_a_worker_elsewhere_finish() {
     assert_eq!(resp.headers()["preference-applied"], "wait=60");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["jobs"][0]["status"], "succeeded", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_holds_across_api_nodes() {
+    let db = PgDb::new().await;
+    let a = Server::start(&db.url, &["--no-workers"]);
+    let b = Server::start(&db.url, &["--no-workers"]);
+    let bytes = std::fs::read(fixture("coffee.png")).unwrap();
+    let post = |base: String| {
+        let bytes = bytes.clone();
+        async move {
+            let form = reqwest::multipart::Form::new().part(
+                "file",
+                reqwest::multipart::Part::bytes(bytes).file_name("coffee.png"),
+            );
+            let resp = reqwest::Client::new()
+                .post(format!("{base}/api/jobs"))
+                .header("Idempotency-Key", "across-nodes")
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let replayed = resp.headers().contains_key("idempotent-replayed");
+            let body: Value = resp.json().await.unwrap();
+            (status, replayed, body)
+        }
+    };
+    // The same request, sent at once to both nodes, four times each.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let base = if i % 2 == 0 { &a.base } else { &b.base };
+            tokio::spawn(post(base.clone()))
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        let (status, _, body) = t.await.unwrap();
+        match status {
+            202 => ids.push(body["jobs"][0]["id"].as_str().unwrap().to_string()),
+            409 => assert_eq!(body["error"]["code"], "idempotency_key_in_use"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(!ids.is_empty());
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    // Once done, either node replays the first answer.
+    for base in [&a.base, &b.base] {
+        let (status, replayed, body) = post(base.clone()).await;
+        assert_eq!(status, 202);
+        assert!(replayed);
+        assert_eq!(body["jobs"][0]["id"], ids[0].as_str());
+    }
+    let list: Value = reqwest::get(format!("{}/api/jobs", b.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "one job in all");
 }

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, uploads, job actions, server-sent events.
 
 mod events;
+mod idempotency;
 mod openapi;
 mod search;
 pub mod upload;
@@ -122,13 +123,16 @@ struct UploadParams {
     priority: Option<String>,
     webhook: Option<String>,
     webhook_events: Option<String>,
+    cache: Option<String>,
 }
 
 /// The plain (non-file) fields of a submission.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SubmitFields {
     /// Higher runs first among due jobs.
     priority: i32,
+    /// Whether an earlier result for the same image may answer (the result cache).
+    cache: bool,
     /// The URL to call when the jobs change.
     webhook: Option<String>,
     /// Which changes to call it for (`None`: the jobs' end).
@@ -142,9 +146,20 @@ fn invalid_webhook(message: impl Into<String>) -> ApiError {
     ApiError::from_code(ErrorCode::InvalidWebhook, message)
 }
 
+impl Default for SubmitFields {
+    fn default() -> Self {
+        SubmitFields {
+            priority: 0,
+            cache: true,
+            webhook: None,
+            webhook_events: None,
+        }
+    }
+}
+
 impl SubmitFields {
     /// The plain fields a submission reads (multipart fields, or the query of a raw body).
-    const NAMES: [&'static str; 3] = ["priority", "webhook", "webhook_events"];
+    const NAMES: [&'static str; 4] = ["priority", "webhook", "webhook_events", "cache"];
 
     /// Takes a plain field; the reader refuses unknown ones.
     fn take(&mut self, name: &str, text: &str) -> Result<(), ApiError> {
@@ -166,6 +181,21 @@ impl SubmitFields {
                         })?;
                     if !events.contains(&event) {
                         events.push(event);
+                    }
+                }
+            }
+            "cache" => {
+                self.cache = match text.trim() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    other => {
+                        return Err(ApiError::from_code(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "cache is true or false, not {:?}",
+                                other.chars().take(32).collect::<String>()
+                            ),
+                        ))
                     }
                 }
             }
@@ -250,6 +280,10 @@ struct SubmitForm {
     /// `failed`, `canceled` (default: each job's end).
     #[schema(required = false)]
     webhook_events: String,
+    /// `false`: classify every image, even one whose result the server already has for the same
+    /// model (by default such an image is answered at once from that result, `cached: true`).
+    #[schema(default = true, required = false)]
+    cache: bool,
 }
 
 /// Submit images: one job per image file, all or nothing.
@@ -261,16 +295,21 @@ struct SubmitForm {
 /// With `Prefer: wait=N` (N ≤ 60) the answer waits until every job has finished or N seconds
 /// have passed, and then shows the jobs as they are (`Preference-Applied: wait=N`).
 #[utoipa::path(post, path = "/api/jobs", tag = "jobs", operation_id = "create_jobs",
-    params(("Prefer" = Option<String>, Header, description = "`wait=N`: hold the answer until every job has finished, at most N seconds (N ≤ 60; larger values count as 60).")),
+    params(("Prefer" = Option<String>, Header, description = "`wait=N`: hold the answer until every job has finished, at most N seconds (N ≤ 60; larger values count as 60)."),
+        ("Idempotency-Key" = Option<String>, Header, description = "A key of 1 to 255 visible ASCII characters (bare, or as a structured-field string `\"…\"`) that makes the request safe to send again: within `--idempotency-ttl` (24 h by default) the same key with the same files and fields answers with the first request's jobs (`Idempotent-Replayed: true`). Keys are per caller.", pattern = r#"^([!#-\[\]-~]{1,255}|"[!#-\[\]-~]{1,255}")$"#)),
     request_body(content = SubmitForm, content_type = "multipart/form-data"),
     responses(
-        (status = 202, description = "The jobs, in the order of the files: queued, or with `Prefer: wait`, as they are when they finished or the wait ended.", body = JobsCreated,
+        (status = 202, description = "The jobs, in the order of the files: queued (or `succeeded` with `cached: true` when the result cache answered), or with `Prefer: wait`, as they are when they finished or the wait ended. A request sent again with its `Idempotency-Key` gets the first request's jobs as they are now.", body = JobsCreated,
             headers(("Location" = String, description = "The first job's URL."),
-                ("Preference-Applied" = String, description = "`wait=N` when the answer waited."))),
-        (status = 400, description = "`bad_request`: the body is not a readable multipart form, it has a field that is neither a file nor a known field, or `priority` is out of range. `no_files`: the form has no file.", body = ErrorBody),
+                ("Preference-Applied" = String, description = "`wait=N` when the answer waited."),
+                ("Idempotent-Replayed" = String, description = "`true` when the jobs are those of an earlier request with the same `Idempotency-Key`."))),
+        (status = 400, description = "`bad_request`: the body is not a readable multipart form, it has a field that is neither a file nor a known field, or `priority` or `cache` is out of range. `no_files`: the form has no file. `invalid_idempotency_key`: the `Idempotency-Key` header is empty, too long, not visible ASCII, or sent twice.", body = ErrorBody),
+        (status = 404, description = "`not_found`: the jobs that this request's `Idempotency-Key` created have been deleted.", body = ErrorBody),
+        (status = 409, description = "`idempotency_key_in_use`: a request with the same `Idempotency-Key` is still being processed (`Retry-After`).", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds after which to send the request again."))),
         (status = 413, description = "`payload_too_large`: a file is over the size limit, the body over the request limit, or there are too many files.", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a file is not an image of an accepted format.", body = ErrorBody),
-        (status = 422, description = "`image_corrupt`: a file is truncated or damaged. `image_too_large`: an image is over the width, height or pixel limit. `invalid_webhook`: the webhook URL or events are not ones the server calls.", body = ErrorBody),
+        (status = 422, description = "`image_corrupt`: a file is truncated or damaged. `image_too_large`: an image is over the width, height or pixel limit. `invalid_webhook`: the webhook URL or events are not ones the server calls. `idempotency_key_mismatch`: the `Idempotency-Key` was first used with other files or fields.", body = ErrorBody),
         (status = 429, description = "`rate_limited`: the caller's submission quota is used up (`Retry-After`). `queue_full`: the caller has as many queued jobs as it may.", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds until a submission may be accepted again."))),
         (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
@@ -290,6 +329,7 @@ async fn create_jobs(
         ("priority", &params.priority),
         ("webhook", &params.webhook),
         ("webhook_events", &params.webhook_events),
+        ("cache", &params.cache),
     ] {
         if let Some(value) = value {
             fields.take(name, value)?;
@@ -319,10 +359,8 @@ async fn create_jobs(
             "the request has no image file; send them as multipart/form-data file fields",
         ));
     }
+    let key = idempotency::key_of(&headers, &caller)?;
     let webhook = fields.webhook(&state).await?;
-    if let Err(refused) = admission.admit(uploads.len()).await {
-        return Ok(refused);
-    }
     let mut new_jobs = Vec::with_capacity(uploads.len());
     for upload in uploads {
         // Hashing and the check (format, limits, completeness) run on the blocking pool,
@@ -357,15 +395,92 @@ async fn create_jobs(
             priority: fields.priority,
             owner: caller.owner(),
             webhook: webhook.clone(),
+            cached_result: None,
         });
     }
     let wait = wait::preferred(&headers);
-    // Subscribed before the jobs exist, so the wait cannot miss their changes.
+    // Subscribed before the jobs exist (or are read again), so the wait cannot miss their
+    // changes.
     let live = wait.map(|_| state.store.subscribe());
-    let mut jobs = state.store.create_jobs(new_jobs).await?;
-    for j in &jobs {
-        tracing::info!(job.id = %j.id, image.sha256 = %j.image_sha256, "job queued");
+    let hold = match key {
+        None => None,
+        Some(key) => {
+            let key = key.fingerprinted(&fields, &new_jobs);
+            match idempotency::claim(&state, &key).await? {
+                idempotency::Claimed::Held(hold) => Some(hold),
+                idempotency::Claimed::Answer(jobs) => {
+                    return answer_created(&state, jobs, wait, live, true).await;
+                }
+                idempotency::Claimed::Refused(resp) => return Ok(resp),
+            }
+        }
+    };
+    let created = async {
+        if let Err(refused) = admission.admit(new_jobs.len()).await {
+            return Ok(Err(refused));
+        }
+        if fields.cache {
+            cache_lookup(&state, &mut new_jobs).await;
+        }
+        state
+            .store
+            .create_jobs_keyed(new_jobs, hold.clone())
+            .await
+            .map(Ok)
     }
+    .await;
+    let jobs = match created {
+        Ok(Ok(jobs)) => jobs,
+        refused_or_failed => {
+            // Nothing was stored: the key is free for a retry at once.
+            if let Some(hold) = &hold {
+                if let Err(e) = state.store.release_idempotency_key(hold).await {
+                    tracing::warn!(error = %e, "could not give back an idempotency key");
+                }
+            }
+            return match refused_or_failed {
+                Ok(Err(refused)) => Ok(refused),
+                Err(e) => Err(e.into()),
+                Ok(Ok(_)) => unreachable!(),
+            };
+        }
+    };
+    for j in &jobs {
+        if j.cached {
+            tracing::info!(job.id = %j.id, image.sha256 = %j.image_sha256, "job answered from the result cache");
+        } else {
+            tracing::info!(job.id = %j.id, image.sha256 = %j.image_sha256, "job queued");
+        }
+    }
+    answer_created(&state, jobs, wait, live, false).await
+}
+
+/// Fills in the cached results of the jobs whose image already has a result from the model the
+/// cache serves. The cache only saves work: when it cannot be read, every job is classified.
+async fn cache_lookup(state: &AppState, jobs: &mut [NewJob]) {
+    let Some(model) = &state.result_cache else {
+        return;
+    };
+    let images: Vec<String> = jobs.iter().map(|j| j.sha256.clone()).collect();
+    match state.store.cached_results(&images, model).await {
+        Ok(found) => {
+            for job in jobs.iter_mut() {
+                job.cached_result = found.get(&job.sha256).cloned();
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "result cache unavailable; classifying every image"),
+    }
+}
+
+/// The answer to a submission: its jobs (after the wait the client asked for), `202 Accepted`,
+/// `Location` of the first, and `Idempotent-Replayed: true` when they are an earlier request's.
+async fn answer_created(
+    state: &AppState,
+    mut jobs: Vec<imgclass_store::Job>,
+    wait: Option<std::time::Duration>,
+    live: Option<tokio::sync::broadcast::Receiver<imgclass_store::Event>>,
+    replayed: bool,
+) -> Result<Response, ApiError> {
     let location = format!("/api/jobs/{}", jobs[0].id);
     if let (Some(wait), Some(live)) = (wait, live) {
         jobs = wait::until_finished(&*state.store, live, jobs, wait)
@@ -378,6 +493,12 @@ async fn create_jobs(
     let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if replayed {
+        resp.headers_mut().insert(
+            header::HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        );
     }
     if let Some(wait) = wait {
         set_preference_applied(&mut resp, wait);

@@ -28,6 +28,9 @@ pub struct JobView {
     /// The error of each failed attempt, latest first.
     pub attempt_errors: Vec<AttemptErrorView>,
     pub result: Option<JobResult>,
+    /// The result was an earlier job's, for the same image and model (the result cache): the
+    /// job was created `succeeded` and never ran.
+    pub cached: bool,
     pub created_at: DateTime<Utc>,
     pub run_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -195,6 +198,7 @@ impl From<Job> for JobView {
                 })
                 .collect(),
             result: j.result,
+            cached: j.cached,
             created_at: j.created_at,
             run_at: j.run_at,
             started_at: j.started_at,
@@ -364,6 +368,7 @@ mod tests {
             priority: 0,
             owner: None,
             webhook: None,
+            cached: false,
             run_at: now,
             lease_owner: None,
             lease_until: None,

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Rescues jobs whose worker is gone and, when retention is on, prunes old finished jobs.
+/// Rescues jobs whose worker is gone, deletes expired idempotency keys and, when retention is
+/// on, prunes old finished jobs.
 pub(super) async fn sweeper(
     store: Arc<dyn Store>,
     config: WorkerConfig,
@@ -28,10 +29,14 @@ pub(super) async fn sweeper(
             Ok(n) => tracing::warn!(jobs = n, "rescued jobs whose worker stopped"),
             Err(e) => tracing::warn!(error = %e, "lease sweep failed"),
         }
-        if let Some(retain) = config.retain {
-            if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
-                last_prune = Some(tokio::time::Instant::now());
+        if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
+            last_prune = Some(tokio::time::Instant::now());
+            if let Some(retain) = config.retain {
                 prune_once(&*store, retain).await;
+            }
+            // Expired idempotency keys go whatever the retention: they are dead already.
+            if let Err(e) = store.prune_idempotency_keys(Utc::now()).await {
+                tracing::warn!(error = %e, "pruning idempotency keys failed");
             }
         }
     }

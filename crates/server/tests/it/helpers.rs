@@ -44,6 +44,10 @@ pub struct Options {
     pub webhooks: Option<WebhookConfig>,
     /// The deliverer's settings when they differ from the API's; `Some(None)`: no deliverer.
     pub deliverer: Option<Option<WebhookConfig>>,
+    pub idempotency_ttl: Duration,
+    /// The model whose results the result cache reuses (`None`: no cache, as most tests want
+    /// every job to run).
+    pub result_cache: Option<imgclass_core::ModelInfo>,
 }
 
 impl Default for Options {
@@ -58,6 +62,8 @@ impl Default for Options {
             serve_limits: ServeLimits::default(),
             webhooks: None,
             deliverer: None,
+            idempotency_ttl: imgclass_server::DEFAULT_IDEMPOTENCY_TTL,
+            result_cache: None,
         }
     }
 }
@@ -150,6 +156,8 @@ impl TestApp {
             max_attempts: opts.max_attempts,
             rate_limit: opts.worker_config.rate_limit,
             webhooks: opts.webhooks.clone().map(Arc::new),
+            idempotency_ttl: opts.idempotency_ttl,
+            result_cache: opts.result_cache.clone(),
         };
         let deliverer = opts
             .deliverer
@@ -244,19 +252,9 @@ impl TestApp {
         files: &[(&str, Vec<u8>)],
         fields: &[(&str, &str)],
     ) -> reqwest::Response {
-        let mut form = reqwest::multipart::Form::new();
-        for (name, value) in fields {
-            form = form.text(name.to_string(), value.to_string());
-        }
-        for (name, bytes) in files {
-            form = form.part(
-                "file",
-                reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()),
-            );
-        }
         self.client
             .post(self.url("/api/jobs"))
-            .multipart(form)
+            .multipart(multipart(files, fields))
             .send()
             .await
             .unwrap()
@@ -339,6 +337,21 @@ impl TestApp {
             ),
         }
     }
+}
+
+/// A submission's multipart form: plain fields, then one `file` part per file.
+pub fn multipart(files: &[(&str, Vec<u8>)], fields: &[(&str, &str)]) -> reqwest::multipart::Form {
+    let mut form = reqwest::multipart::Form::new();
+    for (name, value) in fields {
+        form = form.text(name.to_string(), value.to_string());
+    }
+    for (name, bytes) in files {
+        form = form.part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()),
+        );
+    }
+    form
 }
 
 /// Asserts an error response's status and code.

@@ -7,6 +7,7 @@ mod events;
 mod fake_imagga;
 mod helpers;
 mod hostile;
+mod idempotency;
 mod imagga;
 mod metrics;
 mod openapi;

@@ -144,6 +144,7 @@ async fn bad_images_found_by_the_worker_fail_at_once_with_a_clear_error() {
             priority: 0,
             owner: None,
             webhook: None,
+            cached_result: None,
         }])
         .await
         .unwrap();

@@ -6,14 +6,7 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 
 fn form(files: &[(&str, Vec<u8>)]) -> reqwest::multipart::Form {
-    let mut form = reqwest::multipart::Form::new();
-    for (name, bytes) in files {
-        form = form.part(
-            "file",
-            reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()),
-        );
-    }
-    form
+    crate::helpers::multipart(files, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -200,6 +200,7 @@ pub fn job_for(image: Vec<u8>, width: u32, height: u32, file_name: &str) -> NewJ
         priority: 0,
         owner: None,
         webhook: None,
+        cached_result: None,
     }
 }
 

@@ -10,6 +10,7 @@ mod copy;
 mod delete;
 mod events;
 mod group_commit;
+mod idempotency;
 mod leases;
 mod list;
 mod outcomes;
