@@ -387,6 +387,13 @@ describe('a server that classifies', () => {
       assert.equal(states.at(-1), 'succeeded', `${name}: ${states}`);
     }
 
+    // A refused upload never became a job: no status filter shows it, the unfiltered list does.
+    await page.locator('#tabs .tab[data-status="succeeded"]').click();
+    await cardNamed(page, 'coffee.png', 'succeeded').waitFor();
+    assert.equal(await notes.isVisible(), false);
+    await page.locator('#tabs .tab[data-status=""]').click();
+    await notes.waitFor();
+    await coffee.waitFor();
     await noProblems(page, problems);
   });
 
