@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,13 +22,91 @@ const FIXTURES = join(ROOT, 'tests', 'fixtures');
 const SHOTS = join(ROOT, 'target', 'e2e');
 const COFFEE = join(FIXTURES, 'coffee.png');
 const CHELSEA = join(FIXTURES, 'chelsea.png');
+const PHOTOS = ['coffee.png', 'chelsea.png', 'astronaut.png', 'rocket.jpg', 'grace_hopper.jpg'];
+const AXE = readFileSync(join(ROOT, 'tests', 'e2e', 'node_modules', 'axe-core', 'axe.min.js'), 'utf8');
 const NOT_AN_IMAGE = { name: 'notes.png', mimeType: 'image/png', buffer: Buffer.from('these are notes, not pixels\n') };
 const CAT_LABELS = ['tiger cat', 'Egyptian cat', 'tabby'];
 const SLOW = 90_000;
 
 /** A fixture as a file for setInputFiles (which cannot mix paths and buffers). */
-function photo(path) {
-  return { name: basename(path), mimeType: 'image/png', buffer: readFileSync(path) };
+function photo(path, name = basename(path)) {
+  const mimeType = path.endsWith('.jpg') ? 'image/jpeg' : 'image/png';
+  return { name, mimeType, buffer: readFileSync(path) };
+}
+
+/** Parses RFC 4180 CSV (quoted fields, doubled quotes, CRLF rows). */
+function parseCsv(text) {
+  const rows = [];
+  let row = [];
+  let field = '';
+  let quoted = false;
+  for (let i = 0; i < text.length; i += 1) {
+    const c = text[i];
+    if (quoted) {
+      if (c === '"' && text[i + 1] === '"') {
+        field += '"';
+        i += 1;
+      } else if (c === '"') quoted = false;
+      else field += c;
+    } else if (c === '"') quoted = true;
+    else if (c === ',') {
+      row.push(field);
+      field = '';
+    } else if (c === '\n') {
+      row.push(field);
+      rows.push(row);
+      row = [];
+      field = '';
+    } else if (c !== '\r') field += c;
+  }
+  return rows;
+}
+
+/** Runs axe-core inside the page (its source injected by the test) with the WCAG 2.1 A and AA
+ *  rules and the best practices; fails on any serious or critical violation. */
+async function audit(page, what) {
+  if (!(await page.evaluate(() => Boolean(window.axe)))) await page.evaluate(AXE);
+  const { violations, passes, incomplete } = await page.evaluate(async () => {
+    const result = await window.axe.run(document, {
+      runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'] },
+    });
+    return {
+      passes: result.passes.length,
+      incomplete: result.incomplete.map((v) => v.id),
+      violations: result.violations.map((v) => ({
+        id: v.id,
+        impact: v.impact,
+        help: v.help,
+        nodes: v.nodes.slice(0, 5).map((n) => n.target.join(' ')),
+      })),
+    };
+  });
+  assert.ok(passes > 10, `axe ran its rules (${passes} passed)`);
+  const serious = violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  console.log(`axe (${what}): ${passes} rules passed, ${violations.length} violated, ${serious.length} of them serious or critical; needs review: ${incomplete.join(', ') || 'none'}${violations.length ? `; ${JSON.stringify(violations)}` : ''}`);
+  assert.deepEqual(serious, [], `axe (${what})`);
+  return violations;
+}
+
+/** The page's overview counts (the status tabs), by status. */
+async function tabCounts(page) {
+  return page.evaluate(() => Object.fromEntries([...document.querySelectorAll('#tabs .count')]
+    .map((el) => [el.dataset.count, el.textContent === '' ? null : Number(el.textContent)])));
+}
+
+async function apiJson(url, path) {
+  return (await fetch(`${url}${path}`)).json();
+}
+
+/** Waits until `check` (run here, in the test) answers something truthy. */
+async function until(check, what, { timeout = 30_000, interval = 200 } = {}) {
+  const end = Date.now() + timeout;
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, interval));
+  }
 }
 
 const ANSI = /\u001b\[[0-9;?]*[ -/]*[@-~]/g;
@@ -105,6 +184,7 @@ function serveHasFlag(flag) {
 /** Records every status a card shows, in the page, from before the page's own script runs. */
 function recordStatuses() {
   window.__statusLog = [];
+  window.__progressLog = [];
   window.__cspViolations = [];
   document.addEventListener('securitypolicyviolation', (e) => {
     window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`);
@@ -120,13 +200,15 @@ function recordStatuses() {
     const now = new Map(); // target -> value after the batch, to find each record's new value
     for (let i = records.length - 1; i >= 0; i -= 1) {
       const r = records[i];
-      if (r.type !== 'attributes') continue;
+      if (r.type !== 'attributes' || r.attributeName !== 'data-status') continue;
       const newer = now.has(r.target) ? now.get(r.target) : r.target.dataset.status;
       r.newValue = newer;
       now.set(r.target, r.oldValue);
     }
     for (const r of records) {
-      if (r.type === 'attributes') {
+      if (r.type === 'attributes' && r.attributeName === 'data-progress') {
+        window.__progressLog.push({ name: (r.target.querySelector('.card-name') || {}).textContent, progress: Number(r.target.dataset.progress) });
+      } else if (r.type === 'attributes') {
         if (r.target.classList.contains('card') && r.newValue !== r.oldValue) {
           window.__statusLog.push(entry(r.target, r.newValue));
         }
@@ -144,7 +226,7 @@ function recordStatuses() {
     childList: true,
     attributes: true,
     attributeOldValue: true,
-    attributeFilter: ['data-status'],
+    attributeFilter: ['data-status', 'data-progress'],
   });
 }
 
@@ -300,10 +382,18 @@ describe('a server that classifies', () => {
     // The photos went through the states in order.
     for (const name of ['coffee.png', 'chelsea.png']) {
       const states = log.filter((e) => e.name === name).map((e) => e.status);
-      assert.equal(states[0], 'uploading', `${name}: ${states}`);
+      assert.ok(['waiting', 'uploading'].includes(states[0]), `${name}: ${states}`);
+      assert.ok(states.includes('uploading'), `${name}: ${states}`);
       assert.equal(states.at(-1), 'succeeded', `${name}: ${states}`);
     }
 
+    // A refused upload never became a job: no status filter shows it, the unfiltered list does.
+    await page.locator('#tabs .tab[data-status="succeeded"]').click();
+    await cardNamed(page, 'coffee.png', 'succeeded').waitFor();
+    assert.equal(await notes.isVisible(), false);
+    await page.locator('#tabs .tab[data-status=""]').click();
+    await notes.waitFor();
+    await coffee.waitFor();
     await noProblems(page, problems);
   });
 
@@ -360,13 +450,14 @@ describe('a server that classifies', () => {
     const src = await cardNamed(page, 'coffee.png').locator('img.thumb').getAttribute('src');
     assert.match(src, /^\/api\/jobs\/[0-9a-f-]+\/image$/);
 
-    await page.locator('#status-filter').selectOption('failed');
+    await page.locator('#tabs .tab[data-status="failed"]').click();
     await page.locator('#empty').waitFor();
     assert.equal(await page.locator('#cards .card').count(), 0);
-    await page.locator('#status-filter').selectOption('succeeded');
+    await page.locator('#tabs .tab[data-status="succeeded"]').click();
     await page.locator('#cards .card').nth(2).waitFor();
     assert.equal(await page.locator('#cards .card:not([data-status="succeeded"])').count(), 0);
-    await page.locator('#status-filter').selectOption('');
+    assert.equal(await page.locator('#tabs .tab[data-status="succeeded"]').getAttribute('aria-pressed'), 'true');
+    await page.locator('#tabs .tab[data-status=""]').click();
     await page.locator('#cards .card').nth(2).waitFor();
     await noProblems(page, problems);
   });
@@ -486,6 +577,12 @@ describe('a server whose classifications all fail', () => {
     const after = await (await fetch(`${server.url}/api/jobs/${id}`)).json();
     assert.equal(after.status, 'failed');
     assert.ok(ranAgain(job, after), 'the job ran again');
+    // The card shows every attempt, not only the last one.
+    const earlier = card.locator('details.earlier');
+    await earlier.waitFor();
+    assert.equal((await earlier.locator('summary').textContent()).trim(), '2 failed attempts in all');
+    await earlier.locator('summary').click();
+    assert.equal(await earlier.locator('.attempts li').count(), 2);
 
     // A refused request shows the server's message instead of pretending success.
     await page.route('**/api/jobs/*/retry', (route) =>
@@ -520,7 +617,14 @@ describe('a server whose classifications all fail', () => {
     const before = await jobs();
     const logStart = await page.evaluate(() => window.__statusLog.length);
     const retryAll = page.getByRole('button', { name: /^Retry all failed/ });
+    // The count is the server's (from /api/stats), and the button works under any filter.
+    await page.waitForFunction(() => document.getElementById('retry-all').textContent === 'Retry all failed (2)');
+    await page.locator('#tabs .tab[data-status="succeeded"]').click();
+    await page.locator('#empty').waitFor();
+    assert.equal(await retryAll.isEnabled(), true);
     assert.equal(await retryAll.textContent(), 'Retry all failed (2)');
+    await page.locator('#tabs .tab[data-status=""]').click();
+    await page.locator('#cards .card[data-status="failed"]').nth(1).waitFor();
     await retryAll.click();
     // Each card goes back to the queue and fails again.
     await page.waitForFunction(({ ids, start }) => ids.every((id) => {
@@ -679,6 +783,394 @@ describe('a server with API tokens', () => {
     assert.equal(await page.locator('#cards .card').count(), 0);
     assert.equal(await page.evaluate(() => sessionStorage.getItem('imgclass-token')), null);
     assert.deepEqual(problems, []);
+  });
+});
+
+describe('the dashboard', () => {
+  let server;
+  let session;
+
+  before(async () => {
+    // The same photos are sent several times, to be classified each time.
+    server = await startServer(['--no-result-cache']);
+    session = await openPage(browser, server.url);
+  });
+
+  after(async () => {
+    await session?.context.close();
+    await server?.stop();
+  });
+
+  test('thirty files: per-file upload percentages and one progress bar to completion', { timeout: 180_000 }, async () => {
+    const { page, problems } = session;
+    // A slow uplink, so that uploads take long enough to show their progress.
+    const cdp = await page.context().newCDPSession(page);
+    await cdp.send('Network.enable');
+    await cdp.send('Network.emulateNetworkConditions', {
+      offline: false, latency: 5, downloadThroughput: -1, uploadThroughput: 3 * 1024 * 1024,
+    });
+    const files = Array.from({ length: 30 }, (_, i) => {
+      const file = PHOTOS[i % PHOTOS.length];
+      return photo(join(FIXTURES, file), `batch-${String(i).padStart(2, '0')}-${file}`);
+    });
+    await page.locator('#file-input').setInputFiles(files);
+    // Uploads in flight are limited, visibly; the others wait.
+    await page.locator('#batch').waitFor();
+    const note = await page.locator('#batch-note').textContent();
+    assert.match(note, /uploading \(at most 4 at a time\)/);
+    assert.match(note, /waiting to upload/);
+    assert.ok(await page.locator('#cards .card[data-status="waiting"]').count() >= 20);
+    await page.locator('#batch[data-done="true"]').waitFor({ timeout: 150_000 });
+    await cdp.send('Network.emulateNetworkConditions', {
+      offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1,
+    });
+    assert.equal(await page.locator('#batch-text').textContent(), '30 of 30 classified');
+    assert.equal(await page.locator('#batch-progress').evaluate((el) => [el.value, el.max].join('/')), '30/30');
+    // Each card went from waiting (all but the first four) to uploading (with real
+    // percentages) to its result.
+    const log = await page.evaluate(() => window.__statusLog);
+    let waited = 0;
+    for (const f of files) {
+      const states = log.filter((e) => e.name === f.name).map((e) => e.status);
+      if (states[0] === 'waiting') waited += 1;
+      assert.ok(states.includes('uploading'), `${f.name}: ${states}`);
+      assert.equal(states.at(-1), 'succeeded', `${f.name}: ${states}`);
+    }
+    assert.ok(waited >= 26, `${waited} uploads waited for their turn`);
+    const progress = await page.evaluate(() => window.__progressLog);
+    const between = progress.filter((p) => p.progress > 0 && p.progress < 100);
+    console.log(`upload progress: ${progress.length} updates, ${between.length} between 0 and 100 %`);
+    assert.ok(between.length > 0, 'some upload showed a percentage between 0 and 100');
+    await noProblems(page, problems);
+  });
+
+  test('search by label and by name; the export of the filtered list parses back', { timeout: SLOW }, async () => {
+    const { page, problems } = session;
+    await page.locator('#label').fill('espresso');
+    await page.getByRole('button', { name: 'Search' }).click();
+    const expected = await apiJson(server.url, '/api/jobs?label=espresso&limit=200');
+    assert.equal(expected.total, 6);
+    await page.waitForFunction((n) => document.querySelectorAll('#cards .card').length === n, expected.total);
+    assert.equal(await page.locator('#match-count').textContent(), `${expected.total} matching jobs`);
+    const shown = await page.locator('#cards .card').evaluateAll((els) => els.map((e) => e.dataset.jobId));
+    assert.deepEqual(shown, expected.jobs.map((j) => j.id));
+    for (const label of await page.locator('#cards .card .bar-row.top .bar-label').allTextContents()) {
+      assert.match(label, /espresso/);
+    }
+
+    // The export buttons download the filtered list.
+    const [csvDownload] = await Promise.all([page.waitForEvent('download'), page.locator('#export-csv').click()]);
+    assert.match(csvDownload.suggestedFilename(), /^imgclass-jobs-\d{8}T\d{6}Z\.csv$/);
+    const rows = parseCsv(readFileSync(await csvDownload.path(), 'utf8'));
+    assert.equal(rows[0][0], 'id');
+    assert.deepEqual(rows.slice(1).map((r) => r[0]), expected.jobs.map((j) => j.id));
+    for (const r of rows.slice(1)) {
+      assert.equal(r[2], 'succeeded');
+      assert.equal(r[3], 'espresso');
+      assert.match(r[5], /^espresso: 0\.\d{4}; /);
+    }
+    const [jsonDownload] = await Promise.all([page.waitForEvent('download'), page.locator('#export-json').click()]);
+    const exported = JSON.parse(readFileSync(await jsonDownload.path(), 'utf8'));
+    assert.deepEqual(exported.map((j) => j.id), expected.jobs.map((j) => j.id));
+    assert.deepEqual(exported[0].result, expected.jobs[0].result);
+
+    // By name, on top of a status.
+    await page.locator('#search-reset').click();
+    await page.locator('#q').fill('CHELSEA');
+    await page.getByRole('button', { name: 'Search' }).click();
+    const chelsea = await apiJson(server.url, '/api/jobs?q=chelsea&limit=200');
+    await page.waitForFunction((n) => document.querySelectorAll('#cards .card').length === n, chelsea.total);
+    for (const name of await page.locator('#cards .card .card-name').allTextContents()) {
+      assert.match(name, /chelsea/);
+    }
+    await page.locator('#search-reset').click();
+    await page.waitForFunction(() => document.querySelectorAll('#cards .card').length === 24);
+    await noProblems(page, problems);
+  });
+
+  test('a job\'s detail view has its own URL and survives a reload', { timeout: SLOW }, async () => {
+    const { page, problems } = session;
+    const coffee = (await apiJson(server.url, '/api/jobs?q=batch-25-coffee')).jobs[0];
+    const card = page.locator(`.card[data-job-id="${coffee.id}"]`);
+    await card.locator('.card-link').click();
+    await page.waitForURL(`**/#/jobs/${coffee.id}`);
+    const detail = page.locator(`#detail[data-job-id="${coffee.id}"]`);
+    const check = async () => {
+      await detail.waitFor();
+      assert.equal(await page.locator('#jobs').isVisible(), false);
+      assert.equal((await detail.locator('#detail-title').textContent()), 'batch-25-coffee.png');
+      await page.waitForFunction(() => {
+        const img = document.querySelector('#detail .detail-image');
+        return img && img.complete && img.naturalWidth > 0;
+      });
+      assert.deepEqual(
+        await detail.locator('.bar-row .bar-label').allTextContents(),
+        coffee.result.predictions.map((p) => p.label),
+      );
+      const facts = await detail.locator('.facts').textContent();
+      for (const term of ['Created', 'Started', 'Finished', 'Attempts', 'Worker']) assert.match(facts, new RegExp(term));
+      assert.match(facts, new RegExp(coffee.result.worker));
+      const raw = JSON.parse(await detail.locator('.raw-json').textContent());
+      assert.deepEqual(raw, coffee);
+      // The actions valid in its state: Delete, not Retry or Cancel.
+      assert.deepEqual(await detail.locator('.detail-actions button').allTextContents(), ['Delete']);
+    };
+    await check();
+    assert.equal(await page.evaluate(() => document.activeElement.id), 'detail-title');
+    assert.deepEqual(await page.evaluate(() => [...document.getElementById('detail-body').childNodes]
+      .filter((n) => n.nodeType === 3).map((n) => n.textContent)), [], 'no stray text');
+    await audit(page, 'detail view');
+    await page.screenshot({ path: join(SHOTS, 'detail-desktop.png'), fullPage: true });
+    await page.reload();
+    await check();
+    await page.locator('#detail-back').click();
+    await page.locator('#jobs').waitFor();
+    assert.equal(await page.locator('#detail').isVisible(), false);
+    await noProblems(page, problems);
+  });
+
+  test('accessible: keyboard, no serious axe violations in light and dark; screenshots at 1280 and 360 px', { timeout: SLOW }, async () => {
+    const { page, problems } = session;
+    await page.setViewportSize({ width: 1280, height: 900 });
+    await page.locator('#cards .card').nth(5).waitFor();
+    // Keyboard: the tabs and a card's link are reachable and show their focus.
+    await page.locator('#tabs .tab[data-status="succeeded"]').focus();
+    await page.keyboard.press('Enter');
+    assert.equal(await page.locator('#tabs .tab[data-status="succeeded"]').getAttribute('aria-pressed'), 'true');
+    const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+    assert.notEqual(outline, 'none', 'focus is visible');
+    await page.locator('#tabs .tab[data-status=""]').click();
+    await page.locator('#cards .card').nth(5).waitFor();
+    // The chart's values are text for a screen reader.
+    const minutes = await page.locator('#minutes li .visually-hidden').allTextContents();
+    assert.equal(minutes.length, 10);
+    assert.match(minutes.at(-1), /^Last minute: \d+ succeeded, \d+ failed, \d+ canceled$/);
+
+    const light = await audit(page, 'dashboard, light');
+    await page.screenshot({ path: join(SHOTS, 'dashboard-1280.png'), fullPage: false });
+    await page.emulateMedia({ colorScheme: 'dark' });
+    await page.waitForTimeout(400); // the drop zone's colour transition
+    const dark = await audit(page, 'dashboard, dark');
+    await page.screenshot({ path: join(SHOTS, 'dashboard-1280-dark.png'), fullPage: false });
+    await page.emulateMedia({ colorScheme: 'light' });
+    console.log(`axe: ${light.length} minor/moderate violations in light, ${dark.length} in dark`);
+
+    await page.setViewportSize({ width: 360, height: 740 });
+    const width = await page.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(width <= 360, `the page is ${width}px wide at 360px`);
+    // "or" stays on the line of its button.
+    const [or, pick] = await Promise.all([
+      page.locator('.or-pick').boundingBox(),
+      page.locator('#pick').boundingBox(),
+    ]);
+    assert.ok(or.height <= pick.height + 2, `"or" and the button share a line (${or.height} vs ${pick.height})`);
+    await audit(page, 'dashboard, 360 px');
+    await page.screenshot({ path: join(SHOTS, 'dashboard-360.png') });
+    await page.screenshot({ path: join(SHOTS, 'dashboard-360-full.png'), fullPage: true });
+    await page.locator('#jobs-title').evaluate((el) => el.scrollIntoView());
+    await page.screenshot({ path: join(SHOTS, 'dashboard-360-jobs.png') });
+    await page.setViewportSize({ width: 1280, height: 800 });
+    await noProblems(page, problems);
+  });
+
+  test('Delete finished asks, naming how many, and deletes them in one request', { timeout: SLOW }, async () => {
+    const { page, problems } = session;
+    const stats = await apiJson(server.url, '/api/stats');
+    const finished = stats.counts.succeeded + stats.counts.failed + stats.counts.canceled;
+    assert.equal(finished, 30);
+    const button = page.locator('#delete-finished');
+    await page.waitForFunction((n) => document.getElementById('delete-finished').textContent === `Delete finished (${n})`, finished);
+    const posts = [];
+    const onRequest = (r) => {
+      if (r.url().includes('/api/jobs')) posts.push(`${r.method()} ${new URL(r.url()).pathname}`);
+    };
+    page.on('request', onRequest);
+    // Declined first: nothing happens.
+    page.once('dialog', (d) => d.dismiss());
+    await button.click();
+    assert.equal(posts.filter((p) => p.startsWith('POST')).length, 0);
+    let message = '';
+    page.once('dialog', (d) => {
+      message = d.message();
+      d.accept();
+    });
+    await button.click();
+    await page.locator('#empty').waitFor({ timeout: 30_000 });
+    page.off('request', onRequest);
+    assert.match(message, new RegExp(`^Delete ${finished} finished jobs \\(30 succeeded, 0 failed, 0 canceled\\)`));
+    assert.deepEqual(posts.filter((p) => !p.startsWith('GET')), ['POST /api/jobs/delete-finished']);
+    assert.equal((await apiJson(server.url, '/api/jobs')).total, 0);
+    await noProblems(page, problems);
+  });
+});
+
+describe('a rate-limited server whose jobs sometimes fail', () => {
+  let server;
+  let session;
+
+  before(async () => {
+    server = await startServer([
+      '--no-result-cache', '--rate-limit', '1/3s', '--inject-failure-rate', '0.5', '--inject-failure-seed', '11', '--max-attempts', '1',
+    ]);
+    session = await openPage(browser, server.url);
+  });
+
+  after(async () => {
+    await session?.context.close();
+    await server?.stop();
+  });
+
+  test('the rate limit and why jobs wait; a stale-free status tab; Cancel all queued; counts match the API', { timeout: 120_000 }, async () => {
+    const { page, problems } = session;
+    const bytes = readFileSync(COFFEE);
+    const created = await apiUpload(server.url, Array.from({ length: 6 }, (_, i) => ({ name: `limited-${i}.png`, bytes })));
+    assert.equal(created.status, 202);
+    await page.waitForFunction(() => /^rate limit 1\/3 s: next start in \d+ s$/.test(document.getElementById('rate-note').textContent));
+    assert.equal(await page.locator('#rate-limit').textContent(), '1 per 3 s');
+    const reason = page.locator('#cards .card[data-status="queued"] .wait-reason').first();
+    await page.waitForFunction(() => [...document.querySelectorAll('.wait-reason')].some((el) => /rate limit/.test(el.textContent)));
+    assert.match(await reason.textContent(), /Waiting for the rate limit \(1 per 3 s\): next start in \d+ s · #\d+ in line/);
+
+    // The Queued tab shows only queued jobs as they start and end.
+    await page.locator('#tabs .tab[data-status="queued"]').click();
+    await until(async () => {
+      const s = await apiJson(server.url, '/api/stats');
+      return (s.counts.succeeded >= 1 && s.counts.failed >= 1) || s.counts.queued === 0;
+    }, 'a success and a failure');
+    await page.waitForTimeout(300);
+    assert.equal(await page.locator('#cards .card:not([data-status="queued"])').count(), 0);
+
+    // Cancel all queued: one request, a confirmation naming how many.
+    const label = await page.locator('#cancel-all').textContent();
+    const n = Number(/\((\d+)\)/.exec(label)[1]);
+    let message = '';
+    page.once('dialog', (d) => {
+      message = d.message();
+      d.accept();
+    });
+    await page.locator('#cancel-all').click();
+    await page.locator('#empty').waitFor({ timeout: 10_000 });
+    assert.match(message, new RegExp(`^Cancel all ${n} queued job`));
+    await page.locator('#tabs .tab[data-status="canceled"]').click();
+    await page.locator('#cards .card[data-status="canceled"]').first().waitFor();
+    assert.equal(await page.locator('#cards .card[data-status="canceled"] .card-note').first().textContent(), 'Canceled before it ran.');
+
+    // Once nothing runs, the overview agrees with the API.
+    await until(async () => {
+      const s = await apiJson(server.url, '/api/stats');
+      return s.counts.running === 0 && s.counts.queued === 0;
+    }, 'the end of the run');
+    const stats = await apiJson(server.url, '/api/stats');
+    console.log(`mixed run: ${JSON.stringify(stats.counts)}`);
+    assert.ok(stats.counts.succeeded >= 1 && stats.counts.failed >= 1 && stats.counts.canceled >= 1, JSON.stringify(stats.counts));
+    const expected = { all: 6, ...stats.counts };
+    await page.waitForFunction((want) => {
+      const got = Object.fromEntries([...document.querySelectorAll('#tabs .count')].map((el) => [el.dataset.count, Number(el.textContent)]));
+      return Object.entries(want).every(([k, v]) => got[k] === v);
+    }, expected, { timeout: 10_000 });
+    assert.deepEqual(await tabCounts(page), expected);
+    const by = stats.finished_last_minute_by;
+    await page.waitForFunction((text) => {
+      const items = document.querySelectorAll('#minutes li .visually-hidden');
+      return items.length && items[items.length - 1].textContent === text;
+    }, `Last minute: ${by.succeeded} succeeded, ${by.failed} failed, ${by.canceled} canceled`);
+    await noProblems(page, problems);
+  });
+});
+
+describe('a server that retries after a backoff', () => {
+  let server;
+  let session;
+
+  before(async () => {
+    server = await startServer([
+      '--no-result-cache', '--inject-failure-rate', '1.0', '--max-attempts', '2', '--backoff-base', '20s', '--backoff-max', '20s',
+    ]);
+    session = await openPage(browser, server.url);
+  });
+
+  after(async () => {
+    await session?.context.close();
+    await server?.stop();
+  });
+
+  test('a queued card waiting for its retry says until when, and shows the failed attempt', { timeout: SLOW }, async () => {
+    const { page, problems } = session;
+    await page.locator('#file-input').setInputFiles([photo(COFFEE)]);
+    const card = cardNamed(page, 'coffee.png', 'queued').filter({ has: page.locator('.attempts li') });
+    await card.waitFor({ timeout: 30_000 });
+    const id = await card.getAttribute('data-job-id');
+    const job = await apiJson(server.url, `/api/jobs/${id}`);
+    assert.equal(job.attempts, 1);
+    const at = new Date(job.run_at).toLocaleTimeString('en-US', { hour12: false });
+    const reason = await card.locator('.wait-reason').textContent();
+    assert.match(reason, /^Retry backoff after attempt 1 failed: runs again at \d\d:\d\d:\d\d$/);
+    assert.ok(reason.endsWith(await page.evaluate((t) => new Date(t).toLocaleTimeString([], { hour12: false }), job.run_at)), `${reason} names ${at}`);
+    assert.match(await card.locator('.attempts li').first().textContent(), /^Attempt 1 .*\(injected_failure\)/);
+    await noProblems(page, problems);
+  });
+});
+
+/** A stand-in for the Imagga API on loopback whose uploads answer only when released. */
+function slowImagga() {
+  let release;
+  const released = new Promise((r) => { release = r; });
+  const server = createServer(async (req, res) => {
+    const send = (body) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ ...body, status: { text: '', type: 'success' } }));
+    };
+    req.resume();
+    if (req.method === 'POST' && req.url.startsWith('/v2/uploads')) {
+      await released;
+      send({ result: { upload_id: 'i1' } });
+    } else if (req.method === 'GET' && req.url.startsWith('/v2/tags')) {
+      send({ result: { tags: [{ confidence: 90, tag: { en: 'cat' } }] } });
+    } else if (req.method === 'DELETE') {
+      send({});
+    } else {
+      res.writeHead(404);
+      res.end();
+    }
+  });
+  return new Promise((r) => server.listen(0, '127.0.0.1', () => r({
+    url: `http://127.0.0.1:${server.address().port}`,
+    release,
+    close: () => new Promise((c) => { server.closeAllConnections(); server.close(c); }),
+  })));
+}
+
+describe('a server whose provider is slow', () => {
+  let server;
+  let session;
+  let imagga;
+
+  before(async () => {
+    imagga = await slowImagga();
+    server = await startServer([
+      '--provider', 'imagga', '--imagga-key', 'k', '--imagga-secret', 's', '--imagga-url', imagga.url,
+    ]);
+    session = await openPage(browser, server.url);
+  });
+
+  after(async () => {
+    imagga?.release();
+    await session?.context.close();
+    await server?.stop();
+    await imagga?.close();
+  });
+
+  test('a job canceled while it runs says so', { timeout: SLOW }, async () => {
+    const { page, problems } = session;
+    await page.locator('#file-input').setInputFiles([photo(CHELSEA)]);
+    const running = cardNamed(page, 'chelsea.png', 'running');
+    await running.waitFor({ timeout: 30_000 });
+    await running.getByRole('button', { name: 'Cancel' }).click();
+    const canceled = cardNamed(page, 'chelsea.png', 'canceled');
+    await canceled.waitFor();
+    assert.match(await canceled.locator('.card-note').textContent(), /^Canceled while it ran \(attempt 1\)/);
+    imagga.release();
+    await noProblems(page, problems);
   });
 });
 

@@ -1,6 +1,7 @@
 //! What really differs between the databases, and nothing else: how a write transaction
 //! begins and how durable its commit is, the row-lock clauses, how committed events reach
-//! subscribers (in-process on SQLite, LISTEN/NOTIFY on PostgreSQL), and migrations.
+//! subscribers (in-process on SQLite, LISTEN/NOTIFY on PostgreSQL), reading into the stored
+//! JSON, and migrations.
 
 use crate::sql::Tx;
 use crate::{Event, Result};
@@ -41,6 +42,10 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// The clause appended to a SELECT to take `lock` (empty where the database has no row
     /// locks because a write transaction already excludes every other writer).
     fn lock(&self, lock: Lock) -> &'static str;
+
+    /// The SQL expression of a job's top label (its first prediction's `label`, read from the
+    /// `result` JSON of the `jobs` row aliased `j`; NULL without a result).
+    fn top_label(&self) -> &'static str;
 
     /// Runs in a transaction that recorded events, just before it commits.
     async fn announce(&self, tx: &mut Tx) -> Result<()>;

@@ -145,6 +145,25 @@ pub trait Store: Tokens + Quotas + Webhooks + Health + Idempotency + Send + Sync
     /// Jobs newest first.
     async fn list_jobs(&self, query: &ListQuery) -> Result<JobPage>;
 
+    /// Jobs matching `filter`, newest first, one page of at most `limit` after `cursor` (the
+    /// `next_cursor` of the previous page).
+    async fn search_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<JobPage>;
+
+    /// How many jobs match `filter`.
+    async fn count_jobs(&self, filter: &JobFilter) -> Result<u64>;
+
+    /// Cancels every queued job matching `filter`, in one transaction; how many were canceled.
+    async fn cancel_queued(&self, filter: &JobFilter) -> Result<u64>;
+
+    /// Deletes every finished (succeeded, failed or canceled) job matching `filter`, and the
+    /// images no other job uses, in one transaction; how many jobs were deleted.
+    async fn delete_finished(&self, filter: &JobFilter) -> Result<u64>;
+
     /// The stored image of a job.
     async fn job_image(&self, id: JobId) -> Result<Option<StoredImage>>;
 

@@ -118,6 +118,25 @@ pub struct ListQuery {
     pub limit: usize,
 }
 
+/// Which jobs a search, a count, an export or a bulk action takes: every condition given must
+/// hold (none given: every job).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    /// Only the jobs of this token.
+    pub owner: Option<String>,
+    /// The file name contains this text (case-insensitive).
+    pub name: Option<String>,
+    /// The top label (the most probable one) contains this text (case-insensitive).
+    pub label: Option<String>,
+    /// The job's error has this code.
+    pub error_code: Option<ErrorCode>,
+    /// Created at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before this time.
+    pub until: Option<DateTime<Utc>>,
+}
+
 #[derive(Debug, Clone)]
 pub struct JobPage {
     pub jobs: Vec<Job>,
@@ -175,7 +194,7 @@ pub struct ClaimBatch {
 }
 
 /// Queue statistics.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueStats {
     pub queued: u64,
     pub running: u64,
@@ -186,8 +205,62 @@ pub struct QueueStats {
     pub oldest_queued_at: Option<DateTime<Utc>>,
     /// Jobs that ended (succeeded, failed or canceled) in the last minute.
     pub finished_last_minute: u64,
+    /// The same jobs by how they ended.
+    pub finished_last_minute_by: FinishedCounts,
+    /// Jobs that ended in each of the last [`QueueStats::MINUTES`] minutes, oldest first (the
+    /// last one is `finished_last_minute_by`).
+    pub finished_per_minute: Vec<FinishedCounts>,
     /// Job starts the rate limit still allows in the current window (if a limit is given).
     pub rate_limit_remaining: Option<u32>,
+    /// When none is left: when the rate limit allows the next start.
+    pub rate_limit_next_start_at: Option<DateTime<Utc>>,
+}
+
+impl QueueStats {
+    /// Minutes of `finished_per_minute`.
+    pub const MINUTES: usize = 10;
+}
+
+/// The figures of an empty queue.
+impl Default for QueueStats {
+    fn default() -> Self {
+        QueueStats {
+            queued: 0,
+            running: 0,
+            succeeded: 0,
+            failed: 0,
+            canceled: 0,
+            oldest_queued_at: None,
+            finished_last_minute: 0,
+            finished_last_minute_by: FinishedCounts::default(),
+            finished_per_minute: vec![FinishedCounts::default(); Self::MINUTES],
+            rate_limit_remaining: None,
+            rate_limit_next_start_at: None,
+        }
+    }
+}
+
+/// Finished jobs by how they ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FinishedCounts {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub canceled: u64,
+}
+
+impl FinishedCounts {
+    pub fn total(&self) -> u64 {
+        self.succeeded + self.failed + self.canceled
+    }
+
+    pub(crate) fn add(&mut self, status: JobStatus, n: u64) {
+        match status {
+            JobStatus::Succeeded => self.succeeded += n,
+            JobStatus::Failed => self.failed += n,
+            JobStatus::Canceled => self.canceled += n,
+            JobStatus::Queued | JobStatus::Running => {}
+        }
+    }
 }
 
 /// Which jobs `retry_failed` takes.

@@ -73,6 +73,10 @@ impl Dialect for Postgres {
         }
     }
 
+    fn top_label(&self) -> &'static str {
+        "(CAST(j.result AS jsonb) -> 'predictions' -> 0 ->> 'label')"
+    }
+
     /// Announces the transaction's events to every node (delivered when it commits); the
     /// listener of each node, this one included, reads them from the log and broadcasts them.
     async fn announce(&self, tx: &mut Tx) -> Result<()> {

@@ -12,9 +12,9 @@ use crate::dialect::{Dialect, Durability, Lock};
 use crate::model::{decode_cursor, encode_cursor, to_json};
 use crate::rows::{db_err, job_from_row, ms_to_time, now_ms, window_starts, JOB_COLUMNS};
 use crate::{
-    AttemptError, Claim, ClaimBatch, Event, Job, JobError, JobPage, KeyHold, Lease, ListQuery,
-    NewJob, Outcome, Pruned, QueueStats, RateLimit, Result, RetryFilter, Store, StoreError,
-    StoredImage, CHUNK_SIZE,
+    AttemptError, Claim, ClaimBatch, Event, FinishedCounts, Job, JobError, JobFilter, JobPage,
+    KeyHold, Lease, ListQuery, NewJob, Outcome, Pruned, QueueStats, RateLimit, Result, RetryFilter,
+    Store, StoreError, StoredImage, CHUNK_SIZE,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -225,6 +225,82 @@ fn select_jobs(condition: &str) -> String {
     format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN blobs b ON b.sha256 = j.image_sha256 WHERE {condition}")
 }
 
+/// A value bound to a statement built at run time.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// The conditions of a [`JobFilter`] on `jobs j` (joined with nothing else, so that counts need
+/// no join), and the values they bind from `$1` on.
+struct Conditions {
+    sql: Vec<String>,
+    args: Vec<Arg>,
+}
+
+impl Conditions {
+    /// Adds a condition on the next placeholder (`{}` in `template`).
+    fn add(&mut self, template: &str, arg: Arg) {
+        self.args.push(arg);
+        let mark = format!("${}", self.args.len());
+        self.sql.push(template.replace("{}", &mark));
+    }
+
+    /// Adds `column IN (...)`.
+    fn any_of(&mut self, column: &str, values: &[&str]) {
+        let mut marks = Vec::with_capacity(values.len());
+        for v in values {
+            self.args.push(Arg::Text((*v).to_string()));
+            marks.push(format!("${}", self.args.len()));
+        }
+        self.sql.push(format!("{column} IN ({})", marks.join(", ")));
+    }
+
+    /// The next placeholder's number.
+    fn next(&self) -> usize {
+        self.args.len() + 1
+    }
+
+    /// `a AND b AND ...` (`1 = 1` without conditions).
+    fn joined(&self) -> String {
+        if self.sql.is_empty() {
+            "1 = 1".into()
+        } else {
+            self.sql.join(" AND ")
+        }
+    }
+
+    fn bind<'q>(
+        &'q self,
+        mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+        for a in &self.args {
+            q = match a {
+                Arg::Text(t) => q.bind(t.as_str()),
+                Arg::Int(i) => q.bind(*i),
+            };
+        }
+        q
+    }
+}
+
+/// A `LIKE` pattern (with `ESCAPE '\'`) that matches any text containing `text`.
+fn contains_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// The statuses of finished jobs.
+const FINISHED: [JobStatus; 3] = [JobStatus::Succeeded, JobStatus::Failed, JobStatus::Canceled];
+
 fn parse_id(id: &str) -> Result<JobId> {
     id.parse()
         .map_err(|e: imgclass_core::ParseJobIdError| db_err(e.to_string()))
@@ -402,6 +478,72 @@ impl SqlStore {
                 Self::insert_chunks(w, &j.sha256, &j.image).await?;
             }
         }
+        Ok(())
+    }
+
+    /// The conditions of `filter`, and, when `statuses` is not empty, that the job is in one of
+    /// them.
+    fn conditions(&self, filter: &JobFilter, statuses: &[JobStatus]) -> Conditions {
+        let mut c = Conditions {
+            sql: Vec::new(),
+            args: Vec::new(),
+        };
+        if let Some(status) = filter.status {
+            c.add("j.status = {}", Arg::Text(status.as_str().into()));
+        }
+        if !statuses.is_empty() {
+            let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+            c.any_of("j.status", &names);
+        }
+        if let Some(owner) = &filter.owner {
+            c.add("j.owner = {}", Arg::Text(owner.clone()));
+        }
+        if let Some(name) = &filter.name {
+            c.add(
+                "LOWER(j.file_name) LIKE LOWER({}) ESCAPE '\\'",
+                Arg::Text(contains_pattern(name)),
+            );
+        }
+        if let Some(label) = &filter.label {
+            c.add(
+                &format!(
+                    "LOWER({}) LIKE LOWER({{}}) ESCAPE '\\'",
+                    self.dialect.top_label()
+                ),
+                Arg::Text(contains_pattern(label)),
+            );
+        }
+        if let Some(code) = filter.error_code {
+            c.add("j.error_code = {}", Arg::Text(code.as_str().into()));
+        }
+        if let Some(since) = filter.since {
+            c.add("j.created_at >= {}", Arg::Int(ms(since)));
+        }
+        if let Some(until) = filter.until {
+            c.add("j.created_at < {}", Arg::Int(ms(until)));
+        }
+        c
+    }
+
+    /// Deletes a job's row; its image sha256 and owner, or `None` when there was no such job.
+    async fn delete_row(w: &mut Write, id: JobId) -> Result<Option<(String, Option<String>)>> {
+        Ok(
+            sqlx::query_as("DELETE FROM jobs WHERE id = $1 RETURNING image_sha256, owner")
+                .bind(id.to_string())
+                .fetch_optional(&mut *w.tx)
+                .await?,
+        )
+    }
+
+    /// Deletes an image when no job refers to it any more.
+    async fn delete_blob_if_unused(w: &mut Write, sha256: &str) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM blobs WHERE sha256 = $1 AND NOT EXISTS \
+             (SELECT 1 FROM jobs WHERE image_sha256 = $1)",
+        )
+        .bind(sha256)
+        .execute(&mut *w.tx)
+        .await?;
         Ok(())
     }
 
@@ -857,20 +999,36 @@ impl Store for SqlStore {
     }
 
     async fn list_jobs(&self, query: &ListQuery) -> Result<JobPage> {
-        let before = match &query.cursor {
+        let filter = JobFilter {
+            status: query.status,
+            owner: query.owner.clone(),
+            ..JobFilter::default()
+        };
+        self.search_jobs(&filter, query.cursor.as_deref(), query.limit)
+            .await
+    }
+
+    async fn search_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<JobPage> {
+        let before = match cursor {
             Some(c) => decode_cursor(c).ok_or(StoreError::InvalidCursor)?,
             None => i64::MAX,
         };
-        let limit = query.limit.clamp(1, 500);
-        let sql = select_jobs(
-            "j.seq < $1 AND ($2 IS NULL OR j.status = $2) AND ($4 IS NULL OR j.owner = $4) \
-             ORDER BY j.seq DESC LIMIT $3",
-        );
-        let rows = sqlx::query(&sql)
-            .bind(before)
-            .bind(query.status.map(JobStatus::as_str))
+        let limit = limit.clamp(1, 500);
+        let mut c = self.conditions(filter, &[]);
+        c.add("j.seq < {}", Arg::Int(before));
+        let sql = select_jobs(&format!(
+            "{} ORDER BY j.seq DESC LIMIT ${}",
+            c.joined(),
+            c.next()
+        ));
+        let rows = c
+            .bind(sqlx::query(&sql))
             .bind(limit as i64 + 1)
-            .bind(query.owner.as_deref())
             .fetch_all(&self.reader)
             .await?;
         let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
@@ -1036,22 +1194,11 @@ impl Store for SqlStore {
 
     async fn delete(&self, id: JobId) -> Result<()> {
         let mut w = self.begin(Durability::Durable).await?;
-        let deleted: Option<(String, Option<String>)> =
-            sqlx::query_as("DELETE FROM jobs WHERE id = $1 RETURNING image_sha256, owner")
-                .bind(id.to_string())
-                .fetch_optional(&mut *w.tx)
-                .await?;
-        let Some((sha, owner)) = deleted else {
+        let Some((sha, owner)) = Self::delete_row(&mut w, id).await? else {
             w.tx.rollback().await?;
             return Err(StoreError::NotFound);
         };
-        sqlx::query(
-            "DELETE FROM blobs WHERE sha256 = $1 AND NOT EXISTS \
-             (SELECT 1 FROM jobs WHERE image_sha256 = $1)",
-        )
-        .bind(&sha)
-        .execute(&mut *w.tx)
-        .await?;
+        Self::delete_blob_if_unused(&mut w, &sha).await?;
         self.record_owned(&mut w, id, EventKind::Deleted, None, owner)
             .await?;
         self.commit(w).await
@@ -1130,6 +1277,67 @@ impl Store for SqlStore {
         Ok(jobs)
     }
 
+    async fn count_jobs(&self, filter: &JobFilter) -> Result<u64> {
+        let c = self.conditions(filter, &[]);
+        let sql = format!("SELECT COUNT(*) AS n FROM jobs j WHERE {}", c.joined());
+        let row = c.bind(sqlx::query(&sql)).fetch_one(&self.reader).await?;
+        Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
+    }
+
+    async fn cancel_queued(&self, filter: &JobFilter) -> Result<u64> {
+        let mut w = self.begin(Durability::Durable).await?;
+        let c = self.conditions(filter, &[JobStatus::Queued]);
+        let sql =
+            select_jobs(&format!("{} ORDER BY j.seq", c.joined())) + self.dialect.lock(Lock::Jobs);
+        let rows = c.bind(sqlx::query(&sql)).fetch_all(&mut *w.tx).await?;
+        let mut canceled = 0;
+        for row in &rows {
+            let job = job_from_row(row)?;
+            if self
+                .act_on(&mut w, &job, Happened::CancelRequested)
+                .await?
+                .is_some()
+            {
+                canceled += 1;
+            }
+        }
+        self.commit(w).await?;
+        Ok(canceled)
+    }
+
+    async fn delete_finished(&self, filter: &JobFilter) -> Result<u64> {
+        let mut w = self.begin(Durability::Durable).await?;
+        let c = self.conditions(filter, &FINISHED);
+        let sql = format!(
+            "SELECT j.id FROM jobs j WHERE {} ORDER BY j.seq",
+            c.joined()
+        ) + self.dialect.lock(Lock::Jobs);
+        let ids: Vec<String> = c
+            .bind(sqlx::query(&sql))
+            .fetch_all(&mut *w.tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<std::result::Result<_, _>>()?;
+        let mut images = std::collections::BTreeSet::new();
+        let mut deleted = 0;
+        for id in ids {
+            let id = parse_id(&id)?;
+            let Some((sha, owner)) = Self::delete_row(&mut w, id).await? else {
+                continue;
+            };
+            images.insert(sha);
+            self.record_owned(&mut w, id, EventKind::Deleted, None, owner)
+                .await?;
+            deleted += 1;
+        }
+        for sha in &images {
+            Self::delete_blob_if_unused(&mut w, sha).await?;
+        }
+        self.commit(w).await?;
+        Ok(deleted)
+    }
+
     async fn prune(&self, before: DateTime<Utc>) -> Result<Pruned> {
         let before = ms(before);
         let mut w = self.begin(Durability::Relaxed).await?;
@@ -1198,20 +1406,39 @@ impl Store for SqlStore {
         .fetch_one(&mut *conn)
         .await?;
         stats.oldest_queued_at = oldest.map(ms_to_time);
-        let finished: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE finished_at >= $1 AND ($2 IS NULL OR owner = $2)",
+        // Finished jobs per minute and outcome; the last minute is the one ending now.
+        let minutes = QueueStats::MINUTES as i64;
+        let from = now - minutes * 60_000;
+        let rows = sqlx::query(
+            "SELECT status, (finished_at - $1) / 60000 AS m, COUNT(*) AS n FROM jobs \
+             WHERE finished_at >= $1 AND ($2 IS NULL OR owner = $2) GROUP BY status, m",
         )
-        .bind(now - 60_000)
+        .bind(from)
         .bind(owner)
-        .fetch_one(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
-        stats.finished_last_minute = finished as u64;
+        stats.finished_per_minute = vec![FinishedCounts::default(); QueueStats::MINUTES];
+        for row in rows {
+            let status: String = row.try_get("status")?;
+            let m = row.try_get::<i64, _>("m")?.clamp(0, minutes - 1) as usize;
+            let n = row.try_get::<i64, _>("n")? as u64;
+            stats.finished_per_minute[m].add(status.parse().map_err(db_err)?, n);
+        }
+        stats.finished_last_minute_by = stats.finished_per_minute[QueueStats::MINUTES - 1];
+        stats.finished_last_minute = stats.finished_last_minute_by.total();
         if let Some(rate) = rate {
             // A plain read: statistics never wait for (or hold up) the claimers' row lock.
             let sql = "SELECT starts FROM rate_limits WHERE name = 'global'";
             let starts: Option<String> = sqlx::query_scalar(sql).fetch_optional(&mut *conn).await?;
-            let used = window_starts(starts, now, rate)?.len() as u32;
-            stats.rate_limit_remaining = Some(rate.jobs.saturating_sub(used));
+            let window = window_starts(starts, now, rate)?;
+            let used = window.len();
+            stats.rate_limit_remaining = Some(rate.jobs.saturating_sub(used as u32));
+            if rate.jobs > 0 && used >= rate.jobs as usize {
+                // A start is allowed once enough of the window's starts have left it.
+                let leaves = window[used - rate.jobs as usize];
+                stats.rate_limit_next_start_at =
+                    Some(ms_to_time(leaves + rate.per.as_millis() as i64));
+            }
         }
         Ok(stats)
     }

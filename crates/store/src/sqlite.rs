@@ -82,6 +82,10 @@ impl Dialect for Sqlite {
         ""
     }
 
+    fn top_label(&self) -> &'static str {
+        "json_extract(j.result, '$.predictions[0].label')"
+    }
+
     async fn announce(&self, _tx: &mut Tx) -> Result<()> {
         Ok(())
     }

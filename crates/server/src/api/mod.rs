@@ -3,6 +3,7 @@
 mod events;
 mod idempotency;
 mod openapi;
+mod search;
 pub mod upload;
 pub mod views;
 mod wait;
@@ -17,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use imgclass_classifier::imageio;
 use imgclass_core::{ErrorCode, EventKind, JobId, JobStatus};
-use imgclass_store::{ListQuery, NewJob, Webhook};
+use imgclass_store::{NewJob, Webhook};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use utoipa::OpenApi;
@@ -31,6 +32,9 @@ fn guarded_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_jobs, list_jobs))
         .routes(routes!(retry_failed))
+        .routes(routes!(search::export_jobs))
+        .routes(routes!(search::cancel_queued))
+        .routes(routes!(search::delete_finished))
         .routes(routes!(stats))
         .routes(routes!(get_job, delete_job))
         .routes(routes!(job_image))
@@ -539,36 +543,31 @@ fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
-/// List jobs, newest first, one page at a time.
-#[utoipa::path(get, path = "/api/jobs", tag = "jobs", operation_id = "list_jobs", params(ListParams),
+/// List jobs, newest first, one page at a time; with filters, only the jobs that match all of
+/// them, and `total` counts those on every page.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", operation_id = "list_jobs", params(ListParams, search::FilterParams),
     responses(
-        (status = 200, description = "A page of jobs; `next_cursor` is null on the last page.", body = JobList),
-        (status = 400, description = "`invalid_status`: `status` is not a job status. `invalid_cursor`: the cursor is not one this server gave out. `bad_request`: the query cannot be read (`limit` not a number from 1 to 200).", body = ErrorBody),
+        (status = 200, description = "A page of jobs; `next_cursor` is null on the last page; `total` is how many jobs match.", body = JobList),
+        (status = 400, description = "`invalid_status`: `status` is not a job status. `invalid_cursor`: the cursor is not one this server gave out. `invalid_query`: the query cannot be read: `limit` is not a number from 1 to 200, `q` or `label` is over 200 characters or holds a NUL character, `error_code` is not an error code, or `since`/`until` is not an RFC 3339 time.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
     ))]
 async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(params): ApiQuery<ListParams>,
+    ApiQuery(filters): ApiQuery<search::FilterParams>,
 ) -> Result<Json<JobList>, ApiError> {
     let limit = parse_limit(params.limit.as_deref())?;
-    let status = params
-        .status
-        .map(|s| s.parse::<JobStatus>())
-        .transpose()
-        .map_err(|e| ApiError::from_code(ErrorCode::InvalidStatus, e))?;
+    let filter = filters.filter(search::status(params.status)?, &caller)?;
     let page = state
         .store
-        .list_jobs(&ListQuery {
-            status,
-            owner: caller.only(),
-            cursor: params.cursor,
-            limit,
-        })
+        .search_jobs(&filter, params.cursor.as_deref(), limit)
         .await?;
+    let total = state.store.count_jobs(&filter).await?;
     Ok(Json(JobList {
         jobs: page.jobs.into_iter().map(JobView::from).collect(),
         next_cursor: page.next_cursor,
+        total,
     }))
 }
 

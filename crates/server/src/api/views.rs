@@ -222,6 +222,15 @@ pub struct JobsCreated {
 pub struct JobList {
     pub jobs: Vec<JobView>,
     pub next_cursor: Option<String>,
+    /// How many jobs match the query's filters, on every page together.
+    pub total: u64,
+}
+
+/// What a bulk action did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkCount {
+    /// The jobs it changed (or deleted).
+    pub count: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -235,8 +244,33 @@ pub struct StatsView {
     pub counts: StatusCounts,
     /// Age of the oldest queued job, in seconds (null when nothing is queued).
     pub oldest_queued_age_s: Option<f64>,
+    /// Jobs that ended in the last minute, however they ended: succeeded, failed or canceled
+    /// (`finished_last_minute_by` splits it).
     pub finished_last_minute: u64,
+    /// The jobs of `finished_last_minute` by how they ended.
+    pub finished_last_minute_by: FinishedCounts,
+    /// Jobs that ended in each of the last 10 minutes, oldest first; the last entry is the
+    /// minute ending now (`finished_last_minute_by`).
+    pub finished_per_minute: Vec<FinishedCounts>,
     pub rate_limit: Option<RateLimitView>,
+}
+
+/// Finished jobs by how they ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FinishedCounts {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub canceled: u64,
+}
+
+impl From<imgclass_store::FinishedCounts> for FinishedCounts {
+    fn from(c: imgclass_store::FinishedCounts) -> Self {
+        FinishedCounts {
+            succeeded: c.succeeded,
+            failed: c.failed,
+            canceled: c.canceled,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -254,6 +288,8 @@ pub struct RateLimitView {
     pub per_s: f64,
     /// Starts still allowed in the current window.
     pub remaining: u32,
+    /// When none is left: seconds until the next start is allowed (null while starts remain).
+    pub next_start_in_s: Option<f64>,
 }
 
 impl StatsView {
@@ -270,10 +306,15 @@ impl StatsView {
                 .oldest_queued_at
                 .map(|t| ((Utc::now() - t).num_milliseconds().max(0) as f64) / 1e3),
             finished_last_minute: s.finished_last_minute,
+            finished_last_minute_by: s.finished_last_minute_by.into(),
+            finished_per_minute: s.finished_per_minute.into_iter().map(Into::into).collect(),
             rate_limit: rate.map(|r| RateLimitView {
                 jobs: r.jobs,
                 per_s: r.per.as_secs_f64(),
                 remaining: s.rate_limit_remaining.unwrap_or(r.jobs),
+                next_start_in_s: s
+                    .rate_limit_next_start_at
+                    .map(|t| ((t - Utc::now()).num_milliseconds().max(0) as f64) / 1e3),
             }),
         }
     }

@@ -266,6 +266,9 @@ async fn two_tokens_never_see_each_others_jobs_on_any_route() {
             (Jobs::Own, "GET", "/api/stats") => stats_case(&u).await,
             (Jobs::Own, "POST", "/api/jobs/retry-failed") => retry_failed_case(&u).await,
             (Jobs::Own, "GET", "/api/events") => events_case(&u).await,
+            (Jobs::Own, "GET", "/api/jobs/export") => export_case(&u).await,
+            (Jobs::Own, "POST", "/api/jobs/cancel-queued") => cancel_queued_case(&u).await,
+            (Jobs::Own, "POST", "/api/jobs/delete-finished") => delete_finished_case(&u).await,
             _ => panic!(
                 "{key} has no ownership case here: add one that proves another token cannot \
                  see or touch its jobs"
@@ -409,6 +412,89 @@ async fn retry_failed_case(u: &Users) {
         .unwrap()
         .iter()
         .any(|j| j["id"] == b.to_string()));
+}
+
+async fn export_case(u: &Users) {
+    let app = &u.app;
+    let a = app
+        .submit_as(&u.alice, "a.png", fixture("coffee.png"))
+        .await;
+    let b = app.submit_as(&u.bob, "b.png", fixture("coffee.png")).await;
+    let export = |token: String| async move {
+        let resp = app
+            .request(Method::GET, "/api/jobs/export?format=json", Some(&token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let jobs: Vec<Value> = resp.json().await.unwrap();
+        jobs.iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let bobs = export(u.bob.clone()).await;
+    assert!(bobs.contains(&b.to_string()) && !bobs.contains(&a.to_string()));
+    let all = export(u.admin.clone()).await;
+    assert!(all.contains(&a.to_string()) && all.contains(&b.to_string()));
+}
+
+async fn cancel_queued_case(u: &Users) {
+    let app = &u.app;
+    let a = app
+        .submit_as(&u.alice, "to-cancel.png", fixture("coffee.png"))
+        .await;
+    // With a filter that names alice's job, so that bob's own jobs stay as they are.
+    let cancel = |token: String| async move {
+        let resp = app
+            .request(
+                Method::POST,
+                "/api/jobs/cancel-queued?q=to-cancel.png",
+                Some(&token),
+            )
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = status_of(resp).await;
+        assert_eq!(status, 200, "{body}");
+        body["count"].as_u64().unwrap()
+    };
+    assert_eq!(cancel(u.bob.clone()).await, 0);
+    let job = app.store.get_job(a).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Queued, "alice's job is not bob's");
+    assert_eq!(cancel(u.alice.clone()).await, 1);
+    let job = app.store.get_job(a).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Canceled);
+}
+
+async fn delete_finished_case(u: &Users) {
+    let app = &u.app;
+    let a = app
+        .submit_as(&u.alice, "to-delete.png", fixture("coffee.png"))
+        .await;
+    fail(app, a).await;
+    // With a filter that names alice's job, so that bob's own jobs stay (the events case
+    // replays them).
+    let delete = |token: String| async move {
+        let resp = app
+            .request(
+                Method::POST,
+                "/api/jobs/delete-finished?q=to-delete.png",
+                Some(&token),
+            )
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = status_of(resp).await;
+        assert_eq!(status, 200, "{body}");
+        body["count"].as_u64().unwrap()
+    };
+    assert_eq!(delete(u.bob.clone()).await, 0);
+    assert!(
+        app.store.get_job(a).await.unwrap().is_some(),
+        "bob cannot delete alice's job"
+    );
+    assert_eq!(delete(u.alice.clone()).await, 1);
+    assert!(app.store.get_job(a).await.unwrap().is_none());
 }
 
 async fn events_case(u: &Users) {

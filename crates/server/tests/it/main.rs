@@ -14,5 +14,6 @@ mod openapi;
 mod ops;
 mod queue;
 mod quotas;
+mod search;
 mod wait;
 mod webhooks;

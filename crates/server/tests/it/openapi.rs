@@ -25,8 +25,15 @@ const OPERATIONS: &[(&str, &str, &[&str])] = &[
     (
         "get",
         "/api/jobs",
-        &["invalid_status", "invalid_cursor", "bad_request"],
+        &["invalid_status", "invalid_cursor", "invalid_query"],
     ),
+    (
+        "get",
+        "/api/jobs/export",
+        &["invalid_query", "invalid_status"],
+    ),
+    ("post", "/api/jobs/cancel-queued", &["invalid_query"]),
+    ("post", "/api/jobs/delete-finished", &["invalid_query"]),
     ("get", "/api/jobs/{id}", &["not_found"]),
     ("delete", "/api/jobs/{id}", &["not_found"]),
     ("get", "/api/jobs/{id}/image", &["not_found"]),
@@ -156,6 +163,26 @@ async fn the_document_is_openapi_3_1_and_names_every_route_and_error() {
     assert_eq!(codes, ErrorCode::ALL.map(|c| c.as_str()));
     let body = &doc["paths"]["/api/jobs"]["post"]["requestBody"]["content"];
     assert!(body["multipart/form-data"]["schema"].is_object());
+
+    // Every reference resolves (a client generator or a fuzzer cannot follow one that does not).
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r);
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for r in all {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or(r);
+        assert!(schemas[name].is_object(), "{r} does not resolve");
+    }
 }
 
 /// Every documented operation is served by the router (none is documented but missing).
@@ -170,8 +197,15 @@ async fn every_documented_operation_is_served() {
             operations.push((path, item, method));
         }
     }
-    // The delete last, so that the others find the job.
-    operations.sort_by_key(|(_, _, method)| *method == "delete");
+    // The deletes last, so that the others find the job; the bulk delete (which takes it, once
+    // canceled) after the delete of the job itself.
+    operations.sort_by_key(|(path, _, method)| {
+        if path.ends_with("/delete-finished") {
+            2
+        } else {
+            u8::from(*method == "delete")
+        }
+    });
     for (path, item, method) in operations {
         {
             if path == "/api/events" {

@@ -268,6 +268,13 @@ async fn stats_report_the_starts_left_in_the_window() {
         .unwrap();
     assert_eq!(b.claims.len(), 1);
     assert_eq!(remaining(&*store, RATE).await, Some(0));
+    // None left: the next start is allowed when the first start leaves the window.
+    let stats = store.stats(Some(RATE)).await.unwrap();
+    let first_start = a.claims[0].job.started_at.unwrap();
+    assert_eq!(
+        stats.rate_limit_next_start_at,
+        Some(first_start + chrono::Duration::from_std(RATE.per).unwrap())
+    );
     // Looking does not use any start up; a wider limit sees the same starts.
     assert_eq!(remaining(&*store, RATE).await, Some(0));
     let wider = RateLimit { jobs: 5, ..RATE };
@@ -694,6 +701,14 @@ async fn stats_count_jobs_per_status() {
         .unwrap();
     assert!(queued.iter().all(|j| j.created_at > oldest.created_at));
 
+    // Every job ended within the last minute, the last of the per-minute figures.
+    let by = imgclass_store::FinishedCounts {
+        succeeded: 2,
+        failed: 1,
+        canceled: 1,
+    };
+    let mut per_minute = vec![imgclass_store::FinishedCounts::default(); QueueStats::MINUTES];
+    per_minute[QueueStats::MINUTES - 1] = by;
     assert_eq!(
         store.stats(None).await.unwrap(),
         QueueStats {
@@ -704,7 +719,10 @@ async fn stats_count_jobs_per_status() {
             canceled: 1,
             oldest_queued_at: Some(oldest.created_at),
             finished_last_minute: 4,
+            finished_last_minute_by: by,
+            finished_per_minute: per_minute,
             rate_limit_remaining: None,
+            rate_limit_next_start_at: None,
         }
     );
 

@@ -16,6 +16,7 @@ mod list;
 mod outcomes;
 mod queue;
 mod races;
+mod search;
 mod sqlite;
 mod tokens;
 mod webhooks;
