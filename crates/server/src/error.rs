@@ -101,7 +101,10 @@ impl ApiError {
 
 fn transition_message(e: &TransitionError) -> String {
     match e.action {
-        Action::Retry => format!("only failed jobs can be retried; this job is {}", e.from),
+        Action::Retry => format!(
+            "only failed or canceled jobs can be retried; this job is {}",
+            e.from
+        ),
         Action::Cancel => format!(
             "only queued or running jobs can be canceled; this job is {}",
             e.from

@@ -537,12 +537,12 @@ async fn job_image(
     Ok((headers, image.bytes).into_response())
 }
 
-/// Run a failed job again: it goes back to the queue with a new round of attempts.
+/// Run a failed or canceled job again: it goes back to the queue with a new round of attempts.
 #[utoipa::path(post, path = "/api/jobs/{id}/retry", tag = "jobs", operation_id = "retry_job", params(("id" = String, Path, description = "The job's id.", format = Uuid)),
     responses(
         (status = 200, description = "The job, queued again.", body = JobView),
         (status = 404, description = "`not_found`: no job has this id.", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: only failed jobs can be retried.", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: only failed or canceled jobs can be retried.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
     ))]
 async fn retry_job(
