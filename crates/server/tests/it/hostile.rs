@@ -349,6 +349,65 @@ async fn oversized_request_heads_are_431_json() {
     assert_error(req.send().await.unwrap(), 431, "headers_too_large").await;
 }
 
+/// Sends `head` on a new connection and returns the status, the headers (lowercased) and the
+/// body of the answer, read until the server closes the connection.
+async fn raw_exchange(app: &TestApp, head: &[u8]) -> (u16, String, Value) {
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    // The server may stop reading (and answer) before all of it is sent.
+    let _ = stream.write_all(head).await;
+    let got = read_until_closed(&mut stream).await.expect("closed");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (headers, body) = text.split_once("\r\n\r\n").expect("a whole answer");
+    let status = headers[9..12].parse().unwrap();
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, headers.to_ascii_lowercase(), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_the_http_layer_refuses_are_answered_in_json_too() {
+    let app = TestApp::without_workers().await;
+    let limits = ServeLimits::default();
+    // Over 4 × --max-header-bytes: hyper stops reading it and answers by itself.
+    let huge = format!(
+        "GET /api/jobs HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(limits.max_header_bytes * 4 + 1024)
+    );
+    // Over twice the header-field limit.
+    let mut many = "GET /api/stats HTTP/1.1\r\nHost: x\r\n".to_string();
+    for i in 0..limits.max_headers * 2 + 10 {
+        many.push_str(&format!("X-H{i}: 1\r\n"));
+    }
+    many.push_str("\r\n");
+    for head in [huge, many] {
+        let (status, headers, body) = raw_exchange(&app, head.as_bytes()).await;
+        assert_eq!(status, 431, "{headers}");
+        assert!(
+            headers.contains("content-type: application/json"),
+            "{headers}"
+        );
+        assert!(headers.contains("connection: close"), "{headers}");
+        assert_eq!(body["error"]["code"], "headers_too_large", "{body}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&(limits.max_header_bytes * 4).to_string()));
+    }
+    // A head that is not HTTP at all.
+    let (status, _, body) =
+        raw_exchange(&app, b"GET /api/jobs HTTP/1.1\r\nBad Header\r\n\r\n").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    // The server goes on serving, and its own answers are untouched.
+    let (status, _, body) = raw_exchange(
+        &app,
+        b"GET /api/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    assert_eq!(app.get("/healthz").await.0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_request_limit_is_413_json() {
     let app = TestApp::with(Options {
