@@ -54,10 +54,13 @@ pub enum ErrorCode {
     Internal,
     Unavailable,
     InsufficientStorage,
+    /// The server holds as many upload bytes as its budget allows, and the wait for room would
+    /// be long (503 with `Retry-After`).
+    Busy,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 35] = [
         ErrorCode::BadRequest,
         ErrorCode::NoFiles,
         ErrorCode::NotFound,
@@ -92,6 +95,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Unavailable,
         ErrorCode::InsufficientStorage,
+        ErrorCode::Busy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -130,6 +134,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::InsufficientStorage => "insufficient_storage",
+            ErrorCode::Busy => "busy",
         }
     }
 

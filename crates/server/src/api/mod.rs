@@ -269,7 +269,8 @@ struct SubmitForm {
         (status = 422, description = "`image_corrupt`: a file is truncated or damaged. `image_too_large`: an image is over the width, height or pixel limit. `invalid_webhook`: the webhook URL or events are not ones the server calls.", body = ErrorBody),
         (status = 429, description = "`rate_limited`: the caller's submission quota is used up (`Retry-After`). `queue_full`: the caller has as many queued jobs as it may.", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds until a submission may be accepted again."))),
-        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again. `busy`: the server holds as many uploaded bytes as its upload budget allows and no room was made within the budget's wait; try again after `Retry-After` seconds.", body = ErrorBody,
+            headers(("Retry-After" = String, description = "With `busy`: seconds after which to try again."))),
     ))]
 async fn create_jobs(
     State(state): State<AppState>,
@@ -303,6 +304,8 @@ async fn create_jobs(
         fields.take(name, text)?;
     }
     let uploads = submission.uploads;
+    // The request's share of the upload budget, given back once its bytes are stored.
+    let held = submission.held;
     if let Some(empty) = uploads.iter().find(|u| u.bytes.is_empty()) {
         return Err(ApiError::from_code(
             ErrorCode::EmptyFile,
@@ -359,6 +362,7 @@ async fn create_jobs(
     // Subscribed before the jobs exist, so the wait cannot miss their changes.
     let live = wait.map(|_| state.store.subscribe());
     let mut jobs = state.store.create_jobs(new_jobs).await?;
+    drop(held);
     for j in &jobs {
         tracing::info!(job.id = %j.id, image.sha256 = %j.image_sha256, "job queued");
     }

@@ -4,7 +4,7 @@ use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource};
 use imgclass_core::{JobId, JobStatus};
 use imgclass_server::webhooks::{Deliverer, WebhookConfig};
 use imgclass_server::{
-    AppState, ClassifierFactory, ServeLimits, UploadConfig, WorkerConfig, Workers,
+    AppState, ClassifierFactory, ServeLimits, UploadBudget, UploadConfig, WorkerConfig, Workers,
 };
 use imgclass_store::{Job, Store};
 use serde_json::Value;
@@ -44,6 +44,10 @@ pub struct Options {
     pub webhooks: Option<WebhookConfig>,
     /// The deliverer's settings when they differ from the API's; `Some(None)`: no deliverer.
     pub deliverer: Option<Option<WebhookConfig>>,
+    /// The SQLite file to use instead of one in a fresh temporary directory.
+    pub database_file: Option<std::path::PathBuf>,
+    /// The upload budget (bytes of request bodies held at once) instead of the default one.
+    pub upload_budget: Option<UploadBudget>,
 }
 
 impl Default for Options {
@@ -58,6 +62,8 @@ impl Default for Options {
             serve_limits: ServeLimits::default(),
             webhooks: None,
             deliverer: None,
+            database_file: None,
+            upload_budget: None,
         }
     }
 }
@@ -127,7 +133,10 @@ impl TestApp {
 
     pub async fn with(opts: Options) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
-        let db_url = format!("sqlite://{}/test.db", dir.path().display());
+        let db_url = match &opts.database_file {
+            Some(file) => format!("sqlite://{}", file.display()),
+            None => format!("sqlite://{}/test.db", dir.path().display()),
+        };
         let store = imgclass_store::connect(&db_url).await.unwrap();
         store.migrate().await.unwrap();
         let workers = if opts.workers > 0 {
@@ -146,7 +155,10 @@ impl TestApp {
         };
         let state = AppState {
             store: store.clone(),
-            upload: UploadConfig::new(opts.limits, 2),
+            upload: match opts.upload_budget.clone() {
+                Some(budget) => UploadConfig::new(opts.limits, 2).with_budget(budget),
+                None => UploadConfig::new(opts.limits, 2),
+            },
             max_attempts: opts.max_attempts,
             rate_limit: opts.worker_config.rate_limit,
             webhooks: opts.webhooks.clone().map(Arc::new),

@@ -13,5 +13,6 @@ mod openapi;
 mod ops;
 mod queue;
 mod quotas;
+mod upload_budget;
 mod wait;
 mod webhooks;
