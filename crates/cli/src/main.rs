@@ -551,6 +551,13 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// jemalloc, with background threads that return freed memory to the system within seconds:
+/// after a burst of big uploads the process goes back near its idle size, where glibc's malloc
+/// keeps what it once held (measured in bench/README.md, "Uploads and memory").
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format;
