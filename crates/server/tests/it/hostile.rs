@@ -676,3 +676,47 @@ async fn the_head_timeout_and_the_keep_alive_timeout_are_separate() {
         .expect("closed when idle");
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
 }
+
+/// A JPEG of busy content (its scan data is large), encoded here.
+fn busy_jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            (x * 37 % 256) as u8,
+            (y * 91 % 256) as u8,
+            ((x ^ y) * 13 % 256) as u8,
+        ])
+    });
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jpeg_whose_scan_data_ends_early_fails_as_image_corrupt_not_grey() {
+    let app = TestApp::spawn().await;
+    let whole = busy_jpeg(640, 480);
+    // Half of the scan data and the end marker put back: complete to the upload check (enough
+    // bytes for its blocks, an end marker), short to the decoder.
+    let sos = whole.windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
+    let scan_start = sos + 2 + usize::from(u16::from_be_bytes([whole[sos + 2], whole[sos + 3]]));
+    let mut cut = whole[..scan_start + (whole.len() - 2 - scan_start) / 2].to_vec();
+    while cut.last() == Some(&0xFF) {
+        cut.pop();
+    }
+    cut.extend_from_slice(&[0xFF, 0xD9]);
+
+    let ids = app.submit(&[("cut.jpg", cut), ("whole.jpg", whole)]).await;
+    let failed = app.wait_for(ids[0], imgclass_core::JobStatus::Failed).await;
+    let error = failed.error.expect("an error");
+    assert_eq!(error.code.as_str(), "image_corrupt", "{}", error.message);
+    assert!(
+        error.message.contains("does not cover"),
+        "{}",
+        error.message
+    );
+    assert_eq!(failed.attempts, 1, "a bad image is not retried");
+    app.wait_for(ids[1], imgclass_core::JobStatus::Succeeded)
+        .await;
+}
