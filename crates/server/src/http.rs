@@ -470,20 +470,17 @@ impl TrackedIo {
         if self.replacing.is_some() {
             return true;
         }
+        let Some((stands_for, bytes)) = self.refusals.replacement(buf) else {
+            return false;
+        };
         let refusing = {
             let t = self.conn.times();
             t.in_flight == 0 && t.head_started.is_some()
         };
-        if !refusing {
-            return false;
+        if refusing {
+            self.replacing = Some((bytes, 0, stands_for));
         }
-        match self.refusals.replacement(buf) {
-            Some((stands_for, bytes)) => {
-                self.replacing = Some((bytes, 0, stands_for));
-                true
-            }
-            None => false,
-        }
+        refusing
     }
 }
 

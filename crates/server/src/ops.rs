@@ -89,12 +89,12 @@ async fn readyz(State(s): State<ReadyState>) -> Response {
         Err(_) => problems.push("the database does not answer within 2 s".to_string()),
     }
     if let Some(full) = s.store.full_storage() {
+        tracing::warn!(error = %full.detail, since = %full.since, "readiness: the database's storage is full");
         problems.push(format!(
-            "the database's storage is full: a write failed at {} ({}); writes answer 507 \
+            "the database's storage is full: a write failed at {}; writes answer 507 \
              insufficient_storage until space is freed and a write succeeds",
             full.since
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            full.detail
         ));
     }
     if problems.is_empty() {
