@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# Runs each fuzz target of the upload path briefly (cargo-fuzz + libFuzzer, nightly toolchain).
+# Runs each fuzz target of the upload path and the decoder briefly (cargo-fuzz + libFuzzer,
+# AddressSanitizer); exits non-zero on the first crash, leak or timeout.
 #   fuzz/run.sh                 # every target, 60 s each
 #   FUZZ_SECONDS=600 fuzz/run.sh image_check
-# Needs: a nightly toolchain (`rustup toolchain install nightly`) and cargo-fuzz
-# (`cargo install cargo-fuzz`). Seeds come from tests/fixtures; crashes land in fuzz/artifacts/.
+# Needs cargo-fuzz (`cargo install cargo-fuzz --locked`; FUZZ_INSTALL=1 installs it). cargo-fuzz
+# passes unstable compiler flags (-Zsanitizer=address, coverage instrumentation): the stable
+# compiler takes them with RUSTC_BOOTSTRAP=1 (it ships the sanitizer runtimes), so no nightly
+# toolchain is needed. Seeds come from tests/fixtures and are generated here; crashes land in
+# fuzz/artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${FUZZ_SECONDS:-60}"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(part_headers upload_request image_check)
+[ ${#targets[@]} -gt 0 ] || targets=(part_headers upload_request image_check decode)
 
-if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-  echo "fuzz/run.sh: needs a nightly toolchain: rustup toolchain install nightly" >&2
-  exit 1
-fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
-  echo "fuzz/run.sh: needs cargo-fuzz: cargo install cargo-fuzz" >&2
-  exit 1
+  if [ "${FUZZ_INSTALL:-}" = 1 ]; then
+    cargo install cargo-fuzz --locked
+  else
+    echo "fuzz/run.sh: needs cargo-fuzz: cargo install cargo-fuzz --locked (or FUZZ_INSTALL=1)" >&2
+    exit 1
+  fi
+fi
+# The project's own (stable) compiler, allowed the -Z flags cargo-fuzz passes. FUZZ_TOOLCHAIN
+# picks another (e.g. nightly).
+if [ -n "${FUZZ_TOOLCHAIN:-}" ]; then
+  fuzz=(cargo "+$FUZZ_TOOLCHAIN" fuzz)
+else
+  export RUSTC_BOOTSTRAP=1
+  fuzz=(cargo fuzz)
 fi
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(../scripts/setup-onnxruntime.sh)}"
 
@@ -26,7 +38,7 @@ seed() {
   local dir=corpus/$1
   mkdir -p "$dir"
   case "$1" in
-    image_check)
+    image_check|decode)
       cp ../tests/fixtures/* "$dir"/
       ;;
     upload_request)
@@ -60,7 +72,7 @@ PY
 for target in "${targets[@]}"; do
   seed "$target"
   echo "== fuzzing $target for ${seconds}s"
-  cargo +nightly fuzz run "$target" "corpus/$target" -- \
+  "${fuzz[@]}" run "$target" "corpus/$target" -- \
     -max_total_time="$seconds" -max_len=300000 -timeout=10 -rss_limit_mb=4096 -print_final_stats=1
 done
 echo "fuzz/run.sh: no crash in ${targets[*]}"

@@ -8,6 +8,7 @@ pub mod budget;
 pub mod cancel;
 pub mod imageio;
 pub mod imagga;
+mod jpeg_errors;
 mod model;
 pub mod prepare;
 pub mod runtime;

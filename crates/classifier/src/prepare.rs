@@ -366,10 +366,14 @@ fn take_budget<'b>(
 }
 
 /// libjpeg-turbo (MozJPEG) at 1/`scale` in the DCT domain, to RGB. Its errors unwind out of the
-/// C code as panics (the crate's design), caught here.
+/// C code as panics (the crate's design), caught here; so do the warnings that mean the scan
+/// data does not cover the frame (see [`crate::jpeg_errors`]), which libjpeg would otherwise
+/// paper over with grey.
 fn decode_mozjpeg(bytes: &[u8], scale: u32) -> Result<(Vec<u8>, u32, u32), String> {
     let run = || -> std::io::Result<(Vec<u8>, u32, u32)> {
-        let mut d = mozjpeg::Decompress::new_mem(bytes)?;
+        let mut d = mozjpeg::decompress::DecompressBuilder::new()
+            .with_err(crate::jpeg_errors::manager())
+            .from_mem(bytes)?;
         d.scale(u8::try_from(8 / scale.clamp(1, 8)).unwrap_or(8));
         let mut started = d.rgb()?;
         let (w, h) = (started.width(), started.height());

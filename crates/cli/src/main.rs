@@ -302,6 +302,13 @@ struct HttpArgs {
     /// Largest request head (request line and headers), in bytes.
     #[arg(long, env = "IMGCLASS_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
     max_header_bytes: u32,
+    /// Bytes of request bodies that uploads in flight may hold at once (the whole process);
+    /// at least the largest request body (4 × --max-file-bytes + 1 MiB).
+    #[arg(long, env = "IMGCLASS_UPLOAD_BUDGET", default_value_t = imgclass_server::UploadBudget::DEFAULT_BYTES)]
+    upload_budget: u64,
+    /// How long an upload waits for room in the upload budget before it is answered 503 busy.
+    #[arg(long, env = "IMGCLASS_UPLOAD_WAIT", default_value = "10s", value_parser = parse_duration)]
+    upload_wait: Duration,
 }
 
 impl HttpArgs {
@@ -551,6 +558,13 @@ fn init_tracing(format: LogFormat) {
             .init(),
     }
 }
+
+/// jemalloc, with background threads that return freed memory to the system within seconds:
+/// after a burst of big uploads the process goes back near its idle size, where glibc's malloc
+/// keeps what it once held (measured in bench/README.md, "Uploads and memory").
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -867,9 +881,22 @@ async fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         (readiness, Some((slot, starting)), failed)
     };
 
+    let upload = UploadConfig::new(args.work.limits.limits(), cores());
+    let request_limit = upload.request_limit() as u64;
+    if args.http.upload_budget < request_limit {
+        anyhow::bail!(
+            "--upload-budget ({} bytes) must hold at least one request body of the largest size, \
+             4 × --max-file-bytes + 1 MiB = {request_limit} bytes",
+            args.http.upload_budget
+        );
+    }
+    let upload = upload.with_budget(imgclass_server::UploadBudget::new(
+        args.http.upload_budget,
+        args.http.upload_wait,
+    ));
     let state = AppState {
         store,
-        upload: UploadConfig::new(args.work.limits.limits(), cores()),
+        upload,
         max_attempts: args.max_attempts,
         rate_limit: args.work.rate_limit,
         webhooks: webhooks.clone().map(Arc::new),

@@ -80,7 +80,8 @@ impl JobStatus {
         }
     }
 
-    /// Finished jobs never change again by themselves (only a manual retry moves `failed`).
+    /// Finished jobs never change again by themselves (only a manual retry moves `failed` and
+    /// `canceled` back to the queue).
     pub fn is_finished(self) -> bool {
         matches!(
             self,
@@ -102,6 +103,7 @@ impl JobStatus {
             (Running, LeaseExpired) => Queued,
             (Running, Release) => Queued,
             (Failed, Retry) => Queued,
+            (Canceled, Retry) => Queued,
             (from, action) => return Err(TransitionError { from, action }),
         };
         Ok(next)
@@ -142,7 +144,7 @@ pub enum Action {
     LeaseExpired,
     /// The worker gives the job back unfinished (it is shutting down).
     Release,
-    /// A person asked for a failed job to run again.
+    /// A person asked for a failed or canceled job to run again.
     Retry,
     /// A person canceled a queued or running job.
     Cancel,
@@ -199,6 +201,7 @@ mod tests {
         assert_eq!(Running.apply(LeaseExpired), Ok(Queued));
         assert_eq!(Running.apply(Release), Ok(Queued));
         assert_eq!(Failed.apply(Retry), Ok(Queued));
+        assert_eq!(Canceled.apply(Retry), Ok(Queued));
     }
 
     #[test]
@@ -215,6 +218,7 @@ mod tests {
             (Running, LeaseExpired),
             (Running, Release),
             (Failed, Retry),
+            (Canceled, Retry),
         ];
         let actions = [
             Claim,

@@ -225,15 +225,11 @@ mod tests {
             max_attempts: 3,
             stalls: 0,
         };
-        let d = decide(&rules, at(JobStatus::Failed), Happened::RetryRequested, 1.0).unwrap();
-        assert_eq!((d.to, d.event), (JobStatus::Queued, EventKind::Retried));
-        assert!(decide(
-            &rules,
-            at(JobStatus::Canceled),
-            Happened::RetryRequested,
-            1.0
-        )
-        .is_err());
+        for status in [JobStatus::Failed, JobStatus::Canceled] {
+            let d = decide(&rules, at(status), Happened::RetryRequested, 1.0).unwrap();
+            assert_eq!((d.to, d.event), (JobStatus::Queued, EventKind::Retried));
+            assert_eq!(d.run_in, Some(Duration::ZERO));
+        }
         assert!(decide(
             &rules,
             at(JobStatus::Succeeded),

@@ -94,6 +94,7 @@ where
         .max_header_size(config.max_header_bytes.saturating_mul(4));
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let registry = Arc::new(Registry::default());
+    let refusals = Arc::new(ParseRefusals::new(&config));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -151,6 +152,8 @@ where
         let io = TokioIo::new(TrackedIo {
             inner: stream,
             conn: conn.clone(),
+            refusals: refusals.clone(),
+            replacing: None,
         });
         let connection = graceful.watch(http.serve_connection(io, service));
         let registry = registry.clone();
@@ -358,10 +361,127 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-/// The connection's socket, noting when the first byte of a request arrives.
+/// The connection's socket, noting when the first byte of a request arrives, and giving the
+/// answers hyper writes by itself for a request head it cannot parse (no handler ever sees
+/// them) the API's JSON error body.
 struct TrackedIo {
     inner: TcpStream,
     conn: Arc<Conn>,
+    refusals: Arc<ParseRefusals>,
+    /// A refusal being written in place of hyper's: its bytes, how many are written, and how
+    /// many of hyper's bytes it stands for.
+    replacing: Option<(Arc<[u8]>, usize, usize)>,
+}
+
+/// What is written instead of hyper's bare answers to request heads it refuses before any
+/// routing: `431` (a head over 4 × `max_header_bytes`, or over 2 × `max_headers` fields) and
+/// `400` (a head that is not HTTP/1). They are recognised by their status and their empty body:
+/// every other response comes from the router, whose errors (`limit_request_head`, the
+/// handlers, `json_errors`) always have a body.
+struct ParseRefusals {
+    too_large: Arc<[u8]>,
+    malformed: Arc<[u8]>,
+}
+
+impl ParseRefusals {
+    fn new(config: &ServeLimits) -> ParseRefusals {
+        let too_large = ApiError::from_code(
+            ErrorCode::HeadersTooLarge,
+            format!(
+                "the request head is over {} bytes or {} header fields; it was not read, and the \
+                 connection is closed",
+                config.max_header_bytes.saturating_mul(4),
+                config.max_headers.saturating_mul(2)
+            ),
+        );
+        let malformed = ApiError::from_code(
+            ErrorCode::BadRequest,
+            "the request head is not valid HTTP/1.1; the connection is closed",
+        );
+        ParseRefusals {
+            too_large: Self::response(too_large),
+            malformed: Self::response(malformed),
+        }
+    }
+
+    fn response(error: ApiError) -> Arc<[u8]> {
+        let body = serde_json::json!({
+            "error": { "code": error.code, "message": error.message }
+        })
+        .to_string();
+        let status = error.status;
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes()
+        .into()
+    }
+
+    /// When `buf` starts with one of hyper's own bare answers: its length and what to write
+    /// instead.
+    fn replacement(&self, buf: &[u8]) -> Option<(usize, Arc<[u8]>)> {
+        let replacement = if buf.starts_with(b"HTTP/1.1 431 ") {
+            &self.too_large
+        } else if buf.starts_with(b"HTTP/1.1 400 ") {
+            &self.malformed
+        } else {
+            return None;
+        };
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let empty = head.contains("\r\ncontent-length: 0\r\n");
+        empty.then(|| (end, replacement.clone()))
+    }
+}
+
+impl TrackedIo {
+    /// Writes the replacement under way; `Ready(Ok(n))` (`n`: the bytes of hyper's answer it
+    /// stands for) once all of it is written.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        while let Some((bytes, written, stands_for)) = &mut self.replacing {
+            if *written == bytes.len() {
+                let n = *stands_for;
+                self.replacing = None;
+                return Poll::Ready(Ok(n));
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => {
+                    self.replacing = None;
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => {
+                    self.replacing = None;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(0))
+    }
+
+    /// Starts replacing `buf` when it is one of hyper's bare answers: written while no
+    /// request is in flight but a request head has begun to arrive (the one refused).
+    fn replaces(&mut self, buf: &[u8]) -> bool {
+        if self.replacing.is_some() {
+            return true;
+        }
+        let Some((stands_for, bytes)) = self.refusals.replacement(buf) else {
+            return false;
+        };
+        let refusing = {
+            let t = self.conn.times();
+            t.in_flight == 0 && t.head_started.is_some()
+        };
+        if refusing {
+            self.replacing = Some((bytes, 0, stands_for));
+        }
+        refusing
+    }
 }
 
 impl AsyncRead for TrackedIo {
@@ -385,6 +505,9 @@ impl AsyncWrite for TrackedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.replaces(buf) {
+            return self.poll_replacement(cx);
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -393,6 +516,11 @@ impl AsyncWrite for TrackedIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if self.replaces(first) {
+                return self.poll_replacement(cx);
+            }
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

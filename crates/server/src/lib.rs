@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod ops;
 pub mod quota;
 pub mod request_id;
+pub mod upload_budget;
 pub mod web;
 pub mod webhooks;
 pub mod worker;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 pub use http::{serve, ServeLimits};
+pub use upload_budget::UploadBudget;
 pub use worker::{ClassifierFactory, WorkerConfig, Workers};
 
 /// Upload checking settings.
@@ -32,16 +34,34 @@ pub struct UploadConfig {
     pub max_parts: usize,
     /// Uploads checked (hashed and decoded) at the same time.
     pub permits: Arc<Semaphore>,
+    /// Request-body bytes held at once by all uploads in flight.
+    pub budget: UploadBudget,
 }
 
 impl UploadConfig {
+    /// With the default upload budget ([`UploadBudget::DEFAULT_BYTES`], or the largest request
+    /// body if that is more).
     pub fn new(limits: ImageLimits, checkers: usize) -> Self {
-        UploadConfig {
+        let mut config = UploadConfig {
             limits,
             max_files: 64,
             max_parts: 128,
             permits: Arc::new(Semaphore::new(checkers.max(1))),
-        }
+            budget: UploadBudget::new(0, UploadBudget::DEFAULT_WAIT),
+        };
+        config.budget = UploadBudget::new(
+            UploadBudget::DEFAULT_BYTES.max(config.request_limit() as u64),
+            UploadBudget::DEFAULT_WAIT,
+        );
+        config
+    }
+
+    /// The same settings with `budget` for the bytes of uploads in flight; it should hold at
+    /// least one request body of the largest size (`request_limit`), or such a request is
+    /// refused with `413 payload_too_large`.
+    pub fn with_budget(mut self, budget: UploadBudget) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// The largest request body accepted: a few full-size files plus form overhead.

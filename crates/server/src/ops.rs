@@ -1,5 +1,6 @@
-//! What operators ask of a node: `GET /readyz` (may it take traffic: the database answers and,
-//! on a node with workers, the model is loaded). `/healthz` (in `api`) stays a liveness check.
+//! What operators ask of a node: `GET /readyz` (may it take traffic: the database answers, its
+//! storage was not found full by the last failed write, and, on a node with workers, the model
+//! is loaded). `/healthz` (in `api`) stays a liveness check.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -63,7 +64,8 @@ struct ReadyView {
     reasons: Option<Vec<String>>,
 }
 
-/// Readiness: the database answers and, on a node with workers, the model is loaded.
+/// Readiness: the database answers, its storage is not full (since the last write that found it
+/// full, until a write succeeds again) and, on a node with workers, the model is loaded.
 #[utoipa::path(get, path = "/readyz", tag = "service", operation_id = "ready",
     responses(
         (status = 200, description = "Ready.", body = ReadyView),
@@ -85,6 +87,15 @@ async fn readyz(State(s): State<ReadyState>) -> Response {
             problems.push("the database does not answer".to_string());
         }
         Err(_) => problems.push("the database does not answer within 2 s".to_string()),
+    }
+    if let Some(full) = s.store.full_storage() {
+        tracing::warn!(error = %full.detail, since = %full.since, "readiness: the database's storage is full");
+        problems.push(format!(
+            "the database's storage is full: a write failed at {}; writes answer 507 \
+             insufficient_storage until space is freed and a write succeeds",
+            full.since
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ));
     }
     if problems.is_empty() {
         (

@@ -1,8 +1,12 @@
-//! How the database connections are doing, for readiness and metrics: the pools' use and the
-//! errors this process has seen.
+//! How the database connections are doing, for readiness and metrics: the pools' use, the
+//! errors this process has seen, and whether the store's last failed write found its storage
+//! full (until a write succeeds again).
 
 use crate::sql::SqlStore;
+use chrono::{DateTime, Utc};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// One connection pool's use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +45,72 @@ pub fn database_errors() -> DatabaseErrors {
     }
 }
 
+/// The store's storage was full at its last failed write, and no write has succeeded since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullStorage {
+    /// When the write failed.
+    pub since: DateTime<Utc>,
+    /// What the database said.
+    pub detail: String,
+}
+
+/// One store's memory of a full disk: set when a write transaction fails because the storage is
+/// full, cleared when a write transaction commits.
+#[derive(Debug, Default)]
+pub(crate) struct StorageWatch {
+    full: Mutex<Option<FullStorage>>,
+}
+
+impl StorageWatch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<FullStorage>> {
+        self.full.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn full(&self, detail: String) {
+        *self.lock() = Some(FullStorage {
+            since: Utc::now(),
+            detail,
+        });
+    }
+
+    pub(crate) fn write_succeeded(&self) {
+        let mut full = self.lock();
+        if full.is_some() {
+            *full = None;
+        }
+    }
+
+    pub(crate) fn current(&self) -> Option<FullStorage> {
+        self.lock().clone()
+    }
+}
+
+thread_local! {
+    /// A full-storage error converted on this thread and not yet claimed by the write it ended.
+    /// The conversion (`?` on a statement of a write transaction) and the drop of that
+    /// transaction's [`crate::sql::Write`] happen in the same poll, with no `.await` between,
+    /// so they run on the same thread one after the other: the write takes it in its `Drop` and
+    /// tells its own store. A new write clears any leftover (an error outside a write).
+    static FULL_SEEN: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Notes a full-storage error for the write transaction it is ending.
+pub(crate) fn storage_full_seen(detail: &str) {
+    FULL_SEEN.with(|f| *f.borrow_mut() = Some(detail.to_string()));
+}
+
+/// The full-storage error noted on this thread since the last call, if any.
+pub(crate) fn take_storage_full_seen() -> Option<String> {
+    FULL_SEEN.with(|f| f.borrow_mut().take())
+}
+
 pub trait Health: Send + Sync {
     /// The connection pools' use.
     fn pool_status(&self) -> Vec<PoolStatus>;
+
+    /// `Some` when the last write that failed found the storage full (SQLite's "database or
+    /// disk is full", PostgreSQL's `disk_full`) and no write has committed since.
+    fn full_storage(&self) -> Option<FullStorage>;
 }
 
 impl Health for SqlStore {
@@ -58,5 +125,9 @@ impl Health for SqlStore {
             status("writer", &self.writer),
             status("reader", &self.reader),
         ]
+    }
+
+    fn full_storage(&self) -> Option<FullStorage> {
+        self.storage.current()
     }
 }

@@ -15,7 +15,7 @@ mod sqlite;
 mod tokens;
 mod webhooks;
 
-pub use health::{database_errors, DatabaseErrors, Health, PoolStatus};
+pub use health::{database_errors, DatabaseErrors, FullStorage, Health, PoolStatus};
 pub use idempotency::Idempotency;
 pub use model::*;
 pub use quotas::{QuotaTake, Quotas};
@@ -76,7 +76,10 @@ impl StoreError {
             | sqlx::Error::Protocol(_)
             | sqlx::Error::PoolClosed => StoreError::Unavailable(e.to_string()),
             sqlx::Error::Database(ref db) if is_storage_full(db.as_ref()) => {
-                StoreError::StorageFull(e.to_string())
+                let detail = e.to_string();
+                // Claimed by the write transaction this error ends (see `health`).
+                health::storage_full_seen(&detail);
+                StoreError::StorageFull(detail)
             }
             sqlx::Error::Database(ref db) if is_connection_problem(db.as_ref()) => {
                 StoreError::Unavailable(e.to_string())

@@ -134,7 +134,7 @@ impl Quotas for SqlStore {
                 .execute(&mut *w.tx)
                 .await?;
         }
-        w.tx.commit().await?;
+        w.commit_plain().await?;
         let used = estimate(prev, count as u64, elapsed, window);
         Ok(QuotaTake {
             allowed: true,

@@ -9,6 +9,7 @@
 //! in, and record the event only when that `UPDATE` changed the row.
 
 use crate::dialect::{Dialect, Durability, Lock};
+use crate::health::{self, StorageWatch};
 use crate::model::{decode_cursor, encode_cursor, to_json};
 use crate::rows::{db_err, job_from_row, ms_to_time, now_ms, window_starts, JOB_COLUMNS};
 use crate::{
@@ -35,6 +36,8 @@ pub(crate) struct SqlStore {
     pub(crate) reader: AnyPool,
     pub(crate) dialect: Arc<dyn Dialect>,
     wakeups: Arc<Notify>,
+    /// Whether the last failed write found the storage full (for readiness).
+    pub(crate) storage: Arc<StorageWatch>,
     /// Where `create_jobs` hands its jobs to the group commit (`None` in the committer's own
     /// handle, which writes directly).
     submissions: Option<mpsc::Sender<Submission>>,
@@ -159,6 +162,33 @@ pub(crate) struct Write {
     pub(crate) tx: Tx,
     events: Vec<Event>,
     pub(crate) now: i64,
+    watch: WriteWatch,
+}
+
+impl Write {
+    /// Commits a write that recorded no events (nothing to publish).
+    pub(crate) async fn commit_plain(mut self) -> Result<()> {
+        self.tx.commit().await?;
+        self.watch.committed = true;
+        Ok(())
+    }
+}
+
+/// Tells the store when its write transaction ended: committed, or dropped by a full-storage
+/// error (noted on this thread by the error's conversion, see `health`).
+struct WriteWatch {
+    storage: Arc<StorageWatch>,
+    committed: bool,
+}
+
+impl Drop for WriteWatch {
+    fn drop(&mut self) {
+        if self.committed {
+            self.storage.write_succeeded();
+        } else if let Some(detail) = health::take_storage_full_seen() {
+            self.storage.full(detail);
+        }
+    }
 }
 
 /// The placeholders of a multi-row `VALUES` list: `rows` tuples of `columns` numbered
@@ -323,6 +353,7 @@ impl SqlStore {
             reader,
             dialect,
             wakeups,
+            storage: Arc::default(),
             submissions: None,
         };
         let (submit, queue) = mpsc::channel(1024);
@@ -548,6 +579,12 @@ impl SqlStore {
     }
 
     pub(crate) async fn begin(&self, durability: Durability) -> Result<Write> {
+        // A leftover from an error outside any write is not this write's.
+        health::take_storage_full_seen();
+        let watch = WriteWatch {
+            storage: self.storage.clone(),
+            committed: false,
+        };
         let tx = Tx::begin(&self.writer, self.dialect.begin(durability)).await?;
         // `now` is read once the transaction holds its locks, so that times recorded by
         // transactions that waited for each other never go backwards.
@@ -555,6 +592,7 @@ impl SqlStore {
             tx,
             events: Vec::new(),
             now: now_ms(),
+            watch,
         })
     }
 
@@ -566,6 +604,7 @@ impl SqlStore {
             self.dialect.announce(&mut w.tx).await?;
         }
         w.tx.commit().await?;
+        w.watch.committed = true;
         let wake = w.events.iter().any(|e| e.status == Some(JobStatus::Queued));
         self.dialect.committed(w.events);
         if wake {
@@ -1368,7 +1407,7 @@ impl Store for SqlStore {
             .bind(before)
             .execute(&mut *w.tx)
             .await?;
-        w.tx.commit().await?;
+        w.commit_plain().await?;
         Ok(Pruned {
             jobs,
             blobs,
@@ -1493,7 +1532,7 @@ impl Store for SqlStore {
         .execute(&mut *w.tx)
         .await?
         .rows_affected();
-        w.tx.commit().await?;
+        w.commit_plain().await?;
         Ok(n == 1)
     }
 

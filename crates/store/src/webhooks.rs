@@ -227,7 +227,7 @@ impl Webhooks for SqlStore {
         .fetch_all(&mut *w.tx)
         .await?;
         let claimed = rows.iter().map(delivery_from_row).collect::<Result<_>>()?;
-        w.tx.commit().await?;
+        w.commit_plain().await?;
         Ok(claimed)
     }
 
@@ -282,7 +282,7 @@ impl Webhooks for SqlStore {
             .execute(&mut *w.tx)
             .await?;
         }
-        w.tx.commit().await?;
+        w.commit_plain().await?;
         Ok(true)
     }
 

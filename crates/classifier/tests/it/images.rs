@@ -419,6 +419,85 @@ fn halves16(x: u32, _: u32) -> [u8; 3] {
     halves(x, 16)
 }
 
+fn busy(x: u32, y: u32) -> [u8; 3] {
+    [
+        (x * 37 % 256) as u8,
+        (y * 91 % 256) as u8,
+        ((x ^ y) * 13 % 256) as u8,
+    ]
+}
+
+/// Where a JPEG's last scan's entropy-coded data starts (just after its SOS segment).
+fn scan_start(jpeg: &[u8]) -> usize {
+    let sos = jpeg.windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
+    sos + 2 + usize::from(u16::from_be_bytes([jpeg[sos + 2], jpeg[sos + 3]]))
+}
+
+/// The JPEG with its last scan's data cut to `keep` bytes and the end marker put back, as a
+/// file cut short and "repaired" would be.
+fn cut_scan(jpeg: &[u8], keep: usize) -> Vec<u8> {
+    let mut out = jpeg[..scan_start(jpeg) + keep].to_vec();
+    while out.last() == Some(&0xFF) {
+        out.pop(); // a lone 0xFF would start a marker
+    }
+    out.extend_from_slice(&[0xFF, 0xD9]);
+    out
+}
+
+#[test]
+fn scan_data_that_ends_before_the_frame_is_covered_is_corrupt() {
+    let l = ImageLimits::default();
+    let photo = jpeg_rgb(640, 480, busy);
+    assert!(prepare(&photo).is_ok(), "a whole JPEG decodes");
+    let scan = photo.len() - 2 - scan_start(&photo);
+
+    // Half of the scan data, with the end marker put back: the upload check cannot tell (there
+    // are bytes enough for the blocks), but libjpeg runs out of data before the last rows, and
+    // that is corrupt rather than a picture padded with grey.
+    let half = cut_scan(&photo, scan / 2);
+    assert!(imageio::check(&half, &l).is_ok());
+    assert_code(prepare(&half), "image_corrupt");
+    // Slightly truncated (the last 64 bytes of scan data gone, a few blocks): corrupt too. A
+    // file is classified only when its data covers the whole frame.
+    assert_code(prepare(&cut_scan(&photo, scan - 64)), "image_corrupt");
+    // Cut without an end marker: refused by the upload check already, and by decoding.
+    let cut = &photo[..photo.len() * 2 / 3];
+    assert_eq!(
+        imageio::check(cut, &l).unwrap_err().code().as_str(),
+        "image_corrupt"
+    );
+    assert_code(prepare(cut), "image_corrupt");
+
+    // A header that lies by less than the upload check's one bit per block can see: 16×16
+    // pixels of data, 160×160 declared.
+    let liar = patch_jpeg_size(&jpeg_rgb(16, 16, busy), 160, 160);
+    assert!(
+        imageio::check(&liar, &l).is_ok(),
+        "within one bit per block"
+    );
+    assert_code(prepare(&liar), "image_corrupt");
+    // And a large lie decoded at reduced scale (DCT scaling reads every block all the same).
+    let big = jpeg_rgb(2400, 1800, busy);
+    assert!(prepare(&big).is_ok());
+    let big_scan = big.len() - 2 - scan_start(&big);
+    assert_code(prepare(&cut_scan(&big, big_scan * 3 / 4)), "image_corrupt");
+
+    // Progressive: every scan is read before the first row comes out.
+    let progressive = progressive_jpeg(640, 480, busy);
+    assert!(prepare(&progressive).is_ok());
+    let last_scan = progressive.len() - 2 - scan_start(&progressive);
+    assert_code(
+        prepare(&cut_scan(&progressive, last_scan / 2)),
+        "image_corrupt",
+    );
+
+    // Stray bytes after the last block (some cameras write them) are only a warning to
+    // libjpeg: the image is whole, and it is classified.
+    let mut stray = photo[..photo.len() - 2].to_vec();
+    stray.extend_from_slice(&[0x12, 0x34, 0x56, 0xFF, 0xD9]);
+    assert!(prepare(&stray).is_ok());
+}
+
 #[test]
 fn a_cancelled_preparation_stops_with_timeout() {
     let bytes = png_rgb(640, 480, |x, y| [(x % 256) as u8, (y % 256) as u8, 0]);

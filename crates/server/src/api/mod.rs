@@ -312,7 +312,8 @@ struct SubmitForm {
         (status = 422, description = "`image_corrupt`: a file is truncated or damaged. `image_too_large`: an image is over the width, height or pixel limit. `invalid_webhook`: the webhook URL or events are not ones the server calls. `idempotency_key_mismatch`: the `Idempotency-Key` was first used with other files or fields.", body = ErrorBody),
         (status = 429, description = "`rate_limited`: the caller's submission quota is used up (`Retry-After`). `queue_full`: the caller has as many queued jobs as it may.", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds until a submission may be accepted again."))),
-        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again. `busy`: the server holds as many uploaded bytes as its upload budget allows and no room was made within the budget's wait; try again after `Retry-After` seconds.", body = ErrorBody,
+            headers(("Retry-After" = String, description = "With `busy`: seconds after which to try again."))),
     ))]
 async fn create_jobs(
     State(state): State<AppState>,
@@ -347,6 +348,8 @@ async fn create_jobs(
         fields.take(name, text)?;
     }
     let uploads = submission.uploads;
+    // The request's share of the upload budget, given back once its bytes are stored.
+    let held = submission.held;
     if let Some(empty) = uploads.iter().find(|u| u.bytes.is_empty()) {
         return Err(ApiError::from_code(
             ErrorCode::EmptyFile,
@@ -445,6 +448,8 @@ async fn create_jobs(
             };
         }
     };
+    // The upload budget's share is given back once the jobs are stored.
+    drop(held);
     for j in &jobs {
         if j.cached {
             tracing::info!(job.id = %j.id, image.sha256 = %j.image_sha256, "job answered from the result cache");
@@ -657,12 +662,12 @@ async fn job_image(
     Ok((headers, image.bytes).into_response())
 }
 
-/// Run a failed job again: it goes back to the queue with a new round of attempts.
+/// Run a failed or canceled job again: it goes back to the queue with a new round of attempts.
 #[utoipa::path(post, path = "/api/jobs/{id}/retry", tag = "jobs", operation_id = "retry_job", params(("id" = String, Path, description = "The job's id.", format = Uuid)),
     responses(
         (status = 200, description = "The job, queued again.", body = JobView),
         (status = 404, description = "`not_found`: no job has this id.", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: only failed jobs can be retried.", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: only failed or canceled jobs can be retried.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
     ))]
 async fn retry_job(

@@ -6,6 +6,7 @@
 //! the request is all or nothing.
 
 use crate::error::ApiError;
+use crate::upload_budget::{Held, Refused, UploadBudget};
 use crate::UploadConfig;
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request};
@@ -28,6 +29,102 @@ pub struct Submission {
     pub uploads: Vec<Upload>,
     /// The plain multipart fields that were asked for, as (name, text), in order.
     pub fields: Vec<(String, String)>,
+    /// The request's share of the upload budget: keep it until the uploads' bytes are stored
+    /// (or dropped).
+    pub held: Held,
+}
+
+/// A body of unknown length takes its share of the upload budget in steps of this many bytes.
+const BUDGET_STEP: u64 = 256 << 10;
+
+/// A request's share of the upload budget and the body bytes it has read.
+struct Meter {
+    budget: UploadBudget,
+    held: Held,
+    read: u64,
+}
+
+impl Meter {
+    fn new(budget: &UploadBudget) -> Meter {
+        Meter {
+            budget: budget.clone(),
+            held: Held::default(),
+            read: 0,
+        }
+    }
+
+    async fn take(&mut self, bytes: u64) -> Result<(), ApiError> {
+        self.budget
+            .take(&mut self.held, bytes)
+            .await
+            .map_err(budget_error)
+    }
+
+    /// Counts `n` more bytes read, growing the share when they pass what it holds.
+    async fn count(&mut self, n: usize) -> Result<(), ApiError> {
+        self.read += n as u64;
+        let held = self.held.bytes();
+        if self.read <= held {
+            return Ok(());
+        }
+        let needed = self.read - held;
+        let room = self.budget.capacity().saturating_sub(held);
+        self.take(needed.max(BUDGET_STEP.min(room))).await
+    }
+
+    /// Gives the share back (before draining a refused body, which holds nothing).
+    fn release(&mut self) {
+        self.held = Held::default();
+    }
+}
+
+fn budget_error(refused: Refused) -> ApiError {
+    match refused {
+        Refused::Busy { wait } => ApiError::from_code(
+            ErrorCode::Busy,
+            format!(
+                "the server holds as many uploaded bytes as it may at once, and no room was made \
+                 for this request within {} s; try again after Retry-After seconds",
+                wait.as_secs_f64().ceil()
+            ),
+        )
+        .with_retry_after(wait),
+        Refused::TooLarge { wanted, capacity } => ApiError::from_code(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the request body ({wanted} bytes) is larger than the server's upload budget \
+                 ({capacity} bytes)"
+            ),
+        ),
+    }
+}
+
+/// The request's `Content-Length`, if it has a valid one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Reads and discards a refused request's body (bounded by `limit` bytes and the body-read
+/// timeout), so that a client still sending reads the answer instead of a reset. A client that
+/// waits for `100 Continue` before sending is not asked for its body.
+async fn drain_body(headers: &HeaderMap, body: Body, limit: u64) {
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        return;
+    }
+    let mut stream = body.into_data_stream();
+    let mut seen = 0u64;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len() as u64;
+        if seen > limit {
+            break;
+        }
+    }
 }
 
 /// The longest plain field read, in bytes.
@@ -241,20 +338,37 @@ pub async fn read_request<S: Send + Sync>(
         .get(header::CONTENT_TYPE)
         .map(|v| essence(v.as_bytes()))
         .unwrap_or_default();
-    if media_type == "multipart/form-data" {
+    let multipart = media_type == "multipart/form-data";
+    let raw = media_type.starts_with("image/") || media_type == "application/octet-stream";
+    if multipart || raw {
+        // The body's share of the upload budget: all of it before reading when its length is
+        // known (a longer body is refused by the request limit anyway), else as it arrives.
+        let mut meter = Meter::new(&config.budget);
+        let declared = content_length(headers);
+        if let Some(len) = declared {
+            let limit = config.request_limit() as u64;
+            if let Err(e) = meter.take(len.min(limit)).await {
+                let (parts, body) = request.into_parts();
+                drain_body(&parts.headers, body, limit).await;
+                return Err(e);
+            }
+        }
+        if raw {
+            let uploads =
+                read_raw(config, request.into_body(), file_name, declared, &mut meter).await?;
+            return Ok(Submission {
+                uploads,
+                fields: Vec::new(),
+                held: meter.held,
+            });
+        }
         let multipart = Multipart::from_request(request, state).await.map_err(|e| {
             ApiError::from_code(
                 ErrorCode::BadRequest,
                 format!("the multipart body cannot be read: {}", e.body_text()),
             )
         })?;
-        return read_multipart(config, wanted, multipart).await;
-    }
-    if media_type.starts_with("image/") || media_type == "application/octet-stream" {
-        return Ok(Submission {
-            uploads: read_raw(config, request.into_body(), file_name).await?,
-            fields: Vec::new(),
-        });
+        return read_multipart(config, wanted, multipart, meter).await;
     }
     let empty = media_type.is_empty()
         && !headers.contains_key(header::TRANSFER_ENCODING)
@@ -285,6 +399,7 @@ async fn read_multipart(
     config: &UploadConfig,
     wanted: &[&str],
     mut multipart: Multipart,
+    mut meter: Meter,
 ) -> Result<Submission, ApiError> {
     let max = config.limits.max_bytes;
     let mut uploads = Vec::new();
@@ -351,6 +466,13 @@ async fn read_multipart(
                         format!("{label} is longer than {MAX_FIELD_BYTES} bytes"),
                     ));
                 }
+                if let Err(e) = meter.count(chunk.len()).await {
+                    meter.release();
+                    drain_field(&mut field).await;
+                    drop(field);
+                    drain_multipart(&mut multipart).await;
+                    return Err(e);
+                }
                 text.extend_from_slice(&chunk);
             }
             fields.push((name, String::from_utf8_lossy(&text).into_owned()));
@@ -371,6 +493,13 @@ async fn read_multipart(
                     format!("{label} is larger than the limit of {max} bytes per file"),
                 ));
             }
+            if let Err(e) = meter.count(chunk.len()).await {
+                meter.release();
+                drain_field(&mut field).await;
+                drop(field);
+                drain_multipart(&mut multipart).await;
+                return Err(e);
+            }
             bytes.extend_from_slice(&chunk);
         }
         uploads.push(Upload {
@@ -379,13 +508,19 @@ async fn read_multipart(
             bytes,
         });
     }
-    Ok(Submission { uploads, fields })
+    Ok(Submission {
+        uploads,
+        fields,
+        held: meter.held,
+    })
 }
 
 async fn read_raw(
     config: &UploadConfig,
     body: Body,
     file_name: Option<String>,
+    declared: Option<u64>,
+    meter: &mut Meter,
 ) -> Result<Vec<Upload>, ApiError> {
     let max = config.limits.max_bytes;
     let drain_limit = config.request_limit() as u64;
@@ -394,7 +529,8 @@ async fn read_raw(
         .clone()
         .unwrap_or_else(|| "the request body".to_string());
     let mut stream = body.into_data_stream();
-    let mut bytes = Vec::new();
+    // Sized once when the length is known (and within the limit): no growth by doubling.
+    let mut bytes = Vec::with_capacity(declared.filter(|&n| n <= max).unwrap_or(0) as usize);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             if is_body_timeout(&e) {
@@ -419,6 +555,18 @@ async fn read_raw(
                 ErrorCode::PayloadTooLarge,
                 format!("{label} is larger than the limit of {max} bytes per file"),
             ));
+        }
+        if let Err(e) = meter.count(chunk.len()).await {
+            meter.release();
+            let mut seen = (bytes.len() + chunk.len()) as u64;
+            drop(bytes);
+            while let Some(Ok(more)) = stream.next().await {
+                seen += more.len() as u64;
+                if seen > drain_limit {
+                    break;
+                }
+            }
+            return Err(e);
         }
         bytes.extend_from_slice(&chunk);
     }

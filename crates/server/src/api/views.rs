@@ -149,7 +149,7 @@ pub struct Links {
     #[serde(rename = "self")]
     pub this: String,
     pub image: String,
-    /// Present only where a retry is allowed (failed jobs).
+    /// Present only where a retry is allowed (failed and canceled jobs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry: Option<String>,
     /// Present only where a cancel is allowed (queued and running jobs).
@@ -393,7 +393,6 @@ mod tests {
         assert_eq!(links(JobStatus::Running), (false, true));
         assert_eq!(links(JobStatus::Succeeded), (false, false));
         assert_eq!(links(JobStatus::Failed), (true, false));
-        // The state machine has no retry from canceled (`409 invalid_state`), so no link.
-        assert_eq!(links(JobStatus::Canceled), (false, false));
+        assert_eq!(links(JobStatus::Canceled), (true, false));
     }
 }

@@ -291,7 +291,7 @@ async fn unknown_ids_are_404() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_and_cancel_from_the_wrong_state_are_409() {
+async fn retry_and_cancel_from_the_wrong_state_are_409_and_a_canceled_job_can_be_retried() {
     let app = TestApp::without_workers().await;
     let ids = app.submit(&[("c.png", fixture("coffee.png"))]).await;
     let resp = app
@@ -313,13 +313,27 @@ async fn retry_and_cancel_from_the_wrong_state_are_409() {
         .await
         .unwrap();
     assert_error(resp, 409, "invalid_state").await;
+    assert_eq!(
+        job["links"]["retry"],
+        format!("/api/jobs/{}/retry", ids[0]),
+        "a canceled job offers a retry"
+    );
+    assert!(job["links"].get("cancel").is_none());
+
+    // A canceled job can be retried: it is queued again with a new round of attempts.
+    let (status, job) = app.post(&format!("/api/jobs/{}/retry", ids[0])).await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["status"], "queued");
+    assert!(job["links"].get("retry").is_none());
+    assert!(job["links"]["cancel"].is_string());
     let resp = app
         .client
         .post(app.url(&format!("/api/jobs/{}/retry", ids[0])))
         .send()
         .await
         .unwrap();
-    assert_error(resp, 409, "invalid_state").await;
+    let msg = assert_error(resp, 409, "invalid_state").await;
+    assert!(msg.contains("failed or canceled"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

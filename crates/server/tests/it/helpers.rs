@@ -4,7 +4,7 @@ use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource};
 use imgclass_core::{JobId, JobStatus};
 use imgclass_server::webhooks::{Deliverer, WebhookConfig};
 use imgclass_server::{
-    AppState, ClassifierFactory, ServeLimits, UploadConfig, WorkerConfig, Workers,
+    AppState, ClassifierFactory, ServeLimits, UploadBudget, UploadConfig, WorkerConfig, Workers,
 };
 use imgclass_store::{Job, Store};
 use serde_json::Value;
@@ -48,6 +48,10 @@ pub struct Options {
     /// The model whose results the result cache reuses (`None`: no cache, as most tests want
     /// every job to run).
     pub result_cache: Option<imgclass_core::ModelInfo>,
+    /// The SQLite file to use instead of one in a fresh temporary directory.
+    pub database_file: Option<std::path::PathBuf>,
+    /// The upload budget (bytes of request bodies held at once) instead of the default one.
+    pub upload_budget: Option<UploadBudget>,
 }
 
 impl Default for Options {
@@ -64,6 +68,8 @@ impl Default for Options {
             deliverer: None,
             idempotency_ttl: imgclass_server::DEFAULT_IDEMPOTENCY_TTL,
             result_cache: None,
+            database_file: None,
+            upload_budget: None,
         }
     }
 }
@@ -133,7 +139,10 @@ impl TestApp {
 
     pub async fn with(opts: Options) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
-        let db_url = format!("sqlite://{}/test.db", dir.path().display());
+        let db_url = match &opts.database_file {
+            Some(file) => format!("sqlite://{}", file.display()),
+            None => format!("sqlite://{}/test.db", dir.path().display()),
+        };
         let store = imgclass_store::connect(&db_url).await.unwrap();
         store.migrate().await.unwrap();
         let workers = if opts.workers > 0 {
@@ -152,7 +161,10 @@ impl TestApp {
         };
         let state = AppState {
             store: store.clone(),
-            upload: UploadConfig::new(opts.limits, 2),
+            upload: match opts.upload_budget.clone() {
+                Some(budget) => UploadConfig::new(opts.limits, 2).with_budget(budget),
+                None => UploadConfig::new(opts.limits, 2),
+            },
             max_attempts: opts.max_attempts,
             rate_limit: opts.worker_config.rate_limit,
             webhooks: opts.webhooks.clone().map(Arc::new),

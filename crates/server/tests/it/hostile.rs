@@ -349,6 +349,65 @@ async fn oversized_request_heads_are_431_json() {
     assert_error(req.send().await.unwrap(), 431, "headers_too_large").await;
 }
 
+/// Sends `head` on a new connection and returns the status, the headers (lowercased) and the
+/// body of the answer, read until the server closes the connection.
+async fn raw_exchange(app: &TestApp, head: &[u8]) -> (u16, String, Value) {
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    // The server may stop reading (and answer) before all of it is sent.
+    let _ = stream.write_all(head).await;
+    let got = read_until_closed(&mut stream).await.expect("closed");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (headers, body) = text.split_once("\r\n\r\n").expect("a whole answer");
+    let status = headers[9..12].parse().unwrap();
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, headers.to_ascii_lowercase(), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_the_http_layer_refuses_are_answered_in_json_too() {
+    let app = TestApp::without_workers().await;
+    let limits = ServeLimits::default();
+    // Over 4 × --max-header-bytes: hyper stops reading it and answers by itself.
+    let huge = format!(
+        "GET /api/jobs HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(limits.max_header_bytes * 4 + 1024)
+    );
+    // Over twice the header-field limit.
+    let mut many = "GET /api/stats HTTP/1.1\r\nHost: x\r\n".to_string();
+    for i in 0..limits.max_headers * 2 + 10 {
+        many.push_str(&format!("X-H{i}: 1\r\n"));
+    }
+    many.push_str("\r\n");
+    for head in [huge, many] {
+        let (status, headers, body) = raw_exchange(&app, head.as_bytes()).await;
+        assert_eq!(status, 431, "{headers}");
+        assert!(
+            headers.contains("content-type: application/json"),
+            "{headers}"
+        );
+        assert!(headers.contains("connection: close"), "{headers}");
+        assert_eq!(body["error"]["code"], "headers_too_large", "{body}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&(limits.max_header_bytes * 4).to_string()));
+    }
+    // A head that is not HTTP at all.
+    let (status, _, body) =
+        raw_exchange(&app, b"GET /api/jobs HTTP/1.1\r\nBad Header\r\n\r\n").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    // The server goes on serving, and its own answers are untouched.
+    let (status, _, body) = raw_exchange(
+        &app,
+        b"GET /api/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    assert_eq!(app.get("/healthz").await.0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_request_limit_is_413_json() {
     let app = TestApp::with(Options {
@@ -616,4 +675,48 @@ async fn the_head_timeout_and_the_keep_alive_timeout_are_separate() {
         .await
         .expect("closed when idle");
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+}
+
+/// A JPEG of busy content (its scan data is large), encoded here.
+fn busy_jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            (x * 37 % 256) as u8,
+            (y * 91 % 256) as u8,
+            ((x ^ y) * 13 % 256) as u8,
+        ])
+    });
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jpeg_whose_scan_data_ends_early_fails_as_image_corrupt_not_grey() {
+    let app = TestApp::spawn().await;
+    let whole = busy_jpeg(640, 480);
+    // Half of the scan data and the end marker put back: complete to the upload check (enough
+    // bytes for its blocks, an end marker), short to the decoder.
+    let sos = whole.windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
+    let scan_start = sos + 2 + usize::from(u16::from_be_bytes([whole[sos + 2], whole[sos + 3]]));
+    let mut cut = whole[..scan_start + (whole.len() - 2 - scan_start) / 2].to_vec();
+    while cut.last() == Some(&0xFF) {
+        cut.pop();
+    }
+    cut.extend_from_slice(&[0xFF, 0xD9]);
+
+    let ids = app.submit(&[("cut.jpg", cut), ("whole.jpg", whole)]).await;
+    let failed = app.wait_for(ids[0], imgclass_core::JobStatus::Failed).await;
+    let error = failed.error.expect("an error");
+    assert_eq!(error.code.as_str(), "image_corrupt", "{}", error.message);
+    assert!(
+        error.message.contains("does not cover"),
+        "{}",
+        error.message
+    );
+    assert_eq!(failed.attempts, 1, "a bad image is not retried");
+    app.wait_for(ids[1], imgclass_core::JobStatus::Succeeded)
+        .await;
 }

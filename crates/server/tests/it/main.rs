@@ -15,5 +15,6 @@ mod ops;
 mod queue;
 mod quotas;
 mod search;
+mod upload_budget;
 mod wait;
 mod webhooks;

@@ -20,6 +20,7 @@ const OPERATIONS: &[(&str, &str, &[&str])] = &[
             "image_too_large",
             "invalid_webhook",
             "queue_full",
+            "busy",
         ],
     ),
     (

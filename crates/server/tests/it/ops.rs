@@ -1,6 +1,6 @@
 //! Running it for others: cross-origin access (closed unless an origin is listed) and readiness.
 
-use crate::helpers::{Options, TestApp};
+use crate::helpers::{assert_error, Options, TestApp};
 use axum::http::HeaderValue;
 use imgclass_server::ops::Readiness;
 use imgclass_server::HttpConfig;
@@ -157,4 +157,121 @@ async fn every_answer_carries_a_request_id() {
         .unwrap();
     assert_eq!(resp.status(), 404);
     assert!(id_of(&resp).is_some());
+}
+
+/// A small tmpfs mounted for one test (root only); unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { path, _dir: dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// A PNG of noise (it does not compress): about `3 × side²` bytes.
+fn noisy_png(side: u32, seed: u32) -> Vec<u8> {
+    use image::ImageEncoder;
+    let mut state = seed.wrapping_mul(2_654_435_761) | 1;
+    let pixels: Vec<u8> = (0..side * side * 3)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 24) as u8
+        })
+        .collect();
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(&pixels, side, side, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_a_full_disk_until_a_write_succeeds_again() {
+    // A real full disk: a 4 MiB tmpfs holding the database, a third of it taken by a file
+    // that is deleted later.
+    let disk = match SmallDisk::mount(4 << 20) {
+        Some(d) => d,
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI must be able to mount a tmpfs for this test (it runs as root)")
+        }
+        None => {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (not root)");
+            return;
+        }
+    };
+    let filler = disk.path.join("filler");
+    std::fs::write(&filler, vec![1u8; 1400 << 10]).unwrap();
+    // No workers: nothing writes but the uploads of this test.
+    let app = TestApp::with(Options {
+        workers: 0,
+        database_file: Some(disk.path.join("t.db")),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(app.get("/readyz").await.0, 200);
+
+    // Upload ~200 KB images until the disk refuses one.
+    let mut stored = 0;
+    loop {
+        let resp = app.upload(&[("big.png", noisy_png(260, stored + 1))]).await;
+        if resp.status() == 202 {
+            stored += 1;
+            assert!(stored < 100, "the disk never filled");
+            continue;
+        }
+        assert_error(resp, 507, "insufficient_storage").await;
+        break;
+    }
+    assert!(stored > 0);
+
+    // Not ready, saying why; alive all the same, and reads still work.
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "not_ready");
+    let reason = body["reasons"][0].as_str().unwrap();
+    assert!(reason.contains("storage is full"), "{reason}");
+    assert!(reason.contains("507"), "{reason}");
+    assert_eq!(app.get("/healthz").await.0, 200);
+    let (_, list) = app.get("/api/jobs?limit=200").await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), stored as usize);
+    // Still full: still not ready.
+    assert_eq!(app.get("/readyz").await.0, 503);
+
+    // Space returns; the next write succeeds, and the node is ready again.
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(app.get("/readyz").await.0, 503, "until a write succeeds");
+    assert_eq!(
+        app.upload(&[("small.png", noisy_png(8, 9999))])
+            .await
+            .status(),
+        202
+    );
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ready")),
+        "{body}"
+    );
 }

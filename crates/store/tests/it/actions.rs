@@ -1,4 +1,4 @@
-//! Manual actions: retry and cancel, guarded by the state machine.
+//! Manual actions: retry (of failed and canceled jobs) and cancel, guarded by the state machine.
 
 use crate::common::*;
 use imgclass_core::{Action, ErrorCode, EventKind, JobId, JobStatus, TransitionError};
@@ -56,12 +56,15 @@ async fn one_of_each(store: &dyn Store) -> [Job; 5] {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_is_allowed_only_from_failed() {
+async fn retry_is_allowed_only_from_failed_and_canceled() {
     let (store, _dir) = fresh_store().await;
     let jobs = one_of_each(&*store).await;
     let seq = store.last_event_seq().await.unwrap();
 
-    for job in jobs.iter().filter(|j| j.status != JobStatus::Failed) {
+    for job in jobs
+        .iter()
+        .filter(|j| !matches!(j.status, JobStatus::Failed | JobStatus::Canceled))
+    {
         assert_invalid(store.retry(job.id).await, job.status, Action::Retry);
         assert_eq!(&get(&*store, job.id).await, job, "unchanged");
     }
@@ -142,9 +145,67 @@ async fn cancel_is_allowed_only_from_queued_and_running() {
         JobStatus::Canceled,
         Action::Cancel,
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canceled_job_can_be_retried_and_its_old_worker_cannot_finish_it() {
+    let (store, _dir) = fresh_store().await;
+    // A job canceled while it ran, after one failed attempt.
+    let job = create(&*store, new_job(1)).await;
+    let first = claim_one(&*store, "w1", LONG_LEASE).await;
+    store
+        .finish(
+            &first.lease,
+            Outcome::Retry {
+                error: job_error(ErrorCode::Timeout, "slow"),
+                run_at: chrono::Utc::now(),
+            },
+        )
+        .await
+        .unwrap();
+    let running = claim_one(&*store, "w1", LONG_LEASE).await;
+    assert_eq!(running.job.run_attempts, 2);
+    let canceled = store.cancel(job.id).await.unwrap();
+    assert_eq!(canceled.status, JobStatus::Canceled);
+    let seq = store.last_event_seq().await.unwrap();
+
+    let retried = store.retry(job.id).await.unwrap();
+    assert_eq!(retried.status, JobStatus::Queued);
+    assert_eq!(retried.attempts, 2, "the attempt count is history");
+    assert_eq!(retried.run_attempts, 0, "a new round of attempts");
+    assert_eq!(retried.stalls, 0);
+    assert_eq!(retried.finished_at, None);
+    assert_eq!(retried.lease_owner, None);
+    assert_eq!(retried.attempt_errors, canceled.attempt_errors);
+    assert!(retried.run_at >= canceled.finished_at.unwrap());
+    assert_eq!(get(&*store, job.id).await, retried);
+    let events = store.events_since(seq, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, EventKind::Retried);
+    assert_eq!(events[0].status, Some(JobStatus::Queued));
+
+    // The worker that ran it before the cancel still holds a lease that is no longer current:
+    // its result is refused, and the job stays queued for a new claim.
+    assert!(!store
+        .finish(&running.lease, Outcome::Succeeded(sample_result()))
+        .await
+        .unwrap());
+    assert_eq!(get(&*store, job.id).await.status, JobStatus::Queued);
+    let again = claim_one(&*store, "w2", LONG_LEASE).await;
+    assert_eq!(again.job.id, job.id);
+    assert_eq!(again.job.attempts, 3);
+    assert_eq!(again.job.run_attempts, 1);
+    store
+        .finish(&again.lease, Outcome::Succeeded(sample_result()))
+        .await
+        .unwrap();
+    let done = get(&*store, job.id).await;
+    assert_eq!(done.status, JobStatus::Succeeded);
+
+    // Retried once, it is no longer canceled: a second retry is refused.
     assert_invalid(
-        store.retry(queued.id).await,
-        JobStatus::Canceled,
+        store.retry(job.id).await,
+        JobStatus::Succeeded,
         Action::Retry,
     );
 }

@@ -88,6 +88,7 @@ async fn a_full_disk_refuses_writes_cleanly_and_service_resumes_when_space_retur
     let url = format!("sqlite://{}", disk.path.join("t.db").display());
     let store = imgclass_store::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
+    assert_eq!(store.full_storage(), None);
 
     // Fill it: ~200 KB images until the disk refuses one.
     let mut stored = Vec::new();
@@ -104,6 +105,9 @@ async fn a_full_disk_refuses_writes_cleanly_and_service_resumes_when_space_retur
     };
     assert!(matches!(refused, StoreError::StorageFull(_)), "{refused:?}");
     assert!(!stored.is_empty());
+    // The store remembers it (for readiness) until a write succeeds.
+    let full = store.full_storage().expect("a full disk is remembered");
+    assert!(full.detail.contains("full"), "{full:?}");
 
     // Nothing half-written: exactly the acknowledged jobs exist, and the store still answers.
     let page = store
@@ -125,10 +129,13 @@ async fn a_full_disk_refuses_writes_cleanly_and_service_resumes_when_space_retur
             .unwrap_err();
         assert!(matches!(e, StoreError::StorageFull(_)), "{e:?}");
     }
+    assert!(store.full_storage().is_some(), "reads do not clear it");
 
-    // Space returns: service resumes by itself.
+    // Space returns: service resumes by itself, and the first write that succeeds clears it.
     std::fs::remove_file(&filler).unwrap();
+    assert!(store.full_storage().is_some());
     let job = create(&*store, new_job(5000)).await;
+    assert_eq!(store.full_storage(), None);
     let claims = store.claim("w", 100, LONG_LEASE).await.unwrap();
     assert_eq!(claims.len(), stored.len() + 1);
     assert!(claims.iter().any(|c| c.job.id == job.id));
