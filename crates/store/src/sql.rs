@@ -191,6 +191,27 @@ impl Drop for WriteWatch {
     }
 }
 
+/// An image to store, with what the `blobs` row says of it.
+struct Blob<'a> {
+    sha256: &'a str,
+    bytes: &'a [u8],
+    content_type: &'a str,
+    width: u32,
+    height: u32,
+}
+
+impl<'a> Blob<'a> {
+    fn of(job: &'a NewJob) -> Self {
+        Blob {
+            sha256: &job.sha256,
+            bytes: &job.image,
+            content_type: &job.content_type,
+            width: job.width,
+            height: job.height,
+        }
+    }
+}
+
 /// The placeholders of a multi-row `VALUES` list: `rows` tuples of `columns` numbered
 /// parameters, `($1, $2), ($3, $4)`.
 fn values_list(rows: usize, columns: usize) -> String {
@@ -369,7 +390,8 @@ impl SqlStore {
     async fn insert_jobs(&self, requests: &[Request<'_>]) -> Result<Vec<Vec<Job>>> {
         let mut w = self.begin(Durability::Durable).await?;
         let all: Vec<&NewJob> = requests.iter().flat_map(|(jobs, _)| jobs.iter()).collect();
-        Self::insert_blobs(&mut w, &all).await?;
+        let blobs: Vec<Blob> = all.iter().map(|j| Blob::of(j)).collect();
+        Self::insert_blobs(&mut w, &blobs).await?;
         let mut jobs = Self::insert_job_rows(&mut w, &all).await?.into_iter();
         let mut created = Vec::with_capacity(requests.len());
         for (mine, key) in requests {
@@ -477,16 +499,11 @@ impl SqlStore {
         Ok(created)
     }
 
-    /// Stores the images of new jobs that are not stored yet (once each, however many jobs
-    /// share one).
-    async fn insert_blobs(w: &mut Write, new: &[&NewJob]) -> Result<()> {
+    /// Stores the images that are not stored yet (once each, however many jobs share one).
+    async fn insert_blobs(w: &mut Write, new: &[Blob<'_>]) -> Result<()> {
         const ROWS: usize = 200;
         let mut seen = std::collections::HashSet::with_capacity(new.len());
-        let distinct: Vec<&NewJob> = new
-            .iter()
-            .copied()
-            .filter(|j| seen.insert(j.sha256.as_str()))
-            .collect();
+        let distinct: Vec<&Blob> = new.iter().filter(|b| seen.insert(b.sha256)).collect();
         for chunk in distinct.chunks(ROWS) {
             let sql = format!(
                 "INSERT INTO blobs (sha256, size, content_type, width, height, created_at) \
@@ -494,19 +511,19 @@ impl SqlStore {
                 values_list(chunk.len(), 6)
             );
             let mut q = sqlx::query_scalar::<_, String>(&sql);
-            for j in chunk {
+            for b in chunk {
                 q = q
-                    .bind(j.sha256.clone())
-                    .bind(j.image.len() as i64)
-                    .bind(j.content_type.clone())
-                    .bind(i64::from(j.width))
-                    .bind(i64::from(j.height))
+                    .bind(b.sha256)
+                    .bind(b.bytes.len() as i64)
+                    .bind(b.content_type)
+                    .bind(i64::from(b.width))
+                    .bind(i64::from(b.height))
                     .bind(w.now);
             }
             let inserted: std::collections::HashSet<String> =
                 q.fetch_all(&mut *w.tx).await?.into_iter().collect();
-            for j in chunk.iter().filter(|j| inserted.contains(&j.sha256)) {
-                Self::insert_chunks(w, &j.sha256, &j.image).await?;
+            for b in chunk.iter().filter(|b| inserted.contains(b.sha256)) {
+                Self::insert_chunks(w, b.sha256, b.bytes).await?;
             }
         }
         Ok(())
@@ -955,32 +972,6 @@ impl SqlStore {
     }
 
     /// Inserts a blob and its chunks unless an identical one is stored.
-    async fn insert_blob(
-        w: &mut Write,
-        sha256: &str,
-        bytes: &[u8],
-        content_type: &str,
-        (width, height): (u32, u32),
-    ) -> Result<()> {
-        let inserted = sqlx::query(
-            "INSERT INTO blobs (sha256, size, content_type, width, height, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
-        )
-        .bind(sha256)
-        .bind(bytes.len() as i64)
-        .bind(content_type)
-        .bind(i64::from(width))
-        .bind(i64::from(height))
-        .bind(w.now)
-        .execute(&mut *w.tx)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
-            Self::insert_chunks(w, sha256, bytes).await?;
-        }
-        Ok(())
-    }
-
     /// A new image's bytes, in chunks of at most `CHUNK_SIZE`.
     async fn insert_chunks(w: &mut Write, sha256: &str, bytes: &[u8]) -> Result<()> {
         for (idx, chunk) in bytes.chunks(CHUNK_SIZE).enumerate() {
@@ -1485,14 +1476,14 @@ impl Store for SqlStore {
     async fn import_job(&self, job: &Job, image: &[u8]) -> Result<bool> {
         let mut w = self.begin(Durability::Durable).await?;
         w.now = ms(job.created_at);
-        Self::insert_blob(
-            &mut w,
-            &job.image_sha256,
-            image,
-            &job.content_type,
-            (job.width, job.height),
-        )
-        .await?;
+        let blob = Blob {
+            sha256: &job.image_sha256,
+            bytes: image,
+            content_type: &job.content_type,
+            width: job.width,
+            height: job.height,
+        };
+        Self::insert_blobs(&mut w, &[blob]).await?;
         // A job that was running has no worker here: it is queued again.
         let status = if job.status == JobStatus::Running {
             JobStatus::Queued
