@@ -13,7 +13,10 @@
 # Sizes can be overridden: BENCH_N_E2E, BENCH_N_QUEUE, BENCH_N_LATENCY, BENCH_E2E_CONCURRENCY,
 # BENCH_QUEUE_CONCURRENCY, BENCH_BULLMQ_CONCURRENCY. BENCH_PG_URL (default
 # postgres://postgres@127.0.0.1:5432) and BENCH_PG_DB (default imgclass_bench) for PostgreSQL;
-# BENCH_SKIP_BUILD=1 uses the binaries already in target/release.
+# BENCH_SKIP_BUILD=1 uses the binaries already in target/release; BENCH_BIN_DIR=DIR uses
+# DIR/imgclass and DIR/examples/raw instead and builds nothing (CI's smoke run uses the debug
+# build of the tests, so that the harness is exercised without a release build: its figures
+# are then not the product's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -44,8 +47,9 @@ OUT="$ROOT/target/bench"
 SECTIONS="$OUT/$MODE"
 VENV="$OUT/venv"
 IMAGES="$OUT/images"
-BIN="$ROOT/target/release/imgclass"
-RAW="$ROOT/target/release/examples/raw"
+BIN_DIR="${BENCH_BIN_DIR:-$ROOT/target/release}"
+BIN="$BIN_DIR/imgclass"
+RAW="$BIN_DIR/examples/raw"
 mkdir -p "$OUT"
 rm -rf "$SECTIONS"
 mkdir -p "$SECTIONS"
@@ -106,7 +110,9 @@ export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/setup-onnxruntime.sh)}"
 # libjpeg-turbo's SIMD code needs nasm to build; without it the C code paths are used.
 FEATURES=()
 if command -v nasm >/dev/null; then FEATURES=(--features imgclass-classifier/jpeg-simd); fi
-if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+  say "using the binaries in $BENCH_BIN_DIR (not built here)"
+elif [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
   say "building (release): imgclass and the raw example${FEATURES:+ (JPEG SIMD: nasm found)}"
   step 1800 cargo build --release --quiet -p imgclass "${FEATURES[@]}"
   step 1800 cargo build --release --quiet -p imgclass-classifier --example raw "${FEATURES[@]/imgclass-classifier\//}"

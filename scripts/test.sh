@@ -50,7 +50,9 @@ run_tests() {
     case "$dir" in */$want_dir | $want_dir) ;; *) continue ;; esac
     [ "$want_target" = "*" ] || [ "$target" = "$want_target" ] || continue
     echo "     Running ${dir#"$PWD"/}: $target (${exe#"$PWD"/})"
-    (cd "$dir" && "$exe" "$@")
+    # A test that hangs fails its binary after TEST_BINARY_TIMEOUT seconds instead of holding
+    # the whole run.
+    (cd "$dir" && timeout --kill-after=10 "${TEST_BINARY_TIMEOUT:-900}" "$exe" "$@")
     ran=$((ran + 1))
   done <<<"$artifacts"
   if [ "$ran" -eq 0 ]; then

@@ -47,7 +47,7 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// `result` JSON of the `jobs` row aliased `j`; NULL without a result).
     fn top_label(&self) -> &'static str;
 
-    /// Runs in a transaction that recorded events, just before it commits.
+    /// Runs in a transaction that recorded events, just before they are written and it commits.
     async fn announce(&self, tx: &mut Tx) -> Result<()>;
 
     /// Receives the events of a transaction once it has committed.

@@ -19,6 +19,10 @@ use tokio::sync::{broadcast, Notify};
 /// The channel every committed change is announced on.
 const EVENTS_CHANNEL: &str = "imgclass_events";
 
+/// The advisory lock that orders the event log's numbers by commit (see `announce`); the
+/// number is arbitrary, the same on every node.
+const EVENTS_LOCK: i64 = 0x696d_6763_6c61_7373 & 0x7fff_ffff_ffff_ffff;
+
 pub(crate) struct Postgres {
     events: broadcast::Sender<Event>,
     listener: tokio::task::JoinHandle<()>,
@@ -79,10 +83,19 @@ impl Dialect for Postgres {
 
     /// Announces the transaction's events to every node (delivered when it commits); the
     /// listener of each node, this one included, reads them from the log and broadcasts them.
+    ///
+    /// The listeners read the log in `seq` order and must never pass an event that commits
+    /// later with a smaller `seq`. So the transactions that write events take one lock, held
+    /// until they commit, before they draw their numbers: numbers are then drawn in commit
+    /// order, and a gap in the log is a transaction that rolled back, not one still running.
+    /// The lock is held only for the events' insert and the commit itself.
     async fn announce(&self, tx: &mut Tx) -> Result<()> {
-        sqlx::query(&format!("NOTIFY {EVENTS_CHANNEL}"))
-            .execute(&mut **tx)
-            .await?;
+        sqlx::Executor::execute(
+            &mut **tx,
+            format!("SELECT pg_advisory_xact_lock({EVENTS_LOCK}); NOTIFY {EVENTS_CHANNEL}")
+                .as_str(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -122,9 +135,10 @@ fn is_deadlock(e: &sqlx::migrate::MigrateError) -> bool {
     matches!(inner, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
 }
 
-/// Events with seq above `last_seen` are read from the log in order and broadcast; a gap (a
-/// transaction that took a sequence number but has not committed yet) is waited for up to two
-/// seconds, then skipped (a rolled-back transaction leaves a gap for good).
+/// Events with seq above `last_seen` are read from the log in order and broadcast. Numbers are
+/// drawn in commit order (see `announce`), so a gap is a transaction that rolled back after
+/// drawing its numbers; it is still waited for up to two seconds (a node of an older version
+/// may be writing without the lock), then skipped.
 async fn catch_up(
     pool: &AnyPool,
     last_seen: &mut i64,

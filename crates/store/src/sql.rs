@@ -617,8 +617,8 @@ impl SqlStore {
     /// workers when a job became claimable.
     pub(crate) async fn commit(&self, mut w: Write) -> Result<()> {
         if !w.events.is_empty() {
-            Self::insert_events(&mut w).await?;
             self.dialect.announce(&mut w.tx).await?;
+            Self::insert_events(&mut w).await?;
         }
         w.tx.commit().await?;
         w.watch.committed = true;

@@ -150,8 +150,10 @@ impl Drop for Server {
     }
 }
 
+/// Submits one image as its own job. These tests are about the queue, so the job always runs:
+/// the same image sent again is not answered from the result cache (`cache=false`).
 async fn submit(base: &str, name: &str, bytes: Vec<u8>) -> String {
-    let form = reqwest::multipart::Form::new().part(
+    let form = reqwest::multipart::Form::new().text("cache", "false").part(
         "file",
         reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()),
     );

@@ -201,17 +201,21 @@ async fn a_worker_killed_mid_job_loses_nothing() {
         ids.push(submit(&api.base, "big.jpg", big.clone()).await);
     }
     // Kill one worker as soon as two jobs are running (so both workers hold one).
-    let mut running = 0;
-    while running < 2 {
-        let (kind, _, _) = events.recv().await.unwrap();
-        if kind == "running" {
-            running += 1;
+    let two_running = async {
+        let mut running = 0;
+        while running < 2 {
+            let (kind, _, _) = events.recv().await.expect("the event stream ended");
+            if kind == "running" {
+                running += 1;
+            }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(120), two_running)
+        .await
+        .expect("two jobs started within two minutes");
     victim.kill9();
-    // Completion is read from the jobs themselves: under heavy load the API node's event stream
-    // has been seen to miss a `succeeded` event (an open problem of the PostgreSQL listener), and
-    // this test is about the queue losing nothing, not about the stream.
+    // Completion is read from the jobs themselves: this test is about the queue losing nothing,
+    // not about the stream (the store suite checks its order and completeness).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     loop {
         let mut finished = 0;
