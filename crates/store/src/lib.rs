@@ -34,6 +34,11 @@ pub const DEFAULT_MAX_STALLS: u32 = 3;
 /// Chunk size of stored images.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
 
+/// Images up to this size come with their claim, read by the claim's own statement (a worker
+/// then makes no second round trip for them); larger ones are read by the worker outside the
+/// claim's write transaction, which they would hold for longer.
+pub const INLINE_IMAGE_MAX: usize = 64 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("job not found")]

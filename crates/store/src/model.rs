@@ -163,6 +163,10 @@ pub struct Lease {
 pub struct Claim {
     pub job: Job,
     pub lease: Lease,
+    /// The image's bytes when the claim read them with the job (images of at most
+    /// [`INLINE_IMAGE_MAX`](crate::INLINE_IMAGE_MAX) bytes); otherwise `None`, and the worker
+    /// reads them with [`Store::read_blob`](crate::Store::read_blob).
+    pub image: Option<Vec<u8>>,
 }
 
 /// How an attempt ended.

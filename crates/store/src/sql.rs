@@ -944,17 +944,26 @@ impl SqlStore {
             .execute(&mut *w.tx)
             .await?;
         }
-        // The lease token is new: it names exactly this batch. Claims come in queue order.
-        let rows = sqlx::query(&select_jobs(
-            "j.status = $1 AND j.lease_owner = $2 ORDER BY j.priority DESC, j.run_at, j.seq",
-        ))
-        .bind(JobStatus::Running.as_str())
-        .bind(&token)
-        .fetch_all(&mut *w.tx)
-        .await?;
+        // The lease token is new: it names exactly this batch. Claims come in queue order, each
+        // with its image when it is small (one chunk), so that the worker need not read it.
+        let sql = format!(
+            "SELECT {JOB_COLUMNS}, c.data AS inline_image FROM jobs j \
+             JOIN blobs b ON b.sha256 = j.image_sha256 \
+             LEFT JOIN blob_chunks c ON c.sha256 = j.image_sha256 AND c.idx = 0 AND b.size <= $3 \
+             WHERE j.status = $1 AND j.lease_owner = $2 ORDER BY j.priority DESC, j.run_at, j.seq"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(JobStatus::Running.as_str())
+            .bind(&token)
+            .bind(crate::INLINE_IMAGE_MAX as i64)
+            .fetch_all(&mut *w.tx)
+            .await?;
         let mut claims = Vec::with_capacity(rows.len());
         for row in &rows {
             let job = job_from_row(row)?;
+            let image: Option<Vec<u8>> = row.try_get("inline_image")?;
+            // A blob of one chunk is whole in it; anything else is read by the worker.
+            let image = image.filter(|b| b.len() as u64 == job.image_size);
             self.record(w, job.id, EventKind::Running, Some(job.clone()))
                 .await?;
             claims.push(Claim {
@@ -963,6 +972,7 @@ impl SqlStore {
                     token: token.clone(),
                 },
                 job,
+                image,
             });
         }
         Ok(ClaimBatch {

@@ -23,13 +23,17 @@ impl Worker {
     /// lease was lost, the job was given back, or its image could not be read: then its lease
     /// expires and it runs again).
     pub(super) async fn attempt(&mut self, claim: Claim) -> Option<(Lease, Outcome)> {
-        let Claim { job, lease } = claim;
+        let Claim { job, lease, image } = claim;
         let queue_wait = job
             .started_at
             .map(|s| (s - job.run_at).num_microseconds().unwrap_or(0) as f64 / 1e3)
             .unwrap_or(0.0)
             .max(0.0);
-        let bytes = match self.store.read_blob(&job.image_sha256).await {
+        let read = match image {
+            Some(bytes) => Ok(Some(bytes)),
+            None => self.store.read_blob(&job.image_sha256).await,
+        };
+        let bytes = match read {
             Ok(Some(b)) => b,
             Ok(None) => {
                 let error = JobError {

@@ -33,6 +33,29 @@ async fn claim_moves_a_queued_job_to_running_under_a_lease() {
     assert!(store.claim("w2", 10, LONG_LEASE).await.unwrap().is_empty());
 }
 
+/// A small image comes with its claim (no second read); a larger one is left to `read_blob`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_carries_a_small_image_and_leaves_a_large_one_to_read_blob() {
+    let (store, _dir) = fresh_store().await;
+    let small = new_job(1);
+    // 160×160 RGB, stored uncompressed: about 77 KB, above the inline limit.
+    let large = job_for(png(160, 160, 2), 160, 160, "large.png");
+    assert!(large.image.len() > imgclass_store::INLINE_IMAGE_MAX);
+    let (small_bytes, large_bytes) = (small.image.clone(), large.image.clone());
+    store.create_jobs(vec![small, large]).await.unwrap();
+
+    let claims = store.claim("w", 2, LONG_LEASE).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    assert_eq!(claims[0].image.as_deref(), Some(&small_bytes[..]));
+    assert_eq!(claims[1].image, None);
+    let read = store
+        .read_blob(&claims[1].job.image_sha256)
+        .await
+        .unwrap()
+        .expect("the large image is stored");
+    assert_eq!(read, large_bytes);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_takes_at_most_limit_jobs_oldest_first() {
     let (store, _dir) = fresh_store().await;
