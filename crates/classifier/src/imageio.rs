@@ -393,7 +393,7 @@ pub fn jpeg_layout(bytes: &[u8]) -> Result<JpegLayout, ImageCheckError> {
                 let mut p = pos + len;
                 let mut data = 0u64;
                 while p < bytes.len() {
-                    let Some(i) = bytes[p..].iter().position(|&b| b == 0xFF) else {
+                    let Some(i) = memchr::memchr(0xFF, &bytes[p..]) else {
                         data += (bytes.len() - p) as u64;
                         p = bytes.len();
                         break;
@@ -471,9 +471,8 @@ impl JpegLayout {
 /// The JPEG decoder fills a truncated scan with grey instead of failing, so this is checked
 /// separately. Entropy-coded data never holds `FF D9` or `FF DA` (0xFF bytes are stuffed).
 fn jpeg_has_end(bytes: &[u8]) -> bool {
-    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    match last_sos {
-        Some(pos) => bytes[pos..].windows(2).any(|w| w == [0xFF, 0xD9]),
+    match memchr::memmem::rfind(bytes, &[0xFF, 0xDA]) {
+        Some(pos) => memchr::memmem::find(&bytes[pos..], &[0xFF, 0xD9]).is_some(),
         None => false,
     }
 }
