@@ -123,7 +123,9 @@ impl Tx {
         Ok(tx)
     }
 
-    pub(crate) async fn commit(mut self) -> Result<()> {
+    /// Commits; the connection stays with this value (and out of the pool) until it is dropped,
+    /// so that whatever the committer does next happens before the next writer begins.
+    pub(crate) async fn commit(&mut self) -> Result<()> {
         sqlx::Executor::execute(&mut *self.conn, "COMMIT").await?;
         self.open = false;
         Ok(())
@@ -615,6 +617,11 @@ impl SqlStore {
 
     /// Writes the transaction's events, commits, then publishes the events and wakes idle
     /// workers when a job became claimable.
+    ///
+    /// The events are published before the connection goes back to the pool: on SQLite, whose
+    /// one writer connection orders every write, the next transaction cannot commit (and publish
+    /// its own, later events) first. A subscriber that drops what it has already passed (an SSE
+    /// stream resuming by sequence number) would otherwise lose the earlier ones.
     pub(crate) async fn commit(&self, mut w: Write) -> Result<()> {
         if !w.events.is_empty() {
             self.dialect.announce(&mut w.tx).await?;

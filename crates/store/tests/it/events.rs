@@ -333,10 +333,10 @@ async fn concurrent_writers_reach_subscribers_complete_and_in_order() {
     let mut rx = store.subscribe();
     let start = store.last_event_seq().await.unwrap();
     let mut tasks = Vec::new();
-    for t in 0..8u64 {
+    for t in 0..16u64 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            for i in 0..10u64 {
+            for i in 0..20u64 {
                 store.create_jobs(vec![new_job(t * 100 + i)]).await.unwrap();
                 // Claims and finishes commit beside the uploads of the other writers.
                 if let Some(claim) = store
@@ -357,8 +357,8 @@ async fn concurrent_writers_reach_subscribers_complete_and_in_order() {
         t.await.unwrap();
     }
     let end = store.last_event_seq().await.unwrap();
-    // 80 created; each claim a running and a succeeded.
-    assert!(end - start >= 80, "{start}..{end}");
+    // 320 created; each claim a running and a succeeded.
+    assert!(end - start >= 320, "{start}..{end}");
     let mut expected = start + 1;
     while expected <= end {
         let e = recv(&mut rx).await;
