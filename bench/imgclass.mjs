@@ -124,7 +124,7 @@ async function throughput({ serveArgs, uploads, n, concurrency, parseSucceeded, 
     const cpu0 = { server: procCpuSeconds(server.pid), client: process.cpuUsage(), machine: machineCpu() };
     const load0 = loadavg();
     const sub = await submitAll({ base: server.base, uploads, n, concurrency });
-    await waitFor(t.done, timeoutMs, `${n} jobs to finish (${t.succeeded} succeeded, ${t.failed} failed so far)`);
+    await waitFor(t.done, timeoutMs, () => `${n} jobs to finish (${t.succeeded} succeeded, ${t.failed} failed so far)`);
     const cpu1 = { server: procCpuSeconds(server.pid), client: process.cpuUsage(cpu0.client), machine: machineCpu() };
     clearInterval(sampler);
     if (poller) clearInterval(poller);

@@ -259,13 +259,16 @@ export async function submitAll({ base, uploads, n, concurrency, onAccepted }) {
   return { ids, firstSend, lastAccepted };
 }
 
-/** Resolves when `predicate()` holds (checked every 20 ms), rejects after `timeoutMs`. */
+/**
+ * Resolves when `predicate()` holds (checked every 20 ms), rejects after `timeoutMs`. `what`
+ * names what was waited for; a function is called at the timeout, so it can report progress.
+ */
 export function waitFor(predicate, timeoutMs, what) {
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
     const tick = () => {
       if (predicate()) return resolve();
-      if (Date.now() - t0 > timeoutMs) return reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
+      if (Date.now() - t0 > timeoutMs) return reject(new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === "function" ? what() : what}`));
       setTimeout(tick, 20);
     };
     tick();
