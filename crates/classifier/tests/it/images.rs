@@ -167,11 +167,19 @@ fn halves(x: u32, w: u32) -> [u8; 3] {
 fn large_jpegs_are_decoded_at_reduced_scale_and_exif_orientation_applies() {
     let big = jpeg_rgb(2400, 1200, |x, _| halves(x, 2400));
     let (p, t) = prepare(&big).unwrap();
-    // 1/2 keeps the shorter side at 600 >= 2 x 256; 1/4 would give 300.
+    // 1/2 keeps the shorter side at 600 >= 5/4 x 256; 1/4 would give 300.
     assert_eq!(
         (p.decoder, p.decoded),
         (DecoderKind::JpegScaled, (1200, 600))
     );
+    // A photo-sized one goes down to 1/8 while its shorter side stays at 320 or more.
+    let (p, _) = prepare(&jpeg_rgb(2560, 2560, |x, _| halves(x, 2560))).unwrap();
+    assert_eq!(
+        (p.decoder, p.decoded),
+        (DecoderKind::JpegScaled, (320, 320))
+    );
+    let (p, _) = prepare(&jpeg_rgb(2552, 2552, |x, _| halves(x, 2552))).unwrap();
+    assert_eq!(p.decoded, (638, 638));
     let red = |t: &[f32], x: usize, y: usize| t[y * 224 + x] > 0.5;
     assert!(red(&t, 10, 112) && !red(&t, 213, 112));
     // EXIF 6 = shown rotated 90° clockwise: the left half (red) is now on top.
@@ -398,7 +406,7 @@ fn progressive_jpegs_decode_and_their_headers_are_checked_too() {
         "not progressive"
     );
     let (p, t) = prepare(&bytes).unwrap();
-    // 1200 / 2 = 600 >= 512: half scale.
+    // 1200 / 2 = 600 >= 320, 1200 / 4 = 300 is not: half scale.
     assert_eq!(
         (p.decoder, p.decoded),
         (DecoderKind::JpegScaled, (800, 600))
