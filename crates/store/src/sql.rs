@@ -352,6 +352,9 @@ fn contains_pattern(text: &str) -> String {
 }
 
 /// The statuses of finished jobs.
+/// Statuses written into SQL as literals (see `claim_in`).
+const QUEUED: &str = JobStatus::Queued.as_str();
+const RUNNING: &str = JobStatus::Running.as_str();
 const FINISHED: [JobStatus; 3] = [JobStatus::Succeeded, JobStatus::Failed, JobStatus::Canceled];
 
 fn parse_id(id: &str) -> Result<JobId> {
@@ -921,11 +924,14 @@ impl SqlStore {
             }
             limit = limit.min(allowed);
         }
+        // The statuses are literals, not parameters, wherever a partial index depends on them
+        // (PostgreSQL's `jobs_ready`, `jobs_lease`): a generic plan of a prepared statement
+        // cannot prove that `status = $n` matches the index's predicate and sorts the table.
         let sql = format!(
             "UPDATE jobs SET status = $1, attempts = attempts + 1, run_attempts = run_attempts + 1, \
              lease_owner = $2, lease_until = $3, started_at = $4, updated_at = $4 \
-             WHERE seq IN (SELECT j.seq FROM jobs j WHERE j.status = $5 AND j.run_at <= $4 \
-             ORDER BY j.priority DESC, j.run_at, j.seq LIMIT $6{})",
+             WHERE seq IN (SELECT j.seq FROM jobs j WHERE j.status = '{QUEUED}' AND j.run_at <= $4 \
+             ORDER BY j.priority DESC, j.run_at, j.seq LIMIT $5{})",
             self.dialect.lock(Lock::JobsSkipLocked)
         );
         let claimed = sqlx::query(&sql)
@@ -933,7 +939,6 @@ impl SqlStore {
             .bind(&token)
             .bind(now + lease.as_millis() as i64)
             .bind(now)
-            .bind(JobStatus::Queued.as_str())
             .bind(limit)
             .execute(&mut *w.tx)
             .await?
@@ -956,11 +961,11 @@ impl SqlStore {
         let sql = format!(
             "SELECT {JOB_COLUMNS}, c.data AS inline_image FROM jobs j \
              JOIN blobs b ON b.sha256 = j.image_sha256 \
-             LEFT JOIN blob_chunks c ON c.sha256 = j.image_sha256 AND c.idx = 0 AND b.size <= $3 \
-             WHERE j.status = $1 AND j.lease_owner = $2 ORDER BY j.priority DESC, j.run_at, j.seq"
+             LEFT JOIN blob_chunks c ON c.sha256 = j.image_sha256 AND c.idx = 0 AND b.size <= $2 \
+             WHERE j.status = '{RUNNING}' AND j.lease_owner = $1 \
+             ORDER BY j.priority DESC, j.run_at, j.seq"
         );
         let rows = sqlx::query(&sql)
-            .bind(JobStatus::Running.as_str())
             .bind(&token)
             .bind(crate::INLINE_IMAGE_MAX as i64)
             .fetch_all(&mut *w.tx)
@@ -1258,13 +1263,10 @@ impl Store for SqlStore {
         };
         let message = "the worker running this job stopped renewing its lease";
         let mut w = self.begin(Durability::Relaxed).await?;
-        let sql = select_jobs("j.status = $1 AND j.lease_until < $2 ORDER BY j.seq")
-            + self.dialect.lock(Lock::JobsSkipLocked);
-        let rows = sqlx::query(&sql)
-            .bind(JobStatus::Running.as_str())
-            .bind(w.now)
-            .fetch_all(&mut *w.tx)
-            .await?;
+        let sql = select_jobs(&format!(
+            "j.status = '{RUNNING}' AND j.lease_until < $1 ORDER BY j.seq"
+        )) + self.dialect.lock(Lock::JobsSkipLocked);
+        let rows = sqlx::query(&sql).bind(w.now).fetch_all(&mut *w.tx).await?;
         let mut touched = 0;
         for row in &rows {
             let job = job_from_row(row)?;
@@ -1545,10 +1547,8 @@ impl Store for SqlStore {
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE status = $1")
-            .bind(JobStatus::Queued.as_str())
-            .fetch_one(&self.reader)
-            .await?;
+        let sql = format!("SELECT MIN(run_at) FROM jobs WHERE status = '{QUEUED}'");
+        let v: Option<i64> = sqlx::query_scalar(&sql).fetch_one(&self.reader).await?;
         Ok(v.map(ms_to_time))
     }
 

@@ -33,7 +33,7 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             DeliveryStatus::Pending => "pending",
             DeliveryStatus::Delivered => "delivered",
@@ -190,14 +190,16 @@ impl Webhooks for SqlStore {
     ) -> Result<Vec<Delivery>> {
         let mut w = self.begin(Durability::Relaxed).await?;
         let now = w.now;
+        // The status is a literal so that PostgreSQL's partial index `webhook_deliveries_due`
+        // serves this under a generic plan too (see `claim_in` in sql.rs).
         let sql = format!(
-            "SELECT id FROM webhook_deliveries WHERE status = $1 AND next_attempt_at <= $2 \
-             AND (lease_until IS NULL OR lease_until < $2) ORDER BY next_attempt_at, seq \
-             LIMIT $3{}",
+            "SELECT id FROM webhook_deliveries WHERE status = '{}' AND next_attempt_at <= $1 \
+             AND (lease_until IS NULL OR lease_until < $1) ORDER BY next_attempt_at, seq \
+             LIMIT $2{}",
+            DeliveryStatus::Pending.as_str(),
             self.dialect.lock(Lock::RowsSkipLocked)
         );
         let ids: Vec<String> = sqlx::query_scalar(&sql)
-            .bind(DeliveryStatus::Pending.as_str())
             .bind(now)
             .bind(limit.max(1) as i64)
             .fetch_all(&mut *w.tx)
