@@ -141,8 +141,8 @@ struct SubmitFields {
 
 /// The range of `priority`.
 const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
-/// Files up to this size are checked and hashed on the request's own task (tens of
-/// microseconds); larger ones on the blocking pool.
+/// JPEG and PNG files up to this size are checked and hashed on the request's own task (tens of
+/// microseconds); other files on the blocking pool.
 const INLINE_CHECK_MAX: usize = 64 << 10;
 
 fn invalid_webhook(message: impl Into<String>) -> ApiError {
@@ -370,16 +370,22 @@ async fn create_jobs(
     let mut new_jobs = Vec::with_capacity(uploads.len());
     for upload in uploads {
         // Hashing and the check (format, limits, completeness) read headers and scan the bytes
-        // once, never decode. A small file's take microseconds and run here: a hand-off to
-        // another thread would cost more. A larger file's run on the blocking pool, bounded so
-        // that uploads cannot starve the workers of cores.
+        // once, never decode. For a small JPEG or PNG (our own marker and chunk walks) they take
+        // microseconds and run here: a hand-off to another thread would cost more. Anything
+        // else runs on the blocking pool, bounded so that uploads cannot starve the workers of
+        // cores.
         let limits = state.upload.limits;
         let check = move |upload: upload::Upload| {
             let probed = imageio::check(&upload.bytes, &limits);
             let sha256 = hex::encode(Sha256::digest(&upload.bytes));
             (upload, probed, sha256)
         };
-        let (upload, probed, sha256) = if upload.bytes.len() <= INLINE_CHECK_MAX {
+        let inline = upload.bytes.len() <= INLINE_CHECK_MAX
+            && matches!(
+                imageio::sniff_content_type(&upload.bytes),
+                Some("image/jpeg" | "image/png")
+            );
+        let (upload, probed, sha256) = if inline {
             check(upload)
         } else {
             let permit = state
