@@ -386,7 +386,9 @@ async fn create_jobs(
                 Some("image/jpeg" | "image/png")
             );
         let (upload, probed, sha256) = if inline {
-            check(upload)
+            // A panic answers 500 as it does from the blocking pool.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(upload)))
+                .map_err(|_| ApiError::internal("upload check panicked", "panic"))?
         } else {
             let permit = state
                 .upload
