@@ -16,6 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, Notify};
 
+/// A pooled connection idle at least this long is pinged before it is used again.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(30);
+
 /// The channel every committed change is announced on.
 const EVENTS_CHANNEL: &str = "imgclass_events";
 
@@ -43,6 +46,19 @@ pub(crate) async fn open(url: &str, wakeups: Arc<Notify>) -> Result<(AnyPool, Po
     let pool = AnyPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings every connection it hands out by default: a network round trip per
+        // transaction. Only a connection that sat idle a while is checked (the server may have
+        // closed it); a statement on a connection that broke since fails like any other
+        // database error, and a transaction that fails closes its connection (`Tx`).
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_CHECK_AFTER {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await?;
     let (events, _) = broadcast::channel(4096);

@@ -51,6 +51,9 @@ pub(crate) async fn open(url: &str) -> Result<(AnyPool, AnyPool, Sqlite)> {
         AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(30))
+            // A file connection does not go stale; sqlx's default ping before every acquire
+            // would cost a hop to the connection's thread per transaction and per read.
+            .test_before_acquire(false)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute(PRAGMAS).await?;
