@@ -9,9 +9,11 @@ mod idempotency;
 mod model;
 mod postgres;
 mod quotas;
+mod round;
 mod rows;
 mod sql;
 mod sqlite;
+mod sqlite_round;
 mod tokens;
 mod webhooks;
 
@@ -311,12 +313,13 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     sqlx::any::install_default_drivers();
     let wakeups = Arc::new(Notify::new());
     if url.starts_with("sqlite:") {
-        let (writer, reader, dialect) = sqlite::open(url).await?;
+        let (writer, reader, dialect, path) = sqlite::open(url).await?;
         Ok(Arc::new(sql::SqlStore::new(
             writer,
             reader,
             Arc::new(dialect),
             wakeups,
+            Some(sqlite_round::Rounds::start(path)?),
         )))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let (pool, dialect) = postgres::open(url, wakeups.clone()).await?;
@@ -325,6 +328,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
             pool,
             Arc::new(dialect),
             wakeups,
+            None,
         )))
     } else {
         Err(StoreError::Config {

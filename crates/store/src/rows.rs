@@ -4,7 +4,7 @@
 use crate::{Job, JobError, RateLimit, Result, StoreError};
 use chrono::{DateTime, Utc};
 use imgclass_core::ErrorCode;
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use sqlx::Row;
 use std::str::FromStr;
 
 pub(crate) const JOB_COLUMNS: &str =
@@ -25,64 +25,93 @@ pub(crate) fn db_err(message: impl Into<String>) -> StoreError {
     StoreError::Database(message.into())
 }
 
+/// The columns of a result row, read by name: an sqlx row (either database) or a row of the
+/// SQLite round thread's own connection.
+pub(crate) trait Columns {
+    fn opt_text(&self, name: &str) -> Result<Option<String>>;
+    fn opt_int(&self, name: &str) -> Result<Option<i64>>;
+
+    fn text(&self, name: &str) -> Result<String> {
+        self.opt_text(name)?
+            .ok_or_else(|| db_err(format!("column {name} is NULL")))
+    }
+
+    fn int(&self, name: &str) -> Result<i64> {
+        self.opt_int(name)?
+            .ok_or_else(|| db_err(format!("column {name} is NULL")))
+    }
+}
+
+impl Columns for sqlx::any::AnyRow {
+    fn opt_text(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.try_get(name)?)
+    }
+
+    fn opt_int(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self.try_get(name)?)
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn opt_text(&self, name: &str) -> Result<Option<String>> {
+        self.get(name).map_err(crate::sqlite_round::error)
+    }
+
+    fn opt_int(&self, name: &str) -> Result<Option<i64>> {
+        self.get(name).map_err(crate::sqlite_round::error)
+    }
+}
+
 /// A `Job` from a row holding [`JOB_COLUMNS`], on either backend.
-pub(crate) fn job_from_row<'r, R>(row: &'r R) -> Result<Job>
-where
-    R: Row,
-    &'r str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-{
-    let id: String = row.try_get("id")?;
-    let status: String = row.try_get("status")?;
-    let error_code: Option<String> = row.try_get("error_code")?;
-    let error_message: Option<String> = row.try_get("error_message")?;
-    let attempt_errors: String = row.try_get("attempt_errors")?;
-    let result: Option<String> = row.try_get("result")?;
-    let opt_time = |name: &'r str| -> Result<Option<DateTime<Utc>>> {
-        Ok(row.try_get::<Option<i64>, _>(name)?.map(ms_to_time))
-    };
-    let error = match (error_code, error_message) {
+pub(crate) fn job_from_row(row: &impl Columns) -> Result<Job> {
+    let error = match (row.opt_text("error_code")?, row.opt_text("error_message")?) {
         (Some(code), Some(message)) => Some(JobError {
             code: ErrorCode::from_str(&code).map_err(db_err)?,
             message,
         }),
         _ => None,
     };
+    let opt_time =
+        |name: &str| -> Result<Option<DateTime<Utc>>> { Ok(row.opt_int(name)?.map(ms_to_time)) };
     Ok(Job {
-        seq: row.try_get("seq")?,
-        id: id
+        seq: row.int("seq")?,
+        id: row
+            .text("id")?
             .parse()
             .map_err(|e: imgclass_core::ParseJobIdError| db_err(e.to_string()))?,
-        status: status.parse().map_err(db_err)?,
-        image_sha256: row.try_get("image_sha256")?,
-        content_type: row.try_get("content_type")?,
-        image_size: row.try_get::<i64, _>("size")? as u64,
-        width: row.try_get::<i64, _>("width")? as u32,
-        height: row.try_get::<i64, _>("height")? as u32,
-        file_name: row.try_get("file_name")?,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        stalls: row.try_get::<i64, _>("stalls")? as u32,
-        run_attempts: row.try_get::<i64, _>("run_attempts")? as u32,
-        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
-        priority: row.try_get::<i64, _>("priority")? as i32,
-        run_at: ms_to_time(row.try_get("run_at")?),
-        lease_owner: row.try_get("lease_owner")?,
+        status: row.text("status")?.parse().map_err(db_err)?,
+        image_sha256: row.text("image_sha256")?,
+        content_type: row.text("content_type")?,
+        image_size: row.int("size")? as u64,
+        width: row.int("width")? as u32,
+        height: row.int("height")? as u32,
+        file_name: row.opt_text("file_name")?,
+        attempts: row.int("attempts")? as u32,
+        stalls: row.int("stalls")? as u32,
+        run_attempts: row.int("run_attempts")? as u32,
+        max_attempts: row.int("max_attempts")? as u32,
+        priority: row.int("priority")? as i32,
+        run_at: ms_to_time(row.int("run_at")?),
+        lease_owner: row.opt_text("lease_owner")?,
         lease_until: opt_time("lease_until")?,
         error,
-        attempt_errors: serde_json::from_str(&attempt_errors)
+        attempt_errors: serde_json::from_str(&row.text("attempt_errors")?)
             .map_err(|e| db_err(format!("attempt_errors: {e}")))?,
-        result: result
+        result: row
+            .opt_text("result")?
             .map(|r| serde_json::from_str(&r))
             .transpose()
             .map_err(|e| db_err(format!("result: {e}")))?,
-        created_at: ms_to_time(row.try_get("created_at")?),
+        created_at: ms_to_time(row.int("created_at")?),
         started_at: opt_time("started_at")?,
         finished_at: opt_time("finished_at")?,
-        updated_at: ms_to_time(row.try_get("updated_at")?),
-        owner: row.try_get("owner")?,
-        webhook: webhook_from(row.try_get("webhook_url")?, row.try_get("webhook_events")?)?,
-        cached: row.try_get::<i64, _>("cached")? != 0,
+        updated_at: ms_to_time(row.int("updated_at")?),
+        owner: row.opt_text("owner")?,
+        webhook: webhook_from(
+            row.opt_text("webhook_url")?,
+            row.opt_text("webhook_events")?,
+        )?,
+        cached: row.int("cached")? != 0,
     })
 }
 

@@ -11,19 +11,22 @@
 use crate::dialect::{Dialect, Durability, Lock};
 use crate::health::{self, StorageWatch};
 use crate::model::{decode_cursor, encode_cursor, to_json};
+use crate::round::{self, Arg};
 use crate::rows::{db_err, job_from_row, ms_to_time, now_ms, window_starts, JOB_COLUMNS};
+use crate::sqlite_round::{Rounds, Work};
 use crate::{
-    AttemptError, Claim, ClaimBatch, Event, FinishedCounts, Job, JobError, JobFilter, JobPage,
-    KeyHold, Lease, ListQuery, NewJob, Outcome, Pruned, QueueStats, RateLimit, Result, RetryFilter,
-    Store, StoreError, StoredImage, CHUNK_SIZE,
+    AttemptError, ClaimBatch, Event, FinishedCounts, Job, JobError, JobFilter, JobPage, KeyHold,
+    Lease, ListQuery, NewJob, Outcome, Pruned, QueueStats, RateLimit, Result, RetryFilter, Store,
+    StoreError, StoredImage, CHUNK_SIZE,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use imgclass_core::policy::{self, Happened, Rules};
 use imgclass_core::{Action, ErrorCode, EventKind, JobId, JobStatus};
+use sqlx::any::AnyArguments;
 use sqlx::pool::PoolConnection;
 use sqlx::AnyPool;
-use sqlx::{Any, AnyConnection, Row};
+use sqlx::{Any, AnyConnection, Arguments, Row};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
@@ -41,6 +44,8 @@ pub(crate) struct SqlStore {
     /// Where `create_jobs` hands its jobs to the group commit (`None` in the committer's own
     /// handle, which writes directly).
     submissions: Option<mpsc::Sender<Submission>>,
+    /// On SQLite, the thread that runs a worker pool's whole round in one hand-off.
+    rounds: Option<Arc<Rounds>>,
 }
 
 /// Jobs of one request waiting for the group commit, the idempotency key they complete, and
@@ -216,7 +221,7 @@ impl<'a> Blob<'a> {
 
 /// The placeholders of a multi-row `VALUES` list: `rows` tuples of `columns` numbered
 /// parameters, `($1, $2), ($3, $4)`.
-fn values_list(rows: usize, columns: usize) -> String {
+pub(crate) fn values_list(rows: usize, columns: usize) -> String {
     let row = |r: usize| {
         let marks: Vec<String> = (1..=columns)
             .map(|c| format!("${}", r * columns + c))
@@ -246,7 +251,7 @@ fn next_state(
 }
 
 /// The job as a worker's `outcome` leaves it.
-fn finished(job: &Job, outcome: Outcome, now: i64) -> Result<(Job, Action)> {
+pub(crate) fn finished(job: &Job, outcome: Outcome, now: i64) -> Result<(Job, Action)> {
     let (action, result, error, run_at) = match outcome {
         Outcome::Succeeded(result) => (Action::Succeed, Some(result), None, None),
         Outcome::Failed(error) => (Action::Fail, None, Some(error), None),
@@ -274,14 +279,8 @@ fn finished(job: &Job, outcome: Outcome, now: i64) -> Result<(Job, Action)> {
 }
 
 /// The SELECT of whole jobs, followed by the given condition.
-fn select_jobs(condition: &str) -> String {
+pub(crate) fn select_jobs(condition: &str) -> String {
     format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN blobs b ON b.sha256 = j.image_sha256 WHERE {condition}")
-}
-
-/// A value bound to a statement built at run time.
-enum Arg {
-    Text(String),
-    Int(i64),
 }
 
 /// The conditions of a [`JobFilter`] on `jobs j` (joined with nothing else, so that counts need
@@ -303,7 +302,7 @@ impl Conditions {
     fn any_of(&mut self, column: &str, values: &[&str]) {
         let mut marks = Vec::with_capacity(values.len());
         for v in values {
-            self.args.push(Arg::Text((*v).to_string()));
+            self.args.push(Arg::text(*v));
             marks.push(format!("${}", self.args.len()));
         }
         self.sql.push(format!("{column} IN ({})", marks.join(", ")));
@@ -329,7 +328,7 @@ impl Conditions {
     ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
         for a in &self.args {
             q = match a {
-                Arg::Text(t) => q.bind(t.as_str()),
+                Arg::Text(t) => q.bind(t.as_deref()),
                 Arg::Int(i) => q.bind(*i),
             };
         }
@@ -351,10 +350,22 @@ fn contains_pattern(text: &str) -> String {
     p
 }
 
-/// The statuses of finished jobs.
+/// The values of a statement built at run time, for sqlx.
+fn any_args(args: &[Arg]) -> Result<AnyArguments<'_>> {
+    let mut out = AnyArguments::default();
+    for a in args {
+        match a {
+            Arg::Text(t) => out.add(t.as_deref()),
+            Arg::Int(i) => out.add(*i),
+        }
+        .map_err(|e| db_err(format!("cannot bind a value: {e}")))?;
+    }
+    Ok(out)
+}
+
 /// Statuses written into SQL as literals (see `claim_in`).
-const QUEUED: &str = JobStatus::Queued.as_str();
-const RUNNING: &str = JobStatus::Running.as_str();
+pub(crate) const QUEUED: &str = JobStatus::Queued.as_str();
+pub(crate) const RUNNING: &str = JobStatus::Running.as_str();
 const FINISHED: [JobStatus; 3] = [JobStatus::Succeeded, JobStatus::Failed, JobStatus::Canceled];
 
 fn parse_id(id: &str) -> Result<JobId> {
@@ -373,6 +384,7 @@ impl SqlStore {
         reader: AnyPool,
         dialect: Arc<dyn Dialect>,
         wakeups: Arc<Notify>,
+        rounds: Option<Rounds>,
     ) -> Self {
         let mut store = SqlStore {
             writer,
@@ -381,6 +393,7 @@ impl SqlStore {
             wakeups,
             storage: Arc::default(),
             submissions: None,
+            rounds: rounds.map(Arc::new),
         };
         let (submit, queue) = mpsc::channel(1024);
         // The committer ends when the last handle with `submit` is dropped.
@@ -542,19 +555,19 @@ impl SqlStore {
             args: Vec::new(),
         };
         if let Some(status) = filter.status {
-            c.add("j.status = {}", Arg::Text(status.as_str().into()));
+            c.add("j.status = {}", Arg::text(status.as_str()));
         }
         if !statuses.is_empty() {
             let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
             c.any_of("j.status", &names);
         }
         if let Some(owner) = &filter.owner {
-            c.add("j.owner = {}", Arg::Text(owner.clone()));
+            c.add("j.owner = {}", Arg::text(owner.clone()));
         }
         if let Some(name) = &filter.name {
             c.add(
                 "LOWER(j.file_name) LIKE LOWER({}) ESCAPE '\\'",
-                Arg::Text(contains_pattern(name)),
+                Arg::text(contains_pattern(name)),
             );
         }
         if let Some(label) = &filter.label {
@@ -563,17 +576,17 @@ impl SqlStore {
                     "LOWER({}) LIKE LOWER({{}}) ESCAPE '\\'",
                     self.dialect.top_label()
                 ),
-                Arg::Text(contains_pattern(label)),
+                Arg::text(contains_pattern(label)),
             );
         }
         if let Some(code) = filter.error_code {
-            c.add("j.error_code = {}", Arg::Text(code.as_str().into()));
+            c.add("j.error_code = {}", Arg::text(code.as_str()));
         }
         if let Some(since) = filter.since {
-            c.add("j.created_at >= {}", Arg::Int(ms(since)));
+            c.add("j.created_at >= {}", Arg::int(ms(since)));
         }
         if let Some(until) = filter.until {
-            c.add("j.created_at < {}", Arg::Int(ms(until)));
+            c.add("j.created_at < {}", Arg::int(ms(until)));
         }
         c
     }
@@ -632,12 +645,53 @@ impl SqlStore {
         }
         w.tx.commit().await?;
         w.watch.committed = true;
-        let wake = w.events.iter().any(|e| e.status == Some(JobStatus::Queued));
-        self.dialect.committed(w.events);
+        self.publish(w.events);
+        Ok(())
+    }
+
+    /// Publishes a committed transaction's events, and wakes idle workers when a job became
+    /// claimable.
+    fn publish(&self, events: Vec<Event>) {
+        let wake = events.iter().any(|e| e.status == Some(JobStatus::Queued));
+        self.dialect.committed(events);
         if wake {
             self.wakeups.notify_waiters();
         }
-        Ok(())
+    }
+
+    /// [`Store::finish_and_claim`] on SQLite's round thread. The writer connection is held
+    /// meanwhile: the round is the process's one writer, and its events are published before
+    /// the next write begins.
+    async fn finish_and_claim_on(
+        &self,
+        rounds: &Rounds,
+        finishes: Vec<(Lease, Outcome)>,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+        rate: Option<RateLimit>,
+    ) -> Result<(Vec<bool>, ClaimBatch)> {
+        let _writer = self.writer.acquire().await?;
+        let work = Work {
+            finishes,
+            worker: worker.to_string(),
+            limit,
+            lease,
+            rate,
+        };
+        match rounds.run(work).await {
+            Ok(round) => {
+                self.storage.write_succeeded();
+                self.publish(round.events);
+                Ok((round.stored, round.batch))
+            }
+            Err(e) => {
+                if let StoreError::StorageFull(detail) = &e {
+                    self.storage.full(detail.clone());
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn record(
@@ -660,57 +714,30 @@ impl SqlStore {
         job: Option<Job>,
         owner: Option<String>,
     ) -> Result<()> {
-        let status = job.as_ref().map(|j| j.status);
         if let Some(job) = &job {
             // The webhook's call goes into the outbox with the change it announces.
             crate::webhooks::enqueue(w, job, kind).await?;
         }
         // Written with the transaction's other events at commit (`insert_events`), which gives
         // it its `seq`.
-        w.events.push(Event {
-            seq: 0,
-            job_id,
-            kind,
-            status,
-            at: ms_to_time(w.now),
-            job,
-            owner,
-        });
+        w.events.push(round::event(job_id, kind, job, owner, w.now));
         Ok(())
     }
 
     /// Inserts the events a transaction recorded, a few hundred rows per statement, and gives
     /// each its `seq` (in the order they were recorded).
     async fn insert_events(w: &mut Write) -> Result<()> {
-        const ROWS: usize = 400;
-        for start in (0..w.events.len()).step_by(ROWS) {
-            let chunk = start..(start + ROWS).min(w.events.len());
-            let sql = format!(
-                "INSERT INTO events (job_id, kind, status, at, owner) VALUES {} RETURNING seq",
-                values_list(chunk.len(), 5)
-            );
-            let mut q = sqlx::query_scalar::<_, i64>(&sql);
-            for e in &w.events[chunk.clone()] {
-                q = q
-                    .bind(e.job_id.to_string())
-                    .bind(e.kind.as_str())
-                    .bind(e.status.map(JobStatus::as_str))
-                    .bind(w.now)
-                    .bind(e.owner.clone());
-            }
-            let mut seqs = q.fetch_all(&mut *w.tx).await?;
-            if seqs.len() != chunk.len() {
-                return Err(db_err(format!(
-                    "inserting {} events returned {} ids",
-                    chunk.len(),
-                    seqs.len()
-                )));
-            }
-            // Sequence values are drawn row by row, in the order of the VALUES list.
-            seqs.sort_unstable();
-            for (e, seq) in w.events[chunk].iter_mut().zip(seqs) {
-                e.seq = seq;
-            }
+        let now = w.now;
+        for events in w.events.chunks_mut(round::EVENT_ROWS) {
+            let sql = round::events_sql(events.len());
+            let args: Vec<Arg> = events
+                .iter()
+                .flat_map(|e| round::event_args(e, now))
+                .collect();
+            let seqs = sqlx::query_scalar_with::<_, i64, _>(&sql, any_args(&args)?)
+                .fetch_all(&mut *w.tx)
+                .await?;
+            round::number_events(events, seqs)?;
         }
         Ok(())
     }
@@ -754,43 +781,14 @@ impl SqlStore {
         w: &mut Write,
         changes: Vec<(&Job, Job, Action)>,
     ) -> Result<Vec<Option<Job>>> {
-        const ROWS: usize = 100;
-        const COLUMNS: usize = 17;
         let mut written = Vec::with_capacity(changes.len());
-        for chunk in changes.chunks(ROWS) {
-            let values = values_list(chunk.len(), COLUMNS);
-            let sql = format!(
-                "UPDATE jobs SET status = v.column2, attempts = v.column3, stalls = v.column4, \
-                 run_attempts = v.column5, run_at = v.column6, lease_owner = v.column7, \
-                 lease_until = v.column8, error_code = v.column9, error_message = v.column10, \
-                 attempt_errors = v.column11, result = v.column12, started_at = v.column13, \
-                 finished_at = v.column14, updated_at = v.column15 \
-                 FROM (VALUES {values}) AS v \
-                 WHERE jobs.id = v.column1 AND jobs.status = v.column16 \
-                 AND COALESCE(jobs.lease_owner, '') = v.column17 RETURNING id"
-            );
-            let mut q = sqlx::query_scalar::<_, String>(&sql);
+        for chunk in changes.chunks(round::APPLY_ROWS) {
+            let sql = round::apply_sql(chunk.len());
+            let mut args = Vec::with_capacity(chunk.len() * 17);
             for (job, next, _) in chunk {
-                let error = next.error.as_ref();
-                q = q
-                    .bind(job.id.to_string())
-                    .bind(next.status.as_str())
-                    .bind(i64::from(next.attempts))
-                    .bind(i64::from(next.stalls))
-                    .bind(i64::from(next.run_attempts))
-                    .bind(ms(next.run_at))
-                    .bind(next.lease_owner.clone())
-                    .bind(next.lease_until.map(ms))
-                    .bind(error.map(|e| e.code.as_str()))
-                    .bind(error.map(|e| e.message.clone()))
-                    .bind(to_json(&next.attempt_errors)?)
-                    .bind(next.result.as_ref().map(to_json).transpose()?)
-                    .bind(next.started_at.map(ms))
-                    .bind(next.finished_at.map(ms))
-                    .bind(w.now)
-                    .bind(job.status.as_str())
-                    .bind(job.lease_owner.clone().unwrap_or_default());
+                args.extend(round::apply_args(job, next, w.now)?);
             }
+            let q = sqlx::query_scalar_with::<_, String, _>(&sql, any_args(&args)?);
             let changed: std::collections::HashSet<String> =
                 q.fetch_all(&mut *w.tx).await?.into_iter().collect();
             for (job, next, action) in chunk {
@@ -902,44 +900,26 @@ impl SqlStore {
         rate: Option<RateLimit>,
     ) -> Result<ClaimBatch> {
         let now = w.now;
-        let token = format!("{worker}/{}", uuid::Uuid::new_v4());
+        let token = round::claim_token(worker);
         let mut limit = limit as i64;
         let mut window: Vec<i64> = Vec::new();
         if let Some(rate) = rate {
             // The rate-limit row is read under the write lock (and row lock), so concurrent
             // claimers on any node take starts one after the other.
             window = self.recent_starts(&mut *w.tx, now, rate).await?;
-            let allowed = i64::from(rate.jobs) - window.len() as i64;
-            if allowed <= 0 {
-                let oldest = window.first().copied().unwrap_or(now);
-                // On PostgreSQL `now` is read before the row lock is had, so a claimer that
-                // waited for the lock can find a start a little after its own `now`: the wait is
-                // never more than one window.
-                let per = rate.per.as_millis() as i64;
-                let wait = (oldest + per - now).clamp(1, per.max(1));
-                return Ok(ClaimBatch {
-                    claims: Vec::new(),
-                    rate_limited_for: Some(Duration::from_millis(wait as u64)),
-                });
+            match round::rate_allows(&window, now, rate) {
+                Ok(allowed) => limit = limit.min(allowed),
+                Err(wait) => {
+                    return Ok(ClaimBatch {
+                        claims: Vec::new(),
+                        rate_limited_for: Some(wait),
+                    })
+                }
             }
-            limit = limit.min(allowed);
         }
-        // The statuses are literals, not parameters, wherever a partial index depends on them
-        // (PostgreSQL's `jobs_ready`, `jobs_lease`): a generic plan of a prepared statement
-        // cannot prove that `status = $n` matches the index's predicate and sorts the table.
-        let sql = format!(
-            "UPDATE jobs SET status = $1, attempts = attempts + 1, run_attempts = run_attempts + 1, \
-             lease_owner = $2, lease_until = $3, started_at = $4, updated_at = $4 \
-             WHERE seq IN (SELECT j.seq FROM jobs j WHERE j.status = '{QUEUED}' AND j.run_at <= $4 \
-             ORDER BY j.priority DESC, j.run_at, j.seq LIMIT $5{})",
-            self.dialect.lock(Lock::JobsSkipLocked)
-        );
-        let claimed = sqlx::query(&sql)
-            .bind(JobStatus::Queued.apply(Action::Claim)?.as_str())
-            .bind(&token)
-            .bind(now + lease.as_millis() as i64)
-            .bind(now)
-            .bind(limit)
+        let sql = round::claim_sql(self.dialect.lock(Lock::JobsSkipLocked));
+        let args = round::claim_args(&token, lease, now, limit)?;
+        let claimed = sqlx::query_with(&sql, any_args(&args)?)
             .execute(&mut *w.tx)
             .await?
             .rows_affected();
@@ -948,44 +928,24 @@ impl SqlStore {
         }
         if rate.is_some() {
             window.extend(std::iter::repeat_n(now, claimed as usize));
-            sqlx::query(
-                "INSERT INTO rate_limits (name, starts) VALUES ('global', $1) \
-                 ON CONFLICT (name) DO UPDATE SET starts = excluded.starts",
-            )
-            .bind(to_json(&window)?)
-            .execute(&mut *w.tx)
-            .await?;
+            sqlx::query(round::RATE_WRITE_SQL)
+                .bind(to_json(&window)?)
+                .execute(&mut *w.tx)
+                .await?;
         }
-        // The lease token is new: it names exactly this batch. Claims come in queue order, each
-        // with its image when it is small (one chunk), so that the worker need not read it.
-        let sql = format!(
-            "SELECT {JOB_COLUMNS}, c.data AS inline_image FROM jobs j \
-             JOIN blobs b ON b.sha256 = j.image_sha256 \
-             LEFT JOIN blob_chunks c ON c.sha256 = j.image_sha256 AND c.idx = 0 AND b.size <= $2 \
-             WHERE j.status = '{RUNNING}' AND j.lease_owner = $1 \
-             ORDER BY j.priority DESC, j.run_at, j.seq"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(&token)
-            .bind(crate::INLINE_IMAGE_MAX as i64)
+        // The lease token is new: it names exactly this batch.
+        let sql = round::claimed_sql();
+        let args = round::claimed_args(&token);
+        let rows = sqlx::query_with(&sql, any_args(&args)?)
             .fetch_all(&mut *w.tx)
             .await?;
         let mut claims = Vec::with_capacity(rows.len());
         for row in &rows {
             let job = job_from_row(row)?;
             let image: Option<Vec<u8>> = row.try_get("inline_image")?;
-            // A blob of one chunk is whole in it; anything else is read by the worker.
-            let image = image.filter(|b| b.len() as u64 == job.image_size);
             self.record(w, job.id, EventKind::Running, Some(job.clone()))
                 .await?;
-            claims.push(Claim {
-                lease: Lease {
-                    job_id: job.id,
-                    token: token.clone(),
-                },
-                job,
-                image,
-            });
+            claims.push(round::claim_of(job, image, &token));
         }
         Ok(ClaimBatch {
             claims,
@@ -1012,10 +972,7 @@ impl SqlStore {
     where
         E: sqlx::Executor<'c, Database = Any>,
     {
-        let sql = format!(
-            "SELECT starts FROM rate_limits WHERE name = 'global'{}",
-            self.dialect.lock(Lock::Row)
-        );
+        let sql = round::rate_read_sql(self.dialect.lock(Lock::Row));
         let starts: Option<String> = sqlx::query_scalar(&sql).fetch_optional(exec).await?;
         window_starts(starts, now, rate)
     }
@@ -1072,7 +1029,7 @@ impl Store for SqlStore {
         };
         let limit = limit.clamp(1, 500);
         let mut c = self.conditions(filter, &[]);
-        c.add("j.seq < {}", Arg::Int(before));
+        c.add("j.seq < {}", Arg::int(before));
         let sql = select_jobs(&format!(
             "{} ORDER BY j.seq DESC LIMIT ${}",
             c.joined(),
@@ -1193,40 +1150,32 @@ impl Store for SqlStore {
         lease: Duration,
         rate: Option<RateLimit>,
     ) -> Result<(Vec<bool>, ClaimBatch)> {
+        if let Some(rounds) = &self.rounds {
+            return self
+                .finish_and_claim_on(rounds, finishes, worker, limit, lease, rate)
+                .await;
+        }
         let mut w = self.begin(Durability::Relaxed).await?;
         // Every leased job of the round in one read (locked, in a stable order).
         let mut jobs = std::collections::HashMap::with_capacity(finishes.len());
         if !finishes.is_empty() {
-            let marks: Vec<String> = (1..=finishes.len()).map(|i| format!("${i}")).collect();
-            let sql = select_jobs(&format!("j.id IN ({}) ORDER BY j.seq", marks.join(", ")))
-                + self.dialect.lock(Lock::Jobs);
-            let mut q = sqlx::query(&sql);
-            for (l, _) in &finishes {
-                q = q.bind(l.job_id.to_string());
-            }
-            for row in q.fetch_all(&mut *w.tx).await? {
+            let sql = round::leased_jobs_sql(finishes.len(), self.dialect.lock(Lock::Jobs));
+            let ids: Vec<Arg> = finishes
+                .iter()
+                .map(|(l, _)| Arg::text(l.job_id.to_string()))
+                .collect();
+            for row in sqlx::query_with(&sql, any_args(&ids)?)
+                .fetch_all(&mut *w.tx)
+                .await?
+            {
                 let job = job_from_row(&row)?;
                 jobs.insert(job.id, job);
             }
         }
         // The outcomes of jobs still under the lease they were finished with, all in one write.
-        let mut leased = Vec::with_capacity(finishes.len());
-        let mut changes = Vec::with_capacity(finishes.len());
-        for (l, outcome) in finishes {
-            let job = jobs.get(&l.job_id).filter(|j| {
-                j.status == JobStatus::Running && j.lease_owner.as_deref() == Some(&l.token)
-            });
-            leased.push(job.is_some());
-            if let Some(job) = job {
-                let (next, action) = finished(job, outcome, w.now)?;
-                changes.push((job, next, action));
-            }
-        }
-        let mut written = self.apply_all(&mut w, changes).await?.into_iter();
-        let stored: Vec<bool> = leased
-            .into_iter()
-            .map(|l| l && written.next().flatten().is_some())
-            .collect();
+        let (leased, changes) = round::plan_finishes(finishes, &jobs, w.now)?;
+        let written = self.apply_all(&mut w, changes).await?;
+        let stored = round::stored(leased, written);
         let batch = if limit > 0 {
             self.claim_in(&mut w, worker, limit, lease, rate).await?
         } else {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 /// Set on every connection: WAL, foreign keys, and a generous wait for a busy file.
-const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
+pub(crate) const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
                        PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL";
 
 pub(crate) struct Sqlite {
@@ -22,8 +22,8 @@ pub(crate) struct Sqlite {
 }
 
 /// Opens (creating if needed) the database file a `sqlite://PATH` URL names: the writer pool,
-/// the reader pool and the dialect.
-pub(crate) async fn open(url: &str) -> Result<(AnyPool, AnyPool, Sqlite)> {
+/// the reader pool, the dialect and the file's path.
+pub(crate) async fn open(url: &str) -> Result<(AnyPool, AnyPool, Sqlite, std::path::PathBuf)> {
     let config = |message: String| StoreError::Config {
         url: url.to_string(),
         message,
@@ -65,7 +65,12 @@ pub(crate) async fn open(url: &str) -> Result<(AnyPool, AnyPool, Sqlite)> {
     let writer = pool(1).await?;
     let reader = pool(4).await?;
     let (events, _) = broadcast::channel(4096);
-    Ok((writer, reader, Sqlite { events }))
+    Ok((
+        writer,
+        reader,
+        Sqlite { events },
+        std::path::PathBuf::from(path),
+    ))
 }
 
 #[async_trait]

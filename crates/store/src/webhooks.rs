@@ -7,6 +7,7 @@
 
 use crate::dialect::{Durability, Lock};
 use crate::model::to_json;
+use crate::round::Arg;
 use crate::rows::{db_err, ms_to_time};
 use crate::sql::{SqlStore, Write};
 use crate::{Job, Result};
@@ -161,23 +162,39 @@ fn delivery_from_row(row: &sqlx::any::AnyRow) -> Result<Delivery> {
 /// Adds the delivery of `kind` for `job` (as it is right after the change) when the job's
 /// webhook asks for it; called inside the change's transaction.
 pub(crate) async fn enqueue(w: &mut Write, job: &Job, kind: EventKind) -> Result<()> {
-    let Some(hook) = job.webhook.as_ref().filter(|h| h.wants(kind)) else {
+    let Some(args) = delivery_args(job, kind, w.now)? else {
         return Ok(());
     };
-    sqlx::query(
-        "INSERT INTO webhook_deliveries (id, job_id, event, url, payload, status, \
-         next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7)",
-    )
-    .bind(format!("msg_{}", uuid::Uuid::now_v7().simple()))
-    .bind(job.id.to_string())
-    .bind(kind.as_str())
-    .bind(&hook.url)
-    .bind(to_json(job)?)
-    .bind(DeliveryStatus::Pending.as_str())
-    .bind(w.now)
-    .execute(&mut *w.tx)
-    .await?;
+    let mut q = sqlx::query(DELIVERY_INSERT_SQL);
+    for a in args {
+        q = match a {
+            Arg::Text(t) => q.bind(t),
+            Arg::Int(i) => q.bind(i),
+        };
+    }
+    q.execute(&mut *w.tx).await?;
     Ok(())
+}
+
+/// Puts a webhook's call in the outbox. Values: [`delivery_args`].
+pub(crate) const DELIVERY_INSERT_SQL: &str =
+    "INSERT INTO webhook_deliveries (id, job_id, event, url, payload, status, \
+     next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7)";
+
+/// The outbox row announcing `kind` of `job` at `now`, if the job has a webhook that wants it.
+pub(crate) fn delivery_args(job: &Job, kind: EventKind, now: i64) -> Result<Option<Vec<Arg>>> {
+    let Some(hook) = job.webhook.as_ref().filter(|h| h.wants(kind)) else {
+        return Ok(None);
+    };
+    Ok(Some(vec![
+        Arg::text(format!("msg_{}", uuid::Uuid::now_v7().simple())),
+        Arg::text(job.id.to_string()),
+        Arg::text(kind.as_str()),
+        Arg::text(hook.url.clone()),
+        Arg::text(to_json(job)?),
+        Arg::text(DeliveryStatus::Pending.as_str()),
+        Arg::int(now),
+    ]))
 }
 
 #[async_trait]

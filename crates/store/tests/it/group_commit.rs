@@ -185,3 +185,101 @@ async fn a_round_stores_each_outcome_under_its_own_lease_and_claims_the_next() {
     assert!(stored.is_empty() && none.claims.is_empty());
     assert_eq!(store.last_event_seq().await.unwrap(), seq);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_takes_starts_from_the_rate_limit_and_records_events_and_webhook_calls() {
+    use imgclass_core::{ErrorCode, EventKind, JobStatus};
+    use imgclass_store::{Outcome, RateLimit, Webhook};
+    use std::time::Duration;
+    let (store, _db) = fresh_store().await;
+    let mut stream = store.subscribe();
+    let hooked = NewJob {
+        webhook: Some(Webhook {
+            url: "https://hooks.example.com/imgclass".into(),
+            events: vec![EventKind::Running, EventKind::Succeeded],
+        }),
+        ..new_job(1)
+    };
+    let small = hooked.image.clone();
+    let jobs = store
+        .create_jobs(vec![hooked, new_job(2), new_job(3)])
+        .await
+        .unwrap();
+    let rate = RateLimit {
+        jobs: 2,
+        per: Duration::from_secs(3600),
+    };
+    let (_, first) = store
+        .finish_and_claim(Vec::new(), "pool", 3, LONG_LEASE, Some(rate))
+        .await
+        .unwrap();
+    // Two starts fit in the window: the two oldest jobs, the first with its (small) image.
+    let claimed: Vec<_> = first.claims.iter().map(|c| c.job.id).collect();
+    assert_eq!(claimed, [jobs[0].id, jobs[1].id]);
+    assert_eq!(first.claims[0].image.as_deref(), Some(&small[..]));
+    assert!(first.rate_limited_for.is_none());
+    // One succeeds, one is to run again; the window is full, so nothing else is claimed and the
+    // round says how long to wait.
+    let outcomes = vec![
+        (
+            first.claims[0].lease.clone(),
+            Outcome::Succeeded(sample_result()),
+        ),
+        (
+            first.claims[1].lease.clone(),
+            Outcome::Retry {
+                error: job_error(ErrorCode::Internal, "try again"),
+                run_at: chrono::Utc::now(),
+            },
+        ),
+    ];
+    let (stored, second) = store
+        .finish_and_claim(outcomes, "pool", 3, LONG_LEASE, Some(rate))
+        .await
+        .unwrap();
+    assert_eq!(stored, [true, true]);
+    assert!(second.claims.is_empty());
+    let wait = second.rate_limited_for.expect("the rate limit holds");
+    assert!(
+        wait > Duration::from_secs(3000) && wait <= Duration::from_secs(3600),
+        "{wait:?}"
+    );
+    assert_eq!(get(&*store, jobs[0].id).await.status, JobStatus::Succeeded);
+    let again = get(&*store, jobs[1].id).await;
+    assert_eq!(again.status, JobStatus::Queued);
+    assert_eq!(again.attempt_errors.len(), 1);
+    // The webhook's calls went into the outbox with the changes it asked for.
+    let calls: Vec<EventKind> = store
+        .deliveries(jobs[0].id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.event)
+        .collect();
+    assert_eq!(calls, [EventKind::Running, EventKind::Succeeded]);
+    // Subscribers got every event, numbered in order, as the log stores them.
+    let stored_log = store.events_since(0, 100).await.unwrap();
+    let mut live = Vec::new();
+    while live.len() < stored_log.len() {
+        let e = tokio::time::timeout(Duration::from_secs(10), stream.recv())
+            .await
+            .expect("an event within 10 s")
+            .unwrap();
+        live.push((e.seq, e.job_id, e.kind));
+    }
+    let logged: Vec<_> = stored_log
+        .iter()
+        .map(|e| (e.seq, e.job_id, e.kind))
+        .collect();
+    assert_eq!(live, logged);
+    let of_first: Vec<EventKind> = logged
+        .iter()
+        .filter(|e| e.1 == jobs[0].id)
+        .map(|e| e.2)
+        .collect();
+    assert_eq!(
+        of_first,
+        [EventKind::Created, EventKind::Running, EventKind::Succeeded]
+    );
+    assert!(logged.windows(2).all(|w| w[0].0 < w[1].0));
+}
