@@ -363,9 +363,10 @@ fn any_args(args: &[Arg]) -> Result<AnyArguments<'_>> {
     Ok(out)
 }
 
-/// Statuses written into SQL as literals (see `claim_in`).
+/// Statuses written into SQL as literals (see `round::claim_sql`).
 pub(crate) const QUEUED: &str = JobStatus::Queued.as_str();
 pub(crate) const RUNNING: &str = JobStatus::Running.as_str();
+/// The statuses of finished jobs.
 const FINISHED: [JobStatus; 3] = [JobStatus::Succeeded, JobStatus::Failed, JobStatus::Canceled];
 
 fn parse_id(id: &str) -> Result<JobId> {

@@ -208,7 +208,7 @@ impl Webhooks for SqlStore {
         let mut w = self.begin(Durability::Relaxed).await?;
         let now = w.now;
         // The status is a literal so that PostgreSQL's partial index `webhook_deliveries_due`
-        // serves this under a generic plan too (see `claim_in` in sql.rs).
+        // serves this under a generic plan too (see `claim_sql` in round.rs).
         let sql = format!(
             "SELECT id FROM webhook_deliveries WHERE status = '{}' AND next_attempt_at <= $1 \
              AND (lease_until IS NULL OR lease_until < $1) ORDER BY next_attempt_at, seq \
