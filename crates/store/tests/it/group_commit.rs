@@ -283,3 +283,77 @@ async fn a_round_takes_starts_from_the_rate_limit_and_records_events_and_webhook
     );
     assert!(logged.windows(2).all(|w| w[0].0 < w[1].0));
 }
+
+/// Makes every insert of a `succeeded` event fail, on either backend.
+async fn break_success_events(db: &TestDb) {
+    if db.url.starts_with("postgres") {
+        exec_raw(
+            db,
+            "CREATE FUNCTION refuse_success() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ \
+             LANGUAGE plpgsql; CREATE TRIGGER refuse_success BEFORE INSERT ON events FOR EACH ROW \
+             WHEN (NEW.kind = 'succeeded') EXECUTE FUNCTION refuse_success();",
+        )
+        .await;
+    } else {
+        exec_raw(
+            db,
+            "CREATE TRIGGER refuse_success BEFORE INSERT ON events WHEN NEW.kind = 'succeeded' \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_round_stores_nothing_and_the_next_round_runs_normally() {
+    use imgclass_core::JobStatus;
+    use imgclass_store::Outcome;
+    let (store, db) = fresh_store().await;
+    let jobs = store
+        .create_jobs((0..3).map(new_job).collect())
+        .await
+        .unwrap();
+    let (_, first) = store
+        .finish_and_claim(Vec::new(), "pool", 2, LONG_LEASE, None)
+        .await
+        .unwrap();
+    assert_eq!(first.claims.len(), 2);
+    let outcomes = || {
+        first
+            .claims
+            .iter()
+            .map(|c| (c.lease.clone(), Outcome::Succeeded(sample_result())))
+            .collect::<Vec<_>>()
+    };
+    let seq = store.last_event_seq().await.unwrap();
+    break_success_events(&db).await;
+    let failed = store
+        .finish_and_claim(outcomes(), "pool", 1, LONG_LEASE, None)
+        .await;
+    assert!(failed.unwrap_err().to_string().contains("refused"));
+    // Nothing of the failed round is stored: both jobs still run under their leases, the third
+    // is still queued, and no event was added.
+    for c in &first.claims {
+        let job = get(&*store, c.job.id).await;
+        assert_eq!(job.status, JobStatus::Running);
+        assert_eq!(job.lease_owner.as_deref(), Some(c.lease.token.as_str()));
+    }
+    assert_eq!(get(&*store, jobs[2].id).await.status, JobStatus::Queued);
+    assert_eq!(store.last_event_seq().await.unwrap(), seq);
+    // Once the cause is gone, the same outcomes are stored and the next job is claimed.
+    if db.url.starts_with("postgres") {
+        exec_raw(&db, "DROP TRIGGER refuse_success ON events").await;
+    } else {
+        exec_raw(&db, "DROP TRIGGER refuse_success").await;
+    }
+    let (stored, next) = store
+        .finish_and_claim(outcomes(), "pool", 1, LONG_LEASE, None)
+        .await
+        .unwrap();
+    assert_eq!(stored, [true, true]);
+    assert_eq!(next.claims.len(), 1);
+    assert_eq!(next.claims[0].job.id, jobs[2].id);
+    for c in &first.claims {
+        assert_eq!(get(&*store, c.job.id).await.status, JobStatus::Succeeded);
+    }
+}
