@@ -99,24 +99,45 @@ impl StoreError {
 /// A full disk: SQLite's SQLITE_FULL (13), PostgreSQL's `disk_full` (53100).
 fn is_storage_full(db: &dyn sqlx::error::DatabaseError) -> bool {
     if let Some(e) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
-        return sqlite_primary_code(e) == Some(13);
+        return sqlite_primary_code(e).map(SqliteClass::of) == Some(SqliteClass::Full);
     }
     db.code().as_deref() == Some("53100")
 }
 
 /// Errors that mean "the database cannot serve us right now", not "the request is wrong".
-/// SQLite: busy or locked (5, 6), an I/O error (10), a file that cannot be opened (14). PostgreSQL
-/// SQLSTATEs: connection exceptions (08), operator intervention such as a shutdown or restart
-/// (57P), insufficient resources (53), a database not accepting connections (55000).
+/// SQLite: see [`SqliteClass`]. PostgreSQL SQLSTATEs: connection exceptions (08), operator
+/// intervention such as a shutdown or restart (57P), insufficient resources (53), a database not
+/// accepting connections (55000).
 fn is_connection_problem(db: &dyn sqlx::error::DatabaseError) -> bool {
     if let Some(e) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
-        return matches!(sqlite_primary_code(e), Some(5 | 6 | 10 | 14));
+        return sqlite_primary_code(e).map(SqliteClass::of) == Some(SqliteClass::Unavailable);
     }
     match db.code() {
         Some(c) => {
             c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") || c == "55000"
         }
         None => false,
+    }
+}
+
+/// What a SQLite error means to the store, from its primary result code (the extended code's
+/// low byte); the same for errors from sqlx and from the round thread's own connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SqliteClass {
+    /// SQLITE_FULL (13).
+    Full,
+    /// Busy or locked (5, 6), an I/O error (10), a file that cannot be opened (14).
+    Unavailable,
+    Other,
+}
+
+impl SqliteClass {
+    pub(crate) fn of(primary: i32) -> SqliteClass {
+        match primary & 0xff {
+            13 => SqliteClass::Full,
+            5 | 6 | 10 | 14 => SqliteClass::Unavailable,
+            _ => SqliteClass::Other,
+        }
     }
 }
 

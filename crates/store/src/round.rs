@@ -8,7 +8,7 @@
 use crate::model::to_json;
 use crate::rows::{db_err, ms_to_time};
 use crate::sql::{finished, values_list, QUEUED, RUNNING};
-use crate::{Claim, Event, Job, Lease, Outcome, RateLimit, Result};
+use crate::{Claim, ClaimBatch, Event, Job, Lease, Outcome, RateLimit, Result};
 use imgclass_core::{Action, EventKind, JobId, JobStatus};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -128,13 +128,13 @@ pub(crate) fn rate_read_sql(lock: &str) -> String {
 pub(crate) const RATE_WRITE_SQL: &str = "INSERT INTO rate_limits (name, starts) \
      VALUES ('global', $1) ON CONFLICT (name) DO UPDATE SET starts = excluded.starts";
 
-/// How many jobs may start now under `rate`, given the window's starts (oldest first); or how
-/// long to wait before one may.
+/// How many jobs may start now under `rate`, given the window's starts (oldest first); or, when
+/// none may, the claim's answer: nothing claimed, and how long to wait before one may start.
 pub(crate) fn rate_allows(
     window: &[i64],
     now: i64,
     rate: RateLimit,
-) -> std::result::Result<i64, Duration> {
+) -> std::result::Result<i64, ClaimBatch> {
     let allowed = i64::from(rate.jobs) - window.len() as i64;
     if allowed > 0 {
         return Ok(allowed);
@@ -145,7 +145,10 @@ pub(crate) fn rate_allows(
     // window.
     let per = rate.per.as_millis() as i64;
     let wait = (oldest + per - now).clamp(1, per.max(1));
-    Err(Duration::from_millis(wait as u64))
+    Err(ClaimBatch {
+        claims: Vec::new(),
+        rate_limited_for: Some(Duration::from_millis(wait as u64)),
+    })
 }
 
 /// A fresh lease token for one claim batch of `worker`.

@@ -322,17 +322,9 @@ impl Conditions {
         }
     }
 
-    fn bind<'q>(
-        &'q self,
-        mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
-    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
-        for a in &self.args {
-            q = match a {
-                Arg::Text(t) => q.bind(t.as_deref()),
-                Arg::Int(i) => q.bind(*i),
-            };
-        }
-        q
+    /// `sql` with the conditions' values bound (more can follow with `bind`).
+    fn query<'q>(&'q self, sql: &'q str) -> Result<sqlx::query::Query<'q, Any, AnyArguments<'q>>> {
+        Ok(sqlx::query_with(sql, any_args(&self.args)?))
     }
 }
 
@@ -351,7 +343,7 @@ fn contains_pattern(text: &str) -> String {
 }
 
 /// The values of a statement built at run time, for sqlx.
-fn any_args(args: &[Arg]) -> Result<AnyArguments<'_>> {
+pub(crate) fn any_args(args: &[Arg]) -> Result<AnyArguments<'_>> {
     let mut out = AnyArguments::default();
     for a in args {
         match a {
@@ -910,12 +902,7 @@ impl SqlStore {
             window = self.recent_starts(&mut *w.tx, now, rate).await?;
             match round::rate_allows(&window, now, rate) {
                 Ok(allowed) => limit = limit.min(allowed),
-                Err(wait) => {
-                    return Ok(ClaimBatch {
-                        claims: Vec::new(),
-                        rate_limited_for: Some(wait),
-                    })
-                }
+                Err(wait) => return Ok(wait),
             }
         }
         let sql = round::claim_sql(self.dialect.lock(Lock::JobsSkipLocked));
@@ -1037,7 +1024,7 @@ impl Store for SqlStore {
             c.next()
         ));
         let rows = c
-            .bind(sqlx::query(&sql))
+            .query(&sql)?
             .bind(limit as i64 + 1)
             .fetch_all(&self.reader)
             .await?;
@@ -1279,7 +1266,7 @@ impl Store for SqlStore {
     async fn count_jobs(&self, filter: &JobFilter) -> Result<u64> {
         let c = self.conditions(filter, &[]);
         let sql = format!("SELECT COUNT(*) AS n FROM jobs j WHERE {}", c.joined());
-        let row = c.bind(sqlx::query(&sql)).fetch_one(&self.reader).await?;
+        let row = c.query(&sql)?.fetch_one(&self.reader).await?;
         Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
     }
 
@@ -1288,7 +1275,7 @@ impl Store for SqlStore {
         let c = self.conditions(filter, &[JobStatus::Queued]);
         let sql =
             select_jobs(&format!("{} ORDER BY j.seq", c.joined())) + self.dialect.lock(Lock::Jobs);
-        let rows = c.bind(sqlx::query(&sql)).fetch_all(&mut *w.tx).await?;
+        let rows = c.query(&sql)?.fetch_all(&mut *w.tx).await?;
         let mut canceled = 0;
         for row in &rows {
             let job = job_from_row(row)?;
@@ -1312,7 +1299,7 @@ impl Store for SqlStore {
             c.joined()
         ) + self.dialect.lock(Lock::Jobs);
         let ids: Vec<String> = c
-            .bind(sqlx::query(&sql))
+            .query(&sql)?
             .fetch_all(&mut *w.tx)
             .await?
             .iter()

@@ -14,6 +14,7 @@ use crate::health;
 use crate::model::to_json;
 use crate::round::{self, Arg};
 use crate::rows::{db_err, job_from_row, now_ms, window_starts};
+use crate::SqliteClass;
 use crate::{ClaimBatch, Event, Job, Lease, Outcome, RateLimit, Result, StoreError};
 use imgclass_core::EventKind;
 use rusqlite::{CachedStatement, Connection, OptionalExtension, TransactionBehavior};
@@ -102,13 +103,14 @@ fn open(path: &PathBuf) -> Result<Connection> {
 /// A SQLite error as the store reports it (the same classes as sqlx's errors get, see
 /// `StoreError::from`).
 pub(crate) fn error(e: rusqlite::Error) -> StoreError {
-    use rusqlite::ErrorCode as C;
-    let converted = match e.sqlite_error_code() {
-        Some(C::DiskFull) => StoreError::StorageFull(e.to_string()),
-        Some(C::DatabaseBusy | C::DatabaseLocked | C::SystemIoFailure | C::CannotOpen) => {
-            StoreError::Unavailable(e.to_string())
-        }
-        _ => StoreError::Database(e.to_string()),
+    let class = match &e {
+        rusqlite::Error::SqliteFailure(f, _) => SqliteClass::of(f.extended_code),
+        _ => SqliteClass::Other,
+    };
+    let converted = match class {
+        SqliteClass::Full => StoreError::StorageFull(e.to_string()),
+        SqliteClass::Unavailable => StoreError::Unavailable(e.to_string()),
+        SqliteClass::Other => StoreError::Database(e.to_string()),
     };
     health::count_error(matches!(converted, StoreError::Unavailable(_)));
     converted
@@ -266,12 +268,7 @@ fn claim(
         window = window_starts(starts, now, rate)?;
         match round::rate_allows(&window, now, rate) {
             Ok(allowed) => limit = limit.min(allowed),
-            Err(wait) => {
-                return Ok(ClaimBatch {
-                    claims: Vec::new(),
-                    rate_limited_for: Some(wait),
-                })
-            }
+            Err(wait) => return Ok(wait),
         }
     }
     let claimed = execute(

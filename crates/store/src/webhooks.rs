@@ -165,14 +165,9 @@ pub(crate) async fn enqueue(w: &mut Write, job: &Job, kind: EventKind) -> Result
     let Some(args) = delivery_args(job, kind, w.now)? else {
         return Ok(());
     };
-    let mut q = sqlx::query(DELIVERY_INSERT_SQL);
-    for a in args {
-        q = match a {
-            Arg::Text(t) => q.bind(t),
-            Arg::Int(i) => q.bind(i),
-        };
-    }
-    q.execute(&mut *w.tx).await?;
+    sqlx::query_with(DELIVERY_INSERT_SQL, crate::sql::any_args(&args)?)
+        .execute(&mut *w.tx)
+        .await?;
     Ok(())
 }
 
