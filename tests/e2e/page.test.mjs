@@ -65,6 +65,10 @@ function parseCsv(text) {
 /** Runs axe-core inside the page (its source injected by the test) with the WCAG 2.1 A and AA
  *  rules and the best practices; fails on any serious or critical violation. */
 async function audit(page, what) {
+  // Colours are judged once they have settled: a transition still running (the drop zone's
+  // background after a switch of colour scheme) would show axe a mix of the two schemes.
+  await page.waitForFunction(() => document.getAnimations()
+    .every((a) => !(a instanceof CSSTransition) || a.playState !== 'running'));
   if (!(await page.evaluate(() => Boolean(window.axe)))) await page.evaluate(AXE);
   const { violations, passes, incomplete } = await page.evaluate(async () => {
     const result = await window.axe.run(document, {
@@ -949,7 +953,6 @@ describe('the dashboard', () => {
     const light = await audit(page, 'dashboard, light');
     await page.screenshot({ path: join(SHOTS, 'dashboard-1280.png'), fullPage: false });
     await page.emulateMedia({ colorScheme: 'dark' });
-    await page.waitForTimeout(400); // the drop zone's colour transition
     const dark = await audit(page, 'dashboard, dark');
     await page.screenshot({ path: join(SHOTS, 'dashboard-1280-dark.png'), fullPage: false });
     await page.emulateMedia({ colorScheme: 'light' });
