@@ -417,12 +417,19 @@ struct WorkArgs {
     webhooks: WebhookArgs,
     #[command(flatten)]
     limits: LimitArgs,
-    /// Classification workers in this process (each with its own inference thread); default:
-    /// the number of cores.
+    /// Classification workers in this process: how many jobs it runs at once. Default: with
+    /// the built-in model, the number of cores plus one (the extra worker stores its outcome
+    /// and reads its next image while the others' images are classified, so the cores do not
+    /// wait for the queue); with another provider, the number of cores.
     #[arg(long, env = "IMGCLASS_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: Option<u16>,
-    /// ONNX Runtime threads per worker; default: cores / workers. Lower it when several
-    /// processes share one machine's cores.
+    /// Inference threads (each with its own model session) that the workers share; at most
+    /// one per worker. Default: with the built-in model, the number of cores (or of workers if
+    /// fewer); with another provider, one per worker.
+    #[arg(long, env = "IMGCLASS_INFERENCE_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    inference_threads: Option<u16>,
+    /// ONNX Runtime threads per inference thread; default: cores / inference threads. Lower it
+    /// when several processes share one machine's cores.
     #[arg(long, env = "IMGCLASS_INTRA_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
     intra_threads: Option<u16>,
     /// Share of classification attempts (0.0–1.0) that fail on purpose, to see retries and
@@ -781,7 +788,15 @@ async fn start_workers(
     args: &WorkArgs,
     metrics: Option<Arc<imgclass_server::metrics::Metrics>>,
 ) -> Result<Workers> {
-    let count = args.workers.map_or_else(cores, usize::from);
+    let builtin = matches!(args.model.provider, ProviderArg::Builtin);
+    let count = args
+        .workers
+        .map_or_else(|| cores() + usize::from(builtin), usize::from);
+    // A remote provider's calls mostly wait on the network: one thread per worker.
+    let threads = args
+        .inference_threads
+        .map_or_else(|| if builtin { cores() } else { count }, usize::from)
+        .clamp(1, count);
     let factory: ClassifierFactory = match args.model.provider {
         ProviderArg::Noop => {
             tracing::warn!("provider noop: jobs succeed without classification (benchmarks only)");
@@ -797,10 +812,10 @@ async fn start_workers(
             let model = tokio::task::spawn_blocking(move || Model::load(&source)).await??;
             let intra = args
                 .intra_threads
-                .map_or_else(|| (cores() / count).max(1), usize::from);
+                .map_or_else(|| (cores() / threads).max(1), usize::from);
             let top_k = usize::from(args.model.top_k);
             let limits = args.limits.limits();
-            tracing::info!(provider = "builtin", model = %model.info().name, version = %model.info().version, workers = count, intra_threads = intra, "model loaded");
+            tracing::info!(provider = "builtin", model = %model.info().name, version = %model.info().version, workers = count, inference_threads = threads, intra_threads = intra, "model loaded");
             Arc::new(move || {
                 let c = model.session(intra, top_k)?.with_limits(limits);
                 Ok(Box::new(c) as Box<dyn Classifier>)
@@ -809,6 +824,7 @@ async fn start_workers(
     };
     let config = WorkerConfig {
         workers: count,
+        inference_threads: Some(threads),
         lease: args.lease,
         sweep_interval: (args.lease / 6).max(Duration::from_millis(100)),
         inject_failure_rate: args.inject_failure_rate,

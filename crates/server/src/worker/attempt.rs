@@ -1,11 +1,10 @@
-//! One attempt of one job: read its image, classify it on the inference thread within the job
+//! One attempt of one job: read its image, classify it on an inference thread within the job
 //! timeout while renewing the lease, and store the outcome the queue's rules decide.
 
-use super::inference::InferenceThread;
+use super::inference::InferenceError;
 use super::runner::Worker;
 use super::signalled;
 use chrono::Utc;
-use imgclass_classifier::ClassifyError;
 use imgclass_core::policy::{self, Happened};
 use imgclass_core::{ErrorCode, JobResult, JobStatus, Timings};
 use imgclass_store::{Claim, Job, JobError, Lease, Outcome};
@@ -22,7 +21,7 @@ impl Worker {
     /// Runs one attempt; the outcome to store, or `None` when the attempt ends without one (the
     /// lease was lost, the job was given back, or its image could not be read: then its lease
     /// expires and it runs again).
-    pub(super) async fn attempt(&mut self, claim: Claim) -> Option<(Lease, Outcome)> {
+    pub(super) async fn attempt(&self, claim: Claim) -> Option<(Lease, Outcome)> {
         let Claim { job, lease, image } = claim;
         let queue_wait = job
             .started_at
@@ -59,7 +58,7 @@ impl Worker {
                 );
                 Outcome::Succeeded(JobResult {
                     predictions: c.predictions,
-                    model: self.thread.info.clone(),
+                    model: self.pool.info.clone(),
                     worker: Some(self.name.clone()),
                     timings: Timings {
                         queue_wait_ms: queue_wait,
@@ -73,75 +72,65 @@ impl Worker {
         Some((lease, outcome))
     }
 
-    /// Classifies on the inference thread within the job timeout, renewing the lease meanwhile.
+    /// Classifies on an inference thread within the job timeout, renewing the lease meanwhile
+    /// (also while the image waits for a free thread).
     /// `None` when the attempt is to be dropped without an outcome: the lease was lost, or the
     /// worker is shutting down (the job was given back).
     async fn classify_leased(
-        &mut self,
+        &self,
         lease: &Lease,
         bytes: Vec<u8>,
     ) -> Option<Result<imgclass_classifier::Classification, Failure>> {
         let timeout = self.config.job_timeout;
-        let result = {
-            let thread = &self.thread;
-            let work = async {
-                match tokio::time::timeout(timeout, thread.classify(bytes, timeout)).await {
-                    Ok(r) => r.map_err(|e: ClassifyError| Failure {
-                        retry_after: e.retry_after(),
-                        error: JobError {
-                            code: e.code(),
-                            message: e.to_string(),
-                        },
-                    }),
-                    Err(_) => Err(Failure {
-                        retry_after: None,
-                        error: JobError {
-                            code: ErrorCode::Timeout,
-                            message: format!(
-                                "the classification took longer than the job timeout ({} ms) and was abandoned",
-                                timeout.as_millis()
-                            ),
-                        },
-                    }),
-                }
-            };
-            tokio::pin!(work);
-            let mut beat = tokio::time::interval(self.config.lease / 3);
-            beat.tick().await;
-            let mut abort = self.abort.clone();
-            loop {
-                tokio::select! {
-                    r = &mut work => break r,
-                    _ = beat.tick() => {
-                        match self.store.heartbeat(lease, self.config.lease).await {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                tracing::warn!("lease lost (the job was canceled, deleted or taken over); dropping this attempt");
-                                let _ = (&mut work).await;
-                                return None;
-                            }
-                            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-                        }
-                    }
-                    _ = signalled(&mut abort) => {
-                        match self.store.release(lease).await {
-                            Ok(_) => tracing::info!("shutting down: job given back to the queue"),
-                            Err(e) => tracing::warn!(error = %e, "could not give the job back; its lease will expire"),
-                        }
-                        return None;
-                    }
-                }
-            }
+        let pool = &self.pool;
+        let work = async {
+            pool.classify(bytes, timeout).await.map_err(|e| match e {
+                InferenceError::Classify(e) => Failure {
+                    retry_after: e.retry_after(),
+                    error: JobError {
+                        code: e.code(),
+                        message: e.to_string(),
+                    },
+                },
+                InferenceError::TimedOut => Failure {
+                    retry_after: None,
+                    error: JobError {
+                        code: ErrorCode::Timeout,
+                        message: format!(
+                            "the classification took longer than the job timeout ({} ms) and was abandoned",
+                            timeout.as_millis()
+                        ),
+                    },
+                },
+            })
         };
-        if matches!(&result, Err(f) if f.error.code == ErrorCode::Timeout) {
-            // The stuck thread finishes on its own and exits; this worker gets a fresh one.
-            match InferenceThread::start(format!("{}-infer", self.name), self.factory.clone()).await
-            {
-                Ok(t) => self.thread = t,
-                Err(e) => tracing::error!(error = %e, "cannot restart the inference thread"),
+        tokio::pin!(work);
+        let mut beat = tokio::time::interval(self.config.lease / 3);
+        beat.tick().await;
+        let mut abort = self.abort.clone();
+        loop {
+            tokio::select! {
+                r = &mut work => return Some(r),
+                _ = beat.tick() => {
+                    match self.store.heartbeat(lease, self.config.lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!("lease lost (the job was canceled, deleted or taken over); dropping this attempt");
+                            let _ = (&mut work).await;
+                            return None;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                    }
+                }
+                _ = signalled(&mut abort) => {
+                    match self.store.release(lease).await {
+                        Ok(_) => tracing::info!("shutting down: job given back to the queue"),
+                        Err(e) => tracing::warn!(error = %e, "could not give the job back; its lease will expire"),
+                    }
+                    return None;
+                }
             }
         }
-        Some(result)
     }
 
     /// What follows a failed attempt, as the queue's rules decide: another attempt after a

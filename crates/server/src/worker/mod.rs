@@ -1,7 +1,7 @@
 //! The workers. Each worker ([`runner`]) claims jobs from the queue on the async runtime and
-//! runs one attempt at a time ([`attempt`]): decoding and inference happen on the worker's own
-//! OS thread ([`inference`]), which owns one classifier session, while the attempt renews the
-//! job's lease. [`maintenance`] puts back the jobs of workers that died and prunes old ones;
+//! runs one attempt at a time ([`attempt`]): decoding and inference happen on one of the
+//! process's inference threads ([`inference`]), each owning one classifier session, while the
+//! attempt renews the job's lease. [`maintenance`] puts back the jobs of workers that died and prunes old ones;
 //! [`faults`] wraps the classifier to fail on purpose (`--inject-failure-rate`). What happens
 //! after a failed attempt is decided by `imgclass_core::policy`.
 
@@ -21,14 +21,18 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Builds one classifier per worker thread (called on that thread).
+/// Builds one classifier per inference thread (called on that thread).
 pub type ClassifierFactory =
     Arc<dyn Fn() -> anyhow::Result<Box<dyn Classifier>> + Send + Sync + 'static>;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Number of workers (and inference threads) in this process.
+    /// Number of workers in this process: how many jobs it runs at once.
     pub workers: usize,
+    /// Number of inference threads (classifier sessions) the workers share; `None`: one per
+    /// worker. Fewer threads than workers lets a worker store its outcome and read its next
+    /// image while the threads classify other workers' images.
+    pub inference_threads: Option<usize>,
     /// How long a claim is valid without a heartbeat.
     pub lease: Duration,
     /// How often expired leases are looked for.
@@ -61,6 +65,7 @@ impl Default for WorkerConfig {
         let rules = Rules::default();
         WorkerConfig {
             workers: 1,
+            inference_threads: None,
             lease: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(5),
             poll_interval: Duration::from_secs(5),
@@ -79,6 +84,13 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The number of inference threads: as configured, at most one per worker, at least one.
+    pub fn threads(&self) -> usize {
+        self.inference_threads
+            .unwrap_or(self.workers)
+            .clamp(1, self.workers.max(1))
+    }
+
     /// The queue's rules as configured.
     pub fn rules(&self) -> Rules {
         Rules {
@@ -116,20 +128,19 @@ impl Workers {
         if let Err(e) = store.rescue_expired_with(config.max_stalls).await {
             tracing::warn!(error = %e, "lease sweep failed");
         }
-        let mut workers = Vec::new();
-        for i in 0..config.workers.max(1) {
-            workers.push(
-                runner::Worker::start(
-                    format!("{}-w{i}", config.node),
-                    format!("imgclass-infer-{i}"),
-                    store.clone(),
-                    factory.clone(),
-                    config.clone(),
-                    abort_rx.clone(),
-                )
+        let pool = Arc::new(
+            inference::InferencePool::start("imgclass-infer".into(), config.threads(), factory)
                 .await?,
-            );
-        }
+        );
+        let workers = (0..config.workers.max(1))
+            .map(|i| runner::Worker {
+                name: format!("{}-w{i}", config.node),
+                store: store.clone(),
+                pool: pool.clone(),
+                config: config.clone(),
+                abort: abort_rx.clone(),
+            })
+            .collect();
         let mut tasks = runner::spawn_pool(store.clone(), config.clone(), workers, stop_rx.clone());
         tasks.push(tokio::spawn(maintenance::sweeper(
             store.clone(),

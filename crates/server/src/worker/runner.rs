@@ -5,8 +5,8 @@
 //! fallback), so a busy pool spends one commit on many jobs. The workers run attempts; a
 //! worker is given a job only when it is idle, so nothing claimed waits in a buffer.
 
-use super::inference::InferenceThread;
-use super::{signalled, ClassifierFactory, WorkerConfig};
+use super::inference::InferencePool;
+use super::{signalled, WorkerConfig};
 use chrono::Utc;
 use imgclass_store::{Claim, Lease, Outcome, Store};
 use std::sync::Arc;
@@ -17,8 +17,8 @@ use tracing::Instrument;
 pub(super) struct Worker {
     pub(super) name: String,
     pub(super) store: Arc<dyn Store>,
-    pub(super) thread: InferenceThread,
-    pub(super) factory: ClassifierFactory,
+    /// The process's inference threads, shared by its workers.
+    pub(super) pool: Arc<InferencePool>,
     pub(super) config: WorkerConfig,
     /// Set when running jobs are to be given back to the queue at once.
     pub(super) abort: watch::Receiver<bool>,
@@ -32,33 +32,8 @@ struct Done {
 }
 
 impl Worker {
-    /// A worker with its inference thread started (its classifier loaded).
-    pub(super) async fn start(
-        name: String,
-        thread_name: String,
-        store: Arc<dyn Store>,
-        factory: ClassifierFactory,
-        config: WorkerConfig,
-        abort: watch::Receiver<bool>,
-    ) -> anyhow::Result<Worker> {
-        let thread = InferenceThread::start(thread_name, factory.clone()).await?;
-        Ok(Worker {
-            name,
-            store,
-            thread,
-            factory,
-            config,
-            abort,
-        })
-    }
-
     /// Runs the jobs the driver hands over until the driver stops.
-    async fn run(
-        mut self,
-        index: usize,
-        mut jobs: mpsc::Receiver<Claim>,
-        done: mpsc::Sender<Done>,
-    ) {
+    async fn run(self, index: usize, mut jobs: mpsc::Receiver<Claim>, done: mpsc::Sender<Done>) {
         while let Some(claim) = jobs.recv().await {
             let span = tracing::info_span!("job", job.id = %claim.job.id, worker = %self.name, node = %self.config.node);
             let (created_at, waited) = (

@@ -3,8 +3,10 @@
 
 use crate::helpers::{fixture, slow_factory, Options, TestApp};
 use imgclass_core::{ErrorCode, EventKind, JobStatus};
-use imgclass_server::WorkerConfig;
+use imgclass_server::{ClassifierFactory, WorkerConfig};
 use imgclass_store::RateLimit;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn fast_retries() -> WorkerConfig {
@@ -131,6 +133,59 @@ async fn the_rate_limit_holds_across_workers() {
     let (_, stats) = app.get("/api/stats").await;
     assert_eq!(stats["counts"]["succeeded"], 6);
     assert_eq!(stats["rate_limit"]["jobs"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_share_one_inference_thread() {
+    // One session, counted; every classification holds the thread for 1 s.
+    let sessions = Arc::new(AtomicUsize::new(0));
+    let slow = slow_factory(Duration::from_millis(1000), 3);
+    let counted = sessions.clone();
+    let factory: ClassifierFactory = Arc::new(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        slow()
+    });
+    let app = TestApp::with(Options {
+        workers: 3,
+        factory: Some(factory),
+        worker_config: WorkerConfig {
+            inference_threads: Some(1),
+            ..WorkerConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let files: Vec<(&str, Vec<u8>)> = ["coffee.png", "chelsea.png", "rocket.jpg"]
+        .iter()
+        .map(|f| (*f, fixture(f)))
+        .collect();
+    let ids = app.submit(&files).await;
+    // All three are running at once (three workers hold their leases) while the one thread
+    // classifies them one after the other.
+    for id in &ids {
+        app.wait_for(*id, JobStatus::Running).await;
+    }
+    let (_, stats) = app.get("/api/stats").await;
+    assert_eq!(stats["counts"]["running"], 3, "{stats}");
+    let mut ends = Vec::new();
+    for id in &ids {
+        let job = app.wait_for(*id, JobStatus::Succeeded).await;
+        assert_eq!((job.attempts, job.stalls), (1, 0));
+        ends.push(job.finished_at.unwrap());
+    }
+    ends.sort();
+    for pair in ends.windows(2) {
+        let gap = (pair[1] - pair[0]).num_milliseconds();
+        assert!(
+            gap >= 900,
+            "one thread: the classifications ran one after the other ({gap} ms apart)"
+        );
+    }
+    assert_eq!(
+        sessions.load(Ordering::SeqCst),
+        1,
+        "one session for three workers"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
