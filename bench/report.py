@@ -76,7 +76,7 @@ def main():
         add((
             "end to end: HTTP upload → queue → model → `succeeded`",
             f"**{fmt(e2e['per_s'])} img/s**",
-            f"`serve` defaults (2 workers × 1 intra thread), {e2e['concurrency']} uploads in flight, "
+            f"`serve` defaults (cores + 1 workers sharing one 1-intra-thread session per core), {e2e['concurrency']} uploads in flight, "
             f"first POST → last `succeeded` event; all submitted after {fmt(e2e['submit_seconds'], 2)} s; "
             f"server CPU {fmt(e2e['server_cpu_ms_per_job'], 0)} ms per image"
             + (f" (raw loop: {fmt(1000 * (m.get('cores') or 2) / raw_best['images_per_s'], 0)} ms on {m.get('cores') or 2} busy cores)" if raw_best else "")
@@ -212,7 +212,7 @@ def main():
         srv = (e2e or {}).get("server_timings", {}).get("by_file", {})
         lines += [
             "",
-            "Per photo, milliseconds (median of 5; model with 2 intra threads; server = mean over the end-to-end jobs, 2 workers × 1 thread, decode includes resize):",
+            "Per photo, milliseconds (median of 5; model with 2 intra threads; server = mean over the end-to-end jobs, one 1-intra-thread session per core, decode includes resize):",
             "",
             "| photo | size | Rust decode | Rust resize+normalise | Rust model | Python (competent) decode | Python resize+normalise | Python model | server decode+resize | server model |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
