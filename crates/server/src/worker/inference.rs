@@ -102,6 +102,9 @@ impl InferencePool {
                 state: state.clone(),
             })
             .map_err(|_| gone())?;
+        // A caller that stops waiting (its job given back at shutdown) takes its task out of
+        // the queue, if no thread has started it yet.
+        let _forget = Forget(state.clone());
         match tokio::time::timeout(timeout, rx).await {
             Ok(r) => r.map_err(|_| gone())?.map_err(InferenceError::Classify),
             Err(_) => {
@@ -134,6 +137,17 @@ impl InferencePool {
                 tracing::error!(error = %e, "cannot start an inference thread in place of a stuck one")
             }
         }
+    }
+}
+
+/// Abandons a task that is still queued when its caller goes away.
+struct Forget(Arc<AtomicU8>);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -256,7 +270,8 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn more_callers_than_threads_share_them_and_a_task_given_up_while_queued_never_runs() {
+    async fn more_callers_than_threads_share_them_and_a_task_given_up_or_left_while_queued_never_runs(
+    ) {
         let (factory, calls, sessions) = sleepy();
         let pool = Arc::new(
             InferencePool::start("tpool-share".into(), 2, factory)
@@ -291,6 +306,30 @@ mod tests {
             calls.load(Ordering::SeqCst),
             8,
             "the abandoned task was not classified"
+        );
+        // A caller that goes away while its task waits takes the task with it.
+        let long: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.classify(vec![20], Duration::from_secs(5)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let gone = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.classify(vec![0], Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gone.abort();
+        assert!(matches!(gone.await, Err(e) if e.is_cancelled()));
+        for t in long {
+            assert!(t.await.unwrap().is_ok());
+        }
+        assert!(pool.classify(vec![0], Duration::from_secs(5)).await.is_ok());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            11,
+            "the task of the caller that went away was not classified"
         );
         assert_eq!(sessions.load(Ordering::SeqCst), 2);
         assert_eq!(threads_named("tpool-share"), 2);

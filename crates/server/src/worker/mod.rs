@@ -1,9 +1,10 @@
 //! The workers. Each worker ([`runner`]) claims jobs from the queue on the async runtime and
 //! runs one attempt at a time ([`attempt`]): decoding and inference happen on one of the
 //! process's inference threads ([`inference`]), each owning one classifier session, while the
-//! attempt renews the job's lease. [`maintenance`] puts back the jobs of workers that died and prunes old ones;
-//! [`faults`] wraps the classifier to fail on purpose (`--inject-failure-rate`). What happens
-//! after a failed attempt is decided by `imgclass_core::policy`.
+//! attempt renews the job's lease. [`maintenance`] puts back the jobs of workers that died and
+//! prunes old ones; [`faults`] wraps the classifier to fail on purpose
+//! (`--inject-failure-rate`). What happens after a failed attempt is decided by
+//! `imgclass_core::policy`.
 
 mod attempt;
 mod faults;
