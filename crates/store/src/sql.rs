@@ -902,7 +902,7 @@ impl SqlStore {
             window = self.recent_starts(&mut *w.tx, now, rate).await?;
             match round::rate_allows(&window, now, rate) {
                 Ok(allowed) => limit = limit.min(allowed),
-                Err(wait) => return Ok(wait),
+                Err(limited) => return Ok(limited),
             }
         }
         let sql = round::claim_sql(self.dialect.lock(Lock::JobsSkipLocked));

@@ -268,7 +268,7 @@ fn claim(
         window = window_starts(starts, now, rate)?;
         match round::rate_allows(&window, now, rate) {
             Ok(allowed) => limit = limit.min(allowed),
-            Err(wait) => return Ok(wait),
+            Err(limited) => return Ok(limited),
         }
     }
     let claimed = execute(

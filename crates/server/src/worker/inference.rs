@@ -62,7 +62,12 @@ impl InferencePool {
         let mut info = None;
         for i in 0..threads.max(1) {
             let (ready_tx, ready_rx) = oneshot::channel();
-            spawn(format!("{name}-{i}"), factory.clone(), rx.clone(), ready_tx)?;
+            spawn(
+                format!("{name}-{i}"),
+                factory.clone(),
+                rx.clone(),
+                Some(ready_tx),
+            )?;
             info =
                 Some(ready_rx.await.map_err(|_| {
                     anyhow::anyhow!("an inference thread stopped while starting")
@@ -119,23 +124,9 @@ impl InferencePool {
     /// Starts a thread in place of one that will end after its abandoned task.
     fn replace(&self) {
         let i = self.started.fetch_add(1, Ordering::Relaxed);
-        let (ready_tx, ready_rx) = oneshot::channel();
-        match spawn(
-            format!("{}-{i}", self.name),
-            self.factory.clone(),
-            self.rx.clone(),
-            ready_tx,
-        ) {
-            Ok(()) => {
-                tokio::spawn(async move {
-                    if let Ok(Err(e)) = ready_rx.await {
-                        tracing::error!(error = %e, "cannot start an inference thread in place of a stuck one");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start an inference thread in place of a stuck one")
-            }
+        let name = format!("{}-{i}", self.name);
+        if let Err(e) = spawn(name, self.factory.clone(), self.rx.clone(), None) {
+            tracing::error!(error = %e, "cannot start an inference thread in place of a stuck one");
         }
     }
 }
@@ -151,22 +142,29 @@ impl Drop for Forget {
     }
 }
 
-/// One thread: builds its classifier, reports readiness, then takes tasks from the shared queue
-/// until the pool is dropped or a task it ran was abandoned (a replacement was started).
+/// One thread: builds its classifier, reports readiness to `ready` (a replacement thread has no
+/// one waiting: it logs a failure itself), then takes tasks from the shared queue until the pool
+/// is dropped or a task it ran was abandoned (a replacement was started).
 fn spawn(
     name: String,
     factory: ClassifierFactory,
     rx: Arc<Mutex<std_mpsc::Receiver<Task>>>,
-    ready: oneshot::Sender<anyhow::Result<imgclass_core::ModelInfo>>,
+    ready: Option<oneshot::Sender<anyhow::Result<imgclass_core::ModelInfo>>>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name(name).spawn(move || {
-        let mut classifier = match factory() {
-            Ok(c) => {
-                let _ = ready.send(Ok(c.info().clone()));
+        let mut classifier = match (factory(), ready) {
+            (Ok(c), ready) => {
+                if let Some(ready) = ready {
+                    let _ = ready.send(Ok(c.info().clone()));
+                }
                 c
             }
-            Err(e) => {
+            (Err(e), Some(ready)) => {
                 let _ = ready.send(Err(e));
+                return;
+            }
+            (Err(e), None) => {
+                tracing::error!(error = %e, "cannot start an inference thread in place of a stuck one");
                 return;
             }
         };
@@ -236,6 +234,20 @@ mod tests {
         (factory, calls, sessions)
     }
 
+    /// `n` callers at once, each asking for a classification that sleeps `tens` × 10 ms.
+    fn callers(
+        pool: &Arc<InferencePool>,
+        n: usize,
+        tens: u8,
+    ) -> Vec<tokio::task::JoinHandle<Result<Classification, InferenceError>>> {
+        (0..n)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.classify(vec![tens], Duration::from_secs(5)).await })
+            })
+            .collect()
+    }
+
     /// The live threads of this process whose name starts with `prefix`.
     fn threads_named(prefix: &str) -> usize {
         std::fs::read_dir("/proc/self/task")
@@ -280,12 +292,7 @@ mod tests {
         );
         assert_eq!(threads_named("tpool-share"), 2);
         // Two long tasks hold both threads; a third, given up while it waits, is skipped.
-        let long: Vec<_> = (0..2)
-            .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move { pool.classify(vec![20], Duration::from_secs(5)).await })
-            })
-            .collect();
+        let long = callers(&pool, 2, 20);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let waited = pool.classify(vec![0], Duration::from_millis(20)).await;
         assert!(matches!(waited, Err(InferenceError::TimedOut)));
@@ -293,12 +300,7 @@ mod tests {
             assert!(t.await.unwrap().is_ok());
         }
         // Six callers on two threads: all answered, by the same two sessions.
-        let many: Vec<_> = (0..6)
-            .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move { pool.classify(vec![1], Duration::from_secs(5)).await })
-            })
-            .collect();
+        let many = callers(&pool, 6, 1);
         for t in many {
             assert!(t.await.unwrap().is_ok());
         }
@@ -308,17 +310,9 @@ mod tests {
             "the abandoned task was not classified"
         );
         // A caller that goes away while its task waits takes the task with it.
-        let long: Vec<_> = (0..2)
-            .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move { pool.classify(vec![20], Duration::from_secs(5)).await })
-            })
-            .collect();
+        let long = callers(&pool, 2, 20);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let gone = {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.classify(vec![0], Duration::from_secs(5)).await })
-        };
+        let gone = callers(&pool, 1, 0).remove(0);
         tokio::time::sleep(Duration::from_millis(20)).await;
         gone.abort();
         assert!(matches!(gone.await, Err(e) if e.is_cancelled()));
