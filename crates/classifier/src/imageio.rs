@@ -1,7 +1,7 @@
 //! Upload checks (format sniffed from the bytes, size limits read from the header before any
 //! pixel is decoded, completeness and structure checked without decoding pixels), the JPEG
 //! marker walk, and a whole decode with EXIF orientation. The model's pre-processing is in
-//! `prepare.rs`.
+//! `prepare/`.
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use imgclass_core::ErrorCode;

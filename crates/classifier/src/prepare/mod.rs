@@ -1,0 +1,152 @@
+//! The model's pre-processing, from image bytes to the input tensor, at a cost that does not grow
+//! with the image's shape.
+//!
+//! What the model sees is the centre 224×224 of the image resized so that its shorter side is 256
+//! (bilinear), the reference pipeline of `model/NOTICE.md`. Only that centre square of the source
+//! is ever resized: the crop box is worked out in source pixels first, mapped through the EXIF
+//! orientation (`crop.rs`), and handed to a SIMD convolution resizer (`fast_image_resize`, the
+//! same Pillow-style bilinear kernel, which also reads the pixels just outside the box as Pillow
+//! does); the 224×224 result is oriented and normalised while it is written into the tensor
+//! (`tensor.rs`). A 12000×1 image therefore costs what a photo costs.
+//!
+//! The two stages meet at a `Region` (`region.rs`): a decoder path produces the pixels around the
+//! crop box and the box in them, and the tensor stage resizes and writes them. The decoder paths:
+//! - JPEG (`jpeg.rs`): libjpeg-turbo, a large one at 1/2–1/8 scale in the DCT domain, after its
+//!   markers are checked.
+//! - PNG, not interlaced (`png.rs`): row by row, keeping only the rows and columns around the
+//!   centre square, box-averaged on the fly when it is large.
+//! - Anything else (WebP, GIF, BMP, TIFF, interlaced PNG, CMYK JPEG; `generic.rs`): a full decode
+//!   by the `image` crate under its memory limits.
+//!
+//! Every decode first takes what it will allocate from the process-wide [`DecodeBudget`]
+//! (waiting while it is spent); an image needing more than the whole budget is refused as too
+//! large. The [`Cancel`] is checked between stages and every few rows.
+
+mod crop;
+mod generic;
+mod jpeg;
+mod png;
+mod region;
+mod tensor;
+
+pub use crop::crop_box;
+pub use tensor::TENSOR_LEN;
+
+use crate::budget::DecodeBudget;
+use crate::cancel::Cancel;
+use crate::imageio::{self, ImageLimits};
+use crate::ClassifyError;
+use image::ImageFormat;
+use region::Region;
+use std::time::{Duration, Instant};
+use tensor::TensorWriter;
+
+/// How an image went through the pre-processing, for timings and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prepared {
+    /// Width and height of the image as its header declares them.
+    pub width: u32,
+    pub height: u32,
+    /// Size of the buffer the decoder produced (after DCT scaling or row reduction).
+    pub decoded: (u32, u32),
+    pub decoder: DecoderKind,
+    /// Decoding (with the checks).
+    pub decode: Duration,
+    /// Resizing, cropping and normalising into the tensor.
+    pub resize: Duration,
+}
+
+/// Which decoder path was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecoderKind {
+    /// libjpeg-turbo with DCT scaling (1/2 to 1/8).
+    JpegScaled,
+    /// libjpeg-turbo, full size.
+    JpegFull,
+    /// PNG row by row, kept around the centre square.
+    PngRows,
+    /// The `image` crate, whole image.
+    Full,
+}
+
+/// Scratch buffers and the resizer, reused from image to image by one thread.
+pub struct Preprocessor {
+    tensor: TensorWriter,
+}
+
+impl Default for Preprocessor {
+    fn default() -> Self {
+        Preprocessor::new()
+    }
+}
+
+impl Preprocessor {
+    pub fn new() -> Preprocessor {
+        Preprocessor {
+            tensor: TensorWriter::new(),
+        }
+    }
+
+    /// Decodes `bytes` and writes the model's input for it into `out` (`3 * 224 * 224` floats,
+    /// CHW, `(pixel - 127) / 128`).
+    pub fn prepare(
+        &mut self,
+        bytes: &[u8],
+        limits: &ImageLimits,
+        budget: &DecodeBudget,
+        cancel: &Cancel,
+        out: &mut [f32],
+    ) -> Result<Prepared, ClassifyError> {
+        assert_eq!(out.len(), TENSOR_LEN, "the output is one image's tensor");
+        let t0 = Instant::now();
+        let probed = imageio::probe(bytes, limits)?;
+        cancel.check()?;
+        let (region, decoder, t1) = decode(bytes, probed.format, limits, budget, cancel)?;
+        let decoded = (region.width, region.height);
+        self.tensor.write(&region, out)?;
+        Ok(Prepared {
+            width: probed.width,
+            height: probed.height,
+            decoded,
+            decoder,
+            decode: t1 - t0,
+            resize: t1.elapsed(),
+        })
+    }
+}
+
+/// The pixels of the region the model needs, by the first decoder path that takes the image,
+/// with that path and the time decoding ended (checked for cancellation right after).
+fn decode<'b>(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &ImageLimits,
+    budget: &'b DecodeBudget,
+    cancel: &Cancel,
+) -> Result<(Region<'b>, DecoderKind, Instant), ClassifyError> {
+    let ended = || -> Result<Instant, ClassifyError> {
+        let t1 = Instant::now();
+        cancel.check()?;
+        Ok(t1)
+    };
+    if format == ImageFormat::Jpeg {
+        if let Some((region, scale)) = jpeg::decode(bytes, budget, cancel)? {
+            let kind = if scale > 1 {
+                DecoderKind::JpegScaled
+            } else {
+                DecoderKind::JpegFull
+            };
+            return Ok((region, kind, ended()?));
+        }
+    }
+    if format == ImageFormat::Png {
+        if let Some(region) = png::decode(bytes, budget, cancel)? {
+            return Ok((region, DecoderKind::PngRows, ended()?));
+        }
+    }
+    // Everything else: a whole decode by the image crate; the conversion to a region (RGB for
+    // formats other than 8-bit grey, RGB or RGBA) counts as resizing, after the cancel check.
+    let (img, orientation) = generic::decode(bytes, format, limits, budget, cancel)?;
+    let t1 = ended()?;
+    Ok((generic::region(img, orientation), DecoderKind::Full, t1))
+}
