@@ -1,21 +1,24 @@
-//! Who is calling the API, and what they may do. With no token in the database the API is open
-//! (a single user on loopback); once a token exists, every `/api/*` route needs
-//! `Authorization: Bearer TOKEN` with the route's scope, and a token without `admin` sees only the
-//! jobs it created: another token's job answers `404`, exactly like a job that does not exist.
+//! The access layer: who is calling the API (a [`Caller`]), and what they may do. With no token
+//! in the database the API is open (a single user on loopback); once a token exists, every
+//! `/api/*` route needs `Authorization: Bearer TOKEN` with the route's scope, and a token without
+//! `admin` sees only the jobs it created: another token's job answers `404`, exactly like a job
+//! that does not exist.
 //!
 //! The rules of every API route are one table, [`API_RULES`]; a route missing from it is refused
 //! (fail closed), so a new route cannot be reached before its rule is written.
 
+// Also named here, where the access layer that establishes it lives.
+pub use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::quota::{self, Admission, QuotaConfig};
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use imgclass_core::{ErrorCode, JobId, Scope};
-use imgclass_store::{ApiToken, NewToken, Store};
+use imgclass_store::{NewToken, Store};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,67 +88,6 @@ pub fn rule_for(method: &Method, path: &str) -> Option<&'static Rule> {
     API_RULES
         .iter()
         .find(|r| r.method == method && r.path == path)
-}
-
-/// Who is calling.
-#[derive(Debug, Clone)]
-pub enum Caller {
-    /// No token is configured: everyone may do everything.
-    Open,
-    Token(Arc<ApiToken>),
-}
-
-impl Caller {
-    /// The owner of the jobs this caller creates.
-    pub fn owner(&self) -> Option<String> {
-        match self {
-            Caller::Open => None,
-            Caller::Token(t) => Some(t.id.clone()),
-        }
-    }
-
-    /// The owner whose jobs alone this caller may see (`None`: every job).
-    pub fn only(&self) -> Option<String> {
-        match self {
-            Caller::Token(t) if !t.has(Scope::Admin) => Some(t.id.clone()),
-            _ => None,
-        }
-    }
-
-    /// Whether this caller may see a job (or event) of `owner`.
-    pub fn may_see(&self, owner: Option<&str>) -> bool {
-        match self.only() {
-            None => true,
-            Some(me) => owner == Some(me.as_str()),
-        }
-    }
-
-    /// Whether the caller has `scope` (everyone has every scope while the API is open).
-    pub fn has(&self, scope: Scope) -> bool {
-        match self {
-            Caller::Open => true,
-            Caller::Token(t) => t.has(scope),
-        }
-    }
-
-    /// The token's id, for logs and quotas.
-    pub fn token_id(&self) -> Option<&str> {
-        match self {
-            Caller::Open => None,
-            Caller::Token(t) => Some(&t.id),
-        }
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        // Set by `require` on every API route; its absence is a wiring mistake, refused.
-        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
-            ApiError::internal("access", "a handler asked for the caller outside the API")
-        })
-    }
 }
 
 /// The prefix of every token, so that a leaked one is recognisable (secret scanners).

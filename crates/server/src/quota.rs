@@ -3,7 +3,7 @@
 //! of a token's jobs may wait in the queue. Over a rate: `429 rate_limited` with `Retry-After`;
 //! every answer under a request quota carries `RateLimit-Limit`, `-Remaining` and `-Reset`.
 
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::error::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;

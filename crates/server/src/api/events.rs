@@ -2,8 +2,8 @@
 //! `Last-Event-ID` (or `?after=SEQ`) first gets every event it missed from the event log, then
 //! live events; a new client gets live events only.
 
-use super::ApiQuery;
-use crate::auth::Caller;
+use super::extract::ApiQuery;
+use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
 use axum::extract::State;

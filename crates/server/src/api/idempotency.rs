@@ -13,8 +13,8 @@
 //! "Same request" is judged by what it asks for — each file's name and SHA-256, and the plain
 //! fields — not by its bytes, since a multipart body sent again has a new boundary.
 
-use super::SubmitFields;
-use crate::auth::Caller;
+use super::submit_fields::SubmitFields;
+use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::AppState;
 use axum::http::{header, HeaderMap, HeaderValue};

@@ -11,8 +11,9 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
+use utoipa::OpenApi as _;
 
-/// What the document says besides the routes (which `api_router` adds).
+/// What the document says besides the routes (which [`openapi`] takes from the routers).
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(
@@ -31,7 +32,20 @@ branch on `code`, which never changes; `message` is for people.",
         (name = "service", description = "Health, figures and this description."),
     )
 )]
-pub(super) struct ApiDoc;
+struct ApiDoc;
+
+/// The OpenAPI document of the API, as served at `/api/openapi.json`: the descriptions the
+/// routers registered with their handlers, and what the access layer adds to the guarded ones.
+pub fn openapi() -> OpenApi {
+    let guarded = super::guarded_router().into_openapi();
+    let guarded_paths = guarded.paths.paths.keys().cloned().collect();
+    let mut doc = ApiDoc::openapi();
+    doc.merge(guarded);
+    doc.merge(super::public_router().into_openapi());
+    doc.merge(crate::ops::openapi());
+    add_access_responses(&mut doc, &guarded_paths);
+    doc
+}
 
 /// A response header: its name and what it says.
 type HeaderDoc = (&'static str, &'static str);
@@ -78,7 +92,7 @@ const ACCESS_ERRORS: [(&str, &str, &str, Option<HeaderDoc>); 5] = [
 
 /// Adds to every operation of `guarded` paths what the access layer may answer, and the optional
 /// bearer token: a server without tokens is open, one with tokens needs one.
-pub(super) fn add_access_responses(doc: &mut OpenApi, guarded: &BTreeSet<String>) {
+fn add_access_responses(doc: &mut OpenApi, guarded: &BTreeSet<String>) {
     for (path, item) in doc.paths.paths.iter_mut() {
         if !guarded.contains(path) {
             continue;
@@ -149,7 +163,7 @@ const DOCS_CSS: &str = include_str!("../../assets/docs.css");
 fn document_json() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
     JSON.get_or_init(|| {
-        super::openapi()
+        openapi()
             .to_pretty_json()
             .expect("the OpenAPI document serializes")
     })

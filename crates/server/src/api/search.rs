@@ -2,9 +2,9 @@
 //! export, streamed page by page from the store (never the whole list in memory); and the bulk
 //! actions on queued and finished jobs, each one request acting in the database.
 
+use super::extract::ApiQuery;
 use super::views::{BulkCount, JobView};
-use super::ApiQuery;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
 use axum::body::{Body, Bytes};

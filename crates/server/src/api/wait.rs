@@ -3,6 +3,8 @@
 //! store's event stream — the same one `/api/events` serves, fed on PostgreSQL by every node's
 //! changes — so it never polls and sees a job finish whichever node ran it.
 
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
 use imgclass_core::JobId;
 use imgclass_store::{Event, Job, Store, StoreError};
 use std::collections::HashMap;
@@ -34,8 +36,16 @@ pub(super) fn preferred(headers: &axum::http::HeaderMap) -> Option<Duration> {
 }
 
 /// The `Preference-Applied` value for a wait.
-pub(super) fn applied(wait: Duration) -> String {
+fn applied(wait: Duration) -> String {
     format!("wait={}", wait.as_secs())
+}
+
+/// Sets `Preference-Applied` on the answer to a request that waited.
+pub(super) fn set_preference_applied(resp: &mut Response, wait: Duration) {
+    if let Ok(v) = HeaderValue::from_str(&applied(wait)) {
+        resp.headers_mut()
+            .insert(header::HeaderName::from_static("preference-applied"), v);
+    }
 }
 
 /// What became of the jobs after the wait.
