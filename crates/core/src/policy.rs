@@ -1,8 +1,10 @@
 //! The queue's rules, in one place and free of IO: given a job's counters and what happened to
-//! it (an attempt ended with a result or an error, its worker was lost, a person acted), which
-//! [`Action`] applies, and so which state, event and `run_at` come next. The workers and the
-//! store ask these functions; the store then writes what they decided, guarded by the state the
-//! job was in.
+//! it (it was claimed, an attempt ended with a result or an error, its image was gone, its
+//! worker was lost or gave it back, a person acted), the [`Decision`]: every column the
+//! transition changes — status, counters, the error to record, when it runs next, whether it is
+//! finished — and the event. Also how a job is created (`create`) and what follows a webhook
+//! delivery's attempt (`delivery`). The store applies decisions as they are, guarded by the
+//! state the job was read in; it decides nothing itself.
 
 use crate::{Action, ErrorCode, EventKind, JobStatus, TransitionError};
 use std::time::Duration;
@@ -41,16 +43,21 @@ pub struct Counters {
 }
 
 /// What happened to a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Happened {
+    /// A worker took the queued job.
+    Claimed,
     /// The running attempt produced a result.
     Succeeded,
     /// The running attempt failed with this error; `retry_after` is a delay the failing party
     /// asked for (e.g. an upstream's `Retry-After`), used instead of the backoff when longer.
     Errored {
         code: ErrorCode,
+        message: String,
         retry_after: Option<Duration>,
     },
+    /// The running job's image is no longer stored: no attempt can succeed.
+    ImageMissing,
     /// The running attempt's lease expired: its worker is gone.
     LeaseExpired,
     /// The worker gives the job back unfinished (it is shutting down); the attempt does not count.
@@ -61,17 +68,103 @@ pub enum Happened {
     CancelRequested,
 }
 
-/// What the rules decided.
+/// How a transition changes one of the job's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    Keep,
+    Add(u32),
+    /// Down by this much, never below zero.
+    Sub(u32),
+    Reset,
+}
+
+impl Count {
+    /// The counter's new value.
+    pub fn apply(self, value: u32) -> u32 {
+        match self {
+            Count::Keep => value,
+            Count::Add(n) => value.saturating_add(n),
+            Count::Sub(n) => value.saturating_sub(n),
+            Count::Reset => 0,
+        }
+    }
+}
+
+/// What a transition does to the job's error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorChange {
+    Keep,
+    /// The job no longer shows an error.
+    Clear,
+    /// The job's error becomes this one, and it is added to the attempts' history.
+    Record {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// What a transition does to the job's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultChange {
+    Keep,
+    /// The job holds no result.
+    Clear,
+    /// The result of the attempt that just ended is stored.
+    Store,
+}
+
+/// What a transition does to the job's finish time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Keep,
+    /// Finished now.
+    Now,
+    /// Not finished (it runs again).
+    Clear,
+}
+
+/// What the rules decided: everything the transition changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub action: Action,
     /// The state the job moves to.
     pub to: JobStatus,
     /// The event recorded with the change.
     pub event: EventKind,
-    /// When the job runs next, counted from now (only when it goes back to the queue).
+    /// When the job runs next, counted from now (`None`: `run_at` stays).
     pub run_in: Option<Duration>,
+    pub attempts: Count,
+    pub run_attempts: Count,
+    pub stalls: Count,
+    pub error: ErrorChange,
+    pub result: ResultChange,
+    pub finished: Finish,
+    /// The start time becomes now (a claim).
+    pub started: bool,
 }
+
+impl Decision {
+    /// A transition by `action` from `from` that changes nothing but the status (and the
+    /// lease, which only a running job holds); the rules below say what else changes.
+    fn of(from: JobStatus, action: Action) -> Result<Decision, TransitionError> {
+        Ok(Decision {
+            action,
+            to: from.apply(action)?,
+            event: action.event(),
+            run_in: None,
+            attempts: Count::Keep,
+            run_attempts: Count::Keep,
+            stalls: Count::Keep,
+            error: ErrorChange::Keep,
+            result: ResultChange::Keep,
+            finished: Finish::Keep,
+            started: false,
+        })
+    }
+}
+
+/// What the job ran into when its worker was lost.
+const STALLED: &str = "the worker running this job stopped renewing its lease";
 
 /// Decides what follows `happened` for a job with `counters`. `jitter` (0.5–1.0, drawn by the
 /// caller so that tests are deterministic) scales the backoff of an automatic retry.
@@ -81,36 +174,135 @@ pub fn decide(
     happened: Happened,
     jitter: f64,
 ) -> Result<Decision, TransitionError> {
+    let from = counters.status;
     let attempts_left = counters.run_attempts < counters.max_attempts;
-    let (action, run_in) = match happened {
-        Happened::Succeeded => (Action::Succeed, None),
-        Happened::Errored { code, retry_after } => {
+    let d = match happened {
+        Happened::Claimed => Decision {
+            attempts: Count::Add(1),
+            run_attempts: Count::Add(1),
+            started: true,
+            ..Decision::of(from, Action::Claim)?
+        },
+        Happened::Succeeded => Decision {
+            error: ErrorChange::Clear,
+            result: ResultChange::Store,
+            finished: Finish::Now,
+            ..Decision::of(from, Action::Succeed)?
+        },
+        Happened::Errored {
+            code,
+            message,
+            retry_after,
+        } => {
+            let error = ErrorChange::Record { code, message };
             if code.is_retryable() && attempts_left {
                 let delay = backoff(rules, counters.run_attempts, jitter);
-                let delay = retry_after.map_or(delay, |asked| asked.max(delay));
-                (Action::Requeue, Some(delay))
+                Decision {
+                    run_in: Some(retry_after.map_or(delay, |asked| asked.max(delay))),
+                    error,
+                    result: ResultChange::Clear,
+                    ..Decision::of(from, Action::Requeue)?
+                }
             } else {
-                (Action::Fail, None)
+                Decision {
+                    error,
+                    result: ResultChange::Clear,
+                    finished: Finish::Now,
+                    ..Decision::of(from, Action::Fail)?
+                }
             }
         }
+        Happened::ImageMissing => Decision {
+            error: ErrorChange::Record {
+                code: ErrorCode::Internal,
+                message: "the job's image is missing".into(),
+            },
+            result: ResultChange::Clear,
+            finished: Finish::Now,
+            ..Decision::of(from, Action::Fail)?
+        },
         Happened::LeaseExpired => {
-            if attempts_left && counters.stalls < rules.max_stalls {
-                (Action::LeaseExpired, Some(Duration::ZERO))
+            let again = attempts_left && counters.stalls < rules.max_stalls;
+            let (action, run_in, finished, detail) = if again {
+                (
+                    Action::LeaseExpired,
+                    Some(Duration::ZERO),
+                    Finish::Keep,
+                    "; it was queued again".to_string(),
+                )
             } else {
-                (Action::Fail, None)
+                (
+                    Action::Fail,
+                    None,
+                    Finish::Now,
+                    format!(
+                        ", and it cannot run again (no attempt left, or its worker was lost \
+                         more than {} times)",
+                        rules.max_stalls
+                    ),
+                )
+            };
+            Decision {
+                run_in,
+                stalls: Count::Add(1),
+                error: ErrorChange::Record {
+                    code: ErrorCode::Stalled,
+                    message: format!("{STALLED}{detail}"),
+                },
+                finished,
+                ..Decision::of(from, action)?
             }
         }
-        Happened::Released => (Action::Release, Some(Duration::ZERO)),
-        Happened::RetryRequested => (Action::Retry, Some(Duration::ZERO)),
-        Happened::CancelRequested => (Action::Cancel, None),
+        // The attempt does not count.
+        Happened::Released => Decision {
+            run_in: Some(Duration::ZERO),
+            attempts: Count::Sub(1),
+            run_attempts: Count::Sub(1),
+            ..Decision::of(from, Action::Release)?
+        },
+        // A new round of attempts.
+        Happened::RetryRequested => Decision {
+            run_in: Some(Duration::ZERO),
+            run_attempts: Count::Reset,
+            stalls: Count::Reset,
+            finished: Finish::Clear,
+            ..Decision::of(from, Action::Retry)?
+        },
+        Happened::CancelRequested => Decision {
+            finished: Finish::Now,
+            ..Decision::of(from, Action::Cancel)?
+        },
     };
-    let to = counters.status.apply(action)?;
-    Ok(Decision {
-        action,
-        to,
-        event: action.event(),
-        run_in,
-    })
+    Ok(d)
+}
+
+/// How a new job starts: queued, or — answered from the result cache — already succeeded
+/// (started and finished when it was created), announced as created and then as succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Creation {
+    pub status: JobStatus,
+    /// Started and finished at creation.
+    pub finished: bool,
+    /// The events recorded, in order.
+    pub events: &'static [EventKind],
+}
+
+/// How a job is created; `cached`: an earlier job's result for the same image and model is
+/// reused.
+pub fn create(cached: bool) -> Creation {
+    if cached {
+        Creation {
+            status: JobStatus::Succeeded,
+            finished: true,
+            events: &[EventKind::Created, EventKind::Succeeded],
+        }
+    } else {
+        Creation {
+            status: JobStatus::Queued,
+            finished: false,
+            events: &[EventKind::Created],
+        }
+    }
 }
 
 /// Exponential backoff: `base × 2^(attempt−1)`, capped at `max`, then scaled by `jitter`
@@ -122,171 +314,58 @@ pub fn backoff(rules: &Rules, attempt: u32, jitter: f64) -> Duration {
     exp.min(rules.backoff_max).mul_f64(jitter.clamp(0.5, 1.0))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The Standard Webhooks retry schedule: the wait before attempt 2, 3, …; the last repeats.
+pub const DELIVERY_SCHEDULE: [Duration; 6] = [
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+];
 
-    fn running(run_attempts: u32, max_attempts: u32, stalls: u32) -> Counters {
-        Counters {
-            status: JobStatus::Running,
-            run_attempts,
-            max_attempts,
-            stalls,
+/// Settings of webhook deliveries (from the command line).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeliveryRules {
+    /// Attempts per delivery, the first included.
+    pub max_attempts: u32,
+    /// The schedule's waits are multiplied by this (tests run it scaled down).
+    pub schedule_scale: f64,
+}
+
+/// What follows a webhook delivery's attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryDecision {
+    Delivered,
+    /// Another attempt after this wait.
+    RetryIn(Duration),
+    /// No attempt is left.
+    GiveUp,
+    /// The receiver answered `410 Gone`: no more attempts to it for this job.
+    Gone,
+}
+
+/// Decides what follows attempt number `attempt` (1 for the first) of a delivery that got
+/// `status` (none: no answer) and asked for `retry_after`. `jitter` (0.9–1.1) scales the wait.
+pub fn delivery(
+    rules: &DeliveryRules,
+    attempt: u32,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> DeliveryDecision {
+    match status {
+        Some(s) if (200..300).contains(&s) => DeliveryDecision::Delivered,
+        Some(410) => DeliveryDecision::Gone,
+        _ if attempt >= rules.max_attempts => DeliveryDecision::GiveUp,
+        _ => {
+            let i = (attempt.max(1) as usize - 1).min(DELIVERY_SCHEDULE.len() - 1);
+            let scaled = DELIVERY_SCHEDULE[i]
+                .mul_f64((rules.schedule_scale * jitter.clamp(0.9, 1.1)).max(0.0));
+            DeliveryDecision::RetryIn(scaled.max(retry_after.unwrap_or_default()))
         }
-    }
-
-    fn errored(code: ErrorCode) -> Happened {
-        Happened::Errored {
-            code,
-            retry_after: None,
-        }
-    }
-
-    #[test]
-    fn success_ends_the_job() {
-        let d = decide(
-            &Rules::default(),
-            running(1, 3, 0),
-            Happened::Succeeded,
-            1.0,
-        )
-        .unwrap();
-        assert_eq!(d.to, JobStatus::Succeeded);
-        assert_eq!(d.event, EventKind::Succeeded);
-        assert_eq!(d.run_in, None);
-    }
-
-    #[test]
-    fn a_retryable_error_with_attempts_left_goes_back_with_backoff() {
-        let rules = Rules::default();
-        let d = decide(&rules, running(2, 3, 0), errored(ErrorCode::Timeout), 1.0).unwrap();
-        assert_eq!(d.action, Action::Requeue);
-        assert_eq!(d.to, JobStatus::Queued);
-        assert_eq!(d.event, EventKind::Requeued);
-        assert_eq!(d.run_in, Some(Duration::from_secs(2)));
-    }
-
-    #[test]
-    fn the_last_attempt_or_a_bad_image_fails() {
-        let rules = Rules::default();
-        let last = decide(&rules, running(3, 3, 0), errored(ErrorCode::Timeout), 1.0).unwrap();
-        assert_eq!(
-            (last.to, last.event),
-            (JobStatus::Failed, EventKind::Failed)
-        );
-        let bad = decide(
-            &rules,
-            running(1, 3, 0),
-            errored(ErrorCode::ImageCorrupt),
-            1.0,
-        )
-        .unwrap();
-        assert_eq!(bad.to, JobStatus::Failed);
-    }
-
-    #[test]
-    fn an_asked_for_delay_wins_when_longer() {
-        let rules = Rules::default();
-        let asked = Happened::Errored {
-            code: ErrorCode::Unavailable,
-            retry_after: Some(Duration::from_secs(30)),
-        };
-        let d = decide(&rules, running(1, 3, 0), asked, 1.0).unwrap();
-        assert_eq!(d.run_in, Some(Duration::from_secs(30)));
-        let short = Happened::Errored {
-            code: ErrorCode::Unavailable,
-            retry_after: Some(Duration::from_millis(1)),
-        };
-        let d = decide(&rules, running(1, 3, 0), short, 1.0).unwrap();
-        assert_eq!(d.run_in, Some(Duration::from_secs(1)));
-    }
-
-    #[test]
-    fn a_lost_worker_requeues_until_attempts_or_stalls_run_out() {
-        let rules = Rules {
-            max_stalls: 2,
-            ..Rules::default()
-        };
-        let d = decide(&rules, running(1, 3, 0), Happened::LeaseExpired, 1.0).unwrap();
-        assert_eq!((d.to, d.event), (JobStatus::Queued, EventKind::Requeued));
-        assert_eq!(d.run_in, Some(Duration::ZERO));
-        let d = decide(&rules, running(1, 3, 2), Happened::LeaseExpired, 1.0).unwrap();
-        assert_eq!((d.action, d.to), (Action::Fail, JobStatus::Failed));
-        let d = decide(&rules, running(3, 3, 0), Happened::LeaseExpired, 1.0).unwrap();
-        assert_eq!(d.to, JobStatus::Failed);
-    }
-
-    #[test]
-    fn people_act_only_where_the_state_machine_allows() {
-        let rules = Rules::default();
-        let at = |status| Counters {
-            status,
-            run_attempts: 3,
-            max_attempts: 3,
-            stalls: 0,
-        };
-        for status in [JobStatus::Failed, JobStatus::Canceled] {
-            let d = decide(&rules, at(status), Happened::RetryRequested, 1.0).unwrap();
-            assert_eq!((d.to, d.event), (JobStatus::Queued, EventKind::Retried));
-            assert_eq!(d.run_in, Some(Duration::ZERO));
-        }
-        assert!(decide(
-            &rules,
-            at(JobStatus::Succeeded),
-            Happened::RetryRequested,
-            1.0
-        )
-        .is_err());
-        assert!(decide(&rules, at(JobStatus::Queued), Happened::RetryRequested, 1.0).is_err());
-        for status in [JobStatus::Queued, JobStatus::Running] {
-            let d = decide(&rules, at(status), Happened::CancelRequested, 1.0).unwrap();
-            assert_eq!((d.to, d.event), (JobStatus::Canceled, EventKind::Canceled));
-        }
-        assert!(decide(
-            &rules,
-            at(JobStatus::Failed),
-            Happened::CancelRequested,
-            1.0
-        )
-        .is_err());
-    }
-
-    #[test]
-    fn only_a_running_job_can_end_an_attempt() {
-        let rules = Rules::default();
-        for status in JobStatus::ALL
-            .into_iter()
-            .filter(|s| *s != JobStatus::Running)
-        {
-            let c = Counters {
-                status,
-                run_attempts: 1,
-                max_attempts: 3,
-                stalls: 0,
-            };
-            for h in [
-                Happened::Succeeded,
-                errored(ErrorCode::Timeout),
-                Happened::LeaseExpired,
-                Happened::Released,
-            ] {
-                assert!(decide(&rules, c, h, 1.0).is_err(), "{status:?} {h:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let rules = Rules {
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(10),
-            max_stalls: 3,
-        };
-        assert_eq!(backoff(&rules, 1, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff(&rules, 1, 0.5), Duration::from_millis(500));
-        assert_eq!(backoff(&rules, 3, 1.0), Duration::from_secs(4));
-        assert_eq!(backoff(&rules, 9, 1.0), Duration::from_secs(10));
-        assert_eq!(backoff(&rules, 9, 0.0), Duration::from_secs(5));
-        assert_eq!(backoff(&rules, 200, 1.0), Duration::from_secs(10));
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,7 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use imgclass_core::{ErrorCode, Scope};
+use imgclass_core::{ErrorCode, JobStatus, Scope};
 use imgclass_store::{Outcome, Store};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -201,28 +201,23 @@ impl Metrics {
         m
     }
 
-    /// What an attempt of this node's workers ended with (called as the outcome is handed back).
-    pub fn attempt_ended(
-        &self,
-        created_at: chrono::DateTime<chrono::Utc>,
-        queue_wait: Option<chrono::Duration>,
-        outcome: &Outcome,
-    ) {
-        if let Some(w) = queue_wait.and_then(|w| w.to_std().ok()) {
+    /// An attempt's outcome was stored and left its job `status` (queued again: retried).
+    pub fn attempt_ended(&self, ended: &AttemptEnded, status: JobStatus) {
+        if let Some(w) = ended.queue_wait.and_then(|w| w.to_std().ok()) {
             self.queue_wait.observe(w.as_secs_f64());
         }
-        let (status, code) = match outcome {
-            Outcome::Succeeded(r) => {
-                self.decode.observe(r.timings.decode_ms / 1e3);
-                self.inference.observe(r.timings.inference_ms / 1e3);
-                ("succeeded", String::new())
-            }
-            Outcome::Failed(e) => ("failed", e.code.to_string()),
+        if let Some((decode, inference)) = ended.timings_ms {
+            self.decode.observe(decode / 1e3);
+            self.inference.observe(inference / 1e3);
+        }
+        let code = ended.error.map(|c| c.to_string()).unwrap_or_default();
+        let status = match status {
             // Not the end of the job: it runs again.
-            Outcome::Retry { error, .. } => ("retried", error.code.to_string()),
+            JobStatus::Queued => "retried",
+            other => other.as_str(),
         };
         if status != "retried" {
-            let e2e = (chrono::Utc::now() - created_at)
+            let e2e = (chrono::Utc::now() - ended.created_at)
                 .to_std()
                 .unwrap_or_default();
             self.end_to_end.observe(e2e.as_secs_f64());
@@ -385,4 +380,35 @@ async fn scrape(State(s): State<MetricsState>, req: Request) -> Response {
         body,
     )
         .into_response()
+}
+
+/// What the metrics count of an attempt, taken before its outcome goes to the store.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptEnded {
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// From when the job was due to when it started.
+    pub queue_wait: Option<chrono::Duration>,
+    /// Decode and inference time of a result.
+    pub timings_ms: Option<(f64, f64)>,
+    pub error: Option<ErrorCode>,
+}
+
+impl AttemptEnded {
+    pub fn of(
+        created_at: chrono::DateTime<chrono::Utc>,
+        queue_wait: Option<chrono::Duration>,
+        outcome: &Outcome,
+    ) -> Self {
+        let (timings_ms, error) = match outcome {
+            Outcome::Succeeded(r) => (Some((r.timings.decode_ms, r.timings.inference_ms)), None),
+            Outcome::Errored { error, .. } => (None, Some(error.code)),
+            Outcome::ImageMissing => (None, Some(ErrorCode::Internal)),
+        };
+        AttemptEnded {
+            created_at,
+            queue_wait,
+            timings_ms,
+            error,
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`), and records the
 //! outcome: delivered on 2xx, stopped on `410 Gone`, otherwise tried again on the schedule
 //! (immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, … with jitter; a `429`/`503`'s
-//! `Retry-After` is waited out when longer) until `max_attempts`.
+//! `Retry-After` is waited out when longer) until `max_attempts`, as `imgclass_core::policy::delivery` decides.
 //!
 //! The deliverer shares nothing with the job workers but the database: a slow or dead receiver
 //! holds only its own delivery (each has a timeout and runs on its own task) and never a job.
@@ -18,6 +18,7 @@ use crate::api::views::JobView;
 use base64::Engine;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
+use imgclass_core::policy::{self, DeliveryDecision, DeliveryRules};
 use imgclass_store::{Delivery, DeliveryAttempt, DeliveryNext, Store};
 use rand::Rng;
 use reqwest::Url;
@@ -28,16 +29,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
-
-/// The Standard Webhooks retry schedule: the wait before attempt 2, 3, …; the last repeats.
-pub const SCHEDULE: [Duration; 6] = [
-    Duration::from_secs(5),
-    Duration::from_secs(5 * 60),
-    Duration::from_secs(30 * 60),
-    Duration::from_secs(2 * 3600),
-    Duration::from_secs(5 * 3600),
-    Duration::from_secs(10 * 3600),
-];
 
 /// The signing secret (`whsec_` + base64 of the key); `Debug` shows `***`.
 #[derive(Clone)]
@@ -118,11 +109,12 @@ impl WebhookConfig {
         }
     }
 
-    /// The wait after `failed` attempts (≥ 1), scaled, with jitter (× 0.9–1.1).
-    pub fn delay_after(&self, failed: u32) -> Duration {
-        let i = (failed.max(1) as usize - 1).min(SCHEDULE.len() - 1);
-        let jitter = rand::rng().random_range(0.9..=1.1);
-        SCHEDULE[i].mul_f64((self.schedule_scale * jitter).max(0.0))
+    /// The rules of deliveries as configured.
+    pub fn rules(&self) -> DeliveryRules {
+        DeliveryRules {
+            max_attempts: self.max_attempts,
+            schedule_scale: self.schedule_scale,
+        }
     }
 }
 
@@ -406,14 +398,18 @@ async fn deliver(
         Ok((status, retry_after)) => (Some(status), None, retry_after),
         Err(e) => (None, Some(e), None),
     };
-    let next = match status_code {
-        Some(s) if (200..300).contains(&s) => DeliveryNext::Delivered,
-        Some(410) => DeliveryNext::Gone,
-        _ if attempt_no >= config.max_attempts => DeliveryNext::GiveUp,
-        _ => {
-            let wait = config
-                .delay_after(attempt_no)
-                .max(retry_after.unwrap_or_default());
+    let jitter = rand::rng().random_range(0.9..=1.1);
+    let next = match policy::delivery(
+        &config.rules(),
+        attempt_no,
+        status_code,
+        retry_after,
+        jitter,
+    ) {
+        DeliveryDecision::Delivered => DeliveryNext::Delivered,
+        DeliveryDecision::Gone => DeliveryNext::Gone,
+        DeliveryDecision::GiveUp => DeliveryNext::GiveUp,
+        DeliveryDecision::RetryIn(wait) => {
             DeliveryNext::RetryAt(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default())
         }
     };
@@ -552,18 +548,6 @@ mod tests {
         );
         assert!(check_url("http://127.0.0.1:9/x", true).await.is_ok());
         assert!(check_url("https://93.184.215.14/hook", false).await.is_ok());
-    }
-
-    #[test]
-    fn the_schedule_grows_and_repeats_its_last_step() {
-        let mut c = WebhookConfig::new(WebhookSecret(vec![7; 32]));
-        let d = |c: &WebhookConfig, n| c.delay_after(n).as_secs_f64();
-        assert!((4.5..=5.5).contains(&d(&c, 1)));
-        assert!((270.0..=330.0).contains(&d(&c, 2)));
-        assert!((9.0 * 3600.0..=11.0 * 3600.0).contains(&d(&c, 6)));
-        assert!((9.0 * 3600.0..=11.0 * 3600.0).contains(&d(&c, 20)));
-        c.schedule_scale = 0.001;
-        assert!((0.0045..=0.0055).contains(&d(&c, 1)));
     }
 
     #[test]

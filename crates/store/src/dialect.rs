@@ -3,7 +3,7 @@
 //! subscribers (in-process on SQLite, LISTEN/NOTIFY on PostgreSQL), reading into the stored
 //! JSON, and migrations.
 
-use crate::sql::Tx;
+use crate::tx::Tx;
 use crate::{Event, Result};
 use async_trait::async_trait;
 use sqlx::AnyPool;

@@ -2,7 +2,6 @@
 //! errors this process has seen, and whether the store's last failed write found its storage
 //! full (until a write succeeds again).
 
-use crate::sql::SqlStore;
 use chrono::{DateTime, Utc};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,7 +87,7 @@ impl StorageWatch {
 thread_local! {
     /// A full-storage error converted on this thread and not yet claimed by the write it ended.
     /// The conversion (`?` on a statement of a write transaction) and the drop of that
-    /// transaction's [`crate::sql::Write`] happen in the same poll, with no `.await` between,
+    /// transaction's [`crate::tx::Write`] happen in the same poll, with no `.await` between,
     /// so they run on the same thread one after the other: the write takes it in its `Drop` and
     /// tells its own store. A new write clears any leftover (an error outside a write).
     static FULL_SEEN: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -111,23 +110,4 @@ pub trait Health: Send + Sync {
     /// `Some` when the last write that failed found the storage full (SQLite's "database or
     /// disk is full", PostgreSQL's `disk_full`) and no write has committed since.
     fn full_storage(&self) -> Option<FullStorage>;
-}
-
-impl Health for SqlStore {
-    fn pool_status(&self) -> Vec<PoolStatus> {
-        let status = |name, pool: &sqlx::AnyPool| PoolStatus {
-            name,
-            size: pool.size(),
-            idle: pool.num_idle() as u32,
-            max: pool.options().get_max_connections(),
-        };
-        vec![
-            status("writer", &self.writer),
-            status("reader", &self.reader),
-        ]
-    }
-
-    fn full_storage(&self) -> Option<FullStorage> {
-        self.storage.current()
-    }
 }

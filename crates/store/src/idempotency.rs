@@ -10,7 +10,8 @@
 
 use crate::dialect::{Durability, Lock};
 use crate::rows::{db_err, ms_to_time};
-use crate::sql::{SqlStore, Write};
+use crate::sql::SqlStore;
+use crate::tx::Write;
 use crate::{IdempotencyKey, KeyClaim, KeyHold, Result, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

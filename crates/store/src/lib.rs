@@ -1,37 +1,52 @@
 //! The one place that knows SQL: jobs and the queue (claim, lease, heartbeat, complete, retry,
 //! cancel), content-addressed image blobs, and the event log, behind [`Store`]. One
-//! implementation (`sql.rs`) serves SQLite and PostgreSQL; `dialect.rs` names what differs and
-//! `sqlite.rs`/`postgres.rs` hold just that.
+//! implementation serves SQLite and PostgreSQL, in layers: write transactions (`tx`) and how
+//! statements run (`exec`) at the bottom; a decision of the policy applied to a job
+//! (`transition`) and the worker round (`round`) on them, written once for both databases;
+//! the store's write path (`sql`); statements grouped by concern (`submit`, `actions`,
+//! `search`, `retention`, `stats`, `blobs`, `events`, `tokens`, `quotas`, `idempotency`,
+//! `webhooks`); and the thin face (`face`). `dialect.rs` names what differs and
+//! `sqlite.rs`/`postgres.rs` (and SQLite's round thread, `sqlite_round.rs`) hold just that.
 
+mod actions;
+mod blobs;
 mod dialect;
+mod events;
+mod exec;
+mod face;
 mod health;
 mod idempotency;
 mod model;
+mod outbox;
 mod postgres;
 mod quotas;
+mod retention;
 mod round;
 mod rows;
+mod search;
 mod sql;
 mod sqlite;
 mod sqlite_round;
+mod stats;
+mod submit;
 mod tokens;
+mod transition;
+mod tx;
 mod webhooks;
 
 pub use health::{database_errors, DatabaseErrors, FullStorage, Health, PoolStatus};
 pub use idempotency::Idempotency;
 pub use model::*;
+pub use outbox::{Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus, Webhooks};
 pub use quotas::{QuotaTake, Quotas};
 pub use tokens::{ApiToken, NewToken, Tokens};
-pub use webhooks::{Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus, Webhooks};
 
 use async_trait::async_trait;
-use imgclass_core::JobId;
+use imgclass_core::policy::Rules;
+use imgclass_core::{JobId, JobStatus};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, Notify};
-
-/// How many times a job may lose its worker before it fails as stalled.
-pub const DEFAULT_MAX_STALLS: u32 = 3;
 
 /// Chunk size of stored images.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
@@ -201,7 +216,8 @@ pub trait Store: Tokens + Quotas + Webhooks + Health + Idempotency + Send + Sync
     /// The bytes of a stored image.
     async fn read_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>>;
 
-    /// Atomically moves up to `limit` due jobs from queued to running under a fresh lease.
+    /// Atomically moves up to `limit` due jobs from queued to running under a fresh lease: a
+    /// round with no outcome to store.
     async fn claim(&self, worker: &str, limit: usize, lease: Duration) -> Result<Vec<Claim>> {
         Ok(self.claim_limited(worker, limit, lease, None).await?.claims)
     }
@@ -213,7 +229,12 @@ pub trait Store: Tokens + Quotas + Webhooks + Health + Idempotency + Send + Sync
         limit: usize,
         lease: Duration,
         rate: Option<RateLimit>,
-    ) -> Result<ClaimBatch>;
+    ) -> Result<ClaimBatch> {
+        Ok(self
+            .finish_and_claim(Vec::new(), worker, limit, lease, rate)
+            .await?
+            .1)
+    }
 
     /// Gives a claimed job back to the queue without counting the attempt (the worker is
     /// shutting down). False when the lease is no longer this claim's.
@@ -222,13 +243,20 @@ pub trait Store: Tokens + Quotas + Webhooks + Health + Idempotency + Send + Sync
     /// Extends a lease; false when the lease is no longer this claim's (fenced).
     async fn heartbeat(&self, lease: &Lease, duration: Duration) -> Result<bool>;
 
-    /// Ends an attempt; false when the lease is no longer this claim's (fenced), in which case
-    /// nothing is written.
-    async fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<bool>;
+    /// Ends an attempt, as the queue's rules decide from its outcome: a round that claims
+    /// nothing. False when the lease is no longer this claim's (fenced), in which case nothing
+    /// is written.
+    async fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<bool> {
+        let (stored, _) = self
+            .finish_and_claim(vec![(lease.clone(), outcome)], "", 0, Duration::ZERO, None)
+            .await?;
+        Ok(stored.first().copied().flatten().is_some())
+    }
 
-    /// A worker pool's round in one transaction: ends the given attempts (each fenced on its
-    /// own lease: `false` where it was not stored), then claims up to `limit` due jobs like
-    /// `claim_limited`.
+    /// A worker pool's round in one transaction: ends the given attempts as the queue's rules
+    /// decide (each fenced on its own lease), then claims up to `limit` due jobs like
+    /// `claim_limited`. For each outcome, the status it left its job in (`None`: fenced, not
+    /// stored).
     async fn finish_and_claim(
         &self,
         finishes: Vec<(Lease, Outcome)>,
@@ -236,7 +264,7 @@ pub trait Store: Tokens + Quotas + Webhooks + Health + Idempotency + Send + Sync
         limit: usize,
         lease: Duration,
         rate: Option<RateLimit>,
-    ) -> Result<(Vec<bool>, ClaimBatch)>;
+    ) -> Result<(Vec<Option<JobStatus>>, ClaimBatch)>;
 
     /// Puts a failed job back in the queue (manual retry).
     async fn retry(&self, id: JobId) -> Result<Job>;
@@ -264,13 +292,12 @@ pub trait Store: Tokens + Quotas + Webhooks + Health + Idempotency + Send + Sync
     async fn delete(&self, id: JobId) -> Result<()>;
 
     /// Requeues running jobs whose lease has expired (their worker is gone); jobs that have
-    /// used all their attempts, or whose worker was lost more than `max_stalls` times, fail as
-    /// stalled. Returns how many jobs were touched.
-    async fn rescue_expired(&self) -> Result<u64> {
-        self.rescue_expired_with(DEFAULT_MAX_STALLS).await
-    }
+    /// used all their attempts, or whose worker was lost more than the rules' `max_stalls`
+    /// times, fail as stalled. Returns how many jobs were touched.
+    async fn rescue_expired(&self) -> Result<u64>;
 
-    async fn rescue_expired_with(&self, max_stalls: u32) -> Result<u64>;
+    /// The queue's rules this store decides with.
+    fn rules(&self) -> Rules;
 
     /// Copies a job and its image from another installation, keeping its id, state, result
     /// and times (a running job arrives queued). False when a job with this id already exists.
@@ -329,18 +356,26 @@ pub async fn copy_all(from: &dyn Store, to: &dyn Store) -> Result<(u64, u64)> {
     Ok((copied, skipped))
 }
 
-/// Opens the store a URL names (`sqlite://PATH` or `postgres://...`).
+/// Opens the store a URL names (`sqlite://PATH` or `postgres://...`), deciding with the
+/// default rules.
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    connect_with(url, Rules::default()).await
+}
+
+/// Opens the store a URL names, deciding every transition with `rules`.
+pub async fn connect_with(url: &str, rules: Rules) -> Result<Arc<dyn Store>> {
     sqlx::any::install_default_drivers();
     let wakeups = Arc::new(Notify::new());
     if url.starts_with("sqlite:") {
         let (writer, reader, dialect, path) = sqlite::open(url).await?;
+        let locks = exec::Locks::of(&dialect);
         Ok(Arc::new(sql::SqlStore::new(
             writer,
             reader,
             Arc::new(dialect),
+            rules,
             wakeups,
-            Some(sqlite_round::Rounds::start(path)?),
+            Some(sqlite_round::Rounds::start(path, locks, rules)?),
         )))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let (pool, dialect) = postgres::open(url, wakeups.clone()).await?;
@@ -348,6 +383,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
             pool.clone(),
             pool,
             Arc::new(dialect),
+            rules,
             wakeups,
             None,
         )))

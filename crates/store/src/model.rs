@@ -169,17 +169,18 @@ pub struct Claim {
     pub image: Option<Vec<u8>>,
 }
 
-/// How an attempt ended.
+/// How an attempt ended, as its worker saw it; what follows is the policy's decision, taken
+/// by the store when it stores the outcome.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Succeeded(JobResult),
-    /// The job fails for good.
-    Failed(JobError),
-    /// The attempt failed; the job runs again at `run_at`.
-    Retry {
+    /// The attempt failed; `retry_after` is a wait the failing party asked for.
+    Errored {
         error: JobError,
-        run_at: DateTime<Utc>,
+        retry_after: Option<std::time::Duration>,
     },
+    /// The job's image is no longer stored.
+    ImageMissing,
 }
 
 /// At most `jobs` job starts in any window of `per`, across every worker on the database.

@@ -3,8 +3,8 @@
 //! event (and idle workers wake up) whichever node made the change.
 
 use crate::dialect::{Dialect, Durability, Lock};
-use crate::sql::Tx;
-use crate::sql::{last_event_seq, read_events};
+use crate::events::{last_event_seq, read_events};
+use crate::tx::Tx;
 use crate::{Event, Result, StoreError};
 use async_trait::async_trait;
 use imgclass_core::JobStatus;

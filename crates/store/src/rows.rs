@@ -17,6 +17,11 @@ pub(crate) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
+/// A time as stored: unix milliseconds.
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
 pub(crate) fn ms_to_time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
@@ -25,11 +30,18 @@ pub(crate) fn db_err(message: impl Into<String>) -> StoreError {
     StoreError::Database(message.into())
 }
 
+/// A job id read from the database.
+pub(crate) fn parse_id(id: &str) -> Result<imgclass_core::JobId> {
+    id.parse()
+        .map_err(|e: imgclass_core::ParseJobIdError| db_err(e.to_string()))
+}
+
 /// The columns of a result row, read by name: an sqlx row (either database) or a row of the
-/// SQLite round thread's own connection.
+/// SQLite round thread's own connection (`sqlite_round::OwnedRow`).
 pub(crate) trait Columns {
     fn opt_text(&self, name: &str) -> Result<Option<String>>;
     fn opt_int(&self, name: &str) -> Result<Option<i64>>;
+    fn opt_blob(&self, name: &str) -> Result<Option<Vec<u8>>>;
 
     fn text(&self, name: &str) -> Result<String> {
         self.opt_text(name)?
@@ -50,15 +62,9 @@ impl Columns for sqlx::any::AnyRow {
     fn opt_int(&self, name: &str) -> Result<Option<i64>> {
         Ok(self.try_get(name)?)
     }
-}
 
-impl Columns for rusqlite::Row<'_> {
-    fn opt_text(&self, name: &str) -> Result<Option<String>> {
-        self.get(name).map_err(crate::sqlite_round::error)
-    }
-
-    fn opt_int(&self, name: &str) -> Result<Option<i64>> {
-        self.get(name).map_err(crate::sqlite_round::error)
+    fn opt_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.try_get(name)?)
     }
 }
 
@@ -75,10 +81,7 @@ pub(crate) fn job_from_row(row: &impl Columns) -> Result<Job> {
         |name: &str| -> Result<Option<DateTime<Utc>>> { Ok(row.opt_int(name)?.map(ms_to_time)) };
     Ok(Job {
         seq: row.int("seq")?,
-        id: row
-            .text("id")?
-            .parse()
-            .map_err(|e: imgclass_core::ParseJobIdError| db_err(e.to_string()))?,
+        id: parse_id(&row.text("id")?)?,
         status: row.text("status")?.parse().map_err(db_err)?,
         image_sha256: row.text("image_sha256")?,
         content_type: row.text("content_type")?,

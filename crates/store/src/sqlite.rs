@@ -3,7 +3,7 @@
 //! WAL journal, and events broadcast in-process (one process owns the file).
 
 use crate::dialect::{Dialect, Durability, Lock};
-use crate::sql::Tx;
+use crate::tx::Tx;
 use crate::{Event, Result, StoreError};
 use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};

@@ -1,14 +1,12 @@
 //! One attempt of one job: read its image, classify it on an inference thread within the job
-//! timeout while renewing the lease, and store the outcome the queue's rules decide.
+//! timeout while renewing the lease, and report what happened; the store decides what follows
+//! with the queue's rules when it stores the outcome.
 
 use super::inference::InferenceError;
 use super::runner::Worker;
 use super::signalled;
-use chrono::Utc;
-use imgclass_core::policy::{self, Happened};
-use imgclass_core::{ErrorCode, JobResult, JobStatus, Timings};
-use imgclass_store::{Claim, Job, JobError, Lease, Outcome};
-use rand::Rng;
+use imgclass_core::{ErrorCode, JobResult, Timings};
+use imgclass_store::{Claim, JobError, Lease, Outcome};
 use std::time::Duration;
 
 /// A failed attempt: its error, and the wait the failing party asked for (`Retry-After`).
@@ -34,13 +32,7 @@ impl Worker {
         };
         let bytes = match read {
             Ok(Some(b)) => b,
-            Ok(None) => {
-                let error = JobError {
-                    code: ErrorCode::Internal,
-                    message: "the job's image is missing".into(),
-                };
-                return Some((lease, Outcome::Failed(error)));
-            }
+            Ok(None) => return Some((lease, Outcome::ImageMissing)),
             Err(e) => {
                 // The lease will expire and the job will be picked up again.
                 tracing::warn!(error = %e, "cannot read the job's image");
@@ -67,7 +59,10 @@ impl Worker {
                     },
                 })
             }
-            Err(failure) => self.after_error(&job, failure),
+            Err(Failure { error, retry_after }) => {
+                tracing::warn!(error = %error.message, attempt = job.run_attempts, "attempt failed");
+                Outcome::Errored { error, retry_after }
+            }
         };
         Some((lease, outcome))
     }
@@ -129,32 +124,6 @@ impl Worker {
                     }
                     return None;
                 }
-            }
-        }
-    }
-
-    /// What follows a failed attempt, as the queue's rules decide: another attempt after a
-    /// backoff (or the longer wait the failing party asked for), or the end of the job.
-    fn after_error(&self, job: &Job, failure: Failure) -> Outcome {
-        let Failure { error, retry_after } = failure;
-        let happened = Happened::Errored {
-            code: error.code,
-            retry_after,
-        };
-        let jitter = rand::rng().random_range(0.5..=1.0);
-        let decision = policy::decide(&self.config.rules(), job.counters(), happened, jitter);
-        match decision {
-            Ok(d) if d.to == JobStatus::Queued => {
-                let delay = d.run_in.unwrap_or_default();
-                tracing::warn!(error = %error.message, attempt = job.run_attempts, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
-                Outcome::Retry {
-                    error,
-                    run_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
-                }
-            }
-            _ => {
-                tracing::warn!(error = %error.message, attempt = job.run_attempts, "job failed");
-                Outcome::Failed(error)
             }
         }
     }

@@ -24,7 +24,7 @@ pub(super) async fn sweeper(
             _ = tick.tick() => {}
             _ = signalled(&mut stop) => return,
         }
-        match store.rescue_expired_with(config.max_stalls).await {
+        match store.rescue_expired().await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(jobs = n, "rescued jobs whose worker stopped"),
             Err(e) => tracing::warn!(error = %e, "lease sweep failed"),

@@ -126,7 +126,7 @@ impl Workers {
             config.inject_failure_seed,
         );
         // Put back what a previous run of this node (or a dead node) left running.
-        if let Err(e) = store.rescue_expired_with(config.max_stalls).await {
+        if let Err(e) = store.rescue_expired().await {
             tracing::warn!(error = %e, "lease sweep failed");
         }
         let pool = Arc::new(

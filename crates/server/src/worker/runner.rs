@@ -7,6 +7,7 @@
 
 use super::inference::InferencePool;
 use super::{signalled, WorkerConfig};
+use crate::metrics::AttemptEnded;
 use chrono::Utc;
 use imgclass_store::{Claim, Lease, Outcome, Store};
 use std::sync::Arc;
@@ -25,10 +26,11 @@ pub(super) struct Worker {
 }
 
 /// A worker's report to the driver: it is idle again, with the outcome to store (none when
-/// the attempt ended without one: lease lost, or the job given back).
+/// the attempt ended without one: lease lost, or the job given back) and what the metrics
+/// count of it once it is stored.
 struct Done {
     worker: usize,
-    outcome: Option<(Lease, Outcome)>,
+    outcome: Option<(Lease, Outcome, AttemptEnded)>,
 }
 
 impl Worker {
@@ -40,10 +42,14 @@ impl Worker {
                 claim.job.created_at,
                 claim.job.started_at.map(|s| s - claim.job.run_at),
             );
-            let outcome = self.attempt(claim).instrument(span).await;
-            if let (Some(m), Some((_, o))) = (&self.config.metrics, &outcome) {
-                m.attempt_ended(created_at, waited, o);
-            }
+            let outcome = self
+                .attempt(claim)
+                .instrument(span)
+                .await
+                .map(|(lease, o)| {
+                    let ended = AttemptEnded::of(created_at, waited, &o);
+                    (lease, o, ended)
+                });
             if done
                 .send(Done {
                     worker: index,
@@ -83,6 +89,7 @@ pub(super) fn spawn_pool(
         to_workers,
         done: done_rx,
         finished: Vec::new(),
+        ended: Vec::new(),
     };
     tasks.push(tokio::spawn(driver.run(stop)));
     tasks
@@ -96,14 +103,18 @@ struct Driver {
     idle: Vec<usize>,
     to_workers: Vec<mpsc::Sender<Claim>>,
     done: mpsc::Receiver<Done>,
-    /// Outcomes handed back and not stored yet.
+    /// Outcomes handed back and not stored yet, and what the metrics count of each.
     finished: Vec<(Lease, Outcome)>,
+    ended: Vec<AttemptEnded>,
 }
 
 impl Driver {
     fn take(&mut self, d: Done) {
         self.idle.push(d.worker);
-        self.finished.extend(d.outcome);
+        if let Some((lease, outcome, ended)) = d.outcome {
+            self.finished.push((lease, outcome));
+            self.ended.push(ended);
+        }
     }
 
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
@@ -144,6 +155,7 @@ impl Driver {
             }
             let limit = if claim_due { self.idle.len() } else { 0 };
             let finishes = std::mem::take(&mut self.finished);
+            let ended = std::mem::take(&mut self.ended);
             let count = finishes.len();
             let round = self
                 .store
@@ -157,7 +169,14 @@ impl Driver {
                 .await;
             match round {
                 Ok((stored, batch)) => {
-                    let fenced = stored.iter().filter(|s| !**s).count();
+                    let fenced = stored.iter().filter(|s| s.is_none()).count();
+                    if let Some(m) = &self.config.metrics {
+                        for (status, ended) in stored.iter().zip(&ended) {
+                            if let Some(status) = status {
+                                m.attempt_ended(ended, *status);
+                            }
+                        }
+                    }
                     if fenced > 0 {
                         tracing::warn!(
                             jobs = fenced,

@@ -51,12 +51,18 @@ async fn fail(app: &TestApp, id: JobId) {
         .find(|c| c.job.id == id)
         .expect("claimed");
     let error = JobError {
-        code: ErrorCode::ClassificationFailed,
+        code: ErrorCode::ImageCorrupt,
         message: "boom".into(),
     };
     assert!(app
         .store
-        .finish(&claim.lease, Outcome::Failed(error))
+        .finish(
+            &claim.lease,
+            Outcome::Errored {
+                error,
+                retry_after: None,
+            }
+        )
         .await
         .unwrap());
 }

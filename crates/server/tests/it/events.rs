@@ -124,11 +124,17 @@ async fn cancel_and_retry_are_events() {
         .remove(0);
     assert_eq!(live.next().await.1, "running");
     let error = imgclass_store::JobError {
-        code: imgclass_core::ErrorCode::ClassificationFailed,
+        code: imgclass_core::ErrorCode::ImageCorrupt,
         message: "boom".into(),
     };
     app.store
-        .finish(&claim.lease, imgclass_store::Outcome::Failed(error))
+        .finish(
+            &claim.lease,
+            imgclass_store::Outcome::Errored {
+                error,
+                retry_after: None,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(live.next().await.1, "failed");

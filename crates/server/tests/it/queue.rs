@@ -43,10 +43,13 @@ async fn a_job_whose_worker_died_completes_exactly_once() {
         .heartbeat(stale, Duration::from_secs(30))
         .await
         .unwrap());
-    let overwrite = Outcome::Failed(JobError {
-        code: imgclass_core::ErrorCode::ClassificationFailed,
-        message: "late".into(),
-    });
+    let overwrite = Outcome::Errored {
+        error: JobError {
+            code: imgclass_core::ErrorCode::ClassificationFailed,
+            message: "late".into(),
+        },
+        retry_after: None,
+    };
     assert!(!app.store.finish(stale, overwrite).await.unwrap());
     let job = app.store.get_job(ids[0]).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Succeeded);
@@ -86,18 +89,24 @@ async fn a_failed_job_can_be_retried_by_hand() {
         .unwrap()
         .remove(0);
     let error = JobError {
-        code: imgclass_core::ErrorCode::ClassificationFailed,
-        message: "the model failed: out of memory".into(),
+        code: imgclass_core::ErrorCode::ImageCorrupt,
+        message: "the image cannot be decoded".into(),
     };
     assert!(app2
         .store
-        .finish(&claim.lease, Outcome::Failed(error))
+        .finish(
+            &claim.lease,
+            Outcome::Errored {
+                error,
+                retry_after: None,
+            }
+        )
         .await
         .unwrap());
     let (_, job) = app2.get(&format!("/api/jobs/{}", ids[0])).await;
     assert_eq!(job["status"], "failed");
-    assert_eq!(job["error"]["code"], "classification_failed");
-    assert_eq!(job["error"]["message"], "the model failed: out of memory");
+    assert_eq!(job["error"]["code"], "image_corrupt");
+    assert_eq!(job["error"]["message"], "the image cannot be decoded");
     assert_eq!(job["attempt_errors"][0]["attempt"], 1);
 
     let (status, job) = app2.post(&format!("/api/jobs/{}/retry", ids[0])).await;

@@ -333,7 +333,13 @@ async fn bulk_actions_act_in_the_database_and_count() {
     };
     assert!(app
         .store
-        .finish(&claim.lease, Outcome::Failed(error))
+        .finish(
+            &claim.lease,
+            Outcome::Errored {
+                error,
+                retry_after: None,
+            }
+        )
         .await
         .unwrap());
 

@@ -16,10 +16,7 @@ async fn one_of_each(store: &dyn Store) -> [Job; 5] {
     let failed = create(store, new_job(1)).await;
     let c = claim_one(store, "w", LONG_LEASE).await;
     store
-        .finish(
-            &c.lease,
-            Outcome::Failed(job_error(ErrorCode::ImageCorrupt, "bad")),
-        )
+        .finish(&c.lease, errored(ErrorCode::ImageCorrupt, "bad"))
         .await
         .unwrap();
     let succeeded = create(store, new_job(2)).await;
@@ -154,13 +151,7 @@ async fn a_canceled_job_can_be_retried_and_its_old_worker_cannot_finish_it() {
     let job = create(&*store, new_job(1)).await;
     let first = claim_one(&*store, "w1", LONG_LEASE).await;
     store
-        .finish(
-            &first.lease,
-            Outcome::Retry {
-                error: job_error(ErrorCode::Timeout, "slow"),
-                run_at: chrono::Utc::now(),
-            },
-        )
+        .finish(&first.lease, errored(ErrorCode::Timeout, "slow"))
         .await
         .unwrap();
     let running = claim_one(&*store, "w1", LONG_LEASE).await;

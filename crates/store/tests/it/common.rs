@@ -1,8 +1,9 @@
 //! Shared helpers: fresh stores, generated images, sample results and errors.
 
 use chrono::{DateTime, Utc};
+use imgclass_core::policy::Rules;
 use imgclass_core::{ErrorCode, JobId, JobResult, ModelInfo, Prediction, Timings};
-use imgclass_store::{Claim, Job, JobError, NewJob, Store};
+use imgclass_store::{Claim, Job, JobError, NewJob, Outcome, Store};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,9 +50,16 @@ impl TestDb {
         }
     }
 
-    /// A store on this database, migrated.
+    /// A store on this database, migrated, deciding with [`test_rules`].
     pub async fn open(&self) -> Arc<dyn Store> {
-        let store = imgclass_store::connect(&self.url).await.expect("connect");
+        self.open_with(test_rules()).await
+    }
+
+    /// A store on this database, migrated, deciding with `rules`.
+    pub async fn open_with(&self, rules: Rules) -> Arc<dyn Store> {
+        let store = imgclass_store::connect_with(&self.url, rules)
+            .await
+            .expect("connect");
         store.migrate().await.expect("migrate");
         store
     }
@@ -97,9 +105,42 @@ fn uuid_like() -> String {
 
 /// A fresh, migrated store (see [`TestDb`]); keep the `TestDb` alive for the test.
 pub async fn fresh_store() -> (Arc<dyn Store>, TestDb) {
+    fresh_store_with(test_rules()).await
+}
+
+/// [`fresh_store`] deciding with `rules`.
+pub async fn fresh_store_with(rules: Rules) -> (Arc<dyn Store>, TestDb) {
     let db = TestDb::new().await;
-    let store = db.open().await;
+    let store = db.open_with(rules).await;
     (store, db)
+}
+
+/// The rules of the tests' stores: the defaults, but an automatic retry is due at once, so
+/// that a test can claim it again without waiting.
+pub fn test_rules() -> Rules {
+    Rules {
+        backoff_base: Duration::ZERO,
+        backoff_max: Duration::ZERO,
+        ..Rules::default()
+    }
+}
+
+/// An attempt that failed with `code`: the store's rules decide what follows (a retryable
+/// code with attempts left goes back to the queue, at once under [`test_rules`]).
+pub fn errored(code: ErrorCode, message: &str) -> Outcome {
+    Outcome::Errored {
+        error: job_error(code, message),
+        retry_after: None,
+    }
+}
+
+/// An attempt that failed with a retryable `code` and asked to be run again no sooner than
+/// `after`.
+pub fn errored_asking(code: ErrorCode, message: &str, after: Duration) -> Outcome {
+    Outcome::Errored {
+        error: job_error(code, message),
+        retry_after: Some(after),
+    }
 }
 
 /// A small xorshift generator, so images are varied but reproducible.

@@ -3,6 +3,7 @@
 
 use crate::common::*;
 use chrono::Utc;
+use imgclass_core::policy::Rules;
 use imgclass_core::{ErrorCode, EventKind, JobId, JobStatus};
 use imgclass_store::{
     Claim, Job, Lease, NewJob, Outcome, Pruned, QueueStats, RateLimit, RetryFilter, Store,
@@ -18,11 +19,19 @@ const RATE: RateLimit = RateLimit {
 
 /// Creates a job, claims it (it must be the only one due) and fails it with `code`.
 async fn failed_with(store: &dyn Store, job: NewJob, code: ErrorCode) -> Job {
-    let job = create(store, job).await;
+    // One attempt, so that any error ends it.
+    let job = create(
+        store,
+        NewJob {
+            max_attempts: 1,
+            ..job
+        },
+    )
+    .await;
     let claim = claim_one(store, "w", LONG_LEASE).await;
     assert_eq!(claim.job.id, job.id);
     assert!(store
-        .finish(&claim.lease, Outcome::Failed(job_error(code, "no")))
+        .finish(&claim.lease, errored(code, "no"))
         .await
         .unwrap());
     get(store, job.id).await
@@ -293,10 +302,7 @@ async fn release_gives_a_claimed_job_back_without_counting_the_attempt() {
     assert!(store
         .finish(
             &first.lease,
-            Outcome::Retry {
-                error: job_error(ErrorCode::ClassificationFailed, "again"),
-                run_at: Utc::now(),
-            },
+            errored(ErrorCode::ClassificationFailed, "again"),
         )
         .await
         .unwrap());
@@ -679,10 +685,11 @@ async fn stats_count_jobs_per_status() {
     assert!(store
         .finish(
             &claim.lease,
-            Outcome::Retry {
-                error: job_error(ErrorCode::ClassificationFailed, "later"),
-                run_at: Utc::now() + chrono::Duration::hours(1),
-            },
+            errored_asking(
+                ErrorCode::ClassificationFailed,
+                "later",
+                Duration::from_secs(3600)
+            ),
         )
         .await
         .unwrap());
@@ -739,7 +746,11 @@ async fn stats_count_jobs_per_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_stalls_too_often_fails_with_attempts_left() {
-    let (store, _dir) = fresh_store().await;
+    let (store, _dir) = fresh_store_with(Rules {
+        max_stalls: 1,
+        ..test_rules()
+    })
+    .await;
     let job = create(
         &*store,
         NewJob {
@@ -754,7 +765,7 @@ async fn a_job_that_stalls_too_often_fails_with_attempts_left() {
     // First lost worker: within the allowance, queued again.
     let first = claim_and_let_expire(&*store, "a").await;
     assert_eq!(first.job.stalls, 0);
-    assert_eq!(store.rescue_expired_with(1).await.unwrap(), 1);
+    assert_eq!(store.rescue_expired().await.unwrap(), 1);
     let requeued = get(&*store, job.id).await;
     assert_eq!(requeued.status, JobStatus::Queued);
     assert_eq!(requeued.stalls, 1);
@@ -773,7 +784,7 @@ async fn a_job_that_stalls_too_often_fails_with_attempts_left() {
     let second = claim_and_let_expire(&*store, "b").await;
     assert_eq!(second.job.stalls, 1);
     assert_eq!(second.job.run_attempts, 2);
-    assert_eq!(store.rescue_expired_with(1).await.unwrap(), 1);
+    assert_eq!(store.rescue_expired().await.unwrap(), 1);
     let failed = get(&*store, job.id).await;
     assert_eq!(failed.status, JobStatus::Failed);
     assert_eq!(failed.stalls, 2);
@@ -799,7 +810,7 @@ async fn a_job_that_stalls_too_often_fails_with_attempts_left() {
     );
 
     assert!(store.claim("c", 10, LONG_LEASE).await.unwrap().is_empty());
-    assert_eq!(store.rescue_expired_with(1).await.unwrap(), 0);
+    assert_eq!(store.rescue_expired().await.unwrap(), 0);
     assert!(!store
         .finish(&second.lease, Outcome::Succeeded(sample_result()))
         .await
@@ -818,7 +829,7 @@ async fn the_default_rescue_allows_three_stalls() {
         },
     )
     .await;
-    for stalls in 1..=imgclass_store::DEFAULT_MAX_STALLS {
+    for stalls in 1..=Rules::default().max_stalls {
         claim_and_let_expire(&*store, "w").await;
         assert_eq!(store.rescue_expired().await.unwrap(), 1);
         let j = get(&*store, job.id).await;
@@ -828,7 +839,7 @@ async fn the_default_rescue_allows_three_stalls() {
     assert_eq!(store.rescue_expired().await.unwrap(), 1);
     let j = get(&*store, job.id).await;
     assert_eq!(j.status, JobStatus::Failed);
-    assert_eq!(j.stalls, imgclass_store::DEFAULT_MAX_STALLS + 1);
+    assert_eq!(j.stalls, Rules::default().max_stalls + 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -861,20 +872,11 @@ async fn canceling_a_running_job_fences_its_worker() {
         .await
         .unwrap());
     assert!(!store
-        .finish(
-            &claim.lease,
-            Outcome::Failed(job_error(ErrorCode::Internal, "late"))
-        )
+        .finish(&claim.lease, errored(ErrorCode::Internal, "late"))
         .await
         .unwrap());
     assert!(!store
-        .finish(
-            &claim.lease,
-            Outcome::Retry {
-                error: job_error(ErrorCode::Internal, "late"),
-                run_at: Utc::now(),
-            },
-        )
+        .finish(&claim.lease, errored(ErrorCode::Internal, "late"),)
         .await
         .unwrap());
     assert!(!store.release(&claim.lease).await.unwrap());
@@ -893,7 +895,7 @@ async fn a_canceled_job_with_an_expired_lease_is_not_rescued() {
     let claim = claim_one(&*store, "w", Duration::from_millis(1)).await;
     let canceled = store.cancel(job.id).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(store.rescue_expired_with(0).await.unwrap(), 0);
+    assert_eq!(store.rescue_expired().await.unwrap(), 0);
     assert_eq!(get(&*store, job.id).await, canceled);
     assert!(!store.heartbeat(&claim.lease, LONG_LEASE).await.unwrap());
 }

@@ -22,10 +22,7 @@ async fn copy_all_moves_jobs_results_and_images_once() {
     let failed = create(&*source, new_job(2)).await;
     let c = claim_one(&*source, "w", LONG_LEASE).await;
     source
-        .finish(
-            &c.lease,
-            Outcome::Failed(job_error(ErrorCode::ImageCorrupt, "bad")),
-        )
+        .finish(&c.lease, errored(ErrorCode::ImageCorrupt, "bad"))
         .await
         .unwrap();
     let running = create(&*source, new_job(3)).await;

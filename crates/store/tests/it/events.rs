@@ -1,7 +1,6 @@
 //! The event log, its live broadcast, and wake-ups of the dispatcher.
 
 use crate::common::*;
-use chrono::Utc;
 use imgclass_core::{ErrorCode, EventKind, JobId, JobStatus};
 use imgclass_store::{Event, Outcome};
 use std::time::Duration;
@@ -95,21 +94,12 @@ async fn every_change_is_logged() {
     let job = create(&*store, new_job(1)).await;
     let c = claim_one(&*store, "w", LONG_LEASE).await;
     store
-        .finish(
-            &c.lease,
-            Outcome::Retry {
-                error: job_error(ErrorCode::InjectedFailure, "boom"),
-                run_at: Utc::now(),
-            },
-        )
+        .finish(&c.lease, errored(ErrorCode::InjectedFailure, "boom"))
         .await
         .unwrap();
     let c = claim_one(&*store, "w", LONG_LEASE).await;
     store
-        .finish(
-            &c.lease,
-            Outcome::Failed(job_error(ErrorCode::ClassificationFailed, "no")),
-        )
+        .finish(&c.lease, errored(ErrorCode::ImageCorrupt, "no"))
         .await
         .unwrap();
     store.retry(job.id).await.unwrap();
@@ -286,13 +276,7 @@ async fn requeues_and_retries_wake_the_dispatcher() {
     assert!(
         wakes(&store, || async {
             store
-                .finish(
-                    &c.lease,
-                    Outcome::Retry {
-                        error: job_error(ErrorCode::InjectedFailure, "boom"),
-                        run_at: Utc::now(),
-                    },
-                )
+                .finish(&c.lease, errored(ErrorCode::InjectedFailure, "boom"))
                 .await
                 .unwrap();
         })
@@ -311,10 +295,7 @@ async fn requeues_and_retries_wake_the_dispatcher() {
     // A manual retry.
     let c = claim_one(&*store, "w", LONG_LEASE).await;
     store
-        .finish(
-            &c.lease,
-            Outcome::Failed(job_error(ErrorCode::ImageCorrupt, "bad")),
-        )
+        .finish(&c.lease, errored(ErrorCode::ImageCorrupt, "bad"))
         .await
         .unwrap();
     assert!(

@@ -161,7 +161,8 @@ async fn a_round_stores_each_outcome_under_its_own_lease_and_claims_the_next() {
         .finish_and_claim(outcomes, "pool", 2, LONG_LEASE, None)
         .await
         .unwrap();
-    assert_eq!(stored, vec![true, false, true]);
+    let s = Some(imgclass_core::JobStatus::Succeeded);
+    assert_eq!(stored, vec![s, None, s]);
     assert_eq!(next.claims.len(), 2);
     let status = |i: usize| claims[i].job.id;
     use imgclass_core::JobStatus::*;
@@ -227,17 +228,17 @@ async fn a_round_takes_starts_from_the_rate_limit_and_records_events_and_webhook
         ),
         (
             first.claims[1].lease.clone(),
-            Outcome::Retry {
-                error: job_error(ErrorCode::Internal, "try again"),
-                run_at: chrono::Utc::now(),
-            },
+            errored(ErrorCode::Internal, "try again"),
         ),
     ];
     let (stored, second) = store
         .finish_and_claim(outcomes, "pool", 3, LONG_LEASE, Some(rate))
         .await
         .unwrap();
-    assert_eq!(stored, [true, true]);
+    assert_eq!(
+        stored,
+        [Some(JobStatus::Succeeded), Some(JobStatus::Queued)]
+    );
     assert!(second.claims.is_empty());
     let wait = second.rate_limited_for.expect("the rate limit holds");
     assert!(
@@ -350,7 +351,7 @@ async fn a_failed_round_stores_nothing_and_the_next_round_runs_normally() {
         .finish_and_claim(outcomes(), "pool", 1, LONG_LEASE, None)
         .await
         .unwrap();
-    assert_eq!(stored, [true, true]);
+    assert_eq!(stored, [Some(JobStatus::Succeeded); 2]);
     assert_eq!(next.claims.len(), 1);
     assert_eq!(next.claims[0].job.id, jobs[2].id);
     for c in &first.claims {

@@ -43,20 +43,11 @@ async fn an_expired_lease_is_fenced_after_the_job_is_taken_again() {
         .await
         .unwrap());
     assert!(!store
-        .finish(
-            &old.lease,
-            Outcome::Failed(job_error(ErrorCode::Internal, "late"))
-        )
+        .finish(&old.lease, errored(ErrorCode::Internal, "late"))
         .await
         .unwrap());
     assert!(!store
-        .finish(
-            &old.lease,
-            Outcome::Retry {
-                error: job_error(ErrorCode::Internal, "late"),
-                run_at: Utc::now(),
-            },
-        )
+        .finish(&old.lease, errored(ErrorCode::Internal, "late"),)
         .await
         .unwrap());
     assert_eq!(get(&*store, job.id).await, running);

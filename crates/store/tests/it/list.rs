@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use imgclass_core::{ErrorCode, JobId, JobStatus};
-use imgclass_store::{Job, ListQuery, Outcome, StoreError};
+use imgclass_store::{Job, ListQuery, StoreError};
 
 fn query(status: Option<JobStatus>, cursor: Option<String>, limit: usize) -> ListQuery {
     ListQuery {
@@ -44,10 +44,7 @@ async fn list_is_newest_first_and_filters_by_status() {
         vec![a.id, b.id]
     );
     store
-        .finish(
-            &claims[0].lease,
-            Outcome::Failed(job_error(ErrorCode::ImageCorrupt, "bad")),
-        )
+        .finish(&claims[0].lease, errored(ErrorCode::ImageCorrupt, "bad"))
         .await
         .unwrap();
     store.cancel(c.id).await.unwrap();

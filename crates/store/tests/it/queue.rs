@@ -142,16 +142,20 @@ async fn a_job_due_later_is_not_claimed() {
 
     let claim = claim_one(&*store, "w", LONG_LEASE).await;
     assert_eq!(store.next_due().await.unwrap(), None, "nothing queued");
-    let run_at = Utc::now() + chrono::Duration::hours(1);
-    let outcome = Outcome::Retry {
-        error: job_error(ErrorCode::ClassificationFailed, "try later"),
-        run_at,
-    };
+    let earliest = Utc::now() + chrono::Duration::hours(1);
+    let outcome = errored_asking(
+        ErrorCode::ClassificationFailed,
+        "try later",
+        Duration::from_secs(3600),
+    );
     assert!(store.finish(&claim.lease, outcome).await.unwrap());
 
     let queued = get(&*store, job.id).await;
     assert_eq!(queued.status, JobStatus::Queued);
-    assert_eq!(queued.run_at, to_millis(run_at));
+    // The wait the attempt asked for, counted from when its outcome was stored.
+    assert!(queued.run_at >= to_millis(earliest));
+    assert!(queued.run_at <= Utc::now() + chrono::Duration::hours(1));
+    let run_at = queued.run_at;
     assert!(store.claim("w", 10, LONG_LEASE).await.unwrap().is_empty());
     assert_eq!(store.next_due().await.unwrap(), Some(to_millis(run_at)));
 

@@ -100,7 +100,13 @@ async fn a_retry_asked_twice_at_once_happens_once() {
         let claim = claim_one(&*a, "w", LONG_LEASE).await;
         let error = job_error(ErrorCode::ImageCorrupt, "bad");
         assert!(a
-            .finish(&claim.lease, Outcome::Failed(error))
+            .finish(
+                &claim.lease,
+                Outcome::Errored {
+                    error,
+                    retry_after: None,
+                }
+            )
             .await
             .unwrap());
         let first = {

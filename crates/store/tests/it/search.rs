@@ -58,11 +58,7 @@ async fn filters_by_name_label_error_and_time() {
     )
     .await;
     create(&*store, named(3, "broken.jpg")).await;
-    let broken = finish_next(
-        &*store,
-        Outcome::Failed(job_error(ErrorCode::ImageCorrupt, "bad")),
-    )
-    .await;
+    let broken = finish_next(&*store, errored(ErrorCode::ImageCorrupt, "bad")).await;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let queued = create(&*store, named(4, "coffee-evening.png")).await;
 
@@ -200,11 +196,7 @@ async fn delete_finished_keeps_unfinished_jobs_and_shared_images() {
     create(&*store, shared.clone()).await;
     let done = finish_next(&*store, Outcome::Succeeded(sample_result())).await;
     create(&*store, new_job(2)).await;
-    let failed = finish_next(
-        &*store,
-        Outcome::Failed(job_error(ErrorCode::ImageCorrupt, "bad")),
-    )
-    .await;
+    let failed = finish_next(&*store, errored(ErrorCode::ImageCorrupt, "bad")).await;
     let canceled = create(&*store, new_job(3)).await;
     store.cancel(canceled.id).await.unwrap();
     // The same image as the succeeded job, still queued.
@@ -255,11 +247,7 @@ async fn stats_split_the_last_minute_by_outcome() {
     create(&*store, new_job(1)).await;
     finish_next(&*store, Outcome::Succeeded(sample_result())).await;
     create(&*store, new_job(2)).await;
-    finish_next(
-        &*store,
-        Outcome::Failed(job_error(ErrorCode::ImageCorrupt, "bad")),
-    )
-    .await;
+    finish_next(&*store, errored(ErrorCode::ImageCorrupt, "bad")).await;
     let c = create(&*store, new_job(3)).await;
     store.cancel(c.id).await.unwrap();
     let stats = store.stats(None).await.unwrap();

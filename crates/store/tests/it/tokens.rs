@@ -159,7 +159,13 @@ async fn retry_failed_with_an_owner_takes_only_that_owners_jobs() {
         assert_eq!(claim.job.id, job.id);
         let error = job_error(ErrorCode::ImageCorrupt, "no");
         assert!(store
-            .finish(&claim.lease, Outcome::Failed(error))
+            .finish(
+                &claim.lease,
+                Outcome::Errored {
+                    error,
+                    retry_after: None,
+                }
+            )
             .await
             .unwrap());
         failed.push(job.id);

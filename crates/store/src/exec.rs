@@ -1,0 +1,123 @@
+//! How the store's shared statements are run: [`Exec`], a connection inside a write
+//! transaction that runs a statement with its values and gives back its rows, implemented by an
+//! sqlx transaction ([`Tx`], either database) and by the SQLite round thread's own connection.
+//! The worker round and every job transition are written once over it. Also the pieces every
+//! statement builder uses: typed values ([`Arg`]), `VALUES` lists, the whole-job `SELECT`, and
+//! the statuses written into SQL as literals.
+
+use crate::dialect::{Dialect, Lock};
+use crate::rows::{db_err, Columns, JOB_COLUMNS};
+use crate::tx::Tx;
+use crate::Result;
+use imgclass_core::JobStatus;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::Arguments;
+
+/// A value bound to a statement built at run time, typed even when NULL (PostgreSQL needs the
+/// type of every parameter).
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+impl Arg {
+    pub(crate) fn text(s: impl Into<String>) -> Arg {
+        Arg::Text(Some(s.into()))
+    }
+
+    pub(crate) fn int(i: i64) -> Arg {
+        Arg::Int(Some(i))
+    }
+}
+
+/// A connection inside a write transaction. `$1` is `args[0]`.
+pub(crate) trait Exec {
+    type Row: Columns;
+
+    /// Runs `sql`; its result rows.
+    async fn fetch(&mut self, sql: &str, args: &[Arg]) -> Result<Vec<Self::Row>>;
+
+    /// Runs `sql`; how many rows it changed.
+    async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64>;
+}
+
+impl Exec for Tx {
+    type Row = AnyRow;
+
+    async fn fetch(&mut self, sql: &str, args: &[Arg]) -> Result<Vec<AnyRow>> {
+        Ok(sqlx::query_with(sql, any_args(args)?)
+            .fetch_all(&mut **self)
+            .await?)
+    }
+
+    async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64> {
+        Ok(sqlx::query_with(sql, any_args(args)?)
+            .execute(&mut **self)
+            .await?
+            .rows_affected())
+    }
+}
+
+/// The values of a statement built at run time, for sqlx.
+pub(crate) fn any_args(args: &[Arg]) -> Result<AnyArguments<'_>> {
+    let mut out = AnyArguments::default();
+    for a in args {
+        match a {
+            Arg::Text(t) => out.add(t.as_deref()),
+            Arg::Int(i) => out.add(*i),
+        }
+        .map_err(|e| db_err(format!("cannot bind a value: {e}")))?;
+    }
+    Ok(out)
+}
+
+/// The row-lock clauses the shared statements append, as the database names them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Locks {
+    /// The jobs rows (alias `j`) a SELECT reads, waiting for other writers.
+    pub(crate) jobs: &'static str,
+    /// The jobs rows it reads, skipping those another transaction holds.
+    pub(crate) jobs_skip_locked: &'static str,
+    /// The single row of a one-table SELECT.
+    pub(crate) row: &'static str,
+}
+
+impl Locks {
+    pub(crate) fn of(dialect: &dyn Dialect) -> Locks {
+        Locks {
+            jobs: dialect.lock(Lock::Jobs),
+            jobs_skip_locked: dialect.lock(Lock::JobsSkipLocked),
+            row: dialect.lock(Lock::Row),
+        }
+    }
+}
+
+/// The placeholders of a multi-row `VALUES` list: `rows` tuples of `columns` numbered
+/// parameters, `($1, $2), ($3, $4)`.
+pub(crate) fn values_list(rows: usize, columns: usize) -> String {
+    let row = |r: usize| {
+        let marks: Vec<String> = (1..=columns)
+            .map(|c| format!("${}", r * columns + c))
+            .collect();
+        format!("({})", marks.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
+/// `$1, $2, ... $count`.
+pub(crate) fn marks(count: usize) -> String {
+    let marks: Vec<String> = (1..=count).map(|i| format!("${i}")).collect();
+    marks.join(", ")
+}
+
+/// The SELECT of whole jobs, followed by the given condition.
+pub(crate) fn select_jobs(condition: &str) -> String {
+    format!("SELECT {JOB_COLUMNS} FROM jobs j JOIN blobs b ON b.sha256 = j.image_sha256 WHERE {condition}")
+}
+
+/// Statuses written into SQL as literals wherever a PostgreSQL partial index depends on them
+/// (`jobs_ready`, `jobs_lease`): a generic plan of a prepared statement cannot prove that
+/// `status = $n` matches the index's predicate and sorts the table.
+pub(crate) const QUEUED: &str = JobStatus::Queued.as_str();
+pub(crate) const RUNNING: &str = JobStatus::Running.as_str();

@@ -1,0 +1,331 @@
+//! Submission: the group commit (the uploads that wait at one moment stored in one transaction
+//! with one fsync), new jobs as the policy creates them (queued, or answered from the result
+//! cache), their images stored once per SHA-256 in chunks, and jobs imported from another
+//! installation.
+
+use crate::dialect::Durability;
+use crate::exec::values_list;
+use crate::model::to_json;
+use crate::rows::{db_err, ms, ms_to_time};
+use crate::sql::{SqlStore, Submission};
+use crate::transition::record;
+use crate::tx::Write;
+use crate::{Job, KeyHold, NewJob, Result, StoreError, CHUNK_SIZE};
+use imgclass_core::policy;
+use imgclass_core::{JobId, JobStatus};
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot};
+
+/// One request's part of a transaction: its jobs and the key they complete.
+type Request<'a> = (&'a [NewJob], Option<&'a KeyHold>);
+
+impl Submission {
+    fn request(&self) -> Request<'_> {
+        (&self.jobs, self.key.as_ref())
+    }
+
+    fn bytes(&self) -> usize {
+        self.jobs.iter().map(|j| j.image.len()).sum()
+    }
+}
+
+/// At most this many jobs, and about this many image bytes, share one commit.
+const GROUP_MAX_JOBS: usize = 512;
+const GROUP_MAX_BYTES: usize = 64 << 20;
+
+/// The group commit: takes whatever uploads are waiting (at once, never waiting for more), stores
+/// them in one transaction with one fsync, and answers each once it is committed. If that
+/// transaction fails, each request is tried alone, so that one bad request cannot fail the others
+/// and a failure that is everyone's (a full disk, a lost connection) answers each with its error;
+/// either way nothing of a failed transaction is stored.
+async fn group_commit(store: SqlStore, mut queue: mpsc::Receiver<Submission>) {
+    while let Some(first) = queue.recv().await {
+        let mut jobs = first.jobs.len();
+        let mut bytes = first.bytes();
+        let mut batch = vec![first];
+        while jobs < GROUP_MAX_JOBS && bytes < GROUP_MAX_BYTES {
+            let Ok(next) = queue.try_recv() else { break };
+            jobs += next.jobs.len();
+            bytes += next.bytes();
+            batch.push(next);
+        }
+        if batch.len() > 1 {
+            let requests: Vec<Request> = batch.iter().map(Submission::request).collect();
+            if let Ok(created) = store.insert_jobs(&requests).await {
+                for (submission, jobs) in batch.into_iter().zip(created) {
+                    let _ = submission.reply.send(Ok(jobs));
+                }
+                continue;
+            }
+        }
+        for submission in batch {
+            let result = store
+                .insert_jobs(&[submission.request()])
+                .await
+                .map(|mut c| c.remove(0));
+            let _ = submission.reply.send(result);
+        }
+    }
+}
+
+/// Starts the group commit of `store` (on the current tokio runtime); the store handle it
+/// returns hands its uploads to it. The committer ends when the last such handle is dropped.
+pub(crate) fn start(mut store: SqlStore) -> SqlStore {
+    let (submit, queue) = mpsc::channel(1024);
+    tokio::spawn(group_commit(store.clone(), queue));
+    store.submissions = Some(submit);
+    store
+}
+
+/// An image to store, with what the `blobs` row says of it.
+struct Blob<'a> {
+    sha256: &'a str,
+    bytes: &'a [u8],
+    content_type: &'a str,
+    width: u32,
+    height: u32,
+}
+
+impl<'a> Blob<'a> {
+    fn of(job: &'a NewJob) -> Self {
+        Blob {
+            sha256: &job.sha256,
+            bytes: &job.image,
+            content_type: &job.content_type,
+            width: job.width,
+            height: job.height,
+        }
+    }
+}
+
+impl SqlStore {
+    /// Hands the jobs to the group commit and waits for its answer (`Store::create_jobs_keyed`).
+    pub(crate) async fn create_jobs_keyed(
+        &self,
+        jobs: Vec<NewJob>,
+        key: Option<KeyHold>,
+    ) -> Result<Vec<Job>> {
+        let Some(submit) = &self.submissions else {
+            return Ok(self.insert_jobs(&[(&jobs, key.as_ref())]).await?.remove(0));
+        };
+        let stopped = || StoreError::Unavailable("the store is shutting down".into());
+        let (reply, answer) = oneshot::channel();
+        submit
+            .send(Submission { jobs, key, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Stores each request's images and jobs and completes its idempotency key, all in one
+    /// transaction and a few statements for the whole group; the jobs of each request come
+    /// back in its order.
+    pub(crate) async fn insert_jobs(&self, requests: &[Request<'_>]) -> Result<Vec<Vec<Job>>> {
+        let mut w = self.begin(Durability::Durable).await?;
+        let all: Vec<&NewJob> = requests.iter().flat_map(|(jobs, _)| jobs.iter()).collect();
+        let blobs: Vec<Blob> = all.iter().map(|j| Blob::of(j)).collect();
+        Self::insert_blobs(&mut w, &blobs).await?;
+        let mut jobs = Self::insert_job_rows(&mut w, &all).await?.into_iter();
+        let mut created = Vec::with_capacity(requests.len());
+        for (mine, key) in requests {
+            let mine: Vec<Job> = jobs.by_ref().take(mine.len()).collect();
+            for job in &mine {
+                // A job answered from the cache is still announced as a success, like any job
+                // that finishes.
+                for kind in policy::create(job.cached).events {
+                    let (id, job) = (job.id, Some(job.clone()));
+                    record(&mut w.tx, &mut w.events, id, *kind, job, None, w.now).await?;
+                }
+            }
+            if let Some(hold) = key {
+                let ids: Vec<JobId> = mine.iter().map(|j| j.id).collect();
+                crate::idempotency::complete(&mut w, hold, &ids).await?;
+            }
+            created.push(mine);
+        }
+        self.commit(w).await?;
+        Ok(created)
+    }
+
+    /// Inserts the rows of new jobs (a few hundred per statement) and returns them as stored, in
+    /// order. A job answered from the result cache is created finished, with the earlier result.
+    async fn insert_job_rows(w: &mut Write, new: &[&NewJob]) -> Result<Vec<Job>> {
+        const ROWS: usize = 200;
+        const COLUMNS: usize = 16;
+        let now = ms_to_time(w.now);
+        let mut created = Vec::with_capacity(new.len());
+        for chunk in new.chunks(ROWS) {
+            let values = values_list(chunk.len(), COLUMNS);
+            let sql = format!(
+                "INSERT INTO jobs (id, status, image_sha256, file_name, max_attempts, priority, \
+                 run_at, created_at, updated_at, owner, webhook_url, webhook_events, result, \
+                 cached, started_at, finished_at) VALUES {values} RETURNING id, seq"
+            );
+            let mut q = sqlx::query(&sql);
+            let mut jobs = Vec::with_capacity(chunk.len());
+            for new in chunk {
+                let created = policy::create(new.cached_result.is_some());
+                let status = created.status;
+                let finished_at = created.finished.then_some(now);
+                let job = Job {
+                    seq: 0,
+                    id: JobId::new(),
+                    status,
+                    image_size: new.image.len() as u64,
+                    image_sha256: new.sha256.clone(),
+                    content_type: new.content_type.clone(),
+                    width: new.width,
+                    height: new.height,
+                    file_name: new.file_name.clone(),
+                    attempts: 0,
+                    stalls: 0,
+                    run_attempts: 0,
+                    max_attempts: new.max_attempts.max(1),
+                    priority: new.priority,
+                    run_at: now,
+                    lease_owner: None,
+                    lease_until: None,
+                    error: None,
+                    attempt_errors: Vec::new(),
+                    result: new.cached_result.clone(),
+                    created_at: now,
+                    started_at: finished_at,
+                    finished_at,
+                    updated_at: now,
+                    owner: new.owner.clone(),
+                    webhook: new.webhook.clone(),
+                    cached: new.cached_result.is_some(),
+                };
+                q = q
+                    .bind(job.id.to_string())
+                    .bind(job.status.as_str())
+                    .bind(job.image_sha256.clone())
+                    .bind(job.file_name.clone())
+                    .bind(i64::from(job.max_attempts))
+                    .bind(i64::from(job.priority))
+                    .bind(w.now)
+                    .bind(w.now)
+                    .bind(w.now)
+                    .bind(job.owner.clone())
+                    .bind(job.webhook.as_ref().map(|h| h.url.clone()))
+                    .bind(job.webhook.as_ref().map(crate::rows::webhook_events))
+                    .bind(job.result.as_ref().map(to_json).transpose()?)
+                    .bind(i64::from(job.cached))
+                    .bind(finished_at.map(|_| w.now))
+                    .bind(finished_at.map(|_| w.now));
+                jobs.push(job);
+            }
+            let mut seqs = std::collections::HashMap::with_capacity(chunk.len());
+            for row in q.fetch_all(&mut *w.tx).await? {
+                let id: String = row.try_get("id")?;
+                seqs.insert(id, row.try_get::<i64, _>("seq")?);
+            }
+            for mut job in jobs {
+                job.seq = *seqs
+                    .get(&job.id.to_string())
+                    .ok_or_else(|| db_err(format!("job {} was not inserted", job.id)))?;
+                created.push(job);
+            }
+        }
+        Ok(created)
+    }
+
+    /// Stores the images that are not stored yet (once each, however many jobs share one).
+    async fn insert_blobs(w: &mut Write, new: &[Blob<'_>]) -> Result<()> {
+        const ROWS: usize = 200;
+        let mut seen = std::collections::HashSet::with_capacity(new.len());
+        let distinct: Vec<&Blob> = new.iter().filter(|b| seen.insert(b.sha256)).collect();
+        for chunk in distinct.chunks(ROWS) {
+            let sql = format!(
+                "INSERT INTO blobs (sha256, size, content_type, width, height, created_at) \
+                 VALUES {} ON CONFLICT (sha256) DO NOTHING RETURNING sha256",
+                values_list(chunk.len(), 6)
+            );
+            let mut q = sqlx::query_scalar::<_, String>(&sql);
+            for b in chunk {
+                q = q
+                    .bind(b.sha256)
+                    .bind(b.bytes.len() as i64)
+                    .bind(b.content_type)
+                    .bind(i64::from(b.width))
+                    .bind(i64::from(b.height))
+                    .bind(w.now);
+            }
+            let inserted: std::collections::HashSet<String> =
+                q.fetch_all(&mut *w.tx).await?.into_iter().collect();
+            for b in chunk.iter().filter(|b| inserted.contains(b.sha256)) {
+                Self::insert_chunks(w, b.sha256, b.bytes).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts a blob and its chunks unless an identical one is stored.
+    /// A new image's bytes, in chunks of at most `CHUNK_SIZE`.
+    async fn insert_chunks(w: &mut Write, sha256: &str, bytes: &[u8]) -> Result<()> {
+        for (idx, chunk) in bytes.chunks(CHUNK_SIZE).enumerate() {
+            sqlx::query("INSERT INTO blob_chunks (sha256, idx, data) VALUES ($1, $2, $3)")
+                .bind(sha256)
+                .bind(idx as i64)
+                .bind(chunk)
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Copies a job and its image from another installation (`Store::import_job`).
+    pub(crate) async fn import_job(&self, job: &Job, image: &[u8]) -> Result<bool> {
+        let mut w = self.begin(Durability::Durable).await?;
+        w.now = ms(job.created_at);
+        let blob = Blob {
+            sha256: &job.image_sha256,
+            bytes: image,
+            content_type: &job.content_type,
+            width: job.width,
+            height: job.height,
+        };
+        Self::insert_blobs(&mut w, &[blob]).await?;
+        // A job that was running has no worker here: it is queued again.
+        let status = if job.status == JobStatus::Running {
+            JobStatus::Queued
+        } else {
+            job.status
+        };
+        let n = sqlx::query(
+            "INSERT INTO jobs (id, status, image_sha256, file_name, attempts, stalls, run_attempts, \
+             max_attempts, priority, run_at, error_code, error_message, attempt_errors, result, \
+             created_at, started_at, finished_at, updated_at, owner, webhook_url, webhook_events, \
+             cached) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19, $20, $21, $22) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(job.id.to_string())
+        .bind(status.as_str())
+        .bind(&job.image_sha256)
+        .bind(&job.file_name)
+        .bind(i64::from(job.attempts))
+        .bind(i64::from(job.stalls))
+        .bind(i64::from(job.run_attempts))
+        .bind(i64::from(job.max_attempts))
+        .bind(i64::from(job.priority))
+        .bind(ms(job.run_at))
+        .bind(job.error.as_ref().map(|e| e.code.as_str()))
+        .bind(job.error.as_ref().map(|e| e.message.clone()))
+        .bind(to_json(&job.attempt_errors)?)
+        .bind(job.result.as_ref().map(to_json).transpose()?)
+        .bind(ms(job.created_at))
+        .bind(job.started_at.map(ms))
+        .bind(job.finished_at.map(ms))
+        .bind(ms(job.updated_at))
+        .bind(&job.owner)
+        .bind(job.webhook.as_ref().map(|h| h.url.clone()))
+        .bind(job.webhook.as_ref().map(crate::rows::webhook_events))
+        .bind(i64::from(job.cached))
+        .execute(&mut *w.tx)
+        .await?
+        .rows_affected();
+        w.commit_plain().await?;
+        Ok(n == 1)
+    }
+}
