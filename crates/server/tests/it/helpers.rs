@@ -143,7 +143,10 @@ impl TestApp {
             Some(file) => format!("sqlite://{}", file.display()),
             None => format!("sqlite://{}/test.db", dir.path().display()),
         };
-        let store = imgclass_store::connect(&db_url).await.unwrap();
+        // The store decides with the same rules as the workers are configured with.
+        let store = imgclass_store::connect_with(&db_url, opts.worker_config.rules())
+            .await
+            .unwrap();
         store.migrate().await.unwrap();
         let workers = if opts.workers > 0 {
             let config = WorkerConfig {
