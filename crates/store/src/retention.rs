@@ -10,17 +10,20 @@ use crate::{Pruned, Result, StoreError};
 use chrono::{DateTime, Utc};
 use imgclass_core::{EventKind, JobId, JobStatus};
 
-/// Deletes a job's row; its image sha256 and owner, or `None` when there was no such job.
-pub(crate) async fn delete_row(
-    w: &mut Write,
-    id: JobId,
-) -> Result<Option<(String, Option<String>)>> {
-    Ok(
+/// Deletes a job's row and records its `deleted` event (naming its owner); the sha256 of its
+/// image, or `None` when there was no such job.
+pub(crate) async fn delete_job(w: &mut Write, id: JobId) -> Result<Option<String>> {
+    let row: Option<(String, Option<String>)> =
         sqlx::query_as("DELETE FROM jobs WHERE id = $1 RETURNING image_sha256, owner")
             .bind(id.to_string())
             .fetch_optional(&mut *w.tx)
-            .await?,
-    )
+            .await?;
+    let Some((sha, owner)) = row else {
+        return Ok(None);
+    };
+    let (tx, events, now) = (&mut w.tx, &mut w.events, w.now);
+    record(tx, events, id, EventKind::Deleted, None, owner, now).await?;
+    Ok(Some(sha))
 }
 
 /// Deletes an image when no job refers to it any more.
@@ -38,21 +41,11 @@ pub(crate) async fn delete_blob_if_unused(w: &mut Write, sha256: &str) -> Result
 impl SqlStore {
     pub(crate) async fn delete(&self, id: JobId) -> Result<()> {
         let mut w = self.begin(Durability::Durable).await?;
-        let Some((sha, owner)) = delete_row(&mut w, id).await? else {
+        let Some(sha) = delete_job(&mut w, id).await? else {
             w.tx.rollback().await?;
             return Err(StoreError::NotFound);
         };
         delete_blob_if_unused(&mut w, &sha).await?;
-        record(
-            &mut w.tx,
-            &mut w.events,
-            id,
-            EventKind::Deleted,
-            None,
-            owner,
-            w.now,
-        )
-        .await?;
         self.commit(w).await
     }
 

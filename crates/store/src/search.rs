@@ -7,10 +7,9 @@ use crate::exec::{any_args, select_jobs, Arg};
 use crate::model::{decode_cursor, encode_cursor};
 use crate::rows::{job_from_row, ms, parse_id};
 use crate::sql::SqlStore;
-use crate::transition::record;
 use crate::{Job, JobFilter, JobPage, ListQuery, Result, StoreError};
 use imgclass_core::policy::Happened;
-use imgclass_core::{EventKind, JobId, JobStatus};
+use imgclass_core::{JobId, JobStatus};
 use sqlx::any::AnyArguments;
 use sqlx::{Any, Row};
 
@@ -219,21 +218,10 @@ impl SqlStore {
         let mut deleted = 0;
         for id in ids {
             let id = parse_id(&id)?;
-            let Some((sha, owner)) = crate::retention::delete_row(&mut w, id).await? else {
-                continue;
-            };
-            images.insert(sha);
-            record(
-                &mut w.tx,
-                &mut w.events,
-                id,
-                EventKind::Deleted,
-                None,
-                owner,
-                w.now,
-            )
-            .await?;
-            deleted += 1;
+            if let Some(sha) = crate::retention::delete_job(&mut w, id).await? {
+                images.insert(sha);
+                deleted += 1;
+            }
         }
         for sha in &images {
             crate::retention::delete_blob_if_unused(&mut w, sha).await?;
