@@ -3,8 +3,8 @@
 //! uploads and of the classifications (fed by `/api/events`), and with `--wait` prints each result
 //! as it arrives.
 
+use crate::args::SubmitArgs;
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use futures_util::stream::{self, StreamExt};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
@@ -14,34 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-#[derive(Args)]
-pub struct SubmitArgs {
-    /// Image files and folders (a folder's image files are uploaded; other files are skipped
-    /// with a warning).
-    #[arg(required = true)]
-    paths: Vec<PathBuf>,
-    /// The imgclass server.
-    #[arg(long, env = "IMGCLASS_SERVER", default_value = "http://127.0.0.1:8080")]
-    server: String,
-    /// Wait for every job to finish, print each result as it arrives, and exit non-zero if any
-    /// job failed.
-    #[arg(long)]
-    wait: bool,
-    /// Print one JSON line per job: the job as `GET /api/jobs/{id}` shows it (finished, with
-    /// --wait).
-    #[arg(long)]
-    json: bool,
-    /// Also upload the images in subfolders.
-    #[arg(long, short = 'r')]
-    recursive: bool,
-    /// An API token (needed once the server has tokens).
-    #[arg(long, env = "IMGCLASS_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Uploads in flight at once.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-    concurrency: u16,
-}
 
 /// Attempts per upload: a failed attempt (no answer, or a 5xx, or the key still in use) is sent
 /// again with the same `Idempotency-Key`, so the server creates its jobs once.

@@ -1,0 +1,210 @@
+//! What `serve` and `worker` share when a node starts and stops: this node's name, the database,
+//! the webhook settings and deliverer, the metrics server, the classifier and its workers, and
+//! the wait for SIGTERM/SIGINT.
+
+use crate::args::{DatabaseArgs, ProviderArg, WebhookArgs, WorkArgs};
+use anyhow::{Context, Result};
+use imgclass_classifier::{Classifier, ImaggaClassifier, Model, NoopClassifier};
+use imgclass_server::metrics::Metrics;
+use imgclass_server::webhooks::{Deliverer, WebhookConfig};
+use imgclass_server::{ClassifierFactory, WorkerConfig, Workers};
+use imgclass_store::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// This process's name in lease tokens, metrics and logs.
+pub fn node_name() -> String {
+    format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into()),
+        std::process::id()
+    )
+}
+
+/// The cores this process may use (1 when that cannot be known).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Opens the database and brings it up to date.
+pub async fn open_store(db: &DatabaseArgs) -> Result<Arc<dyn Store>> {
+    let store = imgclass_store::connect(&db.database)
+        .await
+        .with_context(|| format!("cannot open the database {}", db.database))?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// What a node opens before it starts anything: the database, the webhook settings (checked)
+/// and the metrics, served on their own address when `--metrics-listen` asks for it.
+pub struct Node {
+    pub store: Arc<dyn Store>,
+    pub webhooks: Option<WebhookConfig>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Node {
+    pub async fn open(db: &DatabaseArgs, work: &WorkArgs) -> Result<Node> {
+        let store = open_store(db).await?;
+        let webhooks = webhook_config(&work.webhooks)?;
+        let metrics = Arc::new(Metrics::new());
+        if let Some(addr) = work.metrics_listen {
+            serve_metrics(addr, metrics.clone(), store.clone()).await?;
+        }
+        Ok(Node {
+            store,
+            webhooks,
+            metrics,
+        })
+    }
+}
+
+/// The webhook settings; `None` without a secret.
+fn webhook_config(args: &WebhookArgs) -> Result<Option<WebhookConfig>> {
+    let Some(secret) = args.webhook_secret.clone() else {
+        if args.webhook_default.is_some() {
+            anyhow::bail!("--webhook-default needs --webhook-secret to sign the webhooks");
+        }
+        return Ok(None);
+    };
+    if !(args.webhook_schedule_scale.is_finite() && args.webhook_schedule_scale >= 0.0) {
+        anyhow::bail!("--webhook-schedule-scale must be a number from 0 up");
+    }
+    let mut config = WebhookConfig::new(secret);
+    config.allow_private = args.webhook_allow_private;
+    config.max_attempts = args.webhook_max_attempts;
+    config.schedule_scale = args.webhook_schedule_scale;
+    config.timeout = args.webhook_timeout;
+    config.lease = (args.webhook_timeout * 3).max(Duration::from_secs(30));
+    config.default_url = args.webhook_default.clone();
+    config.node = node_name();
+    Ok(Some(config))
+}
+
+/// Starts this process's webhook deliverer, when webhooks are on.
+pub fn start_deliverer(
+    store: &Arc<dyn Store>,
+    config: &Option<WebhookConfig>,
+) -> Result<Option<Deliverer>> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    tracing::info!(
+        max_attempts = config.max_attempts,
+        allow_private = config.allow_private,
+        "delivering webhooks"
+    );
+    Ok(Some(Deliverer::start(store.clone(), config.clone())?))
+}
+
+/// Serves `/metrics` alone on `addr` until the process ends.
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    tracing::info!(
+        "metrics are served on http://{}/metrics",
+        listener.local_addr()?
+    );
+    let app = imgclass_server::metrics_router(metrics, store);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Loads the classifier and starts this process's workers.
+pub async fn start_workers(
+    store: Arc<dyn Store>,
+    args: &WorkArgs,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<Workers> {
+    let builtin = matches!(args.model.provider, ProviderArg::Builtin);
+    let count = args
+        .workers
+        .map_or_else(|| cores() + usize::from(builtin), usize::from);
+    // A remote provider's calls mostly wait on the network: one thread per worker.
+    let threads = args
+        .inference_threads
+        .map_or_else(|| if builtin { cores() } else { count }, usize::from)
+        .clamp(1, count);
+    let factory: ClassifierFactory = match args.model.provider {
+        ProviderArg::Noop => {
+            tracing::warn!("provider noop: jobs succeed without classification (benchmarks only)");
+            Arc::new(|| Ok(Box::new(NoopClassifier::default()) as Box<dyn Classifier>))
+        }
+        ProviderArg::Imagga => {
+            let config = args.model.imagga()?;
+            tracing::info!(provider = "imagga", url = %config.url, language = %config.language, timeout_ms = config.timeout.as_millis() as u64, workers = count, "classifying with the Imagga API");
+            Arc::new(move || Ok(Box::new(ImaggaClassifier::new(&config)?) as Box<dyn Classifier>))
+        }
+        ProviderArg::Builtin => {
+            let source = args.model.source();
+            let model = tokio::task::spawn_blocking(move || Model::load(&source)).await??;
+            let intra = args
+                .intra_threads
+                .map_or_else(|| (cores() / threads).max(1), usize::from);
+            let top_k = usize::from(args.model.top_k);
+            let limits = args.limits.limits();
+            tracing::info!(provider = "builtin", model = %model.info().name, version = %model.info().version, workers = count, inference_threads = threads, intra_threads = intra, "model loaded");
+            Arc::new(move || {
+                let c = model.session(intra, top_k)?.with_limits(limits);
+                Ok(Box::new(c) as Box<dyn Classifier>)
+            })
+        }
+    };
+    let config = WorkerConfig {
+        workers: count,
+        inference_threads: Some(threads),
+        lease: args.lease,
+        sweep_interval: (args.lease / 6).max(Duration::from_millis(100)),
+        inject_failure_rate: args.inject_failure_rate,
+        inject_failure_seed: args.inject_failure_seed,
+        rate_limit: args.rate_limit,
+        job_timeout: args.job_timeout,
+        backoff_base: args.backoff_base,
+        backoff_max: args.backoff_max.max(args.backoff_base),
+        max_stalls: args.max_stalls,
+        retain: args.retain.0,
+        metrics,
+        node: node_name(),
+        ..WorkerConfig::default()
+    };
+    Workers::start(store, factory, config).await
+}
+
+/// Waits for SIGTERM or SIGINT, then says the node is shutting down.
+pub async fn wait_for_shutdown() {
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new jobs are started");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The last step of a node's shutdown, after its workers: the webhook deliverer stops.
+pub async fn finish_shutdown(deliverer: Option<Deliverer>) {
+    if let Some(d) = deliverer {
+        d.shutdown().await;
+    }
+    tracing::info!("stopped");
+}

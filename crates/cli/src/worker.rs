@@ -1,0 +1,21 @@
+//! `imgclass worker`: a node that runs workers only, no HTTP API.
+
+use crate::args::WorkerArgs;
+use crate::node::{self, Node};
+use anyhow::Result;
+use std::process::ExitCode;
+
+pub async fn run(args: WorkerArgs) -> Result<ExitCode> {
+    let Node {
+        store,
+        webhooks,
+        metrics,
+    } = Node::open(&args.db, &args.work).await?;
+    let workers = node::start_workers(store.clone(), &args.work, Some(metrics)).await?;
+    let deliverer = node::start_deliverer(&store, &webhooks)?;
+    tracing::info!("imgclass worker is running");
+    node::wait_for_shutdown().await;
+    workers.shutdown(args.work.shutdown_grace).await;
+    node::finish_shutdown(deliverer).await;
+    Ok(ExitCode::SUCCESS)
+}
