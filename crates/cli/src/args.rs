@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use imgclass_classifier::{
     imagga, ImageLimits, ImaggaClassifier, ImaggaConfig, ModelSource, Secret,
 };
-use imgclass_server::webhooks::WebhookSecret;
 use imgclass_server::ServeLimits;
+use imgclass_worker::webhooks::WebhookSecret;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -401,6 +401,17 @@ pub struct WorkArgs {
     /// How long a running job's lease lasts without a heartbeat (e.g. 30s).
     #[arg(long, env = "IMGCLASS_LEASE", default_value = "30s", value_parser = parse_duration)]
     pub lease: Duration,
+}
+
+impl WorkArgs {
+    /// The queue's rules as configured (the longest backoff is never below the first).
+    pub fn rules(&self) -> imgclass_core::policy::Rules {
+        imgclass_core::policy::Rules {
+            backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max.max(self.backoff_base),
+            max_stalls: self.max_stalls,
+        }
+    }
 }
 
 #[derive(Args)]

@@ -5,10 +5,13 @@
 use crate::args::{DatabaseArgs, ProviderArg, WebhookArgs, WorkArgs};
 use anyhow::{Context, Result};
 use imgclass_classifier::{Classifier, ImaggaClassifier, Model, NoopClassifier};
+use imgclass_core::policy::Rules;
+use imgclass_server::api::views::JobView;
 use imgclass_server::metrics::Metrics;
-use imgclass_server::webhooks::{Deliverer, WebhookConfig};
-use imgclass_server::{ClassifierFactory, WorkerConfig, Workers};
 use imgclass_store::Store;
+use imgclass_worker::metrics::WorkerMetrics;
+use imgclass_worker::webhooks::{Deliverer, WebhookConfig};
+use imgclass_worker::{ClassifierFactory, WorkerConfig, Workers};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +32,12 @@ pub fn cores() -> usize {
 
 /// Opens the database and brings it up to date.
 pub async fn open_store(db: &DatabaseArgs) -> Result<Arc<dyn Store>> {
-    let store = imgclass_store::connect(&db.database)
+    open_store_with(db, Rules::default()).await
+}
+
+/// Opens the database, deciding with `rules`, and brings it up to date.
+async fn open_store_with(db: &DatabaseArgs, rules: Rules) -> Result<Arc<dyn Store>> {
+    let store = imgclass_store::connect_with(&db.database, rules)
         .await
         .with_context(|| format!("cannot open the database {}", db.database))?;
     store.migrate().await?;
@@ -46,7 +54,8 @@ pub struct Node {
 
 impl Node {
     pub async fn open(db: &DatabaseArgs, work: &WorkArgs) -> Result<Node> {
-        let store = open_store(db).await?;
+        // The store decides every transition with the queue's rules as configured.
+        let store = open_store_with(db, work.rules()).await?;
         let webhooks = webhook_config(&work.webhooks)?;
         let metrics = Arc::new(Metrics::new());
         if let Some(addr) = work.metrics_listen {
@@ -95,7 +104,10 @@ pub fn start_deliverer(
         allow_private = config.allow_private,
         "delivering webhooks"
     );
-    Ok(Some(Deliverer::start(store.clone(), config.clone())?))
+    Ok(Some(Deliverer::start::<JobView>(
+        store.clone(),
+        config.clone(),
+    )?))
 }
 
 /// Serves `/metrics` alone on `addr` until the process ends.
@@ -124,7 +136,7 @@ async fn serve_metrics(
 pub async fn start_workers(
     store: Arc<dyn Store>,
     args: &WorkArgs,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<dyn WorkerMetrics>>,
 ) -> Result<Workers> {
     let builtin = matches!(args.model.provider, ProviderArg::Builtin);
     let count = args
@@ -169,9 +181,6 @@ pub async fn start_workers(
         inject_failure_seed: args.inject_failure_seed,
         rate_limit: args.rate_limit,
         job_timeout: args.job_timeout,
-        backoff_base: args.backoff_base,
-        backoff_max: args.backoff_max.max(args.backoff_base),
-        max_stalls: args.max_stalls,
         retain: args.retain.0,
         metrics,
         node: node_name(),

@@ -1,7 +1,7 @@
 //! The parsers of flag values that are more than a number or a word: durations, rates,
 //! `--retain`, `--scope`, CORS origins and the webhook secret.
 
-use imgclass_server::webhooks::WebhookSecret;
+use imgclass_worker::webhooks::WebhookSecret;
 use std::time::Duration;
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

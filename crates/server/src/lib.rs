@@ -1,5 +1,5 @@
-//! The service: the axum router (API, events, web page), the worker pool and how they are
-//! started together.
+//! The service: the axum router (API, events, web page, metrics) and how it is served. The
+//! workers and the webhook deliverer are `imgclass_worker`'s.
 
 pub mod api;
 pub mod auth;
@@ -12,8 +12,6 @@ pub mod quota;
 pub mod request_id;
 pub mod upload_budget;
 pub mod web;
-pub mod webhooks;
-pub mod worker;
 
 use axum::Router;
 use imgclass_classifier::ImageLimits;
@@ -23,7 +21,6 @@ use tokio::sync::Semaphore;
 
 pub use http::{serve, ServeLimits};
 pub use upload_budget::UploadBudget;
-pub use worker::{ClassifierFactory, WorkerConfig, Workers};
 
 /// Upload checking settings.
 #[derive(Debug, Clone)]
@@ -82,7 +79,7 @@ pub struct AppState {
     /// The global rate limit the workers obey (for statistics).
     pub rate_limit: Option<imgclass_store::RateLimit>,
     /// Webhook settings; `None`: this server sends no webhooks (no secret to sign them).
-    pub webhooks: Option<Arc<webhooks::WebhookConfig>>,
+    pub webhooks: Option<Arc<imgclass_worker::webhooks::WebhookConfig>>,
     /// How long an `Idempotency-Key` is remembered after its first use.
     pub idempotency_ttl: std::time::Duration,
     /// The model whose earlier results may answer a new job for the same image (the result

@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use imgclass_core::{ErrorCode, JobStatus, Scope};
-use imgclass_store::{Outcome, Store};
+use imgclass_store::Store;
+use imgclass_worker::metrics::{AttemptEnded, WorkerMetrics};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -201,46 +202,6 @@ impl Metrics {
         m
     }
 
-    /// An attempt's outcome was stored and left its job `status` (queued again: retried).
-    pub fn attempt_ended(&self, ended: &AttemptEnded, status: JobStatus) {
-        if let Some(w) = ended.queue_wait.and_then(|w| w.to_std().ok()) {
-            self.queue_wait.observe(w.as_secs_f64());
-        }
-        if let Some((decode, inference)) = ended.timings_ms {
-            self.decode.observe(decode / 1e3);
-            self.inference.observe(inference / 1e3);
-        }
-        let code = ended.error.map(|c| c.to_string()).unwrap_or_default();
-        let status = match status {
-            // Not the end of the job: it runs again.
-            JobStatus::Queued => "retried",
-            other => other.as_str(),
-        };
-        if status != "retried" {
-            let e2e = (chrono::Utc::now() - ended.created_at)
-                .to_std()
-                .unwrap_or_default();
-            self.end_to_end.observe(e2e.as_secs_f64());
-        }
-        self.finished
-            .get_or_create(&FinishedLabels {
-                status: status.into(),
-                error_code: code,
-            })
-            .inc();
-    }
-
-    /// A claim took `n` jobs.
-    pub fn claimed(&self, n: usize) {
-        self.claim_batch.observe(n as f64);
-    }
-
-    /// The workers wait `wait` for the global rate limit.
-    pub fn rate_limited(&self, wait: Duration) {
-        self.rate_limit_waits.inc();
-        self.rate_limit_wait.observe(wait.as_secs_f64());
-    }
-
     /// Counts an open event stream until the guard is dropped.
     pub fn sse_client(self: &Arc<Self>) -> SseGuard {
         self.sse_clients.inc();
@@ -290,6 +251,46 @@ impl Metrics {
             tracing::error!(error = %e, "metrics: encoding failed");
         }
         out
+    }
+}
+
+/// What this node's workers report.
+impl WorkerMetrics for Metrics {
+    fn attempt_ended(&self, ended: &AttemptEnded, status: JobStatus) {
+        if let Some(w) = ended.queue_wait.and_then(|w| w.to_std().ok()) {
+            self.queue_wait.observe(w.as_secs_f64());
+        }
+        if let Some((decode, inference)) = ended.timings_ms {
+            self.decode.observe(decode / 1e3);
+            self.inference.observe(inference / 1e3);
+        }
+        let code = ended.error.map(|c| c.to_string()).unwrap_or_default();
+        let status = match status {
+            // Not the end of the job: it runs again.
+            JobStatus::Queued => "retried",
+            other => other.as_str(),
+        };
+        if status != "retried" {
+            let e2e = (chrono::Utc::now() - ended.created_at)
+                .to_std()
+                .unwrap_or_default();
+            self.end_to_end.observe(e2e.as_secs_f64());
+        }
+        self.finished
+            .get_or_create(&FinishedLabels {
+                status: status.into(),
+                error_code: code,
+            })
+            .inc();
+    }
+
+    fn claimed(&self, n: usize) {
+        self.claim_batch.observe(n as f64);
+    }
+
+    fn rate_limited(&self, wait: Duration) {
+        self.rate_limit_waits.inc();
+        self.rate_limit_wait.observe(wait.as_secs_f64());
     }
 }
 
@@ -380,35 +381,4 @@ async fn scrape(State(s): State<MetricsState>, req: Request) -> Response {
         body,
     )
         .into_response()
-}
-
-/// What the metrics count of an attempt, taken before its outcome goes to the store.
-#[derive(Debug, Clone, Copy)]
-pub struct AttemptEnded {
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    /// From when the job was due to when it started.
-    pub queue_wait: Option<chrono::Duration>,
-    /// Decode and inference time of a result.
-    pub timings_ms: Option<(f64, f64)>,
-    pub error: Option<ErrorCode>,
-}
-
-impl AttemptEnded {
-    pub fn of(
-        created_at: chrono::DateTime<chrono::Utc>,
-        queue_wait: Option<chrono::Duration>,
-        outcome: &Outcome,
-    ) -> Self {
-        let (timings_ms, error) = match outcome {
-            Outcome::Succeeded(r) => (Some((r.timings.decode_ms, r.timings.inference_ms)), None),
-            Outcome::Errored { error, .. } => (None, Some(error.code)),
-            Outcome::ImageMissing => (None, Some(ErrorCode::Internal)),
-        };
-        AttemptEnded {
-            created_at,
-            queue_wait,
-            timings_ms,
-            error,
-        }
-    }
 }

@@ -123,7 +123,7 @@ impl SubmitFields {
                 "this server sends no webhooks (it runs without --webhook-secret)",
             ));
         };
-        let url = crate::webhooks::check_url(&url, config.allow_private)
+        let url = imgclass_worker::ssrf::check_url(&url, config.allow_private)
             .await
             .map_err(invalid_webhook)?;
         let events = match &self.webhook_events {

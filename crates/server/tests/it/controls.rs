@@ -2,18 +2,19 @@
 //! heartbeats, timeouts, cancellation of a running job, bulk retry, statistics, shutdown.
 
 use crate::helpers::{fixture, slow_factory, Options, TestApp};
+use imgclass_core::policy::Rules;
 use imgclass_core::{ErrorCode, EventKind, JobStatus};
-use imgclass_server::{ClassifierFactory, WorkerConfig};
 use imgclass_store::RateLimit;
+use imgclass_worker::{ClassifierFactory, WorkerConfig};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn fast_retries() -> WorkerConfig {
-    WorkerConfig {
+fn fast_retries() -> Rules {
+    Rules {
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(40),
-        ..WorkerConfig::default()
+        ..Rules::default()
     }
 }
 
@@ -22,8 +23,9 @@ async fn every_attempt_failing_ends_failed_after_max_attempts() {
     let app = TestApp::with(Options {
         worker_config: WorkerConfig {
             inject_failure_rate: 1.0,
-            ..fast_retries()
+            ..WorkerConfig::default()
         },
+        rules: fast_retries(),
         ..Options::default()
     })
     .await;
@@ -60,8 +62,9 @@ async fn a_seeded_failure_rate_retries_some_and_counts_every_attempt() {
         worker_config: WorkerConfig {
             inject_failure_rate: 0.4,
             inject_failure_seed: Some(7),
-            ..fast_retries()
+            ..WorkerConfig::default()
         },
+        rules: fast_retries(),
         ..Options::default()
     })
     .await;
@@ -217,8 +220,9 @@ async fn an_attempt_past_the_timeout_fails_and_the_worker_goes_on() {
         max_attempts: 2,
         worker_config: WorkerConfig {
             job_timeout: Duration::from_millis(1500),
-            ..fast_retries()
+            ..WorkerConfig::default()
         },
+        rules: fast_retries(),
         ..Options::default()
     })
     .await;
@@ -303,7 +307,7 @@ async fn retry_failed_requeues_every_failed_job() {
 async fn shutdown_gives_unfinished_jobs_back_to_the_queue() {
     let app = TestApp::without_workers().await;
     let ids = app.submit(&[("c.png", fixture("coffee.png"))]).await;
-    let workers = imgclass_server::Workers::start(
+    let workers = imgclass_worker::Workers::start(
         app.store.clone(),
         slow_factory(Duration::from_millis(2000), 1),
         WorkerConfig::default(),

@@ -2,11 +2,11 @@
 
 use imgclass_classifier::{Classifier, ImageLimits, Model, ModelSource};
 use imgclass_core::{JobId, JobStatus};
-use imgclass_server::webhooks::{Deliverer, WebhookConfig};
-use imgclass_server::{
-    AppState, ClassifierFactory, ServeLimits, UploadBudget, UploadConfig, WorkerConfig, Workers,
-};
+use imgclass_server::api::views::JobView;
+use imgclass_server::{AppState, ServeLimits, UploadBudget, UploadConfig};
 use imgclass_store::{Job, Store};
+use imgclass_worker::webhooks::{Deliverer, WebhookConfig};
+use imgclass_worker::{ClassifierFactory, WorkerConfig, Workers};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -38,6 +38,8 @@ pub struct Options {
     pub max_attempts: u32,
     pub limits: ImageLimits,
     pub worker_config: WorkerConfig,
+    /// The queue's rules the store decides with.
+    pub rules: imgclass_core::policy::Rules,
     pub http: imgclass_server::HttpConfig,
     pub serve_limits: ServeLimits,
     /// Webhook settings of the API (`None`: no webhooks).
@@ -62,6 +64,7 @@ impl Default for Options {
             max_attempts: 3,
             limits: ImageLimits::default(),
             worker_config: WorkerConfig::default(),
+            rules: imgclass_core::policy::Rules::default(),
             http: imgclass_server::HttpConfig::default(),
             serve_limits: ServeLimits::default(),
             webhooks: None,
@@ -143,8 +146,7 @@ impl TestApp {
             Some(file) => format!("sqlite://{}", file.display()),
             None => format!("sqlite://{}/test.db", dir.path().display()),
         };
-        // The store decides with the same rules as the workers are configured with.
-        let store = imgclass_store::connect_with(&db_url, opts.worker_config.rules())
+        let store = imgclass_store::connect_with(&db_url, opts.rules)
             .await
             .unwrap();
         store.migrate().await.unwrap();
@@ -178,7 +180,7 @@ impl TestApp {
             .deliverer
             .clone()
             .unwrap_or_else(|| opts.webhooks.clone())
-            .map(|c| Deliverer::start(store.clone(), c).unwrap());
+            .map(|c| Deliverer::start::<JobView>(store.clone(), c).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         // The same accept loop and connection limits as `imgclass serve`.

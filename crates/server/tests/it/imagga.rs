@@ -5,9 +5,10 @@
 use crate::fake_imagga::{Answer, FakeImagga, TAGS};
 use crate::helpers::{fixture, Options, TestApp};
 use imgclass_classifier::{Classifier, ImaggaClassifier, ImaggaConfig, Secret};
+use imgclass_core::policy::Rules;
 use imgclass_core::{ErrorCode, JobStatus, Provider};
-use imgclass_server::{ClassifierFactory, WorkerConfig};
 use imgclass_store::Job;
+use imgclass_worker::ClassifierFactory;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,10 +37,10 @@ async fn app(config: ImaggaConfig, max_attempts: u32) -> TestApp {
     TestApp::with(Options {
         factory: Some(factory(config)),
         max_attempts,
-        worker_config: WorkerConfig {
+        rules: Rules {
             backoff_base: Duration::from_millis(10),
             backoff_max: Duration::from_millis(20),
-            ..WorkerConfig::default()
+            ..Rules::default()
         },
         ..Options::default()
     })

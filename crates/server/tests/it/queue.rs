@@ -2,8 +2,8 @@
 
 use crate::helpers::{fixture, Options, TestApp};
 use imgclass_core::{EventKind, JobStatus};
-use imgclass_server::{WorkerConfig, Workers};
 use imgclass_store::{JobError, Outcome};
+use imgclass_worker::{WorkerConfig, Workers};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

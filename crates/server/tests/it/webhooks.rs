@@ -9,8 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use imgclass_core::{JobId, JobStatus};
-use imgclass_server::webhooks::{Deliverer, WebhookConfig, WebhookSecret};
+use imgclass_server::api::views::JobView;
 use imgclass_store::{Delivery, DeliveryStatus};
+use imgclass_worker::webhooks::{Deliverer, WebhookConfig, WebhookSecret};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -418,7 +419,7 @@ async fn a_restart_mid_retry_resumes_the_delivery() {
 
     // Another process on the same database takes over.
     let store = imgclass_store::connect(&app.db_url).await.unwrap();
-    let other = Deliverer::start(
+    let other = Deliverer::start::<JobView>(
         store,
         WebhookConfig {
             node: "other-node".into(),

@@ -1,21 +1,27 @@
-//! The workers. Each worker ([`runner`]) claims jobs from the queue on the async runtime and
-//! runs one attempt at a time ([`attempt`]): decoding and inference happen on one of the
-//! process's inference threads ([`inference`]), each owning one classifier session, while the
-//! attempt renews the job's lease. [`maintenance`] puts back the jobs of workers that died and
-//! prunes old ones; [`faults`] wraps the classifier to fail on purpose
-//! (`--inject-failure-rate`). What happens after a failed attempt is decided by
-//! `imgclass_core::policy`.
+//! The background work of a node: the job workers and the webhook deliverer. Each worker
+//! ([`runner`]) claims jobs from the queue on the async runtime and runs one attempt at a time
+//! ([`attempt`]): decoding and inference happen on one of the process's inference threads
+//! ([`inference`]), each owning one classifier session, while the attempt renews the job's
+//! lease. [`maintenance`] puts back the jobs of workers that died and prunes old ones;
+//! [`faults`] wraps the classifier to fail on purpose (`--inject-failure-rate`). What happens
+//! after a failed attempt is decided by `imgclass_core::policy`. The workers count what they do
+//! through [`metrics::WorkerMetrics`].
+//!
+//! [`webhooks`] is the deliverer, which any node runs beside its workers, and [`ssrf`] the guard
+//! every webhook call goes through (also the check of a submission's webhook URL).
 
 mod attempt;
 mod faults;
 mod inference;
 mod maintenance;
+pub mod metrics;
 mod runner;
+pub mod ssrf;
+pub mod webhooks;
 
 pub use maintenance::prune_once;
 
 use imgclass_classifier::Classifier;
-use imgclass_core::policy::Rules;
 use imgclass_store::{RateLimit, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,9 +46,6 @@ pub struct WorkerConfig {
     pub sweep_interval: Duration,
     /// The slowest the queue is polled when no wake-up arrives.
     pub poll_interval: Duration,
-    /// Delay before the first automatic retry; doubles each attempt.
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
     /// A name for this process in lease tokens and logs.
     pub node: String,
     /// Share (0.0–1.0) of attempts that fail on purpose, to exercise retries and failures.
@@ -53,31 +56,25 @@ pub struct WorkerConfig {
     pub rate_limit: Option<RateLimit>,
     /// An attempt running longer than this is abandoned and counted as failed.
     pub job_timeout: Duration,
-    /// Times a job may lose its worker before it fails as stalled.
-    pub max_stalls: u32,
     /// Finished jobs older than this are deleted (with their unused images); `None` keeps them.
     pub retain: Option<Duration>,
     /// Where the workers count what they do (`/metrics`).
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub metrics: Option<Arc<dyn metrics::WorkerMetrics>>,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        let rules = Rules::default();
         WorkerConfig {
             workers: 1,
             inference_threads: None,
             lease: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(5),
             poll_interval: Duration::from_secs(5),
-            backoff_base: rules.backoff_base,
-            backoff_max: rules.backoff_max,
             node: format!("node-{}", std::process::id()),
             inject_failure_rate: 0.0,
             inject_failure_seed: None,
             rate_limit: None,
             job_timeout: Duration::from_secs(60),
-            max_stalls: rules.max_stalls,
             retain: None,
             metrics: None,
         }
@@ -90,15 +87,6 @@ impl WorkerConfig {
         self.inference_threads
             .unwrap_or(self.workers)
             .clamp(1, self.workers.max(1))
-    }
-
-    /// The queue's rules as configured.
-    pub fn rules(&self) -> Rules {
-        Rules {
-            backoff_base: self.backoff_base,
-            backoff_max: self.backoff_max.max(self.backoff_base),
-            max_stalls: self.max_stalls,
-        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Maintenance on a timer: the lease sweeper that puts back the jobs of workers that died, and
 //! retention, which deletes old finished jobs.
 
-use super::{signalled, WorkerConfig};
+use crate::{signalled, WorkerConfig};
 use chrono::Utc;
 use imgclass_store::Store;
 use std::sync::Arc;

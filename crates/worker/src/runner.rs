@@ -5,9 +5,9 @@
 //! fallback), so a busy pool spends one commit on many jobs. The workers run attempts; a
 //! worker is given a job only when it is idle, so nothing claimed waits in a buffer.
 
-use super::inference::InferencePool;
-use super::{signalled, WorkerConfig};
+use crate::inference::InferencePool;
 use crate::metrics::AttemptEnded;
+use crate::{signalled, WorkerConfig};
 use chrono::Utc;
 use imgclass_store::{Claim, Lease, Outcome, Store};
 use std::sync::Arc;

@@ -9,7 +9,7 @@
 //! waiting in the queue by the time a thread is free. The cores never idle between two images
 //! for the queue's part of the work, and there are no more sessions than cores.
 
-use super::ClassifierFactory;
+use crate::ClassifierFactory;
 use imgclass_classifier::{Cancel, Classification, ClassifyError};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;

@@ -2,9 +2,9 @@
 //! timeout while renewing the lease, and report what happened; the store decides what follows
 //! with the queue's rules when it stores the outcome.
 
-use super::inference::InferenceError;
-use super::runner::Worker;
-use super::signalled;
+use crate::inference::InferenceError;
+use crate::runner::Worker;
+use crate::signalled;
 use imgclass_core::{ErrorCode, JobResult, Timings};
 use imgclass_store::{Claim, JobError, Lease, Outcome};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! attempts fail on purpose, to exercise retries and failures. The worker loop knows nothing of
 //! it: an injected failure is an ordinary classification error.
 
-use super::ClassifierFactory;
+use crate::ClassifierFactory;
 use imgclass_classifier::{Cancel, Classification, Classifier, ClassifyError};
 use imgclass_core::ModelInfo;
 use rand::{Rng, SeedableRng};
