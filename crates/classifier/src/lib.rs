@@ -11,13 +11,19 @@ pub mod imagga;
 mod jpeg_errors;
 mod model;
 pub mod prepare;
+pub mod repository;
 pub mod runtime;
+pub mod spec;
 
 pub use budget::DecodeBudget;
 pub use cancel::{Cancel, CancelHandle, Canceled};
 pub use imageio::{ImageCheckError, ImageLimits, ProbedImage};
 pub use imagga::{ImaggaClassifier, ImaggaConfig, ImaggaConfigError, Secret};
-pub use model::{Classification, Model, ModelSource, OnnxClassifier};
+pub use model::{Classification, Model, ModelError, ModelSource, OnnxClassifier};
+pub use repository::{FolderError, ModelRepository};
+pub use spec::{
+    ColorOrder, InputSpec, Layout, ModelSpec, OutputKind, OutputSpec, Resize, SpecError,
+};
 
 use imgclass_core::{ErrorCode, ModelInfo, Prediction, Provider};
 use std::time::Duration;

@@ -1,31 +1,34 @@
-//! The ONNX model: loaded once per process, run through one ONNX Runtime session per worker
-//! thread; softmax and top-k over its logits.
+//! The ONNX model: loaded once per process with its [`ModelSpec`] (checked against the ONNX
+//! input's shape and output size), run through one ONNX Runtime session per worker thread;
+//! softmax (for logits) and top-k over its outputs.
 
 use crate::budget::DecodeBudget;
 use crate::cancel::Cancel;
-use crate::imageio::{ImageLimits, INPUT_SIDE};
+use crate::imageio::ImageLimits;
 use crate::prepare::{Prepared, Preprocessor};
 use crate::runtime::{self, RuntimeError};
+use crate::spec::{Layout, ModelSpec, OutputKind, SpecError};
 use crate::{Classifier, ClassifyError};
 use imgclass_core::{ModelInfo, Prediction, Provider};
 use ort::memory::Allocator;
 use ort::session::{builder::GraphOptimizationLevel, Session};
-use ort::value::Tensor;
-use std::path::PathBuf;
+use ort::value::{Tensor, TensorElementType, ValueType};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 const BUILTIN_MODEL: &[u8] = include_bytes!("../model/efficientnet-lite0.onnx");
 const BUILTIN_LABELS: &str = include_str!("../model/imagenet_labels.txt");
-const INPUT_LEN: usize = 3 * (INPUT_SIDE as usize) * (INPUT_SIDE as usize);
 
 /// Which network to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
     /// EfficientNet-Lite0 (ImageNet-1k), built into the binary.
     BuiltIn,
-    /// An ImageNet-style model: input `[N,3,224,224]` float32 normalised as `(x-127)/128`,
-    /// output `[N,classes]` logits, and a labels file with one line per class.
+    /// An ImageNet-style model with the built-in model's pre-processing (its `model.toml`):
+    /// input `[N,3,224,224]` float32 normalised as `(x-127)/128`, output `[N,classes]` logits,
+    /// and a labels file with one line per class. A model with its own pre-processing is a
+    /// folder with a `model.toml`: see [`Model::load_dir`].
     File { model: PathBuf, labels: PathBuf },
 }
 
@@ -40,12 +43,23 @@ pub enum ModelError {
     },
     #[error("the model cannot be loaded: {0}")]
     Invalid(String),
+    /// The `model.toml` is wrong, or does not fit the ONNX model.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
 }
 
 struct Shared {
     bytes: std::borrow::Cow<'static, [u8]>,
     labels: Vec<String>,
     info: ModelInfo,
+    /// With `input.size` always set.
+    spec: ModelSpec,
+}
+
+/// Where a model's parts came from, for error messages.
+struct Files<'a> {
+    spec: &'a str,
+    labels: &'a str,
 }
 
 /// A loaded model, cheap to clone; `session()` makes a classifier for one thread.
@@ -63,17 +77,70 @@ pub struct Classification {
 }
 
 impl Model {
-    /// Loads the model and its labels and checks them by running one blank image through.
+    /// Loads the model and its labels and checks them by running one blank image through. Both
+    /// sources use the built-in model's `model.toml`.
     pub fn load(source: &ModelSource) -> Result<Model, ModelError> {
         let (bytes, labels_text, name) = read_source(source)?;
+        let labels_file = match source {
+            ModelSource::BuiltIn => "built-in imagenet_labels.txt".to_string(),
+            ModelSource::File { labels, .. } => labels.display().to_string(),
+        };
+        let files = Files {
+            spec: "built-in model.toml",
+            labels: &labels_file,
+        };
+        Model::build(name, bytes, &labels_text, ModelSpec::builtin(), &files)
+    }
+
+    /// Loads a model folder: `model.onnx`, `labels.txt` (one label a line, line i = output i)
+    /// and `model.toml` (its [`ModelSpec`]). Its name is the folder's name; its version a
+    /// digest of `model.onnx`. The spec is checked against the ONNX input's shape, and the
+    /// labels against the output's size.
+    pub fn load_dir(dir: &Path) -> Result<Model, ModelError> {
+        let name = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        let spec_path = dir.join("model.toml");
+        let spec = ModelSpec::read(&spec_path)?;
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| ModelError::Read {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let labels_path = dir.join("labels.txt");
+        let labels_file = labels_path.display().to_string();
+        let labels_text = String::from_utf8(read(&labels_path)?)
+            .map_err(|_| ModelError::Invalid(format!("{labels_file}: not UTF-8")))?;
+        let bytes = read(&dir.join("model.onnx"))?;
+        let files = Files {
+            spec: &spec_path.display().to_string(),
+            labels: &labels_file,
+        };
+        Model::build(name, bytes.into(), &labels_text, spec, &files)
+    }
+
+    fn build(
+        name: String,
+        bytes: std::borrow::Cow<'static, [u8]>,
+        labels_text: &str,
+        spec: ModelSpec,
+        files: &Files<'_>,
+    ) -> Result<Model, ModelError> {
         let labels: Vec<String> = labels_text
             .lines()
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
             .collect();
         if labels.is_empty() {
-            return Err(ModelError::Invalid("the labels file has no labels".into()));
+            return Err(ModelError::Invalid(format!(
+                "{}: the labels file has no labels",
+                files.labels
+            )));
         }
+        let session = new_session(&bytes, 1)?;
+        let spec = resolve(spec, &session, files.spec)?;
         let version = short_digest(&bytes);
         let model = Model {
             shared: Arc::new(Shared {
@@ -84,16 +151,19 @@ impl Model {
                     name,
                     version,
                 },
+                spec,
             }),
         };
-        let mut probe = model.session(1, 5)?;
-        let logits = probe
-            .infer(&vec![0.0; INPUT_LEN], 1)
+        let mut probe = model.classifier(session, 5)?;
+        let len = probe.pre.tensor_len();
+        let outputs = probe
+            .infer(&vec![0.0; len], 1)
             .map_err(ModelError::Invalid)?;
-        if logits.len() != model.shared.labels.len() {
+        if outputs.len() != model.shared.labels.len() {
             return Err(ModelError::Invalid(format!(
-                "the model has {} outputs but the labels file has {} labels",
-                logits.len(),
+                "{}: the model has {} outputs but the labels file has {} labels",
+                files.labels,
+                outputs.len(),
                 model.shared.labels.len()
             )));
         }
@@ -119,31 +189,35 @@ impl Model {
         &self.shared.labels
     }
 
+    /// The model's pre-processing and output kind; `input.size` is always set.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.shared.spec
+    }
+
     /// A classifier with its own ONNX Runtime session, for one thread.
     pub fn session(
         &self,
         intra_threads: usize,
         top_k: usize,
     ) -> Result<OnnxClassifier, ModelError> {
-        let env = runtime::environment()?;
+        let session = new_session(&self.shared.bytes, intra_threads)?;
+        self.classifier(session, top_k)
+    }
+
+    fn classifier(&self, session: Session, top_k: usize) -> Result<OnnxClassifier, ModelError> {
         let invalid = |e: String| ModelError::Invalid(e);
-        let session = Session::builder(env)
-            .map_err(|e| invalid(e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| invalid(e.to_string()))?
-            .with_intra_threads(intra_threads.max(1))
-            .map_err(|e| invalid(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| invalid(e.to_string()))?
-            .commit_from_memory(&self.shared.bytes)
-            .map_err(|e| invalid(e.to_string()))?;
-        let side = INPUT_SIDE as usize;
         let input = session
             .inputs()
             .first()
             .ok_or_else(|| invalid("the model has no input".into()))?
             .name()
             .to_string();
+        let spec = &self.shared.spec;
+        let pre = Preprocessor::for_input(&spec.input)?;
+        let shape = spec
+            .input
+            .shape(1)
+            .expect("a loaded model's spec has a size");
         Ok(OnnxClassifier {
             model: self.clone(),
             session,
@@ -151,11 +225,119 @@ impl Model {
             limits: ImageLimits::default(),
             budget: None,
             top_k: top_k.max(1),
-            pre: Preprocessor::new(),
-            input_tensor: Tensor::<f32>::new(&Allocator::default(), [1usize, 3, side, side])
+            pre,
+            input_tensor: Tensor::<f32>::new(&Allocator::default(), shape)
                 .map_err(|e| invalid(e.to_string()))?,
         })
     }
+}
+
+fn new_session(bytes: &[u8], intra_threads: usize) -> Result<Session, ModelError> {
+    let env = runtime::environment()?;
+    let invalid = |e: String| ModelError::Invalid(e);
+    Session::builder(env)
+        .map_err(|e| invalid(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| invalid(e.to_string()))?
+        .with_intra_threads(intra_threads.max(1))
+        .map_err(|e| invalid(e.to_string()))?
+        .with_inter_threads(1)
+        .map_err(|e| invalid(e.to_string()))?
+        .commit_from_memory(bytes)
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// `spec` checked against the ONNX model's first input, with the size filled in from it when
+/// the file leaves it out. Errors name `file` and the key that disagrees with the model.
+fn resolve(mut spec: ModelSpec, session: &Session, file: &str) -> Result<ModelSpec, ModelError> {
+    let invalid = |e: String| ModelError::Invalid(e);
+    let input = session
+        .inputs()
+        .first()
+        .ok_or_else(|| invalid("the model has no input".into()))?;
+    let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
+        return Err(invalid(format!(
+            "the model's input {} is not a tensor",
+            input.name()
+        )));
+    };
+    let dims: Vec<i64> = shape.iter().copied().collect();
+    let shown = show_shape(&dims);
+    if *ty != TensorElementType::Float32 {
+        return Err(invalid(format!(
+            "the model's input {} is {ty:?}, not float32",
+            input.name()
+        )));
+    }
+    if dims.len() != 4 {
+        return Err(invalid(format!(
+            "the model's input {} has shape {shown}; an image batch of 4 axes (NCHW or NHWC) is needed",
+            input.name()
+        )));
+    }
+    if dims[0] > 1 {
+        return Err(invalid(format!(
+            "the model's input {} has shape {shown}: a fixed batch of {} images, not 1 or any",
+            input.name(),
+            dims[0]
+        )));
+    }
+    let (c, h, w) = match spec.input.layout {
+        Layout::Nchw => (1, 2, 3),
+        Layout::Nhwc => (3, 1, 2),
+    };
+    if dims[c] >= 0 && dims[c] != 3 {
+        return Err(SpecError::new(
+            file,
+            "input.layout",
+            format!(
+                "{} puts the 3 channels on axis {c}, but the model's input shape is {shown}",
+                spec.input.layout
+            ),
+        )
+        .into());
+    }
+    let fixed = |d: i64| u32::try_from(d).ok().filter(|d| *d > 0);
+    let (fh, fw) = (fixed(dims[h]), fixed(dims[w]));
+    match spec.input.size {
+        Some([sh, sw]) => {
+            if fh.is_some_and(|f| f != sh) || fw.is_some_and(|f| f != sw) {
+                return Err(SpecError::new(
+                    file,
+                    "input.size",
+                    format!(
+                        "[{sh}, {sw}] (height, width) contradicts the model's input shape {shown} ({})",
+                        spec.input.layout
+                    ),
+                )
+                .into());
+            }
+        }
+        None => match (fh, fw) {
+            (Some(fh), Some(fw)) => spec.input.size = Some([fh, fw]),
+            _ => {
+                return Err(SpecError::new(
+                    file,
+                    "input.size",
+                    format!(
+                        "required: the model's input shape {shown} ({}) does not fix the height and width",
+                        spec.input.layout
+                    ),
+                )
+                .into())
+            }
+        },
+    }
+    Ok(spec)
+}
+
+/// A shape with its free axes as `?`: `[?, 3, 224, 224]`.
+fn show_shape(dims: &[i64]) -> String {
+    let parts: Vec<String> = dims
+        .iter()
+        .map(|d| if *d < 0 { "?".into() } else { d.to_string() })
+        .collect();
+    format!("[{}]", parts.join(", "))
 }
 
 /// A model source's bytes, labels file text and name.
@@ -250,11 +432,16 @@ impl OnnxClassifier {
         &self.model
     }
 
-    /// Runs `n` pre-processed images (`n * 3 * 224 * 224` floats) and returns the raw logits.
+    /// Runs `n` pre-processed images (`n` times the spec's tensor, e.g. `n * 3 * 224 * 224`
+    /// floats for the built-in model) and returns the model's raw outputs.
     pub fn infer(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>, String> {
-        let side = INPUT_SIDE as usize;
-        let tensor = Tensor::from_array(([n, 3usize, side, side], input.to_vec()))
-            .map_err(|e| e.to_string())?;
+        let shape = self
+            .model
+            .spec()
+            .input
+            .shape(n)
+            .expect("a loaded model's spec has a size");
+        let tensor = Tensor::from_array((shape, input.to_vec())).map_err(|e| e.to_string())?;
         let outputs = self
             .session
             .run(ort::inputs![self.input.as_str() => tensor])
@@ -265,19 +452,35 @@ impl OnnxClassifier {
         Ok(logits.to_vec())
     }
 
-    /// Softmax over the logits, then the `k` most probable labels.
-    pub fn top_k(&self, logits: &[f32], k: usize) -> Vec<Prediction> {
-        top_k(logits, k, self.model.labels())
+    /// The `k` most probable labels for one image's outputs: a softmax first when the model
+    /// gives logits, the outputs as they are when it gives probabilities.
+    pub fn top_k(&self, outputs: &[f32], k: usize) -> Vec<Prediction> {
+        match self.model.spec().output.kind {
+            OutputKind::Logits => top_k(outputs, k, self.model.labels()),
+            OutputKind::Probabilities => top_k_of(outputs.to_vec(), k, self.model.labels()),
+        }
     }
 }
 
 /// Softmax over `logits`, then the `k` most probable classes, most probable first.
 pub fn top_k(logits: &[f32], k: usize, labels: &[String]) -> Vec<Prediction> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|v| (v - max).exp()).collect();
+    let mut exps: Vec<f32> = logits.iter().map(|v| (v - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
-    let mut idx: Vec<usize> = (0..exps.len()).collect();
-    idx.sort_unstable_by(|a, b| exps[*b].total_cmp(&exps[*a]).then(a.cmp(b)));
+    for e in &mut exps {
+        *e /= sum;
+    }
+    top_k_of(exps, k, labels)
+}
+
+/// The `k` most probable classes of `probabilities`, most probable first.
+fn top_k_of(probabilities: Vec<f32>, k: usize, labels: &[String]) -> Vec<Prediction> {
+    let mut idx: Vec<usize> = (0..probabilities.len()).collect();
+    idx.sort_unstable_by(|a, b| {
+        probabilities[*b]
+            .total_cmp(&probabilities[*a])
+            .then(a.cmp(b))
+    });
     idx.into_iter()
         .take(k)
         .map(|i| Prediction {
@@ -286,7 +489,7 @@ pub fn top_k(logits: &[f32], k: usize, labels: &[String]) -> Vec<Prediction> {
                 .get(i)
                 .cloned()
                 .unwrap_or_else(|| format!("class {i}")),
-            probability: exps[i] / sum,
+            probability: probabilities[i],
         })
         .collect()
 }

@@ -1,6 +1,7 @@
 //! The generic path, for anything the JPEG and PNG paths do not take (WebP, GIF, BMP, TIFF,
 //! interlaced PNG, CMYK JPEG): a full decode by the `image` crate under its memory limits.
 
+use super::crop::Geometry;
 use super::region::{take_budget, Region};
 use crate::budget::DecodeBudget;
 use crate::cancel::Cancel;
@@ -38,7 +39,11 @@ pub(super) fn decode(
 
 /// The decoded image as a region: 8-bit grey, RGB and RGBA as they are, anything else converted
 /// to RGB.
-pub(super) fn region(img: DynamicImage, orientation: Orientation) -> Region<'static> {
+pub(super) fn region(
+    img: DynamicImage,
+    orientation: Orientation,
+    geometry: &Geometry,
+) -> Region<'static> {
     let (w, h) = (img.width(), img.height());
     let (pixels, channels) = match img {
         DynamicImage::ImageRgb8(b) => (b.into_raw(), 3),
@@ -46,5 +51,5 @@ pub(super) fn region(img: DynamicImage, orientation: Orientation) -> Region<'sta
         DynamicImage::ImageRgba8(b) => (b.into_raw(), 4),
         other => (other.to_rgb8().into_raw(), 3),
     };
-    Region::whole(pixels, w, h, channels, orientation, None)
+    Region::whole(pixels, w, h, channels, orientation, None, geometry)
 }

@@ -1,14 +1,15 @@
 //! JPEG: the markers are walked first (a header that declares more blocks than the scan data can
 //! hold is refused as corrupt); then libjpeg-turbo (the MozJPEG fork, built from source by the
-//! `mozjpeg` crate) decodes it, a large one at 1/2–1/8 scale in the DCT domain keeping the shorter
-//! side ≥ 320 (5/4 of 256), so that the bilinear resize still does the last reduction. Measured
+//! `mozjpeg` crate) decodes it, a large one at 1/2–1/8 scale in the DCT domain keeping the sides the
+//! resize needs at ≥ 5/4 of their size after it (for the built-in model, the shorter side ≥ 320), so that the bilinear resize still does the last reduction. Measured
 //! against jpeg-decoder's scaled decode and zune-jpeg (full size only), it was the fastest; see
 //! bench/README.md.
 
+use super::crop::{plan, Geometry};
 use super::region::{take_budget, Region};
 use crate::budget::DecodeBudget;
 use crate::cancel::Cancel;
-use crate::imageio::{self, ImageCheckError, RESIZE_SHORT_SIDE};
+use crate::imageio::{self, ImageCheckError};
 use crate::ClassifyError;
 
 /// Checks the JPEG's markers and decodes it to RGB, returning the pixels with the DCT scale
@@ -16,6 +17,7 @@ use crate::ClassifyError;
 /// path (CMYK, 16-bit).
 pub(super) fn decode<'b>(
     bytes: &[u8],
+    geometry: &Geometry,
     budget: &'b DecodeBudget,
     cancel: &Cancel,
 ) -> Result<Option<(Region<'b>, u32)>, ClassifyError> {
@@ -27,20 +29,22 @@ pub(super) fn decode<'b>(
     if !matches!(layout.components, 1 | 3) {
         return Ok(None);
     }
-    let min = w.min(h);
-    // DCT-domain scaling: the smallest of 1/1, 1/2, 1/4, 1/8 that keeps the shorter side at
-    // least 5/4 of 256 (320), so that the bilinear resize still does the last reduction.
+    // DCT-domain scaling: the smallest of 1/1, 1/2, 1/4, 1/8 that keeps each bounding side at
+    // least 5/4 of what the resize brings it to (for the built-in model the shorter side, to
+    // 256: at least 320), so that the bilinear resize still does the last reduction.
     // Scaling down to 256 itself, as Pillow's draft mode may, is sharper than the
     // reference's bilinear reduction and flipped close top-1 calls in the agreement test;
     // keeping twice 256 agreed no better than 5/4 and cost a 12 MP photo a 1/4 decode
     // instead of 1/8 (about a fifth more CPU; see bench/README.md).
+    let full = plan(w, h, orientation, geometry).full;
+    let keeps = |side: u32, bound: f64, d: u32| 4.0 * f64::from(side / d) >= 5.0 * bound;
     let mut scale = 1u32;
-    while scale < 8 && 4 * (min / (scale * 2)) >= 5 * RESIZE_SHORT_SIDE {
+    while scale < 8 && keeps(w, full.0, scale * 2) && keeps(h, full.1, scale * 2) {
         scale *= 2;
     }
     let permit = take_budget(budget, layout.decode_bytes(scale), w, h, cancel)?;
     let (pixels, dw, dh) = decode_mozjpeg(bytes, scale).map_err(corrupt)?;
-    let region = Region::whole(pixels, dw, dh, 3, orientation, Some(permit));
+    let region = Region::whole(pixels, dw, dh, 3, orientation, Some(permit), geometry);
     Ok(Some((region, scale)))
 }
 

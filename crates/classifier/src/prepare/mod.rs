@@ -1,20 +1,22 @@
 //! The model's pre-processing, from image bytes to the input tensor, at a cost that does not grow
 //! with the image's shape.
 //!
-//! What the model sees is the centre 224×224 of the image resized so that its shorter side is 256
-//! (bilinear), the reference pipeline of `model/NOTICE.md`. Only that centre square of the source
-//! is ever resized: the crop box is worked out in source pixels first, mapped through the EXIF
-//! orientation (`crop.rs`), and handed to a SIMD convolution resizer (`fast_image_resize`, the
-//! same Pillow-style bilinear kernel, which also reads the pixels just outside the box as Pillow
-//! does); the 224×224 result is oriented and normalised while it is written into the tensor
+//! What the model sees is what its [`InputSpec`] says: for the built-in model, the centre 224×224
+//! of the image resized so that its shorter side is 256 (bilinear), the reference pipeline of
+//! `model/NOTICE.md`; for any model, its size (any height × width), resized by centre crop or
+//! stretch, in NCHW or NHWC, RGB or BGR, with its mean and std. Only the crop box of the source
+//! is ever resized: it is worked out in source pixels first, mapped through the EXIF orientation
+//! (`crop.rs`), and handed to a SIMD convolution resizer (`fast_image_resize`, the same
+//! Pillow-style bilinear kernel, which also reads the pixels just outside the box as Pillow
+//! does); the result is oriented and normalised while it is written into the tensor
 //! (`tensor.rs`). A 12000×1 image therefore costs what a photo costs.
 //!
 //! The two stages meet at a `Region` (`region.rs`): a decoder path produces the pixels around the
 //! crop box and the box in them, and the tensor stage resizes and writes them. The decoder paths:
-//! - JPEG (`jpeg.rs`): libjpeg-turbo, a large one at 1/2–1/8 scale in the DCT domain, after its
-//!   markers are checked.
+//! - JPEG (`jpeg.rs`): libjpeg-turbo, a large one at 1/2–1/8 scale in the DCT domain (the scale
+//!   chosen from the size the spec needs), after its markers are checked.
 //! - PNG, not interlaced (`png.rs`): row by row, keeping only the rows and columns around the
-//!   centre square, box-averaged on the fly when it is large.
+//!   crop box, box-averaged on the fly when it is large.
 //! - Anything else (WebP, GIF, BMP, TIFF, interlaced PNG, CMYK JPEG; `generic.rs`): a full decode
 //!   by the `image` crate under its memory limits.
 //!
@@ -32,6 +34,9 @@ mod tensor;
 pub use crop::crop_box;
 pub use tensor::TENSOR_LEN;
 
+use crate::spec::{InputSpec, ModelSpec, SpecError};
+use crop::Geometry;
+
 use crate::budget::DecodeBudget;
 use crate::cancel::Cancel;
 use crate::imageio::{self, ImageLimits};
@@ -39,7 +44,7 @@ use crate::ClassifyError;
 use image::ImageFormat;
 use region::Region;
 use std::time::{Duration, Instant};
-use tensor::TensorWriter;
+use tensor::{Format, TensorWriter};
 
 /// How an image went through the pre-processing, for timings and benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,8 +74,10 @@ pub enum DecoderKind {
     Full,
 }
 
-/// Scratch buffers and the resizer, reused from image to image by one thread.
+/// Scratch buffers and the resizer, reused from image to image by one thread; made for one
+/// model's input.
 pub struct Preprocessor {
+    geometry: Geometry,
     tensor: TensorWriter,
 }
 
@@ -81,14 +88,38 @@ impl Default for Preprocessor {
 }
 
 impl Preprocessor {
+    /// For the built-in model: 224×224, NCHW, RGB, `(pixel - 127) / 128`.
     pub fn new() -> Preprocessor {
-        Preprocessor {
-            tensor: TensorWriter::new(),
-        }
+        Preprocessor::for_input(&ModelSpec::builtin().input).expect("the built-in spec has a size")
     }
 
-    /// Decodes `bytes` and writes the model's input for it into `out` (`3 * 224 * 224` floats,
-    /// CHW, `(pixel - 127) / 128`).
+    /// For a model whose input `input` describes; its size must be known (`input.size` set, as
+    /// it always is in the spec of a loaded [`Model`](crate::Model)).
+    pub fn for_input(input: &InputSpec) -> Result<Preprocessor, SpecError> {
+        let [height, width] = input.size.ok_or_else(|| SpecError {
+            file: "model.toml".into(),
+            key: Some("input.size".into()),
+            message: "the input size is not known".into(),
+        })?;
+        Ok(Preprocessor {
+            geometry: Geometry {
+                width,
+                height,
+                resize: input.resize,
+            },
+            tensor: TensorWriter::new(Format::new(input, height, width)),
+        })
+    }
+
+    /// Floats in one image's input tensor.
+    pub fn tensor_len(&self) -> usize {
+        self.tensor.format.len()
+    }
+
+    /// Decodes `bytes` and writes the model's input for it into `out` ([`tensor_len`] floats,
+    /// in the spec's layout, channel order and normalisation).
+    ///
+    /// [`tensor_len`]: Self::tensor_len
     pub fn prepare(
         &mut self,
         bytes: &[u8],
@@ -97,11 +128,16 @@ impl Preprocessor {
         cancel: &Cancel,
         out: &mut [f32],
     ) -> Result<Prepared, ClassifyError> {
-        assert_eq!(out.len(), TENSOR_LEN, "the output is one image's tensor");
+        assert_eq!(
+            out.len(),
+            self.tensor_len(),
+            "the output is one image's tensor"
+        );
         let t0 = Instant::now();
         let probed = imageio::probe(bytes, limits)?;
         cancel.check()?;
-        let (region, decoder, t1) = decode(bytes, probed.format, limits, budget, cancel)?;
+        let (region, decoder, t1) =
+            decode(bytes, probed.format, &self.geometry, limits, budget, cancel)?;
         let decoded = (region.width, region.height);
         self.tensor.write(&region, out)?;
         Ok(Prepared {
@@ -120,6 +156,7 @@ impl Preprocessor {
 fn decode<'b>(
     bytes: &[u8],
     format: ImageFormat,
+    geometry: &Geometry,
     limits: &ImageLimits,
     budget: &'b DecodeBudget,
     cancel: &Cancel,
@@ -130,7 +167,7 @@ fn decode<'b>(
         Ok(t1)
     };
     if format == ImageFormat::Jpeg {
-        if let Some((region, scale)) = jpeg::decode(bytes, budget, cancel)? {
+        if let Some((region, scale)) = jpeg::decode(bytes, geometry, budget, cancel)? {
             let kind = if scale > 1 {
                 DecoderKind::JpegScaled
             } else {
@@ -140,7 +177,7 @@ fn decode<'b>(
         }
     }
     if format == ImageFormat::Png {
-        if let Some(region) = png::decode(bytes, budget, cancel)? {
+        if let Some(region) = png::decode(bytes, geometry, budget, cancel)? {
             return Ok((region, DecoderKind::PngRows, ended()?));
         }
     }
@@ -148,5 +185,9 @@ fn decode<'b>(
     // formats other than 8-bit grey, RGB or RGBA) counts as resizing, after the cancel check.
     let (img, orientation) = generic::decode(bytes, format, limits, budget, cancel)?;
     let t1 = ended()?;
-    Ok((generic::region(img, orientation), DecoderKind::Full, t1))
+    Ok((
+        generic::region(img, orientation, geometry),
+        DecoderKind::Full,
+        t1,
+    ))
 }

@@ -3,11 +3,12 @@
 //! `reducing_gap`), so memory stays at a few rows plus a small buffer. A PNG whose data ends
 //! before its last row is corrupt.
 
-use super::crop::crop_box;
+use super::crop::{plan, Geometry};
 use super::region::{take_budget, Region};
 use crate::budget::DecodeBudget;
 use crate::cancel::Cancel;
-use crate::imageio::{ImageCheckError, INPUT_SIDE};
+use crate::imageio::ImageCheckError;
+use crate::spec::Resize;
 use crate::ClassifyError;
 use image::metadata::Orientation;
 use std::io::Cursor;
@@ -16,6 +17,7 @@ use std::io::Cursor;
 /// interlaced PNGs (their rows come in seven passes; they take the generic path).
 pub(super) fn decode<'b>(
     bytes: &[u8],
+    geometry: &Geometry,
     budget: &'b DecodeBudget,
     cancel: &Cancel,
 ) -> Result<Option<Region<'b>>, ClassifyError> {
@@ -43,7 +45,7 @@ pub(super) fn decode<'b>(
         png::ColorType::Rgba => 4,
         png::ColorType::Indexed => return Ok(None),
     };
-    let plan = RowPlan::new(w, h, orientation, in_channels);
+    let plan = RowPlan::new(w, h, orientation, in_channels, geometry);
     let row_bytes = reader.output_line_size(w).unwrap_or(usize::MAX);
     // One raw row, one unfiltered row, the reduced window, the accumulators.
     let need = 3 * row_bytes as u64 + plan.buffer_bytes();
@@ -72,6 +74,7 @@ pub(super) fn decode<'b>(
         height: rh,
         channels: 3,
         crop: plan.crop_in_reduced(),
+        dst: plan.dst,
         orientation,
         _permit: Some(permit),
     }))
@@ -89,17 +92,24 @@ struct RowPlan {
     /// Box-average factor (1 = none).
     k: u32,
     crop: (f64, f64, f64, f64),
+    dst: (u32, u32),
 }
 
 impl RowPlan {
-    fn new(w: u32, h: u32, o: Orientation, in_channels: usize) -> RowPlan {
-        let crop = crop_box(w, h, o);
-        let (l, t, cw, ch) = crop;
+    fn new(w: u32, h: u32, o: Orientation, in_channels: usize, g: &Geometry) -> RowPlan {
+        let p = plan(w, h, o, g);
+        let (l, t, cw, ch) = p.crop;
         // Source pixels per output pixel; the bilinear kernel reaches that far on each side.
-        let scale = cw.max(ch) / f64::from(INPUT_SIDE);
+        let (rx, ry) = (cw / f64::from(p.dst.0), ch / f64::from(p.dst.1));
+        let scale = rx.max(ry);
         // Box-average first while the result stays at least twice the output (Pillow's
-        // reducing_gap = 2).
-        let k = ((scale / 2.0).floor() as u32).max(1);
+        // reducing_gap = 2) on both axes. A crop scales both axes alike (up to rounding);
+        // a stretch may not, and then the axis reduced least decides.
+        let reduce = match g.resize {
+            Resize::Crop { .. } => scale,
+            Resize::Stretch => rx.min(ry),
+        };
+        let k = ((reduce / 2.0).floor() as u32).max(1);
         let margin = scale.max(1.0) + 2.0 + f64::from(k);
         let clamp = |v: f64, hi: u32| v.max(0.0).min(f64::from(hi)) as u32;
         RowPlan {
@@ -109,7 +119,8 @@ impl RowPlan {
             y0: clamp((t - margin).floor(), h),
             y1: clamp((t + ch + margin).ceil(), h),
             k,
-            crop,
+            crop: p.crop,
+            dst: p.dst,
         }
     }
 
@@ -236,13 +247,19 @@ mod tests {
 
     #[test]
     fn row_plan_keeps_only_the_centre() {
-        let plan = RowPlan::new(10_000, 10_000, Orientation::NoTransforms, 4);
+        let plan = RowPlan::new(
+            10_000,
+            10_000,
+            Orientation::NoTransforms,
+            4,
+            &Geometry::BUILTIN,
+        );
         let (rw, rh) = plan.reduced_size();
         // The centre square is 8750 px; box-averaged by 19 it is ~460 px, well under 1 MB.
         assert!(plan.k >= 16, "{}", plan.k);
         assert!(rw < 600 && rh < 600, "{rw}x{rh}");
         assert!(plan.buffer_bytes() < 2 << 20);
-        let thin = RowPlan::new(12_000, 1, Orientation::NoTransforms, 3);
+        let thin = RowPlan::new(12_000, 1, Orientation::NoTransforms, 3, &Geometry::BUILTIN);
         assert_eq!(thin.k, 1);
         assert!(thin.x1 - thin.x0 <= 12, "{}..{}", thin.x0, thin.x1);
     }

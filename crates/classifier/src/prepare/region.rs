@@ -2,7 +2,7 @@
 //! model needs, the crop box in them, and the share of the decode budget they hold; and the
 //! taking of that share, which every decoder path does before it allocates.
 
-use super::crop::crop_box;
+use super::crop::{plan, Geometry};
 use crate::budget::{BudgetPermit, DecodeBudget};
 use crate::cancel::Cancel;
 use crate::imageio::ImageCheckError;
@@ -17,6 +17,8 @@ pub(super) struct Region<'b> {
     pub(super) channels: usize,
     /// The crop box (left, top, width, height) in this buffer's pixels, before orientation.
     pub(super) crop: (f64, f64, f64, f64),
+    /// What the crop box is resized to (width, height), before orientation.
+    pub(super) dst: (u32, u32),
     /// The EXIF orientation, applied while the tensor is written.
     pub(super) orientation: Orientation,
     /// The budget's share for these pixels while it is still held; given back when dropped.
@@ -24,7 +26,7 @@ pub(super) struct Region<'b> {
 }
 
 impl<'b> Region<'b> {
-    /// A whole decoded image: the crop box is the reference crop of all its pixels.
+    /// A whole decoded image: the crop box is the geometry's crop of all its pixels.
     pub(super) fn whole(
         pixels: Vec<u8>,
         width: u32,
@@ -32,13 +34,16 @@ impl<'b> Region<'b> {
         channels: usize,
         orientation: Orientation,
         permit: Option<BudgetPermit<'b>>,
+        geometry: &Geometry,
     ) -> Region<'b> {
+        let plan = plan(width, height, orientation, geometry);
         Region {
             pixels,
             width,
             height,
             channels,
-            crop: crop_box(width, height, orientation),
+            crop: plan.crop,
+            dst: plan.dst,
             orientation,
             _permit: permit,
         }
