@@ -2,6 +2,7 @@
 
 mod agreement;
 mod images;
+mod models;
 mod variants;
 
 use imgclass_classifier::{Classifier, Model, ModelSource};
