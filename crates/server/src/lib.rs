@@ -117,6 +117,8 @@ pub fn router_with(state: AppState, http: HttpConfig) -> Router {
     let mut app = api::routes(state, access.clone())
         .merge(ops::routes(store.clone(), http.readiness.clone()))
         .merge(web::routes());
+    // Before the metrics layer, so that a request no route matches is counted too.
+    app = app.fallback(|| async { axum::http::StatusCode::NOT_FOUND });
     if let Some(m) = &http.metrics {
         if http.metrics_on_api_port {
             app = app.merge(metrics::routes(m.clone(), store, Some(access)));
@@ -132,7 +134,6 @@ pub fn router_with(state: AppState, http: HttpConfig) -> Router {
         http.node.as_str().into()
     };
     let app = app
-        .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
         // Every error under `/api` is JSON, whatever produced it.
         .layer(axum::middleware::from_fn(error::json_errors))
         .layer(tower_http::trace::TraceLayer::new_for_http())

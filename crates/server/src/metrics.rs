@@ -1,8 +1,15 @@
-//! `GET /metrics` in the Prometheus (OpenMetrics) text format: the queue as the database sees it
-//! (jobs by status, read at scrape time), what this node's workers did (jobs finished by status
-//! and error code, queue wait, decode, inference and end-to-end durations, claim batch sizes,
-//! rate-limit waits), its HTTP traffic (requests by route and status, durations), open
-//! event streams, and its database connections and errors.
+//! `GET /metrics`: the queue as the database sees it (jobs by status, read at scrape time), what
+//! this node's workers did (jobs finished by status and error code, queue wait, decode, inference
+//! and end-to-end durations, claim batch sizes, rate-limit waits), its HTTP traffic (requests by
+//! method, route and status, durations), open event streams, and its database connections and
+//! errors.
+//!
+//! The format follows the request's `Accept` header as Prometheus' own client libraries do:
+//! OpenMetrics 1.0 to a client that prefers it (Prometheus does), otherwise the Prometheus text
+//! format 0.0.4 (also to a client that sends no `Accept`, or only `*/*`).
+//!
+//! Every label has a bounded set of values, whatever clients send: methods outside the standard
+//! ones are counted as `other`, and requests that match no route under the route `unmatched`.
 //!
 //! With API tokens in use, `/metrics` on the API's port needs an `admin` token;
 //! `--metrics-listen ADDR` serves it on a port of its own, without a token (keep that port
@@ -11,7 +18,7 @@
 use crate::auth::{Access, Caller};
 use crate::error::ApiError;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,6 +32,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +68,11 @@ struct PoolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabel {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
 }
@@ -86,6 +100,7 @@ pub struct Metrics {
     http_duration: HistogramFamily<RouteLabels>,
     sse_clients: Gauge,
     db_connections: Family<PoolLabels, Gauge>,
+    db_connections_max: Family<PoolLabel, Gauge>,
     db_errors: Family<KindLabel, Counter>,
     // Webhook deliveries by outcome are registered here by the webhook work
     // (`imgclass_webhook_deliveries_total{outcome}`), next to the job counters.
@@ -120,6 +135,7 @@ impl Metrics {
             http_duration: Family::new_with_constructor(seconds),
             sse_clients: Gauge::default(),
             db_connections: Family::default(),
+            db_connections_max: Family::default(),
             db_errors: Family::default(),
         };
         let r = &mut m.registry;
@@ -191,8 +207,13 @@ impl Metrics {
         );
         r.register(
             "db_connections",
-            "Database connections by pool and state (read at scrape time)",
+            "Open database connections by pool and state, idle or in_use (read at scrape time)",
             m.db_connections.clone(),
+        );
+        r.register(
+            "db_connections_max",
+            "The most connections each database pool opens",
+            m.db_connections_max.clone(),
         );
         r.register(
             "db_errors",
@@ -208,8 +229,8 @@ impl Metrics {
         SseGuard(self.clone())
     }
 
-    /// The text exposition, after reading what is read at scrape time.
-    pub async fn render(&self, store: &dyn Store) -> String {
+    /// The exposition in `format`, after reading what is read at scrape time.
+    pub async fn render(&self, store: &dyn Store, format: Format) -> String {
         match store.stats(None).await {
             Ok(s) => {
                 for (status, n) in [
@@ -229,7 +250,8 @@ impl Metrics {
             Err(e) => tracing::warn!(error = %e, "metrics: cannot read the job counts"),
         }
         for p in store.pool_status() {
-            for (state, n) in [("open", p.size), ("idle", p.idle), ("max", p.max)] {
+            let idle = p.idle.min(p.size);
+            for (state, n) in [("idle", idle), ("in_use", p.size - idle)] {
                 self.db_connections
                     .get_or_create(&PoolLabels {
                         pool: p.name.into(),
@@ -237,6 +259,11 @@ impl Metrics {
                     })
                     .set(i64::from(n));
             }
+            self.db_connections_max
+                .get_or_create(&PoolLabel {
+                    pool: p.name.into(),
+                })
+                .set(i64::from(p.max));
         }
         let errors = imgclass_store::database_errors();
         for (kind, n) in [("unavailable", errors.unavailable), ("other", errors.other)] {
@@ -250,8 +277,105 @@ impl Metrics {
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "metrics: encoding failed");
         }
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Text => openmetrics_to_text(&out),
+        }
     }
+}
+
+/// The two exposition formats `/metrics` serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4.
+    Text,
+    /// OpenMetrics 1.0 (text).
+    OpenMetrics,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+
+    /// The format for a request's `Accept` header, as Prometheus' client libraries choose it:
+    /// the acceptable media range with the highest `q` among OpenMetrics (`version` 1.0.0,
+    /// 0.0.1 or none) and the text format (`version` 0.0.4 or none), the first one on a tie;
+    /// the text format when none is named (no `Accept`, `*/*`, anything else).
+    pub fn negotiate(headers: &HeaderMap) -> Format {
+        let mut best: Option<(f32, Format)> = None;
+        let ranges = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','));
+        for range in ranges {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let (mut q, mut version) = (1.0_f32, None);
+            for param in parts {
+                let Some((k, v)) = param.split_once('=') else {
+                    continue;
+                };
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = v.parse().unwrap_or(0.0),
+                    "version" => version = Some(v),
+                    _ => {}
+                }
+            }
+            let format = match (media.as_str(), version) {
+                ("application/openmetrics-text", None | Some("1.0.0" | "0.0.1")) => {
+                    Format::OpenMetrics
+                }
+                ("text/plain", None | Some("0.0.4")) => Format::Text,
+                _ => continue,
+            };
+            // (NaN is not acceptable either.)
+            if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
+                best = Some((q, format));
+            }
+        }
+        best.map_or(Format::Text, |(_, f)| f)
+    }
+}
+
+/// The Prometheus text format 0.0.4 from the OpenMetrics text prometheus-client writes: the same
+/// samples; a counter's `# HELP` and `# TYPE` name its samples (`…_total`, which is the only
+/// name the 0.0.4 format knows a counter by); no `# UNIT` and no `# EOF`; OpenMetrics types the
+/// 0.0.4 format lacks are `untyped`. (No exemplars and no `_created` samples are written here.)
+fn openmetrics_to_text(om: &str) -> String {
+    let types: HashMap<&str, &str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' '))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        let (keyword, rest) = if let Some(rest) = line.strip_prefix("# HELP ") {
+            ("HELP", rest)
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            ("TYPE", rest)
+        } else if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+        let (suffix, kind) = match types.get(name).copied() {
+            Some("counter") => ("_total", "counter"),
+            Some(t @ ("gauge" | "histogram" | "summary")) => ("", t),
+            Some("info") => ("_info", "untyped"),
+            _ => ("", "untyped"),
+        };
+        let text = if keyword == "TYPE" { kind } else { text };
+        let _ = writeln!(out, "# {keyword} {name}{suffix} {text}");
+    }
+    out
 }
 
 /// What this node's workers report.
@@ -303,14 +427,33 @@ impl Drop for SseGuard {
     }
 }
 
+/// A request method as a label: one of the standard methods, or `other` (any token is a method,
+/// so a client could otherwise make up new series at will).
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Middleware: counts and times every request by method, route pattern and status, and makes
-/// the metrics reachable to handlers (the event stream counts its clients).
+/// the metrics reachable to handlers (the event stream counts its clients). A request that
+/// matches no route (a 404 from the fallback) is counted under the route `unmatched`, never
+/// under its path.
 pub async fn track_http(
     State(metrics): State<Arc<Metrics>>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method()).to_string();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -357,8 +500,9 @@ pub fn routes(metrics: Arc<Metrics>, store: Arc<dyn Store>, access: Option<Acces
 }
 
 async fn scrape(State(s): State<MetricsState>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let format = Format::negotiate(&parts.headers);
     if let Some(access) = &s.access {
-        let (parts, _) = req.into_parts();
         match access.authenticate(&parts).await {
             Ok(caller @ Caller::Token(_)) if !caller.has(Scope::Admin) => {
                 return ApiError::from_code(
@@ -371,14 +515,85 @@ async fn scrape(State(s): State<MetricsState>, req: Request) -> Response {
             Err(resp) => return resp,
         }
     }
-    let body = s.metrics.render(&*s.store).await;
+    let body = s.metrics.render(&*s.store, format).await;
     (
         StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "Accept"),
+        ],
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> Format {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, value.parse().unwrap());
+        Format::negotiate(&headers)
+    }
+
+    #[test]
+    fn the_format_follows_the_accept_header_by_q_value() {
+        assert_eq!(Format::negotiate(&HeaderMap::new()), Format::Text);
+        assert_eq!(accept("*/*"), Format::Text);
+        assert_eq!(accept("application/openmetrics-text"), Format::OpenMetrics);
+        assert_eq!(
+            accept("Application/OpenMetrics-Text; Version=\"1.0.0\""),
+            Format::OpenMetrics
+        );
+        assert_eq!(accept("application/openmetrics-text;q=0"), Format::Text);
+        assert_eq!(accept("application/openmetrics-text;q=nan"), Format::Text);
+        assert_eq!(
+            accept("text/plain;q=0.4,application/openmetrics-text;q=0.5"),
+            Format::OpenMetrics
+        );
+        // On a tie, the first.
+        assert_eq!(
+            accept("text/plain;q=0.5,application/openmetrics-text;q=0.5"),
+            Format::Text
+        );
+        // A version not served is not chosen.
+        assert_eq!(
+            accept("application/openmetrics-text;version=2.0.0,text/plain;q=0.1"),
+            Format::Text
+        );
+        assert_eq!(
+            accept("text/plain;version=0.0.4;q=0.1,*/*;q=0.9"),
+            Format::Text
+        );
+    }
+
+    #[test]
+    fn the_text_format_names_counters_by_their_samples() {
+        let mut registry = Registry::with_prefix("x");
+        let counter = Counter::<u64>::default();
+        counter.inc();
+        registry.register("requests", "Requests", counter);
+        let histogram = Histogram::new([1.0]);
+        registry.register_with_unit("wait", "Waits", Unit::Seconds, histogram);
+        let gauge = Gauge::<i64>::default();
+        registry.register("open", "Open", gauge);
+        let mut om = String::new();
+        prometheus_client::encoding::text::encode(&mut om, &registry).unwrap();
+        assert_eq!(
+            openmetrics_to_text(&om),
+            "# HELP x_requests_total Requests.\n\
+             # TYPE x_requests_total counter\n\
+             x_requests_total 1\n\
+             # HELP x_wait_seconds Waits.\n\
+             # TYPE x_wait_seconds histogram\n\
+             x_wait_seconds_sum 0.0\n\
+             x_wait_seconds_count 0\n\
+             x_wait_seconds_bucket{le=\"1.0\"} 0\n\
+             x_wait_seconds_bucket{le=\"+Inf\"} 0\n\
+             # HELP x_open Open.\n\
+             # TYPE x_open gauge\n\
+             x_open 0\n"
+        );
+    }
 }
