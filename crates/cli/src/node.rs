@@ -11,7 +11,8 @@ use imgclass_server::metrics::Metrics;
 use imgclass_store::Store;
 use imgclass_worker::metrics::WorkerMetrics;
 use imgclass_worker::webhooks::{Deliverer, WebhookConfig};
-use imgclass_worker::{ClassifierFactory, WorkerConfig, Workers};
+use imgclass_store::ModelEntry;
+use imgclass_worker::{ClassifierFactory, Served, ServedModel, WorkerConfig, Workers};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,15 +148,27 @@ pub async fn start_workers(
         .inference_threads
         .map_or_else(|| if builtin { cores() } else { count }, usize::from)
         .clamp(1, count);
-    let factory: ClassifierFactory = match args.model.provider {
+    let served = match args.model.provider {
         ProviderArg::Noop => {
-            tracing::warn!("provider noop: jobs succeed without classification (benchmarks only)");
-            Arc::new(|| Ok(Box::new(NoopClassifier::default()) as Box<dyn Classifier>))
+            tracing::warn!("provider noop: jobs of any model succeed without classification (benchmarks only)");
+            let factory: ClassifierFactory =
+                Arc::new(|| Ok(Box::new(NoopClassifier::default()) as Box<dyn Classifier>));
+            Served::Any(factory)
         }
         ProviderArg::Imagga => {
             let config = args.model.imagga()?;
             tracing::info!(provider = "imagga", url = %config.url, language = %config.language, timeout_ms = config.timeout.as_millis() as u64, workers = count, "classifying with the Imagga API");
-            Arc::new(move || Ok(Box::new(ImaggaClassifier::new(&config)?) as Box<dyn Classifier>))
+            let info = ImaggaClassifier::model_info();
+            let factory: ClassifierFactory = Arc::new(move || {
+                Ok(Box::new(ImaggaClassifier::new(&config)?) as Box<dyn Classifier>)
+            });
+            let entry = ModelEntry {
+                name: info.name,
+                version: info.version,
+                spec: serde_json::json!({"provider": "imagga"}),
+                labels: 0,
+            };
+            Served::Models(vec![ServedModel { entry, factory }])
         }
         ProviderArg::Builtin => {
             let source = args.model.source();
@@ -166,10 +179,17 @@ pub async fn start_workers(
             let top_k = usize::from(args.model.top_k);
             let limits = args.limits.limits();
             tracing::info!(provider = "builtin", model = %model.info().name, version = %model.info().version, workers = count, inference_threads = threads, intra_threads = intra, "model loaded");
-            Arc::new(move || {
+            let entry = ModelEntry {
+                name: model.info().name.clone(),
+                version: model.info().version.clone(),
+                spec: serde_json::json!({"provider": "builtin"}),
+                labels: model.labels().len() as u32,
+            };
+            let factory: ClassifierFactory = Arc::new(move || {
                 let c = model.session(intra, top_k)?.with_limits(limits);
                 Ok(Box::new(c) as Box<dyn Classifier>)
-            })
+            });
+            Served::Models(vec![ServedModel { entry, factory }])
         }
     };
     let config = WorkerConfig {
@@ -186,7 +206,7 @@ pub async fn start_workers(
         node: node_name(),
         ..WorkerConfig::default()
     };
-    Workers::start(store, factory, config).await
+    Workers::start_serving(store, served, config).await
 }
 
 /// Waits for SIGTERM or SIGINT, then says the node is shutting down.

@@ -12,5 +12,5 @@ mod scope;
 pub use error_code::ErrorCode;
 pub use event::EventKind;
 pub use job::{Action, JobId, JobStatus, ParseJobIdError, TransitionError};
-pub use result::{JobResult, ModelInfo, Prediction, Provider, Timings};
+pub use result::{JobResult, ModelInfo, Prediction, Provider, Timings, BUILTIN_MODEL};
 pub use scope::Scope;

@@ -57,6 +57,9 @@ impl FromStr for Provider {
     }
 }
 
+/// The name of the built-in model, the default model of a job.
+pub const BUILTIN_MODEL: &str = "efficientnet-lite0";
+
 /// The provider and model that produced a result.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

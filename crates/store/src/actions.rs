@@ -26,6 +26,7 @@ impl SqlStore {
         limit: usize,
         lease: Duration,
         rate: Option<RateLimit>,
+        models: Option<Vec<String>>,
     ) -> Result<(Vec<Option<JobStatus>>, ClaimBatch)> {
         let work = Work {
             finishes,
@@ -33,6 +34,7 @@ impl SqlStore {
             limit,
             lease,
             rate,
+            models,
         };
         if let Some(rounds) = &self.rounds {
             return self.round_on(rounds, work).await;
@@ -52,6 +54,7 @@ impl SqlStore {
         work: Work,
     ) -> Result<(Vec<Option<JobStatus>>, ClaimBatch)> {
         let _writer = self.writer.acquire().await?;
+        self.storage.check_writable()?;
         match rounds.run(work).await {
             Ok(Round {
                 stored,

@@ -103,8 +103,11 @@ impl Store for SqlStore {
         limit: usize,
         lease: Duration,
         rate: Option<RateLimit>,
+        models: Option<&[String]>,
     ) -> Result<(Vec<Option<JobStatus>>, ClaimBatch)> {
-        self.round(finishes, worker, limit, lease, rate).await
+        let models = models.map(<[String]>::to_vec);
+        self.round(finishes, worker, limit, lease, rate, models)
+            .await
     }
 
     async fn retry(&self, id: JobId) -> Result<Job> {
@@ -180,5 +183,9 @@ impl Health for SqlStore {
 
     fn full_storage(&self) -> Option<FullStorage> {
         self.storage.current()
+    }
+
+    fn storage_fault(&self) -> Option<String> {
+        self.storage.fault()
     }
 }

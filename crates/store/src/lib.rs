@@ -17,6 +17,7 @@ mod face;
 mod health;
 mod idempotency;
 mod model;
+mod models;
 mod outbox;
 mod postgres;
 mod quotas;
@@ -37,6 +38,7 @@ mod webhooks;
 pub use health::{database_errors, DatabaseErrors, FullStorage, Health, PoolStatus};
 pub use idempotency::Idempotency;
 pub use model::*;
+pub use models::Models;
 pub use outbox::{Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus, Webhooks};
 pub use quotas::{QuotaTake, Quotas};
 pub use tokens::{ApiToken, NewToken, Tokens};
@@ -172,7 +174,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything the service needs from its database.
 #[async_trait]
-pub trait Store: Tokens + Quotas + Webhooks + Health + Idempotency + Send + Sync + 'static {
+pub trait Store:
+    Tokens + Quotas + Webhooks + Health + Idempotency + Models + Send + Sync + 'static
+{
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<()>;
 
@@ -231,7 +235,7 @@ pub trait Store: Tokens + Quotas + Webhooks + Health + Idempotency + Send + Sync
         rate: Option<RateLimit>,
     ) -> Result<ClaimBatch> {
         Ok(self
-            .finish_and_claim(Vec::new(), worker, limit, lease, rate)
+            .finish_and_claim(Vec::new(), worker, limit, lease, rate, None)
             .await?
             .1)
     }
@@ -248,15 +252,22 @@ pub trait Store: Tokens + Quotas + Webhooks + Health + Idempotency + Send + Sync
     /// is written.
     async fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<bool> {
         let (stored, _) = self
-            .finish_and_claim(vec![(lease.clone(), outcome)], "", 0, Duration::ZERO, None)
+            .finish_and_claim(
+                vec![(lease.clone(), outcome)],
+                "",
+                0,
+                Duration::ZERO,
+                None,
+                None,
+            )
             .await?;
         Ok(stored.first().copied().flatten().is_some())
     }
 
     /// A worker pool's round in one transaction: ends the given attempts as the queue's rules
     /// decide (each fenced on its own lease), then claims up to `limit` due jobs like
-    /// `claim_limited`. For each outcome, the status it left its job in (`None`: fenced, not
-    /// stored).
+    /// `claim_limited`, only of the `models` named when some are (the models the worker holds).
+    /// For each outcome, the status it left its job in (`None`: fenced, not stored).
     async fn finish_and_claim(
         &self,
         finishes: Vec<(Lease, Outcome)>,
@@ -264,6 +275,7 @@ pub trait Store: Tokens + Quotas + Webhooks + Health + Idempotency + Send + Sync
         limit: usize,
         lease: Duration,
         rate: Option<RateLimit>,
+        models: Option<&[String]>,
     ) -> Result<(Vec<Option<JobStatus>>, ClaimBatch)>;
 
     /// Puts a failed job back in the queue (manual retry).

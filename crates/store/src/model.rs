@@ -5,7 +5,7 @@ use imgclass_core::{ErrorCode, EventKind, JobId, JobResult, JobStatus};
 use serde::{Deserialize, Serialize};
 
 /// An image and its job, to be stored together.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewJob {
     pub image: Vec<u8>,
     pub sha256: String,
@@ -23,6 +23,28 @@ pub struct NewJob {
     /// An earlier job's result for the same image and model: the job is created `succeeded`
     /// with it (`cached`), and never queued.
     pub cached_result: Option<JobResult>,
+    /// The name of the model that classifies it.
+    pub model: String,
+}
+
+impl Default for NewJob {
+    /// An empty image for the built-in model, one attempt.
+    fn default() -> Self {
+        NewJob {
+            image: Vec::new(),
+            sha256: String::new(),
+            content_type: String::new(),
+            width: 0,
+            height: 0,
+            file_name: None,
+            max_attempts: 1,
+            priority: 0,
+            owner: None,
+            webhook: None,
+            cached_result: None,
+            model: builtin_model(),
+        }
+    }
 }
 
 /// A job's webhook: the URL called, and for which of the job's events.
@@ -105,6 +127,13 @@ pub struct Job {
     /// Answered from the result cache when it was created.
     #[serde(default)]
     pub cached: bool,
+    /// The name of the model that classifies it (only workers that hold it claim it).
+    #[serde(default = "builtin_model")]
+    pub model: String,
+}
+
+fn builtin_model() -> String {
+    imgclass_core::BUILTIN_MODEL.to_string()
 }
 
 /// A filter and page request for listing jobs.
@@ -360,4 +389,33 @@ pub enum KeyClaim {
     Mismatch,
     /// The key's first request is still being processed; its hold lapses at `until`.
     InUse { until: DateTime<Utc> },
+}
+
+/// What a node serves of a model, as it announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelEntry {
+    pub name: String,
+    /// A digest of the model's file.
+    pub version: String,
+    /// Its input and output, as JSON.
+    pub spec: serde_json::Value,
+    /// How many labels its output has.
+    pub labels: u32,
+}
+
+/// A model some node has announced, and the nodes that serve it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRecord {
+    pub entry: ModelEntry,
+    pub updated_at: DateTime<Utc>,
+    /// The nodes that announced it within the liveness window, with the version each holds.
+    pub nodes: Vec<ModelNode>,
+}
+
+/// A node that serves a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelNode {
+    pub node: String,
+    pub version: String,
+    pub seen_at: DateTime<Utc>,
 }

@@ -23,6 +23,8 @@ pub(crate) struct Work {
     pub(crate) limit: usize,
     pub(crate) lease: Duration,
     pub(crate) rate: Option<RateLimit>,
+    /// Claim only jobs of these models (`None`: of any).
+    pub(crate) models: Option<Vec<String>>,
 }
 
 /// What a round wrote: for each outcome the status it left its job in (`None`: fenced, nothing
@@ -47,6 +49,7 @@ pub(crate) async fn run<E: Exec>(
         limit,
         lease,
         rate,
+        models,
     } = work;
     let mut events = Vec::new();
     // Every leased job of the round in one read (locked, in a stable order).
@@ -87,7 +90,14 @@ pub(crate) async fn run<E: Exec>(
         })
         .collect();
     let batch = if limit > 0 {
-        claim(e, locks, &mut events, &worker, limit, lease, rate, now).await?
+        let claiming = Claiming {
+            worker: &worker,
+            limit,
+            lease,
+            rate,
+            models: models.as_deref(),
+        };
+        claim(e, locks, &mut events, claiming, now).await?
     } else {
         ClaimBatch::default()
     };
@@ -159,19 +169,32 @@ fn claim_decision() -> Result<policy::Decision> {
     )?)
 }
 
-/// Claims up to `limit` due jobs under one fresh lease token, taking their starts from the rate
-/// limit; writes nothing when none is claimed.
-#[allow(clippy::too_many_arguments)]
+/// What a round claims: up to `limit` due jobs (of `models` when named) for `worker`, under a
+/// lease of `lease`, within the rate limit.
+struct Claiming<'a> {
+    worker: &'a str,
+    limit: usize,
+    lease: Duration,
+    rate: Option<RateLimit>,
+    models: Option<&'a [String]>,
+}
+
+/// Claims due jobs under one fresh lease token, taking their starts from the rate limit; writes
+/// nothing when none is claimed.
 async fn claim<E: Exec>(
     e: &mut E,
     locks: &Locks,
     events: &mut Vec<Event>,
-    worker: &str,
-    limit: usize,
-    lease: Duration,
-    rate: Option<RateLimit>,
+    claiming: Claiming<'_>,
     now: i64,
 ) -> Result<ClaimBatch> {
+    let Claiming {
+        worker,
+        limit,
+        lease,
+        rate,
+        models,
+    } = claiming;
     let token = format!("{worker}/{}", uuid::Uuid::new_v4());
     let mut limit = limit as i64;
     let mut window = Vec::new();
@@ -193,24 +216,37 @@ async fn claim<E: Exec>(
         }
     }
     let d = claim_decision()?;
-    // The statuses are literals, not parameters (see `exec::QUEUED`).
-    let sql = format!(
-        "UPDATE jobs SET status = $1, attempts = {}, run_attempts = {}, stalls = {}, \
-         lease_owner = $2, lease_until = $3, started_at = $4, updated_at = $4 \
-         WHERE seq IN (SELECT j.seq FROM jobs j WHERE j.status = '{QUEUED}' AND j.run_at <= $4 \
-         ORDER BY j.priority DESC, j.run_at, j.seq LIMIT $5{})",
-        count_sql("attempts", d.attempts),
-        count_sql("run_attempts", d.run_attempts),
-        count_sql("stalls", d.stalls),
-        locks.jobs_skip_locked,
-    );
-    let args = [
+    let mut args = vec![
         Arg::text(d.to.as_str()),
         Arg::text(token.clone()),
         Arg::int(now + lease.as_millis() as i64),
         Arg::int(now),
         Arg::int(limit),
     ];
+    // Only the models the worker holds, when it names them.
+    let of_models = match models {
+        Some(models) => {
+            let first = args.len() + 1;
+            args.extend(models.iter().map(Arg::text));
+            let marks: Vec<String> = (first..first + models.len()).map(|i| format!("${i}")).collect();
+            format!(" AND j.model IN ({})", marks.join(", "))
+        }
+        None => String::new(),
+    };
+    if models.is_some_and(|m| m.is_empty()) {
+        return Ok(ClaimBatch::default());
+    }
+    // The statuses are literals, not parameters (see `exec::QUEUED`).
+    let sql = format!(
+        "UPDATE jobs SET status = $1, attempts = {}, run_attempts = {}, stalls = {}, \
+         lease_owner = $2, lease_until = $3, started_at = $4, updated_at = $4 \
+         WHERE seq IN (SELECT j.seq FROM jobs j WHERE j.status = '{QUEUED}' AND j.run_at <= $4\
+         {of_models} ORDER BY j.priority DESC, j.run_at, j.seq LIMIT $5{})",
+        count_sql("attempts", d.attempts),
+        count_sql("run_attempts", d.run_attempts),
+        count_sql("stalls", d.stalls),
+        locks.jobs_skip_locked,
+    );
     let claimed = e.execute(&sql, &args).await?;
     if claimed == 0 {
         return Ok(ClaimBatch::default());

@@ -11,7 +11,7 @@ pub(crate) const JOB_COLUMNS: &str =
     "j.seq, j.id, j.status, j.image_sha256, b.content_type, b.size, b.width, \
      b.height, j.file_name, j.attempts, j.stalls, j.run_attempts, j.max_attempts, j.priority, j.run_at, j.lease_owner, j.lease_until, \
      j.error_code, j.error_message, j.attempt_errors, j.result, j.created_at, j.started_at, \
-     j.finished_at, j.updated_at, j.owner, j.webhook_url, j.webhook_events, j.cached";
+     j.finished_at, j.updated_at, j.owner, j.webhook_url, j.webhook_events, j.cached, j.model";
 
 pub(crate) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -115,6 +115,7 @@ pub(crate) fn job_from_row(row: &impl Columns) -> Result<Job> {
             row.opt_text("webhook_events")?,
         )?,
         cached: row.int("cached")? != 0,
+        model: row.text("model")?,
     })
 }
 

@@ -151,7 +151,7 @@ impl SqlStore {
     /// order. A job answered from the result cache is created finished, with the earlier result.
     async fn insert_job_rows(w: &mut Write, new: &[&NewJob]) -> Result<Vec<Job>> {
         const ROWS: usize = 200;
-        const COLUMNS: usize = 16;
+        const COLUMNS: usize = 17;
         let now = ms_to_time(w.now);
         let mut created = Vec::with_capacity(new.len());
         for chunk in new.chunks(ROWS) {
@@ -159,7 +159,7 @@ impl SqlStore {
             let sql = format!(
                 "INSERT INTO jobs (id, status, image_sha256, file_name, max_attempts, priority, \
                  run_at, created_at, updated_at, owner, webhook_url, webhook_events, result, \
-                 cached, started_at, finished_at) VALUES {values} RETURNING id, seq"
+                 cached, started_at, finished_at, model) VALUES {values} RETURNING id, seq"
             );
             let mut q = sqlx::query(&sql);
             let mut jobs = Vec::with_capacity(chunk.len());
@@ -195,6 +195,7 @@ impl SqlStore {
                     owner: new.owner.clone(),
                     webhook: new.webhook.clone(),
                     cached: new.cached_result.is_some(),
+                    model: new.model.clone(),
                 };
                 q = q
                     .bind(job.id.to_string())
@@ -212,7 +213,8 @@ impl SqlStore {
                     .bind(job.result.as_ref().map(to_json).transpose()?)
                     .bind(i64::from(job.cached))
                     .bind(finished_at.map(|_| w.now))
-                    .bind(finished_at.map(|_| w.now));
+                    .bind(finished_at.map(|_| w.now))
+                    .bind(job.model.clone());
                 jobs.push(job);
             }
             let mut seqs = std::collections::HashMap::with_capacity(chunk.len());
@@ -296,9 +298,9 @@ impl SqlStore {
             "INSERT INTO jobs (id, status, image_sha256, file_name, attempts, stalls, run_attempts, \
              max_attempts, priority, run_at, error_code, error_message, attempt_errors, result, \
              created_at, started_at, finished_at, updated_at, owner, webhook_url, webhook_events, \
-             cached) \
+             cached, model) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, $21, $22) ON CONFLICT (id) DO NOTHING",
+             $18, $19, $20, $21, $22, $23) ON CONFLICT (id) DO NOTHING",
         )
         .bind(job.id.to_string())
         .bind(status.as_str())
@@ -322,6 +324,7 @@ impl SqlStore {
         .bind(job.webhook.as_ref().map(|h| h.url.clone()))
         .bind(job.webhook.as_ref().map(crate::rows::webhook_events))
         .bind(i64::from(job.cached))
+        .bind(&job.model)
         .execute(&mut *w.tx)
         .await?
         .rows_affected();

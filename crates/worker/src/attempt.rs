@@ -2,7 +2,7 @@
 //! timeout while renewing the lease, and report what happened; the store decides what follows
 //! with the queue's rules when it stores the outcome.
 
-use crate::inference::InferenceError;
+use crate::inference::{InferenceError, InferencePool};
 use crate::runner::Worker;
 use crate::signalled;
 use imgclass_core::{ErrorCode, JobResult, Timings};
@@ -21,6 +21,21 @@ impl Worker {
     /// expires and it runs again).
     pub(super) async fn attempt(&self, claim: Claim) -> Option<(Lease, Outcome)> {
         let Claim { job, lease, image } = claim;
+        let Some(pool) = self.pools.of(&job.model) else {
+            // Claims name only the models this node serves; a job of another can only come
+            // from a change of the node's models under it: it goes back for another node.
+            let error = JobError {
+                code: ErrorCode::Unavailable,
+                message: format!("this node does not serve the model {:?}", job.model),
+            };
+            return Some((
+                lease,
+                Outcome::Errored {
+                    error,
+                    retry_after: None,
+                },
+            ));
+        };
         let queue_wait = job
             .started_at
             .map(|s| (s - job.run_at).num_microseconds().unwrap_or(0) as f64 / 1e3)
@@ -39,7 +54,7 @@ impl Worker {
                 return None;
             }
         };
-        let result = self.classify_leased(&lease, bytes).await?;
+        let result = self.classify_leased(pool, &lease, bytes).await?;
         let outcome = match result {
             Ok(c) => {
                 tracing::info!(
@@ -50,7 +65,7 @@ impl Worker {
                 );
                 Outcome::Succeeded(JobResult {
                     predictions: c.predictions,
-                    model: self.pool.info.clone(),
+                    model: pool.info.clone(),
                     worker: Some(self.name.clone()),
                     timings: Timings {
                         queue_wait_ms: queue_wait,
@@ -73,11 +88,11 @@ impl Worker {
     /// worker is shutting down (the job was given back).
     async fn classify_leased(
         &self,
+        pool: &InferencePool,
         lease: &Lease,
         bytes: Vec<u8>,
     ) -> Option<Result<imgclass_classifier::Classification, Failure>> {
         let timeout = self.config.job_timeout;
-        let pool = &self.pool;
         let work = async {
             pool.classify(bytes, timeout).await.map_err(|e| match e {
                 InferenceError::Classify(e) => Failure {

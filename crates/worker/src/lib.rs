@@ -15,11 +15,13 @@ mod faults;
 mod inference;
 mod maintenance;
 pub mod metrics;
+mod models;
 mod runner;
 pub mod ssrf;
 pub mod webhooks;
 
 pub use maintenance::prune_once;
+pub use models::{Served, ServedModel};
 
 use imgclass_classifier::Classifier;
 use imgclass_store::{RateLimit, Store};
@@ -100,40 +102,56 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts the inference threads (loading one session each), the worker loops and the sweeper.
+    /// Starts workers that take the jobs of any model through `factory`.
     pub async fn start(
         store: Arc<dyn Store>,
         factory: ClassifierFactory,
         config: WorkerConfig,
     ) -> anyhow::Result<Workers> {
+        Self::start_serving(store, Served::Any(factory), config).await
+    }
+
+    /// Starts the inference threads of every model served (loading one session each), the
+    /// worker loops and the sweeper; announces the models to the other nodes.
+    pub async fn start_serving(
+        store: Arc<dyn Store>,
+        served: Served,
+        config: WorkerConfig,
+    ) -> anyhow::Result<Workers> {
         let (stop, stop_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);
-        let factory = faults::wrap(
-            factory,
-            config.inject_failure_rate,
-            config.inject_failure_seed,
-        );
         // Put back what a previous run of this node (or a dead node) left running.
         if let Err(e) = store.rescue_expired().await {
             tracing::warn!(error = %e, "lease sweep failed");
         }
-        let pool = Arc::new(
-            inference::InferencePool::start("imgclass-infer".into(), config.threads(), factory)
-                .await?,
+        let (models, entries) = (served.names(), served.entries());
+        let pools = Arc::new(
+            models::Pools::start(served, config.threads(), |factory| {
+                faults::wrap(factory, config.inject_failure_rate, config.inject_failure_seed)
+            })
+            .await?,
         );
+        maintenance::announce(&*store, &config.node, &entries).await;
         let workers = (0..config.workers.max(1))
             .map(|i| runner::Worker {
                 name: format!("{}-w{i}", config.node),
                 store: store.clone(),
-                pool: pool.clone(),
+                pools: pools.clone(),
                 config: config.clone(),
                 abort: abort_rx.clone(),
             })
             .collect();
-        let mut tasks = runner::spawn_pool(store.clone(), config.clone(), workers, stop_rx.clone());
+        let mut tasks = runner::spawn_pool(
+            store.clone(),
+            config.clone(),
+            models,
+            workers,
+            stop_rx.clone(),
+        );
         tasks.push(tokio::spawn(maintenance::sweeper(
             store.clone(),
             config,
+            entries,
             stop_rx.clone(),
         )));
         Ok(Workers { stop, abort, tasks })

@@ -1,18 +1,20 @@
-//! Maintenance on a timer: the lease sweeper that puts back the jobs of workers that died, and
-//! retention, which deletes old finished jobs.
+//! Maintenance on a timer: the lease sweeper that puts back the jobs of workers that died,
+//! retention, which deletes old finished jobs, and the announcement of the models this node
+//! serves (so that the API nodes know which models are served now).
 
 use crate::{signalled, WorkerConfig};
 use chrono::Utc;
-use imgclass_store::Store;
+use imgclass_store::{ModelEntry, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Rescues jobs whose worker is gone, deletes expired idempotency keys and, when retention is
-/// on, prunes old finished jobs.
+/// Rescues jobs whose worker is gone, announces the models served, deletes expired idempotency
+/// keys and, when retention is on, prunes old finished jobs.
 pub(super) async fn sweeper(
     store: Arc<dyn Store>,
     config: WorkerConfig,
+    models: Vec<ModelEntry>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(config.sweep_interval);
@@ -29,6 +31,7 @@ pub(super) async fn sweeper(
             Ok(n) => tracing::warn!(jobs = n, "rescued jobs whose worker stopped"),
             Err(e) => tracing::warn!(error = %e, "lease sweep failed"),
         }
+        announce(&*store, &config.node, &models).await;
         if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
             last_prune = Some(tokio::time::Instant::now());
             if let Some(retain) = config.retain {
@@ -56,5 +59,16 @@ pub async fn prune_once(store: &dyn Store, retain: Duration) {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "pruning failed"),
+    }
+}
+
+/// Tells the other nodes which models this node serves now (nothing for a node that takes any
+/// model).
+pub(super) async fn announce(store: &dyn Store, node: &str, models: &[ModelEntry]) {
+    if models.is_empty() {
+        return;
+    }
+    if let Err(e) = store.announce_models(node, models).await {
+        tracing::warn!(error = %e, "could not announce the models this node serves");
     }
 }

@@ -5,7 +5,7 @@
 //! fallback), so a busy pool spends one commit on many jobs. The workers run attempts; a
 //! worker is given a job only when it is idle, so nothing claimed waits in a buffer.
 
-use crate::inference::InferencePool;
+use crate::models::Pools;
 use crate::metrics::AttemptEnded;
 use crate::{signalled, WorkerConfig};
 use chrono::Utc;
@@ -18,8 +18,8 @@ use tracing::Instrument;
 pub(super) struct Worker {
     pub(super) name: String,
     pub(super) store: Arc<dyn Store>,
-    /// The process's inference threads, shared by its workers.
-    pub(super) pool: Arc<InferencePool>,
+    /// The process's inference threads, per model, shared by its workers.
+    pub(super) pools: Arc<Pools>,
     pub(super) config: WorkerConfig,
     /// Set when running jobs are to be given back to the queue at once.
     pub(super) abort: watch::Receiver<bool>,
@@ -69,6 +69,7 @@ impl Worker {
 pub(super) fn spawn_pool(
     store: Arc<dyn Store>,
     config: WorkerConfig,
+    models: Option<Vec<String>>,
     workers: Vec<Worker>,
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -85,6 +86,7 @@ pub(super) fn spawn_pool(
         store,
         name: format!("{}-pool", config.node),
         config,
+        models,
         idle: (0..to_workers.len()).rev().collect(),
         to_workers,
         done: done_rx,
@@ -97,6 +99,8 @@ pub(super) fn spawn_pool(
 
 struct Driver {
     store: Arc<dyn Store>,
+    /// The models whose jobs it claims (`None`: any).
+    models: Option<Vec<String>>,
     name: String,
     config: WorkerConfig,
     /// Workers with nothing to do.
@@ -165,6 +169,7 @@ impl Driver {
                     limit,
                     self.config.lease,
                     self.config.rate_limit,
+                    self.models.as_deref(),
                 )
                 .await;
             match round {

@@ -189,6 +189,7 @@ pub(super) async fn create_jobs(
             owner: caller.owner(),
             webhook: webhook.clone(),
             cached_result: None,
+            model: imgclass_core::BUILTIN_MODEL.to_string(),
         });
     }
     let wait = wait::preferred(&headers);

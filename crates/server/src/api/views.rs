@@ -369,6 +369,7 @@ mod tests {
             owner: None,
             webhook: None,
             cached: false,
+            model: imgclass_core::BUILTIN_MODEL.into(),
             run_at: now,
             lease_owner: None,
             lease_until: None,

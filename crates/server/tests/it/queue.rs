@@ -154,6 +154,7 @@ async fn bad_images_found_by_the_worker_fail_at_once_with_a_clear_error() {
             owner: None,
             webhook: None,
             cached_result: None,
+            model: imgclass_core::BUILTIN_MODEL.into(),
         }])
         .await
         .unwrap();

@@ -237,6 +237,7 @@ pub fn job_for(image: Vec<u8>, width: u32, height: u32, file_name: &str) -> NewJ
         width,
         height,
         file_name: Some(file_name.into()),
+        model: imgclass_core::BUILTIN_MODEL.into(),
         max_attempts: 3,
         priority: 0,
         owner: None,

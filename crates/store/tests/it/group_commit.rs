@@ -158,7 +158,7 @@ async fn a_round_stores_each_outcome_under_its_own_lease_and_claims_the_next() {
         })
         .collect();
     let (stored, next) = store
-        .finish_and_claim(outcomes, "pool", 2, LONG_LEASE, None)
+        .finish_and_claim(outcomes, "pool", 2, LONG_LEASE, None, None)
         .await
         .unwrap();
     let s = Some(imgclass_core::JobStatus::Succeeded);
@@ -180,7 +180,7 @@ async fn a_round_stores_each_outcome_under_its_own_lease_and_claims_the_next() {
     // A round with nothing to store and nothing due writes nothing and claims nothing.
     let seq = store.last_event_seq().await.unwrap();
     let (stored, none) = store
-        .finish_and_claim(Vec::new(), "pool", 4, LONG_LEASE, None)
+        .finish_and_claim(Vec::new(), "pool", 4, LONG_LEASE, None, None)
         .await
         .unwrap();
     assert!(stored.is_empty() && none.claims.is_empty());
@@ -211,7 +211,7 @@ async fn a_round_takes_starts_from_the_rate_limit_and_records_events_and_webhook
         per: Duration::from_secs(3600),
     };
     let (_, first) = store
-        .finish_and_claim(Vec::new(), "pool", 3, LONG_LEASE, Some(rate))
+        .finish_and_claim(Vec::new(), "pool", 3, LONG_LEASE, Some(rate), None)
         .await
         .unwrap();
     // Two starts fit in the window: the two oldest jobs, the first with its (small) image.
@@ -232,7 +232,7 @@ async fn a_round_takes_starts_from_the_rate_limit_and_records_events_and_webhook
         ),
     ];
     let (stored, second) = store
-        .finish_and_claim(outcomes, "pool", 3, LONG_LEASE, Some(rate))
+        .finish_and_claim(outcomes, "pool", 3, LONG_LEASE, Some(rate), None)
         .await
         .unwrap();
     assert_eq!(
@@ -315,7 +315,7 @@ async fn a_failed_round_stores_nothing_and_the_next_round_runs_normally() {
         .await
         .unwrap();
     let (_, first) = store
-        .finish_and_claim(Vec::new(), "pool", 2, LONG_LEASE, None)
+        .finish_and_claim(Vec::new(), "pool", 2, LONG_LEASE, None, None)
         .await
         .unwrap();
     assert_eq!(first.claims.len(), 2);
@@ -329,7 +329,7 @@ async fn a_failed_round_stores_nothing_and_the_next_round_runs_normally() {
     let seq = store.last_event_seq().await.unwrap();
     break_success_events(&db).await;
     let failed = store
-        .finish_and_claim(outcomes(), "pool", 1, LONG_LEASE, None)
+        .finish_and_claim(outcomes(), "pool", 1, LONG_LEASE, None, None)
         .await;
     assert!(failed.unwrap_err().to_string().contains("refused"));
     // Nothing of the failed round is stored: both jobs still run under their leases, the third
@@ -348,7 +348,7 @@ async fn a_failed_round_stores_nothing_and_the_next_round_runs_normally() {
         exec_raw(&db, "DROP TRIGGER refuse_success").await;
     }
     let (stored, next) = store
-        .finish_and_claim(outcomes(), "pool", 1, LONG_LEASE, None)
+        .finish_and_claim(outcomes(), "pool", 1, LONG_LEASE, None, None)
         .await
         .unwrap();
     assert_eq!(stored, [Some(JobStatus::Succeeded); 2]);

@@ -13,6 +13,7 @@ mod group_commit;
 mod idempotency;
 mod leases;
 mod list;
+mod models;
 mod outcomes;
 mod queue;
 mod races;

@@ -1,0 +1,92 @@
+//! The models a node's workers serve and the inference pool of each: a job goes to the pool of
+//! the model it names. A node serves either named models (the built-in one, a repository's, a
+//! remote provider's), and then claims only their jobs and announces them to the other nodes,
+//! or — the no-op provider of benchmarks and tests — any job, whatever its model.
+
+use crate::inference::InferencePool;
+use crate::ClassifierFactory;
+use imgclass_store::ModelEntry;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One model a node serves: what it announces, and how each inference thread builds its
+/// classifier.
+#[derive(Clone)]
+pub struct ServedModel {
+    pub entry: ModelEntry,
+    pub factory: ClassifierFactory,
+}
+
+/// What a node's workers serve.
+#[derive(Clone)]
+pub enum Served {
+    /// Jobs of any model, all through this classifier.
+    Any(ClassifierFactory),
+    /// Jobs of these models only, each through its own classifier.
+    Models(Vec<ServedModel>),
+}
+
+impl Served {
+    /// The model names to claim (`None`: any).
+    pub fn names(&self) -> Option<Vec<String>> {
+        match self {
+            Served::Any(_) => None,
+            Served::Models(models) => Some(models.iter().map(|m| m.entry.name.clone()).collect()),
+        }
+    }
+
+    /// What the node announces.
+    pub fn entries(&self) -> Vec<ModelEntry> {
+        match self {
+            Served::Any(_) => Vec::new(),
+            Served::Models(models) => models.iter().map(|m| m.entry.clone()).collect(),
+        }
+    }
+}
+
+/// The inference pools of a node, one per model it serves.
+pub(crate) struct Pools {
+    any: Option<Arc<InferencePool>>,
+    by_model: HashMap<String, Arc<InferencePool>>,
+}
+
+impl Pools {
+    /// Starts `threads` inference threads per model, each factory wrapped by `wrap` (fault
+    /// injection).
+    pub(crate) async fn start(
+        served: Served,
+        threads: usize,
+        wrap: impl Fn(ClassifierFactory) -> ClassifierFactory,
+    ) -> anyhow::Result<Pools> {
+        match served {
+            Served::Any(factory) => Ok(Pools {
+                any: Some(Arc::new(
+                    InferencePool::start("imgclass-infer".into(), threads, wrap(factory)).await?,
+                )),
+                by_model: HashMap::new(),
+            }),
+            Served::Models(models) => {
+                let mut by_model = HashMap::with_capacity(models.len());
+                let many = models.len() > 1;
+                for (i, m) in models.into_iter().enumerate() {
+                    let name = if many {
+                        format!("imgclass-m{i}")
+                    } else {
+                        "imgclass-infer".into()
+                    };
+                    let pool = InferencePool::start(name, threads, wrap(m.factory)).await?;
+                    by_model.insert(m.entry.name, Arc::new(pool));
+                }
+                Ok(Pools {
+                    any: None,
+                    by_model,
+                })
+            }
+        }
+    }
+
+    /// The pool that classifies jobs of `model`, if this node serves it.
+    pub(crate) fn of(&self, model: &str) -> Option<&Arc<InferencePool>> {
+        self.any.as_ref().or_else(|| self.by_model.get(model))
+    }
+}
