@@ -131,6 +131,15 @@ pub struct ModelArgs {
     /// How many labels a result holds.
     #[arg(long, env = "IMGCLASS_TOP_K", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub top_k: u16,
+    /// A model repository: each folder NAME/ holds model.onnx, labels.txt and model.toml (its
+    /// pre-processing, see docs/models.md); its models are served beside the built-in one and
+    /// jobs name them. A folder that cannot load is reported (logs, /readyz) and the node serves
+    /// the others.
+    #[arg(long, env = "IMGCLASS_MODELS")]
+    pub models: Option<PathBuf>,
+    /// The model of a job that names none [default: the built-in model, or the provider's].
+    #[arg(long, env = "IMGCLASS_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
     #[command(flatten)]
     pub imagga: ImaggaArgs,
 }

@@ -4,7 +4,7 @@
 
 use crate::args::{DatabaseArgs, ProviderArg, WebhookArgs, WorkArgs};
 use anyhow::{Context, Result};
-use imgclass_classifier::{Classifier, ImaggaClassifier, Model, NoopClassifier};
+use imgclass_classifier::{Classifier, ImaggaClassifier, Model, ModelRepository, NoopClassifier, Resize};
 use imgclass_core::policy::Rules;
 use imgclass_server::api::views::JobView;
 use imgclass_server::metrics::Metrics;
@@ -171,25 +171,25 @@ pub async fn start_workers(
             Served::Models(vec![ServedModel { entry, factory }])
         }
         ProviderArg::Builtin => {
-            let source = args.model.source();
-            let model = tokio::task::spawn_blocking(move || Model::load(&source)).await??;
             let intra = args
                 .intra_threads
                 .map_or_else(|| (cores() / threads).max(1), usize::from);
             let top_k = usize::from(args.model.top_k);
             let limits = args.limits.limits();
-            tracing::info!(provider = "builtin", model = %model.info().name, version = %model.info().version, workers = count, inference_threads = threads, intra_threads = intra, "model loaded");
-            let entry = ModelEntry {
-                name: model.info().name.clone(),
-                version: model.info().version.clone(),
-                spec: serde_json::json!({"provider": "builtin"}),
-                labels: model.labels().len() as u32,
-            };
-            let factory: ClassifierFactory = Arc::new(move || {
-                let c = model.session(intra, top_k)?.with_limits(limits);
-                Ok(Box::new(c) as Box<dyn Classifier>)
-            });
-            Served::Models(vec![ServedModel { entry, factory }])
+            let models = load_models(&args.model).await?;
+            let served = models
+                .into_iter()
+                .map(|model| {
+                    tracing::info!(provider = "builtin", model = %model.info().name, version = %model.info().version, workers = count, inference_threads = threads, intra_threads = intra, "model loaded");
+                    let entry = model_entry(&model);
+                    let factory: ClassifierFactory = Arc::new(move || {
+                        let c = model.session(intra, top_k)?.with_limits(limits);
+                        Ok(Box::new(c) as Box<dyn Classifier>)
+                    });
+                    ServedModel { entry, factory }
+                })
+                .collect();
+            Served::Models(served)
         }
     };
     let config = WorkerConfig {
@@ -236,4 +236,60 @@ pub async fn finish_shutdown(deliverer: Option<Deliverer>) {
         d.shutdown().await;
     }
     tracing::info!("stopped");
+}
+
+/// The in-process models a node serves: the built-in one (or the one of --model/--labels) and
+/// those of the repository (--models) that load; a folder that cannot load is logged.
+pub async fn load_models(args: &crate::args::ModelArgs) -> Result<Vec<Model>> {
+    let source = args.source();
+    let dir = args.models.clone();
+    tokio::task::spawn_blocking(move || -> Result<Vec<Model>> {
+        let mut models = vec![Model::load(&source)?];
+        if let Some(dir) = dir {
+            let repo = ModelRepository::load(&dir)
+                .with_context(|| format!("cannot read the model repository {}", dir.display()))?;
+            for e in &repo.errors {
+                tracing::error!(folder = %e.folder.display(), error = %e.error, "a model of the repository cannot be loaded; the node serves the others");
+            }
+            for m in repo.models {
+                if models.iter().any(|have| have.info().name == m.info().name) {
+                    anyhow::bail!(
+                        "{}: the model name {:?} is taken (the built-in model's)",
+                        dir.join(&m.info().name).display(),
+                        m.info().name
+                    );
+                }
+                models.push(m);
+            }
+        }
+        Ok(models)
+    })
+    .await?
+}
+
+/// What a node announces of a model: its name, version, pre-processing and output, labels.
+fn model_entry(model: &Model) -> ModelEntry {
+    let spec = model.spec();
+    let input = &spec.input;
+    let (resize, crop_fraction) = match input.resize {
+        Resize::Crop { fraction } => ("crop", Some(fraction)),
+        Resize::Stretch => ("stretch", None),
+    };
+    ModelEntry {
+        name: model.info().name.clone(),
+        version: model.info().version.clone(),
+        spec: serde_json::json!({
+            "input": {
+                "layout": input.layout.to_string(),
+                "size": input.size,
+                "color": format!("{:?}", input.color).to_uppercase(),
+                "mean": input.mean,
+                "std": input.std,
+                "resize": resize,
+                "crop_fraction": crop_fraction,
+            },
+            "output": {"kind": format!("{:?}", spec.output.kind).to_lowercase()},
+        }),
+        labels: model.labels().len() as u32,
+    }
 }

@@ -54,6 +54,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         args.http.upload_budget,
         args.http.upload_wait,
     ));
+    let node_model = cached_model(&args.work.model)?;
     let state = AppState {
         store,
         upload,
@@ -61,11 +62,13 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         rate_limit: args.work.rate_limit,
         webhooks: webhooks.clone().map(Arc::new),
         idempotency_ttl: args.idempotency_ttl,
-        result_cache: if args.no_result_cache {
-            None
-        } else {
-            Some(cached_model(&args.work.model)?)
-        },
+        default_model: args
+            .work
+            .model
+            .default_model
+            .clone()
+            .unwrap_or_else(|| node_model.name.clone()),
+        result_cache: (!args.no_result_cache).then_some(node_model),
     };
     let deliverer = node::start_deliverer(&state.store, &webhooks)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -125,7 +128,8 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The model whose results the result cache reuses: the one this node's workers would run.
+/// The model this node's workers would run (whose results the result cache reuses, and the
+/// default model of jobs unless --default-model names another).
 fn cached_model(args: &ModelArgs) -> Result<imgclass_core::ModelInfo> {
     Ok(match args.provider {
         ProviderArg::Noop => NoopClassifier::default().info().clone(),

@@ -31,6 +31,8 @@ pub enum ErrorCode {
     QueueFull,
     /// A submission's webhook URL is not one the server calls.
     InvalidWebhook,
+    /// A submission names a model that no node has ever served.
+    UnknownModel,
     /// The `Idempotency-Key` header is not a key the server accepts.
     InvalidIdempotencyKey,
     /// The `Idempotency-Key` was first used with a different request.
@@ -66,7 +68,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 38] = [
+    pub const ALL: [ErrorCode; 39] = [
         ErrorCode::BadRequest,
         ErrorCode::NoFiles,
         ErrorCode::NotFound,
@@ -87,6 +89,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::QueueFull,
         ErrorCode::InvalidWebhook,
+        ErrorCode::UnknownModel,
         ErrorCode::InvalidIdempotencyKey,
         ErrorCode::IdempotencyKeyMismatch,
         ErrorCode::IdempotencyKeyInUse,
@@ -129,6 +132,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::InvalidWebhook => "invalid_webhook",
+            ErrorCode::UnknownModel => "unknown_model",
             ErrorCode::InvalidIdempotencyKey => "invalid_idempotency_key",
             ErrorCode::IdempotencyKeyMismatch => "idempotency_key_mismatch",
             ErrorCode::IdempotencyKeyInUse => "idempotency_key_in_use",

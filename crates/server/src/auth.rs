@@ -35,6 +35,8 @@ pub enum Jobs {
     One,
     /// The route reads or acts on many jobs: the handler passes [`Caller::only`] to the store.
     Own,
+    /// The route reads no job (the models).
+    None,
 }
 
 /// The access rule of one API route.
@@ -69,6 +71,7 @@ pub const API_RULES: &[Rule] = &[
     ),
     rule("GET", "/api/jobs/export", Scope::Read, Jobs::Own),
     rule("GET", "/api/stats", Scope::Read, Jobs::Own),
+    rule("GET", "/api/models", Scope::Read, Jobs::None),
     rule("GET", "/api/events", Scope::Read, Jobs::Own),
     rule("GET", "/api/jobs/{id}", Scope::Read, Jobs::One),
     rule("DELETE", "/api/jobs/{id}", Scope::Manage, Jobs::One),

@@ -84,6 +84,7 @@ impl ApiError {
             | ErrorCode::ImageTooLarge
             | ErrorCode::EmptyFile
             | ErrorCode::InvalidWebhook
+            | ErrorCode::UnknownModel
             | ErrorCode::IdempotencyKeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,

@@ -85,6 +85,8 @@ pub struct AppState {
     /// The model whose earlier results may answer a new job for the same image (the result
     /// cache); `None`: every job is classified.
     pub result_cache: Option<imgclass_core::ModelInfo>,
+    /// The model of a job that names none.
+    pub default_model: String,
 }
 
 /// How long `Idempotency-Key`s are remembered by default.

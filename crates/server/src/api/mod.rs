@@ -5,6 +5,7 @@ mod events;
 mod extract;
 mod idempotency;
 mod jobs;
+mod models;
 mod openapi;
 mod search;
 mod service;
@@ -33,6 +34,7 @@ fn guarded_router() -> OpenApiRouter<AppState> {
         .routes(routes!(search::cancel_queued))
         .routes(routes!(search::delete_finished))
         .routes(routes!(service::stats))
+        .routes(routes!(models::list_models))
         .routes(routes!(jobs::get_job, jobs::delete_job))
         .routes(routes!(jobs::job_image))
         .routes(routes!(jobs::retry_job))

@@ -28,6 +28,7 @@ pub(super) struct UploadParams {
     webhook: Option<String>,
     webhook_events: Option<String>,
     cache: Option<String>,
+    model: Option<String>,
 }
 
 /// JPEG and PNG files up to this size are checked and hashed on the request's own task (tens of
@@ -58,6 +59,11 @@ struct SubmitForm {
     /// model (by default such an image is answered at once from that result, `cached: true`).
     #[schema(default = true, required = false)]
     cache: bool,
+    /// The model that classifies the images (`GET /api/models` lists them; default: the
+    /// server's default model). A name no node has served is refused with `unknown_model`; a
+    /// model that no node serves right now is accepted and its jobs wait.
+    #[schema(required = false)]
+    model: String,
 }
 
 /// Submit images: one job per image file, all or nothing.
@@ -83,7 +89,7 @@ struct SubmitForm {
             headers(("Retry-After" = String, description = "Seconds after which to send the request again."))),
         (status = 413, description = "`payload_too_large`: a file is over the size limit, the body over the request limit, or there are too many files.", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a file is not an image of an accepted format.", body = ErrorBody),
-        (status = 422, description = "`image_corrupt`: a file is truncated or damaged. `image_too_large`: an image is over the width, height or pixel limit. `invalid_webhook`: the webhook URL or events are not ones the server calls. `idempotency_key_mismatch`: the `Idempotency-Key` was first used with other files or fields.", body = ErrorBody),
+        (status = 422, description = "`image_corrupt`: a file is truncated or damaged. `image_too_large`: an image is over the width, height or pixel limit. `invalid_webhook`: the webhook URL or events are not ones the server calls. `unknown_model`: `model` names a model no node has served (or is not a model's name). `idempotency_key_mismatch`: the `Idempotency-Key` was first used with other files or fields.", body = ErrorBody),
         (status = 429, description = "`rate_limited`: the caller's submission quota is used up (`Retry-After`). `queue_full`: the caller has as many queued jobs as it may.", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds until a submission may be accepted again."))),
         (status = 503, description = "`unavailable`: the database cannot be reached; try again. `busy`: the server holds as many uploaded bytes as its upload budget allows and no room was made within the budget's wait; try again after `Retry-After` seconds.", body = ErrorBody,
@@ -105,6 +111,7 @@ pub(super) async fn create_jobs(
         ("webhook", &params.webhook),
         ("webhook_events", &params.webhook_events),
         ("cache", &params.cache),
+        ("model", &params.model),
     ] {
         if let Some(value) = value {
             fields.take(name, value)?;
@@ -138,6 +145,7 @@ pub(super) async fn create_jobs(
     }
     let key = idempotency::key_of(&headers, &caller)?;
     let webhook = fields.webhook(&state).await?;
+    let model = super::models::chosen(&state, fields.model.as_deref()).await?;
     let mut new_jobs = Vec::with_capacity(uploads.len());
     for upload in uploads {
         // Hashing and the check (format, limits, completeness) read headers and scan the bytes
@@ -189,7 +197,7 @@ pub(super) async fn create_jobs(
             owner: caller.owner(),
             webhook: webhook.clone(),
             cached_result: None,
-            model: imgclass_core::BUILTIN_MODEL.to_string(),
+            model: model.clone(),
         });
     }
     let wait = wait::preferred(&headers);
@@ -254,7 +262,12 @@ pub(super) async fn create_jobs(
 /// Fills in the cached results of the jobs whose image already has a result from the model the
 /// cache serves. The cache only saves work: when it cannot be read, every job is classified.
 async fn cache_lookup(state: &AppState, jobs: &mut [NewJob]) {
-    let Some(model) = &state.result_cache else {
+    // Only results of the model the jobs ask for.
+    let Some(model) = state
+        .result_cache
+        .as_ref()
+        .filter(|m| jobs.iter().all(|j| j.model == m.name))
+    else {
         return;
     };
     let images: Vec<String> = jobs.iter().map(|j| j.sha256.clone()).collect();

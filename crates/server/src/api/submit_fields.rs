@@ -17,6 +17,8 @@ pub(super) struct SubmitFields {
     pub(super) webhook: Option<String>,
     /// Which changes to call it for (`None`: the jobs' end).
     pub(super) webhook_events: Option<Vec<EventKind>>,
+    /// The model that classifies the images (`None`: the server's default model).
+    pub(super) model: Option<String>,
 }
 
 /// The range of `priority`.
@@ -33,17 +35,20 @@ impl Default for SubmitFields {
             cache: true,
             webhook: None,
             webhook_events: None,
+            model: None,
         }
     }
 }
 
 impl SubmitFields {
     /// The plain fields a submission reads (multipart fields, or the query of a raw body).
-    pub(super) const NAMES: [&'static str; 4] = ["priority", "webhook", "webhook_events", "cache"];
+    pub(super) const NAMES: [&'static str; 5] =
+        ["priority", "webhook", "webhook_events", "cache", "model"];
 
     /// Takes a plain field; the reader refuses unknown ones.
     pub(super) fn take(&mut self, name: &str, text: &str) -> Result<(), ApiError> {
         match name {
+            "model" => self.model = Some(model_name(text)?),
             "webhook" => self.webhook = Some(text.trim().to_string()),
             "webhook_events" => {
                 let events = self.webhook_events.get_or_insert_with(Vec::new);
@@ -137,5 +142,24 @@ impl SubmitFields {
             url: url.to_string(),
             events,
         }))
+    }
+}
+
+/// A model's name as a submission gives it: 1 to 64 letters, digits, `.`, `_` or `-`.
+fn model_name(text: &str) -> Result<String, ApiError> {
+    let name = text.trim();
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(ApiError::from_code(
+            ErrorCode::UnknownModel,
+            format!(
+                "model is a model's name (1 to 64 letters, digits, '.', '_' or '-'); not {text:?}"
+            ),
+        ))
     }
 }

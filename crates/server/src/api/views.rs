@@ -31,6 +31,10 @@ pub struct JobView {
     /// The result was an earlier job's, for the same image and model (the result cache): the
     /// job was created `succeeded` and never ran.
     pub cached: bool,
+    /// The model that classifies it (`GET /api/models`: a queued job whose model no node serves
+    /// now waits until one does).
+    #[schema(example = "efficientnet-lite0")]
+    pub model: String,
     pub created_at: DateTime<Utc>,
     pub run_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -199,6 +203,7 @@ impl From<Job> for JobView {
                 .collect(),
             result: j.result,
             cached: j.cached,
+            model: j.model.clone(),
             created_at: j.created_at,
             run_at: j.run_at,
             started_at: j.started_at,

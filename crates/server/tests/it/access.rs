@@ -275,6 +275,17 @@ async fn two_tokens_never_see_each_others_jobs_on_any_route() {
             (Jobs::Own, "GET", "/api/jobs/export") => export_case(&u).await,
             (Jobs::Own, "POST", "/api/jobs/cancel-queued") => cancel_queued_case(&u).await,
             (Jobs::Own, "POST", "/api/jobs/delete-finished") => delete_finished_case(&u).await,
+            // The models are no one's jobs: any token with `read` sees the same list.
+            (Jobs::None, "GET", "/api/models") => {
+                for token in [&u.alice, &u.bob] {
+                    let resp = app
+                        .request(Method::GET, "/api/models", Some(token))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), 200);
+                }
+            }
             _ => panic!(
                 "{key} has no ownership case here: add one that proves another token cannot \
                  see or touch its jobs"

@@ -175,6 +175,7 @@ impl TestApp {
             webhooks: opts.webhooks.clone().map(Arc::new),
             idempotency_ttl: opts.idempotency_ttl,
             result_cache: opts.result_cache.clone(),
+            default_model: imgclass_core::BUILTIN_MODEL.into(),
         };
         let deliverer = opts
             .deliverer

@@ -10,6 +10,7 @@ mod hostile;
 mod idempotency;
 mod imagga;
 mod metrics;
+mod models;
 mod openapi;
 mod ops;
 mod queue;

@@ -1,0 +1,112 @@
+//! The models: `GET /api/models` (every model any node has served, its pre-processing, and the
+//! nodes that serve it now), and the choice of a submission's model (a name no node has served
+//! is refused; one that no node serves right now is accepted, and its jobs wait).
+
+use crate::error::{ApiError, ErrorBody};
+use crate::AppState;
+use axum::extract::State;
+use axum::Json;
+use imgclass_core::ErrorCode;
+use serde::Serialize;
+use std::time::Duration;
+
+/// A node that has not announced its models for this long no longer serves them (nodes
+/// announce at every lease sweep, a few seconds apart).
+pub(crate) const LIVE: Duration = Duration::from_secs(60);
+
+/// A model, as the nodes announced it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ModelView {
+    #[schema(example = "efficientnet-lite0")]
+    name: String,
+    /// A digest of the model's file, as last announced.
+    #[schema(example = "6bd9396de87e8bd0")]
+    version: String,
+    /// Its input (layout, size, colour order, mean/std, resize) and output (logits or
+    /// probabilities), as its `model.toml` describes them.
+    #[schema(value_type = Object)]
+    spec: serde_json::Value,
+    /// How many labels its output has.
+    labels: u32,
+    /// Whether jobs that name no model use this one.
+    default: bool,
+    /// The nodes that serve it now (none: its jobs wait).
+    nodes: Vec<ModelNodeView>,
+}
+
+/// A node that serves a model now.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ModelNodeView {
+    node: String,
+    /// The version that node holds.
+    version: String,
+    /// When it last said so.
+    seen_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `GET /api/models`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ModelList {
+    models: Vec<ModelView>,
+    /// The model of a job that names none.
+    default_model: String,
+}
+
+/// The models a job may name: each with its pre-processing, its labels count, and the nodes
+/// that serve it now. A model no live node serves is listed with no nodes; jobs that name it
+/// wait until a node serves it.
+#[utoipa::path(get, path = "/api/models", tag = "models", operation_id = "list_models",
+    responses(
+        (status = 200, description = "The models.", body = ModelList),
+        (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
+    ))]
+pub(super) async fn list_models(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
+    let records = state.store.models(LIVE).await?;
+    let models = records
+        .into_iter()
+        .map(|r| ModelView {
+            default: r.entry.name == state.default_model,
+            name: r.entry.name,
+            version: r.entry.version,
+            spec: r.entry.spec,
+            labels: r.entry.labels,
+            nodes: r
+                .nodes
+                .into_iter()
+                .map(|n| ModelNodeView {
+                    node: n.node,
+                    version: n.version,
+                    seen_at: n.seen_at,
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Json(ModelList {
+        models,
+        default_model: state.default_model.clone(),
+    }))
+}
+
+/// The model a submission's jobs use: the one it names, if any node has ever served it (or it
+/// is the default), else the default model.
+pub(super) async fn chosen(state: &AppState, named: Option<&str>) -> Result<String, ApiError> {
+    let Some(name) = named.filter(|n| *n != state.default_model) else {
+        return Ok(state.default_model.clone());
+    };
+    let known = state.store.models(LIVE).await?;
+    if known.iter().any(|m| m.entry.name == name) {
+        return Ok(name.to_string());
+    }
+    let names: Vec<&str> = known.iter().map(|m| m.entry.name.as_str()).collect();
+    Err(ApiError::from_code(
+        ErrorCode::UnknownModel,
+        format!(
+            "no node serves or has served a model named {name:?}; the models are: {}",
+            if names.is_empty() {
+                state.default_model.clone()
+            } else {
+                names.join(", ")
+            }
+        ),
+    ))
+}

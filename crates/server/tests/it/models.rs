@@ -1,0 +1,136 @@
+//! Each job names its model: the API checks the name against the models the nodes have
+//! announced, lists them with the nodes that serve them now, and a worker that serves some
+//! models takes only their jobs.
+
+use crate::helpers::{assert_error, fixture, TestApp};
+use imgclass_classifier::{Classifier, NoopClassifier};
+use imgclass_core::JobStatus;
+use imgclass_store::ModelEntry;
+use imgclass_worker::{ClassifierFactory, Served, ServedModel, WorkerConfig, Workers};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn entry(name: &str) -> ModelEntry {
+    ModelEntry {
+        name: name.into(),
+        version: format!("{name}-v1"),
+        spec: serde_json::json!({"input": {"size": [4, 6], "layout": "NHWC"}}),
+        labels: 3,
+    }
+}
+
+fn noop() -> ClassifierFactory {
+    Arc::new(|| Ok(Box::new(NoopClassifier::default()) as Box<dyn Classifier>))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_models_are_listed_with_the_nodes_that_serve_them() {
+    let app = TestApp::without_workers().await;
+    let (status, body) = app.get("/api/models").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["models"], serde_json::json!([]));
+    assert_eq!(body["default_model"], "efficientnet-lite0");
+
+    app.store
+        .announce_models("node-a", &[entry("products"), entry("efficientnet-lite0")])
+        .await
+        .unwrap();
+    let (_, body) = app.get("/api/models").await;
+    let models = body["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    assert_eq!(models[0]["name"], "efficientnet-lite0");
+    assert_eq!(models[0]["default"], true);
+    let products = &models[1];
+    assert_eq!(products["name"], "products");
+    assert_eq!(products["version"], "products-v1");
+    assert_eq!(products["labels"], 3);
+    assert_eq!(products["spec"]["input"]["layout"], "NHWC");
+    assert_eq!(products["default"], false);
+    assert_eq!(products["nodes"][0]["node"], "node-a");
+
+    // node-a stops serving products: it stays known, with no node.
+    app.store
+        .announce_models("node-a", &[entry("efficientnet-lite0")])
+        .await
+        .unwrap();
+    let (_, body) = app.get("/api/models").await;
+    assert_eq!(body["models"][1]["nodes"], serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_names_a_known_model_or_is_refused() {
+    let app = TestApp::without_workers().await;
+    app.store
+        .announce_models("node-a", &[entry("products")])
+        .await
+        .unwrap();
+    let coffee = || vec![("coffee.png", fixture("coffee.png"))];
+
+    // By default: the default model.
+    let ids = app.submit(&coffee()).await;
+    let (_, job) = app.get(&format!("/api/jobs/{}", ids[0])).await;
+    assert_eq!(job["model"], "efficientnet-lite0");
+
+    // A multipart field, or the query of a raw body.
+    let resp = app.upload_with(&coffee(), &[("model", "products")]).await;
+    assert_eq!(resp.status(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["jobs"][0]["model"], "products");
+    let resp = app
+        .request(reqwest::Method::POST, "/api/jobs?model=products", None)
+        .header("content-type", "image/png")
+        .body(fixture("coffee.png"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["jobs"][0]["model"], "products");
+
+    // No node has served it: refused, nothing stored.
+    let before = app.store.count_jobs(&Default::default()).await.unwrap();
+    let resp = app.upload_with(&coffee(), &[("model", "faces")]).await;
+    let message = assert_error(resp, 422, "unknown_model").await;
+    assert!(message.contains("faces") && message.contains("products"), "{message}");
+    let resp = app.upload_with(&coffee(), &[("model", "no such/model")]).await;
+    assert_error(resp, 422, "unknown_model").await;
+    assert_eq!(app.store.count_jobs(&Default::default()).await.unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_only_the_jobs_of_the_models_it_serves() {
+    let app = TestApp::without_workers().await;
+    let served = Served::Models(vec![ServedModel {
+        entry: entry("products"),
+        factory: noop(),
+    }]);
+    let workers = Workers::start_serving(
+        app.store.clone(),
+        served,
+        WorkerConfig {
+            workers: 2,
+            poll_interval: Duration::from_millis(50),
+            ..WorkerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    // The node announced what it serves at start.
+    let (_, body) = app.get("/api/models").await;
+    assert_eq!(body["models"][0]["name"], "products");
+    assert_eq!(body["models"][0]["nodes"].as_array().unwrap().len(), 1);
+
+    let coffee = || vec![("coffee.png", fixture("coffee.png"))];
+    let resp = app.upload_with(&coffee(), &[("model", "products")]).await;
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let products: imgclass_core::JobId = body["jobs"][0]["id"].as_str().unwrap().parse().unwrap();
+    let builtin = app.submit(&coffee()).await[0];
+
+    let done = app.wait_for(products, JobStatus::Succeeded).await;
+    assert_eq!(done.model, "products");
+    // The built-in model's job is not this node's: it waits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = app.store.get_job(builtin).await.unwrap().unwrap();
+    assert_eq!(waiting.status, JobStatus::Queued);
+    workers.shutdown(Duration::from_secs(5)).await;
+}
