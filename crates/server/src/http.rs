@@ -2,11 +2,14 @@
 //! (making room by closing the connection that waited longest for a request), and the
 //! per-connection limits that keep slow or hostile clients from holding the server
 //! (request-head timeout, keep-alive idle timeout, body-read progress timeout, request-head
-//! size). `imgclass serve` and the integration tests both serve through [`serve`].
+//! size). `imgclass serve` and the integration tests both serve through [`serve`]. A request
+//! whose declared body is larger than the application takes is refused before anything of the
+//! body is read ([`refuse_oversized_bodies`]).
 
 use crate::error::ApiError;
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -575,4 +578,111 @@ async fn limit_request_head(
         .into_response();
     }
     next.run(request).await
+}
+
+/// The largest request bodies the application takes, compared with a request's declared
+/// `Content-Length` before anything of its body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Any request body.
+    pub request: u64,
+    /// A raw image body of `POST /api/jobs` (one file: the per-file limit).
+    pub raw_file: u64,
+}
+
+/// Middleware: a request that declares a body larger than the application takes is answered
+/// `413 payload_too_large` at once, before its body is read, and the connection is closed
+/// after it. A client that sent `Expect: 100-continue` is never invited to send the body: the
+/// HTTP layer sends `100 Continue` only when the body is first read, which it never is then.
+/// From a client that did not ask, and may be sending already, the body is read and discarded
+/// meanwhile (at most the request limit, and only while it makes progress), so that it reads
+/// the answer instead of a reset.
+pub async fn refuse_oversized_bodies(
+    State(limits): State<BodyLimits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(declared) = declared_length(request.headers()) else {
+        return next.run(request).await;
+    };
+    let message = if declared > limits.request {
+        format!(
+            "the request declares a body of {declared} bytes; at most {} are accepted; it was \
+             not read",
+            limits.request
+        )
+    } else if declared > limits.raw_file && is_raw_upload(&request) {
+        // Named as the upload's own checks name it: by its `?filename=`, cleaned for display.
+        let label = request
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("filename="))
+            .map(|v| {
+                percent_encoding::percent_decode_str(&v.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .and_then(|name| crate::api::upload::clean_file_name(&name))
+            .unwrap_or_else(|| "the request body".to_string());
+        format!(
+            "{label} declares {declared} bytes, more than the limit of {} bytes per file; it \
+             was not read",
+            limits.raw_file
+        )
+    } else {
+        return next.run(request).await;
+    };
+    let expects_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !expects_continue {
+        let mut body = request.into_body().into_data_stream();
+        let limit = limits.request;
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut seen = 0u64;
+            while let Some(Ok(chunk)) = body.next().await {
+                seen += chunk.len() as u64;
+                if seen > limit {
+                    break;
+                }
+            }
+        });
+    }
+    let mut response = ApiError::from_code(ErrorCode::PayloadTooLarge, message).into_response();
+    // The body stays unread: the connection cannot carry another request.
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// The request's declared `Content-Length`, if it has a valid one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// An upload of one raw image (`POST /api/jobs` with an `image/*` or
+/// `application/octet-stream` body), whose whole body is one file.
+fn is_raw_upload(request: &Request) -> bool {
+    if request.method() != Method::POST || request.uri().path() != "/api/jobs" {
+        return false;
+    }
+    let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let essence = String::from_utf8_lossy(value.as_bytes());
+    let essence = essence
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence.starts_with("image/") || essence == "application/octet-stream"
 }

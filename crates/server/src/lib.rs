@@ -19,7 +19,7 @@ use imgclass_store::Store;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-pub use http::{serve, ServeLimits};
+pub use http::{serve, BodyLimits, ServeLimits};
 pub use upload_budget::UploadBudget;
 
 /// Upload checking settings.
@@ -66,6 +66,14 @@ impl UploadConfig {
     pub fn request_limit(&self) -> usize {
         let per_file = usize::try_from(self.limits.max_bytes).unwrap_or(usize::MAX);
         per_file.saturating_mul(4).saturating_add(1 << 20)
+    }
+
+    /// The bodies refused from their declared length, before they are read.
+    pub fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
+            request: self.request_limit() as u64,
+            raw_file: self.limits.max_bytes,
+        }
     }
 }
 
@@ -116,9 +124,15 @@ pub fn router(state: AppState) -> Router {
 pub fn router_with(state: AppState, http: HttpConfig) -> Router {
     let store = state.store.clone();
     let access = auth::Access::new(store.clone()).with_quotas(http.quotas.clone());
+    let body_limits = state.upload.body_limits();
     let mut app = api::routes(state, access.clone())
         .merge(ops::routes(store.clone(), http.readiness.clone()))
-        .merge(web::routes());
+        .merge(web::routes())
+        // A body declared larger than any route takes is refused before it is read.
+        .layer(axum::middleware::from_fn_with_state(
+            body_limits,
+            http::refuse_oversized_bodies,
+        ));
     // Before the metrics layer, so that a request no route matches is counted too.
     app = app.fallback(|| async { axum::http::StatusCode::NOT_FOUND });
     if let Some(m) = &http.metrics {

@@ -720,3 +720,115 @@ async fn a_jpeg_whose_scan_data_ends_early_fails_as_image_corrupt_not_grey() {
     app.wait_for(ids[1], imgclass_core::JobStatus::Succeeded)
         .await;
 }
+
+/// Sends a request head (no body) and returns the answer (its head and its `Content-Length`
+/// bytes of body) and how long it took to come.
+async fn head_only_exchange(app: &TestApp, head: &str) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let answer = tokio::time::timeout(GENEROUS, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .to_ascii_lowercase()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: ").map(str::to_string))
+                    .and_then(|n| n.trim().parse::<usize>().ok());
+                if length.is_some_and(|n| body.len() >= n) {
+                    return;
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    answer.expect("an answer");
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_body_over_the_limit_is_refused_at_once_and_never_invited() {
+    let limits = ImageLimits {
+        max_bytes: 100_000,
+        ..ImageLimits::default()
+    };
+    // The default body-read timeout (30 s): an answer that waited for the body would be late.
+    let app = TestApp::with(Options {
+        workers: 0,
+        limits,
+        ..Options::default()
+    })
+    .await;
+    let request_limit = 4 * limits.max_bytes + (1 << 20);
+    let heads = [
+        // Any body over the request limit, with and without asking to be invited.
+        ("multipart/form-data; boundary=b", 1u64 << 30, false),
+        ("multipart/form-data; boundary=b", 1 << 30, true),
+        ("multipart/form-data; boundary=b", request_limit + 1, true),
+        // One raw image over the per-file limit (within the request limit).
+        ("image/png", limits.max_bytes + 1, false),
+        ("application/octet-stream", limits.max_bytes + 1, true),
+    ];
+    for (content_type, length, expect) in heads {
+        let expect = if expect {
+            "Expect: 100-continue\r\n"
+        } else {
+            ""
+        };
+        let head = format!(
+            "POST /api/jobs?filename=big.png HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n\
+             Content-Length: {length}\r\n{expect}\r\n"
+        );
+        let (text, took) = head_only_exchange(&app, &head).await;
+        let case = format!("{content_type} {length} {expect:?}: {text}");
+        assert!(
+            took < Duration::from_secs(5),
+            "answered after {took:?}: {case}"
+        );
+        assert!(!text.contains("100 Continue"), "{case}");
+        assert!(text.starts_with("HTTP/1.1 413 "), "{case}");
+        let (headers, body) = text.split_once("\r\n\r\n").unwrap();
+        let headers = headers.to_ascii_lowercase();
+        assert!(headers.contains("content-type: application/json"), "{case}");
+        assert!(headers.contains("connection: close"), "{case}");
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], "payload_too_large", "{case}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&length.to_string()),
+            "{case}"
+        );
+    }
+
+    // A body within the limits is invited, read and taken.
+    let png = tiny_png();
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /api/jobs?filename=ok.png HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n\
+         Content-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        png.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(GENEROUS, stream.read_exact(&mut interim))
+        .await
+        .expect("the body is invited")
+        .unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(&png).await.unwrap();
+    let got = read_until_closed(&mut stream).await.expect("an answer");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 202 "), "{text}");
+}
