@@ -34,9 +34,6 @@ pub struct Submission {
     pub held: Held,
 }
 
-/// A body of unknown length takes its share of the upload budget in steps of this many bytes.
-const BUDGET_STEP: u64 = 256 << 10;
-
 /// A request's share of the upload budget and the body bytes it has read.
 struct Meter {
     budget: UploadBudget,
@@ -53,9 +50,10 @@ impl Meter {
         }
     }
 
-    async fn take(&mut self, bytes: u64) -> Result<(), ApiError> {
+    /// Takes the share of a body of declared length before it is read.
+    async fn admit(&mut self, declared: u64) -> Result<(), ApiError> {
         self.budget
-            .take(&mut self.held, bytes)
+            .admit(&mut self.held, declared)
             .await
             .map_err(budget_error)
     }
@@ -63,13 +61,10 @@ impl Meter {
     /// Counts `n` more bytes read, growing the share when they pass what it holds.
     async fn count(&mut self, n: usize) -> Result<(), ApiError> {
         self.read += n as u64;
-        let held = self.held.bytes();
-        if self.read <= held {
-            return Ok(());
-        }
-        let needed = self.read - held;
-        let room = self.budget.capacity().saturating_sub(held);
-        self.take(needed.max(BUDGET_STEP.min(room))).await
+        self.budget
+            .grow(&mut self.held, self.read)
+            .await
+            .map_err(budget_error)
     }
 
     /// Gives the share back (before draining a refused body, which holds nothing).
@@ -342,12 +337,13 @@ pub async fn read_request<S: Send + Sync>(
     let raw = media_type.starts_with("image/") || media_type == "application/octet-stream";
     if multipart || raw {
         // The body's share of the upload budget: all of it before reading when its length is
-        // known (a longer body is refused by the request limit anyway), else as it arrives.
+        // known (a longer body is refused by the request limit anyway), else as it arrives;
+        // a declared body that does not arrive at pace gives back what it has not sent.
         let mut meter = Meter::new(&config.budget);
         let declared = content_length(headers);
         if let Some(len) = declared {
             let limit = config.request_limit() as u64;
-            if let Err(e) = meter.take(len.min(limit)).await {
+            if let Err(e) = meter.admit(len.min(limit)).await {
                 let (parts, body) = request.into_parts();
                 drain_body(&parts.headers, body, limit).await;
                 return Err(e);

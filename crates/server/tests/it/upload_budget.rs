@@ -1,11 +1,13 @@
 //! The upload budget over real HTTP: a request whose body would pass the bytes all uploads in
 //! flight may hold waits for room, and one that waits longer than the budget's wait is answered
-//! `503 busy` with `Retry-After`. A request is held at a known point by sending its body by
-//! hand: the test decides when it ends, and watches the budget (not the clock) to know who waits.
+//! `503 busy` with `Retry-After`; one whose body does not come does not keep the others out. A
+//! request is held at a known point by sending its body by hand: the test decides when it ends,
+//! and watches the budget (not the clock) to know who waits.
 
 use crate::helpers::{assert_error, Options, TestApp};
 use image::ImageEncoder;
 use imgclass_classifier::ImageLimits;
+use imgclass_server::upload_budget::FIRST_SLICE;
 use imgclass_server::UploadBudget;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -122,8 +124,9 @@ async fn an_upload_waits_for_room_in_the_budget_and_then_goes_through() {
     assert!(first.len() + second.len() > 1 << 20);
     assert!(second.len() as u64 <= budget.capacity());
 
-    // The first upload holds its whole declared length while its body is still coming.
-    let held = HeldUpload::start(&app, first.clone(), 1000).await;
+    // The first upload holds its whole declared length while the end of its body is still
+    // coming (most of it came at once: at that pace it is not taken for a stalled one).
+    let held = HeldUpload::start(&app, first.clone(), first.len() - 1000).await;
     let taken = first.len() as u64;
     until("the first upload holds its share", || {
         budget.available() <= budget.capacity() - taken
@@ -170,7 +173,7 @@ async fn an_upload_that_would_wait_too_long_is_503_busy_with_retry_after() {
     let app = app_with(&budget).await;
     let first = noisy_png(400, 3);
     let second = noisy_png(450, 4);
-    let held = HeldUpload::start(&app, first.clone(), 1000).await;
+    let held = HeldUpload::start(&app, first.clone(), first.len() - 1000).await;
     let taken = first.len() as u64;
     until("the first upload holds its share", || {
         budget.available() <= budget.capacity() - taken
@@ -215,7 +218,7 @@ async fn a_body_of_unknown_length_takes_its_share_as_it_arrives() {
     let budget = UploadBudget::new(1 << 20, Duration::from_millis(300));
     let app = app_with(&budget).await;
     let first = noisy_png(400, 5);
-    let held = HeldUpload::start(&app, first.clone(), 1000).await;
+    let held = HeldUpload::start(&app, first.clone(), first.len() - 1000).await;
     let taken = first.len() as u64;
     until("the first upload holds its share", || {
         budget.available() <= budget.capacity() - taken
@@ -244,6 +247,78 @@ async fn a_body_of_unknown_length_takes_its_share_as_it_arrives() {
         budget.available() == budget.capacity()
     })
     .await;
+}
+
+/// A multipart upload that declares `declared` bytes and then sends one byte of its file every
+/// `every`, until dropped.
+struct Trickler {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Trickler {
+    async fn start(app: &TestApp, declared: u64, every: Duration) -> Trickler {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /api/jobs HTTP/1.1\r\nHost: {}\r\nContent-Type: multipart/form-data; boundary=b\r\n\
+             Content-Length: {declared}\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; \
+             filename=\"slow.png\"\r\nContent-Type: image/png\r\n\r\n",
+            app.addr
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if stream.write_all(b"x").await.is_err() {
+                    return;
+                }
+            }
+        });
+        Trickler { task }
+    }
+}
+
+impl Drop for Trickler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_trickle_do_not_keep_a_small_upload_waiting() {
+    // The budget holds exactly one request of the largest size (5 MiB), and requests wait for
+    // room as long as `imgclass serve` lets them by default.
+    let budget = UploadBudget::new(5 << 20, UploadBudget::DEFAULT_WAIT);
+    let app = app_with(&budget).await;
+    // Two clients declare the largest body and send a byte now and then.
+    let _first = Trickler::start(&app, 5 << 20, Duration::from_millis(500)).await;
+    until("the first trickler holds the whole budget", || {
+        budget.available() == 0
+    })
+    .await;
+    let _second = Trickler::start(&app, 5 << 20, Duration::from_millis(500)).await;
+    until("the second trickler waits", || budget.waiting() == 1).await;
+
+    // A small upload is taken promptly: the tricklers' room for bytes they have not sent is
+    // given back (after a second at their pace), not held for the budget's whole wait.
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(GENEROUS, upload(&app, noisy_png(60, 7)))
+        .await
+        .expect("an answer");
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+    assert!(
+        took < Duration::from_secs(5),
+        "the small upload waited {took:?} behind two tricklers"
+    );
+    assert_eq!(job_count(&app).await, 1);
+    // The first trickler was left what it sent; the second, which found no room, waited only
+    // for a first slice: the rest of the budget is free for others.
+    assert!(
+        budget.available() >= budget.capacity() - FIRST_SLICE - (64 << 10),
+        "{} of {} bytes free",
+        budget.available(),
+        budget.capacity()
+    );
 }
 
 /// Sends `body` as a raw image with chunked transfer encoding; returns the whole response.
