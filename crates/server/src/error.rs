@@ -140,8 +140,10 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %detail, "database unavailable");
                 ApiError::from_code(
                     ErrorCode::Unavailable,
-                    "the database is unavailable; try again shortly",
+                    "the database is unavailable; try again after Retry-After seconds (GET /readyz \
+                     says why)",
                 )
+                .with_retry_after(std::time::Duration::from_secs(5))
             }
             StoreError::StorageFull(detail) => {
                 tracing::error!(error = %detail, "database storage full");

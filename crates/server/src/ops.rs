@@ -1,6 +1,6 @@
 //! What operators ask of a node: `GET /readyz` (may it take traffic: the database answers, its
-//! storage was not found full by the last failed write, and, on a node with workers, the model
-//! is loaded). `/healthz` (in `api`) stays a liveness check.
+//! storage was not found full by the last failed write, its file is still the one opened, and,
+//! on a node with workers, the model is loaded). `/healthz` (in `api`) stays a liveness check.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -65,7 +65,8 @@ struct ReadyView {
 }
 
 /// Readiness: the database answers, its storage is not full (since the last write that found it
-/// full, until a write succeeds again) and, on a node with workers, the model is loaded.
+/// full, until a write succeeds again), the store takes writes (its database file was not
+/// deleted or replaced under it) and, on a node with workers, the model is loaded.
 #[utoipa::path(get, path = "/readyz", tag = "service", operation_id = "ready",
     responses(
         (status = 200, description = "Ready.", body = ReadyView),
@@ -95,6 +96,12 @@ async fn readyz(State(s): State<ReadyState>) -> Response {
              insufficient_storage until space is freed and a write succeeds",
             full.since
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ));
+    }
+    if let Some(fault) = s.store.storage_fault() {
+        tracing::error!(reason = %fault, "readiness: the database refuses writes");
+        problems.push(format!(
+            "the database refuses writes (503 unavailable): {fault}"
         ));
     }
     if problems.is_empty() {

@@ -54,6 +54,7 @@ impl SqlStore {
         work: Work,
     ) -> Result<(Vec<Option<JobStatus>>, ClaimBatch)> {
         let _writer = self.writer.acquire().await?;
+        self.storage.check_writable()?;
         match rounds.run(work).await {
             Ok(Round {
                 stored,

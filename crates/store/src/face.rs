@@ -184,4 +184,8 @@ impl Health for SqlStore {
     fn full_storage(&self) -> Option<FullStorage> {
         self.storage.current()
     }
+
+    fn storage_fault(&self) -> Option<String> {
+        self.storage.fault()
+    }
 }

@@ -1,11 +1,15 @@
 //! How the database connections are doing, for readiness and metrics: the pools' use, the
-//! errors this process has seen, and whether the store's last failed write found its storage
-//! full (until a write succeeds again).
+//! errors this process has seen, whether the store's last failed write found its storage full
+//! (until a write succeeds again), and, on SQLite, whether the database file's path still names
+//! the file the store opened (a file deleted or replaced under a running server would take
+//! every later write with it: such writes are refused).
 
+use crate::StoreError;
 use chrono::{DateTime, Utc};
 use std::cell::RefCell;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// One connection pool's use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,11 +57,61 @@ pub struct FullStorage {
     pub detail: String,
 }
 
+/// The database file a store opened: its path, and the device and inode it had then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileIdentity {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl FileIdentity {
+    /// The file `path` names now.
+    pub(crate) fn of(path: &Path) -> std::io::Result<FileIdentity> {
+        Ok(FileIdentity {
+            path: path.to_path_buf(),
+            id: file_id(&std::fs::metadata(path)?),
+        })
+    }
+
+    /// `None` while the path still names this file; else what became of it. One `stat`.
+    fn changed(&self) -> Option<String> {
+        let path = self.path.display();
+        match std::fs::metadata(&self.path) {
+            Ok(m) if file_id(&m) == self.id => None,
+            Ok(_) => Some(format!(
+                "the database file {path} was replaced by another file while the server ran; \
+                 writes are refused so that nothing is stored in a file no restart would find \
+                 (restore the file, or restart the server)"
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+                "the database file {path} was deleted while the server ran; writes are refused \
+                 so that nothing is stored in a file no restart would find (restore the file, or \
+                 restart the server)"
+            )),
+            Err(e) => Some(format!("the database file {path} cannot be examined: {e}")),
+        }
+    }
+}
+
+#[cfg(unix)]
+fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+/// Elsewhere only the file's existence is watched.
+#[cfg(not(unix))]
+fn file_id(_: &std::fs::Metadata) -> (u64, u64) {
+    (0, 0)
+}
+
 /// One store's memory of a full disk: set when a write transaction fails because the storage is
-/// full, cleared when a write transaction commits.
+/// full, cleared when a write transaction commits. On SQLite it also watches the database file.
 #[derive(Debug, Default)]
 pub(crate) struct StorageWatch {
     full: Mutex<Option<FullStorage>>,
+    /// The database file opened (SQLite).
+    file: OnceLock<FileIdentity>,
 }
 
 impl StorageWatch {
@@ -81,6 +135,29 @@ impl StorageWatch {
 
     pub(crate) fn current(&self) -> Option<FullStorage> {
         self.lock().clone()
+    }
+
+    /// Watches the database file `file` from now on.
+    pub(crate) fn watch_file(&self, file: FileIdentity) {
+        let _ = self.file.set(file);
+    }
+
+    /// Why the store's storage cannot take writes, if it cannot: the database file's path no
+    /// longer names the file opened.
+    pub(crate) fn fault(&self) -> Option<String> {
+        self.file.get().and_then(FileIdentity::changed)
+    }
+
+    /// Refuses a write (`Unavailable`) while [`fault`](Self::fault) has a reason; checked as
+    /// every write transaction begins.
+    pub(crate) fn check_writable(&self) -> Result<(), StoreError> {
+        match self.fault() {
+            None => Ok(()),
+            Some(reason) => {
+                count_error(true);
+                Err(StoreError::Unavailable(reason))
+            }
+        }
     }
 }
 
@@ -110,4 +187,10 @@ pub trait Health: Send + Sync {
     /// `Some` when the last write that failed found the storage full (SQLite's "database or
     /// disk is full", PostgreSQL's `disk_full`) and no write has committed since.
     fn full_storage(&self) -> Option<FullStorage>;
+
+    /// `Some(reason)` while the store refuses every write because its storage is not the one it
+    /// opened (SQLite: the database file was deleted or replaced under the running process).
+    fn storage_fault(&self) -> Option<String> {
+        None
+    }
 }

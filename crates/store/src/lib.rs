@@ -381,14 +381,19 @@ pub async fn connect_with(url: &str, rules: Rules) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         let (writer, reader, dialect, path) = sqlite::open(url).await?;
         let locks = exec::Locks::of(&dialect);
-        Ok(Arc::new(sql::SqlStore::new(
+        let file = dialect.file.clone();
+        let store = sql::SqlStore::new(
             writer,
             reader,
             Arc::new(dialect),
             rules,
             wakeups,
             Some(sqlite_round::Rounds::start(path, locks, rules)?),
-        )))
+        );
+        if let Some(file) = file {
+            store.storage.watch_file(file);
+        }
+        Ok(Arc::new(store))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let (pool, dialect) = postgres::open(url, wakeups.clone()).await?;
         Ok(Arc::new(sql::SqlStore::new(

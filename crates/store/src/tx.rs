@@ -83,6 +83,8 @@ impl Write {
     ) -> Result<Write> {
         // A leftover from an error outside any write is not this write's.
         health::take_storage_full_seen();
+        // Nothing is written into a database file that is no longer the one opened.
+        storage.check_writable()?;
         let watch = WriteWatch {
             storage,
             committed: false,

@@ -275,3 +275,49 @@ async fn readyz_reports_a_full_disk_until_a_write_succeeds_again() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_file_deleted_under_the_server_refuses_uploads_and_readyz_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("served.db");
+    let app = TestApp::with(Options {
+        workers: 0,
+        database_file: Some(file.clone()),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(
+        app.upload(&[("before.png", noisy_png(8, 1))])
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(app.get("/readyz").await.0, 200);
+
+    for name in ["served.db", "served.db-wal", "served.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(name));
+    }
+    // Uploads are refused (never 202 into a file no restart would find), saying when to retry.
+    for (name, seed) in [("after.png", 2), ("again.png", 3)] {
+        let resp = app.upload(&[(name, noisy_png(8, seed))]).await;
+        assert_eq!(header(&resp, "retry-after"), Some("5"));
+        let message = assert_error(resp, 503, "unavailable").await;
+        assert!(message.contains("/readyz"), "{message}");
+    }
+    // Not ready, saying why; still alive.
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "not_ready");
+    let reasons = body["reasons"].to_string();
+    assert!(reasons.contains("refuses writes"), "{reasons}");
+    assert!(reasons.contains("was deleted"), "{reasons}");
+    assert!(reasons.contains(&file.display().to_string()), "{reasons}");
+    assert_eq!(app.get("/healthz").await.0, 200);
+    // No empty database was made in its place by any connection.
+    let _ = app.get("/api/jobs").await;
+    assert!(
+        !file.exists(),
+        "a new file was created at {}",
+        file.display()
+    );
+}

@@ -142,3 +142,139 @@ async fn a_full_disk_refuses_writes_cleanly_and_service_resumes_when_space_retur
     store.cancel(stored[0].id).await.unwrap();
     store.delete(job.id).await.unwrap();
 }
+
+/// A small SQLite database made without the store (so that no handle of it stays open).
+fn plain_database(file: &std::path::Path) {
+    let conn = rusqlite::Connection::open(file).unwrap();
+    conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER)")
+        .unwrap();
+}
+
+/// Opening `url` fails at once with a configuration error; its message.
+async fn refused_at_once(url: &str) -> String {
+    let started = std::time::Instant::now();
+    let opened = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        imgclass_store::connect(url),
+    )
+    .await
+    .expect("connect answers (not after the pool's 30 s timeout)");
+    let took = started.elapsed();
+    let message = match opened {
+        Err(StoreError::Config { message, .. }) => message,
+        Err(other) => panic!("expected a configuration error, got {other:?}"),
+        Ok(_) => panic!("a database file this process cannot write was opened"),
+    };
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "refused after {took:?}"
+    );
+    eprintln!("refused in {took:?}: {message}");
+    message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_file_this_process_cannot_write_is_refused_at_once_naming_it() {
+    // A file without write permission. Root writes it all the same (and so may the store);
+    // anyone else is refused, with the file and its permissions named.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("readonly.db");
+    plain_database(&file);
+    let _ = std::fs::remove_file(dir.path().join("readonly.db-wal"));
+    let _ = std::fs::remove_file(dir.path().join("readonly.db-shm"));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let url = format!("sqlite://{}", file.display());
+    let root = std::fs::OpenOptions::new().write(true).open(&file).is_ok();
+    if root {
+        eprintln!("running as root: file permissions do not stop writes; only a read-only file system is tried");
+        let store = imgclass_store::connect(&url).await.unwrap();
+        drop(store);
+    } else {
+        let message = refused_at_once(&url).await;
+        assert!(message.contains(&file.display().to_string()), "{message}");
+        assert!(message.contains("mode 0444"), "{message}");
+        assert!(
+            message.contains("ermission denied") || message.contains("read-only"),
+            "{message}"
+        );
+    }
+
+    // A read-only file system stops everyone, root included.
+    let Some(disk) = SmallDisk::mount(1 << 20) else {
+        assert!(
+            !root || std::env::var("CI").as_deref() != Ok("true"),
+            "CI runs as root and can mount"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root)");
+        return;
+    };
+    let file = disk.path.join("t.db");
+    plain_database(&file);
+    let remounted = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&disk.path)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(remounted, "remounting the tmpfs read-only");
+    let message = refused_at_once(&format!("sqlite://{}", file.display())).await;
+    assert!(message.contains(&file.display().to_string()), "{message}");
+    assert!(message.contains("Read-only file system"), "{message}");
+    // A file that does not exist yet and cannot be created there is named too.
+    let missing = disk.path.join("new.db");
+    let message = refused_at_once(&format!("sqlite://{}", missing.display())).await;
+    assert!(
+        message.contains(&missing.display().to_string()),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_file_deleted_under_the_store_refuses_every_write_and_is_not_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.db");
+    let store = imgclass_store::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let job = create(&*store, new_job(1)).await;
+    assert_eq!(store.storage_fault(), None);
+
+    for name in ["t.db", "t.db-wal", "t.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(name));
+    }
+    let fault = store.storage_fault().expect("a deleted file is noticed");
+    assert!(fault.contains("deleted"), "{fault}");
+    assert!(fault.contains(&file.display().to_string()), "{fault}");
+    // Every write is refused as unavailable, the worker's round included; nothing is
+    // acknowledged that a restart would not find.
+    let refused = [
+        store
+            .create_jobs(vec![new_job(2)])
+            .await
+            .map(drop)
+            .unwrap_err(),
+        store.claim("w", 1, LONG_LEASE).await.map(drop).unwrap_err(),
+        store.cancel(job.id).await.map(drop).unwrap_err(),
+    ];
+    for e in refused {
+        assert!(
+            matches!(&e, StoreError::Unavailable(m) if m.contains("deleted")),
+            "{e:?}"
+        );
+    }
+    // No connection made an empty database in its place (a restart must not start afresh
+    // silently either: it finds no file and makes a new one, knowingly).
+    let _ = store.get_job(job.id).await;
+    assert!(
+        !file.exists(),
+        "a new file was created at {}",
+        file.display()
+    );
+
+    // A file put in its place is not the one opened: still refused.
+    std::fs::write(&file, b"").unwrap();
+    let fault = store.storage_fault().expect("a replaced file is noticed");
+    assert!(fault.contains("replaced"), "{fault}");
+    assert!(store.create_jobs(vec![new_job(3)]).await.is_err());
+}
