@@ -183,10 +183,10 @@ fn decode<'b>(
     }
     // Everything else: a whole decode by the image crate; the conversion to a region (RGB for
     // formats other than 8-bit grey, RGB or RGBA) counts as resizing, after the cancel check.
-    let (img, orientation) = generic::decode(bytes, format, limits, budget, cancel)?;
+    let (img, orientation, permit) = generic::decode(bytes, format, limits, budget, cancel)?;
     let t1 = ended()?;
     Ok((
-        generic::region(img, orientation, geometry),
+        generic::region(img, orientation, permit, geometry),
         DecoderKind::Full,
         t1,
     ))

@@ -1,7 +1,8 @@
 //! The pre-processing on generated images: the reference tensors, shapes that used to cost
 //! gigabytes (thin, huge, 16-bit), decompression bombs, headers that lie, cancellation. Each
 //! case asserts what comes out and the error code; how long they take and how much memory they
-//! use is measured by `bench/hardening.sh`, not here.
+//! use is measured by `bench/hardening.sh`, except that a whole decode's peak is checked
+//! against its budget here (in a child process).
 
 use image::{ImageEncoder, RgbImage};
 use imgclass_classifier::imageio::{self, ImageLimits};
@@ -296,7 +297,8 @@ fn tiff_rgba16(w: u32, h: u32) -> Vec<u8> {
 #[test]
 fn a_huge_tiff_is_checked_without_decoding_and_refused_as_too_large() {
     let l = ImageLimits::default();
-    // 10000x10000 16-bit RGBA = 800 MB of pixels, more than the default budget (640 MiB).
+    // 10000x10000 16-bit RGBA = 800 MB of pixels, more than the default budget (640 MiB); the
+    // decoder's own copy of them and the RGB conversion make it 1900 MB.
     let bytes = tiff_rgba16(10_000, 10_000);
     assert!(bytes.len() < 1 << 20);
     // The upload check reads the structure only (it used to decode all 800 MB).
@@ -304,7 +306,7 @@ fn a_huge_tiff_is_checked_without_decoding_and_refused_as_too_large() {
     assert_eq!((probed.width, probed.height), (10_000, 10_000));
     let e = prepare_with(&bytes, &DecodeBudget::new(640 << 20)).unwrap_err();
     assert_eq!(e.code().as_str(), "image_too_large", "{e}");
-    assert!(e.to_string().contains("needs 1050 MiB"), "{e}");
+    assert!(e.to_string().contains("needs 1812 MiB"), "{e}");
     // A small one of the same kind decodes.
     let (p, _) = prepare(&tiff_rgba16(300, 200)).unwrap();
     assert_eq!((p.decoder, p.decoded), (DecoderKind::Full, (300, 200)));
@@ -551,4 +553,143 @@ fn insert_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
     out.extend_from_slice(&payload);
     out.extend_from_slice(&jpeg[2..]);
     out
+}
+
+/// An uncompressed-size `side`² RGBA8 TIFF of one flat colour, PackBits-compressed, one row per
+/// strip, every strip the same bytes (so the file stays a few kilobytes per thousand rows).
+fn flat_rgba_tiff(side: u32) -> Vec<u8> {
+    let row_bytes = side as usize * 4;
+    let mut row = Vec::new();
+    let mut left = row_bytes;
+    while left > 0 {
+        let run = left.min(128);
+        row.push((1 - run as i32) as i8 as u8); // "repeat the next byte `run` times"
+        row.push(0x80);
+        left -= run;
+    }
+    let entries: [(u16, u16, u32, u32); 11] = [
+        (256, 4, 1, side),  // ImageWidth
+        (257, 4, 1, side),  // ImageLength
+        (258, 3, 4, 0),     // BitsPerSample: 8,8,8,8 (at `bits`)
+        (259, 3, 1, 32773), // Compression: PackBits
+        (262, 3, 1, 2),     // PhotometricInterpretation: RGB
+        (273, 4, side, 0),  // StripOffsets (at `offsets`)
+        (277, 3, 1, 4),     // SamplesPerPixel
+        (278, 4, 1, 1),     // RowsPerStrip
+        (279, 4, side, 0),  // StripByteCounts (at `counts`)
+        (284, 3, 1, 1),     // PlanarConfiguration: interleaved
+        (338, 3, 1, 2),     // ExtraSamples: unassociated alpha
+    ];
+    let ifd_len = 2 + entries.len() * 12 + 4;
+    let bits = 8 + ifd_len as u32;
+    let offsets = bits + 8;
+    let counts = offsets + 4 * side;
+    let data = counts + 4 * side;
+    let mut out = b"II*\0".to_vec();
+    out.extend_from_slice(&8u32.to_le_bytes());
+    out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+    for (tag, kind, count, value) in entries {
+        let value = match tag {
+            258 => bits,
+            273 => offsets,
+            279 => counts,
+            _ => value,
+        };
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&[8, 0, 8, 0, 8, 0, 8, 0]);
+    for _ in 0..side {
+        out.extend_from_slice(&data.to_le_bytes());
+    }
+    for _ in 0..side {
+        out.extend_from_slice(&(row.len() as u32).to_le_bytes());
+    }
+    out.extend_from_slice(&row);
+    out
+}
+
+/// This process's peak resident size so far, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/self/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Set in the child process of the test below: the TIFF it decodes.
+const PEAK_CHILD: &str = "IMGCLASS_TEST_PEAK_TIFF";
+
+#[test]
+fn a_whole_decode_stays_within_the_decode_budget_at_its_peak() {
+    if let Ok(path) = std::env::var(PEAK_CHILD) {
+        // The child: decode under the process-wide budget and report how far the peak grew.
+        let bytes = std::fs::read(path).unwrap();
+        let mut out = vec![0f32; TENSOR_LEN];
+        let mut pre = Preprocessor::new();
+        let before = peak_rss();
+        let prepared = pre
+            .prepare(
+                &bytes,
+                &ImageLimits::default(),
+                DecodeBudget::global(),
+                &Cancel::never(),
+                &mut out,
+            )
+            .unwrap();
+        let grew = peak_rss().saturating_sub(before);
+        assert_eq!(prepared.decoder, DecoderKind::Full);
+        assert_eq!(DecodeBudget::global().in_use(), 0);
+        println!("peak-growth={grew}");
+        return;
+    }
+    // A 4000² RGBA8 TIFF (61 MiB of pixels) under a 96 MiB budget: admitted, and its decode
+    // must not hold more than the budget at its peak (the decoder's own buffer and the copy
+    // out of it used to make that twice the pixels). The same proportions as a 10000² one
+    // under the default 640 MiB, at a sixth of the cost.
+    let budget: u64 = 96 << 20;
+    let path = std::env::temp_dir().join(format!("imgclass-peak-{}.tiff", std::process::id()));
+    std::fs::write(&path, flat_rgba_tiff(4000)).unwrap();
+    let run = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "images::a_whole_decode_stays_within_the_decode_budget_at_its_peak",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PEAK_CHILD, &path)
+        .env("IMGCLASS_DECODE_BUDGET", budget.to_string())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let grew: u64 = stdout
+        .split_once("peak-growth=")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no measurement: {stdout}"));
+    eprintln!(
+        "the decode grew the peak by {} MiB (budget {} MiB)",
+        grew >> 20,
+        budget >> 20
+    );
+    assert!(
+        grew <= budget,
+        "the decode grew the peak by {grew} bytes, over the {budget}-byte budget"
+    );
 }
