@@ -14,11 +14,14 @@ export IMGCLASS_TEST_POSTGRES="${IMGCLASS_TEST_POSTGRES:-postgres://postgres@127
 
 # Build every test binary once, with one profile and one feature set; each step below runs
 # those same binaries. (`cargo test -p X` or `cargo build -p imgclass` would resolve other
-# features and compile much of the workspace again.)
-echo "== building the tests"
+# features and compile much of the workspace again.) The feature set is run.sh's: with
+# libjpeg-turbo's SIMD code when nasm is there (scripts/jpeg-simd.sh installs it when it can,
+# and otherwise warns here, before the build, what is lost).
+simd="$(scripts/jpeg-simd.sh scripts/test.sh)"
+echo "== building the tests${simd:+ (features: $simd)}"
 mkdir -p target
-cargo test --workspace --all-targets --no-run --message-format=json-render-diagnostics \
-  >target/test-artifacts.json
+cargo test --workspace --all-targets --no-run ${simd:+--features "$simd"} \
+  --message-format=json-render-diagnostics >target/test-artifacts.json
 # One line per test binary: package directory, target name, executable; then the imgclass binary.
 artifacts="$(python3 - target/test-artifacts.json <<'PY'
 import json, os, sys
