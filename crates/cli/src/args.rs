@@ -3,7 +3,7 @@
 
 use crate::parse::{
     parse_duration, parse_origin, parse_rate, parse_rate_limit, parse_retain, parse_scopes,
-    parse_webhook_secret, RetainArg, ScopeList,
+    parse_webhook_secret, redact_url, RetainArg, ScopeList,
 };
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -27,6 +27,11 @@ pub struct Cli {
     /// request.id, job.id, node).
     #[arg(long, global = true, env = "IMGCLASS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// `--database` written before the subcommand (`imgclass --database URL migrate`): the
+    /// subcommands that use a database define it (and show it in their help); this one only
+    /// hands its value down to them, and `classify` and `submit` refuse it.
+    #[arg(long, global = true, hide = true)]
+    pub database: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -106,13 +111,24 @@ pub struct WorkerArgs {
 
 #[derive(Args, Clone)]
 pub struct DatabaseArgs {
-    /// Database URL.
+    /// Database URL: sqlite://PATH (the file is created if missing) or
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/NAME. Accepted before or after the subcommand.
+    // The help never shows the variable's value: it may hold a password.
     #[arg(
         long,
+        global = true,
         env = "IMGCLASS_DATABASE",
+        hide_env_values = true,
         default_value = "sqlite://data/imgclass.db"
     )]
     pub database: String,
+}
+
+impl DatabaseArgs {
+    /// The URL fit to print: without its password.
+    pub fn shown(&self) -> String {
+        redact_url(&self.database)
+    }
 }
 
 #[derive(Args, Clone)]

@@ -17,7 +17,7 @@ mod token;
 mod worker;
 
 use args::{Cli, Command};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use std::process::ExitCode;
 
 /// jemalloc, with background threads that return freed memory to the system within seconds:
@@ -30,6 +30,20 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format;
+    // `--database` is global (accepted before and after the subcommand), so clap hands it to
+    // every subcommand: the ones without a database refuse it rather than ignore it.
+    if let (Some(_), Command::Classify(_) | Command::Submit(_)) = (&cli.database, &cli.command) {
+        let name = match cli.command {
+            Command::Classify(_) => "classify",
+            _ => "submit",
+        };
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("`{name}` uses no database: --database is for serve, worker, migrate and token"),
+            )
+            .exit();
+    }
     let result = match cli.command {
         Command::Classify(args) => classify::run(args),
         Command::Serve(args) => {

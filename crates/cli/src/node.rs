@@ -40,7 +40,7 @@ pub async fn open_store(db: &DatabaseArgs) -> Result<Arc<dyn Store>> {
 async fn open_store_with(db: &DatabaseArgs, rules: Rules) -> Result<Arc<dyn Store>> {
     let store = imgclass_store::connect_with(&db.database, rules)
         .await
-        .with_context(|| format!("cannot open the database {}", db.database))?;
+        .with_context(|| format!("cannot open the database {}", db.shown()))?;
     store.migrate().await?;
     Ok(store)
 }
@@ -57,6 +57,7 @@ impl Node {
     pub async fn open(db: &DatabaseArgs, work: &WorkArgs) -> Result<Node> {
         // The store decides every transition with the queue's rules as configured.
         let store = open_store_with(db, work.rules()).await?;
+        tracing::info!(database = %db.shown(), "database open");
         let webhooks = webhook_config(&work.webhooks)?;
         let metrics = Arc::new(Metrics::new());
         if let Some(addr) = work.metrics_listen {

@@ -1,5 +1,6 @@
 //! The parsers of flag values that are more than a number or a word: durations, rates,
-//! `--retain`, `--scope`, CORS origins and the webhook secret.
+//! `--retain`, `--scope`, CORS origins and the webhook secret; and database URLs made fit to
+//! print.
 
 use imgclass_worker::webhooks::WebhookSecret;
 use std::time::Duration;
@@ -83,9 +84,79 @@ pub fn parse_webhook_secret(s: &str) -> Result<WebhookSecret, String> {
     WebhookSecret::parse(s)
 }
 
+/// A database URL fit to print: a password, in the user information
+/// (`postgres://user:PASSWORD@host/db`) or as the `password` query parameter, is replaced by
+/// `***`. A password written without percent-encoding (with `@`, `/`, `?` or `#` in it) is
+/// hidden whole too.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // SQLite URLs name a file (whose path may hold `@` and `:`), never a password.
+    if scheme.eq_ignore_ascii_case("sqlite") {
+        return url.to_string();
+    }
+    // The user information ends at the last `@` before the query: a password's own `@`, `/`
+    // or `#` stay inside it.
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let mut out = format!("{scheme}://");
+    match before_query.rsplit_once('@') {
+        Some((user_info, host)) => {
+            match user_info.split_once(':') {
+                Some((user, _)) => out.push_str(&format!("{user}:***")),
+                None => out.push_str(user_info),
+            }
+            out.push('@');
+            out.push_str(host);
+        }
+        None => out.push_str(before_query),
+    }
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_urls_lose_their_password() {
+        for (url, shown) in [
+            ("sqlite://data/imgclass.db", "sqlite://data/imgclass.db"),
+            ("sqlite:///tmp/a:b@c/x.db", "sqlite:///tmp/a:b@c/x.db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres://h:5432/db", "postgres://h:5432/db"),
+            (
+                "postgres://u:s3cret@h:5432/db",
+                "postgres://u:***@h:5432/db",
+            ),
+            (
+                "postgresql://u:p%40ss@h/db?sslmode=require",
+                "postgresql://u:***@h/db?sslmode=require",
+            ),
+            ("postgres://u:p@s/s#x@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u@h/db?sslmode=disable&password=s3cret",
+                "postgres://u@h/db?sslmode=disable&password=***",
+            ),
+            ("postgres://u:@h/db", "postgres://u:***@h/db"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
 
     #[test]
     fn rate_limits_parse() {

@@ -7,6 +7,7 @@ use crate::args::SubmitArgs;
 use anyhow::{bail, Context, Result};
 use futures_util::stream::{self, StreamExt};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::StatusCode;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Read};
@@ -189,25 +190,98 @@ enum Change {
     },
 }
 
-/// Follows `/api/events`, reconnecting (with `Last-Event-ID`) when the connection drops.
-fn follow_events(client: reqwest::Client, base: String) -> mpsc::UnboundedReceiver<Result<Change>> {
+/// A refusal of the API, for people: its error's code and message (the status alone when the
+/// answer is not an API error), and after a `401` what to do about the token.
+fn api_error(status: StatusCode, body: &Value, token: bool) -> String {
+    let code = body["error"]["code"].as_str().unwrap_or_default();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    let mut text = if code.is_empty() {
+        format!("the server answered {status}")
+    } else {
+        format!("{code}: {message}")
+    };
+    if status == StatusCode::UNAUTHORIZED {
+        text.push_str(if token {
+            " (check the token given with --token or IMGCLASS_TOKEN)"
+        } else {
+            " (pass a token with --token or IMGCLASS_TOKEN)"
+        });
+    }
+    text
+}
+
+/// Whether a refusal may go away if the same request is sent again.
+fn is_transient(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Follows `/api/events`, reconnecting (with `Last-Event-ID`) when the connection drops. A
+/// refusal that sending again cannot change (`401`, `403`, `404`, ...) ends it at once, with the
+/// server's error; `token` says whether the requests carry one.
+fn follow_events(
+    client: reqwest::Client,
+    base: String,
+    token: bool,
+) -> mpsc::UnboundedReceiver<Result<Change>> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
+        let url = format!("{base}/api/events");
+        let fail = |e: String| {
+            let _ = tx.send(Err(anyhow::anyhow!(
+                "cannot follow the job events at {url}: {e}"
+            )));
+        };
         let mut last: Option<String> = None;
         let mut failures = 0u32;
         loop {
-            let mut req = client.get(format!("{base}/api/events"));
+            let mut req = client.get(&url);
             if let Some(id) = &last {
                 req = req.header("Last-Event-ID", id);
             }
-            let mut resp = match req.send().await.and_then(|r| r.error_for_status()) {
+            let error = match req.send().await {
+                Ok(r) if r.status().is_success() => {
+                    let kind = r
+                        .headers()
+                        .get(reqwest::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    if !kind.starts_with("text/event-stream") {
+                        let kind = if kind.is_empty() {
+                            "no content type"
+                        } else {
+                            &kind
+                        };
+                        return fail(format!(
+                            "the server answered {} with {kind}, not an event stream \
+                             (is {base} an imgclass server?)",
+                            r.status()
+                        ));
+                    }
+                    Ok(r)
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let body = r.json::<Value>().await.unwrap_or(Value::Null);
+                    let mut error = api_error(status, &body, token);
+                    if !is_transient(status) {
+                        if body["error"]["code"].is_null() {
+                            error.push_str(&format!(" (is {base} an imgclass server?)"));
+                        }
+                        return fail(error);
+                    }
+                    Err(error)
+                }
+                Err(e) => Err(format!("no answer from {base}: {e}")),
+            };
+            let mut resp = match error {
                 Ok(r) => r,
                 Err(e) => {
                     failures += 1;
                     if failures >= 5 {
-                        let _ =
-                            tx.send(Err(anyhow::anyhow!("cannot follow {base}/api/events: {e}")));
-                        return;
+                        return fail(e);
                     }
                     tokio::time::sleep(Duration::from_millis(200 << failures)).await;
                     continue;
@@ -248,7 +322,12 @@ fn follow_events(client: reqwest::Client, base: String) -> mpsc::UnboundedReceiv
 }
 
 /// One upload: the file's jobs (one), retried under one `Idempotency-Key`.
-async fn upload(client: &reqwest::Client, base: &str, path: &Path) -> Result<Value, String> {
+async fn upload(
+    client: &reqwest::Client,
+    base: &str,
+    path: &Path,
+    token: bool,
+) -> Result<Value, String> {
     let bytes = tokio::fs::read(path).await.map_err(|e| e.to_string())?;
     let name = path
         .file_name()
@@ -286,13 +365,8 @@ async fn upload(client: &reqwest::Client, base: &str, path: &Path) -> Result<Val
                 .ok_or_else(|| format!("the server answered {status} without a job"));
         }
         let code = body["error"]["code"].as_str().unwrap_or_default();
-        let message = body["error"]["message"].as_str().unwrap_or_default();
-        last_error = if code.is_empty() {
-            format!("the server answered {status}")
-        } else {
-            format!("{code}: {message}")
-        };
         let again = status.is_server_error() || code == "idempotency_key_in_use";
+        last_error = api_error(status, &body, token);
         if !again {
             break;
         }
@@ -301,12 +375,22 @@ async fn upload(client: &reqwest::Client, base: &str, path: &Path) -> Result<Val
 }
 
 /// The job as `GET /api/jobs/{id}` shows it: the exact text, and parsed.
-async fn fetch_job(client: &reqwest::Client, base: &str, id: &str) -> Result<(String, Value)> {
+async fn fetch_job(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    token: bool,
+) -> Result<(String, Value)> {
     let resp = client
         .get(format!("{base}/api/jobs/{id}"))
         .send()
-        .await?
-        .error_for_status()?;
+        .await
+        .with_context(|| format!("no answer from {base}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+        bail!("{}", api_error(status, &body, token));
+    }
     let text = resp.text().await?;
     let value = serde_json::from_str(&text)?;
     Ok((text.trim().to_string(), value))
@@ -384,12 +468,13 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
         .connect_timeout(Duration::from_secs(10))
         .default_headers(headers)
         .build()?;
+    let token = args.token.is_some();
     let total = files.len() as u64;
     let progress = Progress::new(total, args.wait);
 
     // Follow the events before the first upload, so that no job's change can be missed.
     let mut events = if args.wait {
-        let mut rx = follow_events(client.clone(), base.clone());
+        let mut rx = follow_events(client.clone(), base.clone(), token);
         match rx.recv().await {
             Some(Ok(Change::Opened)) => Some(rx),
             Some(Ok(Change::Job { .. })) => unreachable!("the stream opens first"),
@@ -405,7 +490,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
             let client = client.clone();
             let base = base.clone();
             async move {
-                let result = upload(&client, &base, &path).await;
+                let result = upload(&client, &base, &path, token).await;
                 (path, result)
             }
         })
@@ -459,7 +544,9 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
                     // Reconnected: whatever finished meanwhile is read from the jobs.
                     let ids: Vec<String> = pending.keys().cloned().collect();
                     for id in ids {
-                        let (_, job) = fetch_job(&client, &base, &id).await?;
+                        let (_, job) = fetch_job(&client, &base, &id, token)
+                            .await
+                            .with_context(|| format!("reading job {id}"))?;
                         if is_finished(job["status"].as_str().unwrap_or_default()) {
                             if let Some(file) = pending.remove(&id) {
                                 to_report.push((id, file));
@@ -472,7 +559,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
             },
         }
         for (id, file) in to_report.drain(..) {
-            let (text, job) = fetch_job(&client, &base, &id)
+            let (text, job) = fetch_job(&client, &base, &id, token)
                 .await
                 .with_context(|| format!("reading job {id}"))?;
             if args.wait {

@@ -6,6 +6,9 @@ use anyhow::Result;
 use std::process::ExitCode;
 
 pub async fn run(args: TokenArgs) -> Result<ExitCode> {
+    // Said every time: without --database the token goes into ./data/imgclass.db, which is
+    // not the database of a server started elsewhere.
+    eprintln!("imgclass: using the database {}", args.db.shown());
     let store = open_store(&args.db).await?;
     let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map_or_else(

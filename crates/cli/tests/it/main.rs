@@ -1,6 +1,7 @@
 //! The `imgclass` binary as a user runs it: one-shot classification, `serve` processes killed
 //! with SIGKILL that lose no accepted job, and the Imagga provider against a fake Imagga API.
 
+mod database_flag;
 mod imagga;
 mod pg_cluster;
 mod submit;

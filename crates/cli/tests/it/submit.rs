@@ -1,5 +1,5 @@
 //! `imgclass submit` against a real `imgclass serve`: a folder with images, a file that is not
-//! an image and a subfolder, in both output modes.
+//! an image and a subfolder, in both output modes; what it says when the server refuses it.
 
 use super::{bin, fixture, job, Server};
 use serde_json::Value;
@@ -168,4 +168,91 @@ fn submit_with_nothing_to_upload_says_so() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// A server on `127.0.0.1` that answers every request `200 OK` with a web page.
+fn not_an_api() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5\r\n\
+                  Connection: close\r\n\r\nhello",
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_says_clearly_why_it_cannot_follow_the_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/jobs.db", dir.path().display());
+    // The server has tokens: one that may submit but not read.
+    let (ok, submit_only, err) =
+        super::token_cmd(&db, &["create", "--name", "uploader", "--scope", "submit"]);
+    assert!(ok, "{err}");
+    let submit_only = submit_only.trim().to_string();
+    let server = Server::start(&db, &["--workers", "1"]);
+    let coffee = fixture("coffee.png");
+    let coffee = coffee.to_str().unwrap();
+    let run = |base: &str, args: &[&str]| {
+        let started = std::time::Instant::now();
+        let out = Command::new(bin())
+            .args(["submit", "--server", base])
+            .args(args)
+            .env_remove("IMGCLASS_TOKEN")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}: {}", text(&out.stdout));
+        // A refusal is not asked again and again.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{args:?}"
+        );
+        text(&out.stderr)
+    };
+    let hint = "(pass a token with --token or IMGCLASS_TOKEN)";
+    let needs = "unauthorized: this server needs an API token";
+
+    // Without a token: the upload's message, and the same with --wait.
+    let plain = run(&server.base, &[coffee]);
+    assert!(plain.contains(needs) && plain.contains(hint), "{plain}");
+    let waited = run(&server.base, &["--wait", coffee]);
+    assert!(waited.contains(needs) && waited.contains(hint), "{waited}");
+    assert!(waited.contains("/api/events"), "{waited}");
+    assert!(!waited.contains("401"), "{waited}");
+
+    // A token the server does not know.
+    let bad = run(
+        &server.base,
+        &["--wait", "--token", "imgc_000000000000_nope", coffee],
+    );
+    assert!(
+        bad.contains("unauthorized: the API token is not valid")
+            && bad.contains("(check the token given with --token or IMGCLASS_TOKEN)"),
+        "{bad}"
+    );
+
+    // A token that may submit but not read: the events need `read`.
+    let forbidden = run(&server.base, &["--wait", "--token", &submit_only, coffee]);
+    assert!(
+        forbidden.contains("forbidden: ") && forbidden.contains("read"),
+        "{forbidden}"
+    );
+    assert!(!forbidden.contains("403"), "{forbidden}");
+
+    // No imgclass API there: a 404 of the path, and a web page that is no event stream.
+    let missing = run(&format!("{}/nope", server.base), &["--wait", coffee]);
+    assert!(
+        missing.contains("404") && missing.contains("an imgclass server?"),
+        "{missing}"
+    );
+    let page = run(&not_an_api(), &["--wait", coffee]);
+    assert!(page.contains("text/html, not an event stream"), "{page}");
 }
