@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: unit and integration tests of every crate (real SQLite, real model, real HTTP
 # on loopback, real processes), the store suite and the multi-process tests again on PostgreSQL,
-# schema-based fuzzing of the HTTP API (schemathesis), then the browser end-to-end test of the
+# schema-based fuzzing of the HTTP API (schemathesis), clients generated from the API's OpenAPI
+# document (openapi-python-client, openapi-typescript), then the browser end-to-end test of the
 # web page in headless Chromium.
 #   scripts/test.sh            # everything
 #   SKIP_E2E=1 scripts/test.sh # without the browser test
@@ -89,9 +90,13 @@ else
   echo "SKIPPED: API fuzzing (pip install schemathesis to run it)"
 fi
 
-# The browser test uses the imgclass binary built above.
+# The browser test and the interop test use the imgclass binary built above.
 IMGCLASS_BIN="$(awk -F'\t' '$1 == "bin" { print $4 }' <<<"$artifacts")"
 export IMGCLASS_BIN
+
+# Clients generated from the live server's /api/openapi.json drive it (a missing generator is
+# reported as skipped; in CI it fails).
+scripts/interop.sh
 if [ "${SKIP_E2E:-}" != "1" ] && [ -x tests/e2e/run.sh ]; then
   tests/e2e/run.sh
 fi

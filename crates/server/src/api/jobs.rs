@@ -3,7 +3,7 @@
 
 use super::extract::ApiQuery;
 use super::views::{self, JobList, JobView, RetriedJobs};
-use super::{search, wait};
+use super::{params, search, wait};
 use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use imgclass_core::{ErrorCode, JobId, JobStatus};
+use imgclass_core::{ErrorCode, JobId};
 use serde::Deserialize;
 
 fn parse_id(id: &str) -> Result<JobId, ApiError> {
@@ -21,9 +21,6 @@ fn parse_id(id: &str) -> Result<JobId, ApiError> {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
-    /// Only jobs in this status.
-    #[param(value_type = Option<JobStatus>)]
-    status: Option<String>,
     /// `next_cursor` of the previous page.
     #[param(pattern = "^j[1-9][0-9]{0,17}$")]
     cursor: Option<String>,
@@ -37,18 +34,14 @@ const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 200;
 
 fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
-    match limit.map(str::trim) {
+    match limit {
         None => Ok(DEFAULT_PAGE),
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
+        Some(l) => params::whole_number(l, 1..=MAX_PAGE).ok_or_else(|| {
                 ApiError::from_code(
                     ErrorCode::InvalidQuery,
                     format!(
                         "limit must be a whole number from 1 to {MAX_PAGE} (default {DEFAULT_PAGE}); got {:?}",
-                        l.chars().take(32).collect::<String>()
+                        params::shown(l)
                     ),
                 )
             }),
@@ -57,7 +50,7 @@ fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
 
 /// List jobs, newest first, one page at a time; with filters, only the jobs that match all of
 /// them, and `total` counts those on every page.
-#[utoipa::path(get, path = "/api/jobs", tag = "jobs", operation_id = "list_jobs", params(ListParams, search::FilterParams),
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", operation_id = "list_jobs", params(search::StatusParam, ListParams, search::FilterParams),
     responses(
         (status = 200, description = "A page of jobs; `next_cursor` is null on the last page; `total` is how many jobs match.", body = JobList),
         (status = 400, description = "`invalid_status`: `status` is not a job status. `invalid_cursor`: the cursor is not one this server gave out. `invalid_query`: the query cannot be read: `limit` is not a number from 1 to 200, `q` or `label` is over 200 characters or holds a NUL character, `error_code` is not an error code, or `since`/`until` is not an RFC 3339 time.", body = ErrorBody),
@@ -67,10 +60,10 @@ pub(super) async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(params): ApiQuery<ListParams>,
-    ApiQuery(filters): ApiQuery<search::FilterParams>,
+    ApiQuery(filters): ApiQuery<search::Filters>,
 ) -> Result<Json<JobList>, ApiError> {
+    let filter = filters.parse(search::Scope::LIST, &caller)?;
     let limit = parse_limit(params.limit.as_deref())?;
-    let filter = filters.filter(search::status(params.status)?, &caller)?;
     let page = state
         .store
         .search_jobs(&filter, params.cursor.as_deref(), limit)
@@ -132,7 +125,7 @@ pub(super) async fn get_job(
 #[utoipa::path(get, path = "/api/jobs/{id}/image", tag = "jobs", operation_id = "get_job_image", params(("id" = String, Path, description = "The job's id.", format = Uuid)),
     responses(
         (status = 200, description = "The bytes, with the sniffed `Content-Type`.",
-            content(("image/jpeg"), ("image/png"), ("image/webp"), ("image/gif"), ("image/bmp"), ("image/tiff")),
+            content((views::ImageFile = "image/jpeg"), (views::ImageFile = "image/png"), (views::ImageFile = "image/webp"), (views::ImageFile = "image/gif"), (views::ImageFile = "image/bmp"), (views::ImageFile = "image/tiff")),
             headers(("ETag" = String, description = "The image's SHA-256."))),
         (status = 404, description = "`not_found`: no job has this id.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
@@ -198,34 +191,38 @@ pub(super) async fn cancel_job(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Only describes the query; `search::Filters` reads it.
 pub(super) struct RetryFailedParams {
+    /// `failed`, the only status this route acts on.
+    #[param(value_type = Option<search::FailedStatus>, inline)]
+    status: Option<String>,
     /// Only failed jobs whose error has this code.
     #[param(value_type = Option<ErrorCode>)]
     error_code: Option<String>,
 }
 
 /// Run every failed job (with this error code) again.
+///
+/// It reads the filters as `GET /api/jobs` does, and applies `status` (only `failed`) and
+/// `error_code`; it refuses the others (`q`, `label`, `since`, `until`) rather than retry more
+/// jobs than they would select.
 #[utoipa::path(post, path = "/api/jobs/retry-failed", tag = "jobs", operation_id = "retry_failed_jobs", params(RetryFailedParams),
     responses(
         (status = 200, description = "The jobs put back in the queue.", body = RetriedJobs),
-        (status = 400, description = "`bad_request`: `error_code` is not an error code.", body = ErrorBody),
+        (status = 400, description = "`invalid_query`: `error_code` is not an error code, or the query has a filter this route does not apply (`q`, `label`, `since`, `until`). `invalid_status`: `status` is not a job status, or not `failed`.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
     ))]
 pub(super) async fn retry_failed(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(params): ApiQuery<RetryFailedParams>,
+    ApiQuery(filters): ApiQuery<search::Filters>,
 ) -> Result<Json<RetriedJobs>, ApiError> {
-    let error_code = params
-        .error_code
-        .map(|c| c.parse::<ErrorCode>())
-        .transpose()
-        .map_err(|e| ApiError::from_code(ErrorCode::BadRequest, e))?;
+    let filter = filters.parse(search::Scope::RETRY_FAILED, &caller)?;
     let jobs = state
         .store
         .retry_failed(&imgclass_store::RetryFilter {
-            error_code,
-            owner: caller.only(),
+            error_code: filter.error_code,
+            owner: filter.owner,
         })
         .await?;
     tracing::info!(jobs = jobs.len(), "failed jobs retried");

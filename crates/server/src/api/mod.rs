@@ -7,6 +7,7 @@ mod idempotency;
 mod jobs;
 mod models;
 mod openapi;
+mod params;
 mod search;
 mod service;
 mod submit;
@@ -14,6 +15,7 @@ mod submit_fields;
 pub mod upload;
 pub mod views;
 mod wait;
+mod webhook_doc;
 
 pub use openapi::openapi;
 

@@ -10,7 +10,9 @@ use axum::Router;
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, HeaderBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
+use utoipa::openapi::{
+    ContentBuilder, HeaderBuilder, OpenApi, Ref, RefOr, ResponseBuilder, Schema,
+};
 use utoipa::OpenApi as _;
 
 /// What the document says besides the routes (which [`openapi`] takes from the routers).
@@ -24,7 +26,10 @@ appears on the job.\n\nEvery error is `{\"error\": {\"code\": \"...\", \"message
 branch on `code`, which never changes; `message` is for people.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    // The `data` of each server-sent event (the stream's schema frames it as text).
+    // The document is served by the server it describes: paths are relative to its origin.
+    servers((url = "/", description = "The server that serves this document.")),
+    // The `data` of each server-sent event (the stream's schema frames it as text and names
+    // this schema as its `contentSchema`).
     components(schemas(super::views::EventView)),
     tags(
         (name = "jobs", description = "Submitting images and following their jobs."),
@@ -44,7 +49,55 @@ pub fn openapi() -> OpenApi {
     doc.merge(super::public_router().into_openapi());
     doc.merge(crate::ops::openapi());
     add_access_responses(&mut doc, &guarded_paths);
+    mark_public(&mut doc, &guarded_paths);
+    describe_event_data(&mut doc);
+    add_webhooks(&mut doc);
     doc
+}
+
+/// The operations of every path that the access layer does not guard: `security: []`, open to
+/// anyone even on a server with API tokens.
+fn mark_public(doc: &mut OpenApi, guarded: &BTreeSet<String>) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if guarded.contains(path) {
+            continue;
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for op in operations.into_iter().flatten() {
+            op.security = Some(Vec::new());
+        }
+    }
+}
+
+/// The `data` of a server-sent event is an `EventView` as JSON text: its `contentSchema`.
+fn describe_event_data(doc: &mut OpenApi) {
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let Some(RefOr::T(Schema::Object(event))) = components.schemas.get_mut("StreamEvent") else {
+        return;
+    };
+    if let Some(RefOr::T(Schema::Object(data))) = event.properties.get_mut("data") {
+        data.content_schema = Some(Box::new(RefOr::Ref(Ref::from_schema_name("EventView"))));
+    }
+}
+
+/// The webhook calls (OpenAPI 3.1's `webhooks`): what the server sends to a job's webhook URL,
+/// and how it reads the receiver's answer. Their schemas join the document's.
+fn add_webhooks(doc: &mut OpenApi) {
+    let mut hooks = super::webhook_doc::WebhookDoc::openapi();
+    doc.webhooks = Some(std::mem::take(&mut hooks.paths));
+    if let (Some(theirs), Some(ours)) = (hooks.components, doc.components.as_mut()) {
+        for (name, schema) in theirs.schemas {
+            ours.schemas.entry(name).or_insert(schema);
+        }
+    }
 }
 
 /// A response header: its name and what it says.

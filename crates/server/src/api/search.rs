@@ -3,6 +3,7 @@
 //! actions on queued and finished jobs, each one request acting in the database.
 
 use super::extract::ApiQuery;
+use super::params::{self, shown};
 use super::views::{BulkCount, JobView};
 use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
@@ -25,9 +26,24 @@ pub const MAX_SEARCH_CHARS: usize = 200;
 /// Jobs read from the store per page of an export.
 const EXPORT_PAGE: usize = 500;
 
-/// The filters of the job list, the export and the bulk actions.
+/// The filters of the job list, the export, the bulk actions, `retry-failed` and the stats, as
+/// every one of these routes reads them (one extractor, one parser): a value is checked the same
+/// way on each, and a filter that a route cannot apply is refused rather than ignored.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Filters {
+    status: Option<String>,
+    q: Option<String>,
+    label: Option<String>,
+    error_code: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// The filters besides `status` (whose values differ per route), as the document describes them
+/// on the routes that take them all.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Only describes the query; `Filters` reads it.
 pub(super) struct FilterParams {
     /// Only jobs whose file name contains this text (case-insensitive; empty: any name).
     #[param(max_length = 200, pattern = "^[^\\x00]*$")]
@@ -39,20 +55,72 @@ pub(super) struct FilterParams {
     /// Only jobs whose error has this code (failed jobs, and queued ones waiting to retry).
     #[param(value_type = Option<ErrorCode>)]
     error_code: Option<String>,
-    /// Only jobs created at or after this time (RFC 3339).
+    /// Only jobs created at or after this time (RFC 3339, with its offset).
     #[param(value_type = Option<String>, format = DateTime)]
     since: Option<String>,
-    /// Only jobs created before this time (RFC 3339).
+    /// Only jobs created before this time (RFC 3339, with its offset).
     #[param(value_type = Option<String>, format = DateTime)]
     until: Option<String>,
 }
 
-fn invalid(message: String) -> ApiError {
-    ApiError::from_code(ErrorCode::InvalidQuery, message)
+/// Which filters a route applies.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Scope {
+    /// The route, for error messages.
+    route: &'static str,
+    /// The statuses it acts on (`status` may narrow them to one); empty: every status.
+    statuses: &'static [JobStatus],
+    /// Whether `status` may be given.
+    status: bool,
+    /// Whether `q`, `label`, `since` and `until` may be given.
+    search: bool,
+    /// Whether `error_code` may be given.
+    error_code: bool,
 }
 
-fn shown(text: &str) -> String {
-    text.chars().take(40).collect()
+impl Scope {
+    /// The job list and the export: every filter, every status.
+    pub(super) const LIST: Scope = Scope {
+        route: "the job list",
+        statuses: &[],
+        status: true,
+        search: true,
+        error_code: true,
+    };
+    pub(super) const CANCEL_QUEUED: Scope = Scope {
+        route: "cancel-queued",
+        statuses: &[JobStatus::Queued],
+        status: true,
+        search: true,
+        error_code: true,
+    };
+    pub(super) const DELETE_FINISHED: Scope = Scope {
+        route: "delete-finished",
+        statuses: &[JobStatus::Succeeded, JobStatus::Failed, JobStatus::Canceled],
+        status: true,
+        search: true,
+        error_code: true,
+    };
+    /// The store retries failed jobs by error code (and owner) only.
+    pub(super) const RETRY_FAILED: Scope = Scope {
+        route: "retry-failed",
+        statuses: &[JobStatus::Failed],
+        status: true,
+        search: false,
+        error_code: true,
+    };
+    /// The stats count every job the caller may see: no filter.
+    pub(super) const STATS: Scope = Scope {
+        route: "the stats",
+        statuses: &[],
+        status: false,
+        search: false,
+        error_code: false,
+    };
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::from_code(ErrorCode::InvalidQuery, message)
 }
 
 /// A search text: `None` when empty; refused when too long or holding a NUL character.
@@ -73,7 +141,7 @@ fn search_text(name: &str, value: Option<String>) -> Result<Option<String>, ApiE
 fn time(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
     value
         .map(|t| {
-            DateTime::parse_from_rfc3339(&t)
+            DateTime::parse_from_rfc3339(t.trim())
                 .map(|t| t.with_timezone(&Utc))
                 .map_err(|e| {
                     invalid(format!(
@@ -85,38 +153,68 @@ fn time(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>, ApiE
         .transpose()
 }
 
-/// A `status` parameter, as `GET /api/jobs` reads it.
-pub(super) fn status(value: Option<String>) -> Result<Option<JobStatus>, ApiError> {
-    value
-        .map(|s| s.parse::<JobStatus>())
-        .transpose()
+/// A `status` parameter: a job status (in any case).
+fn status(value: &str) -> Result<JobStatus, ApiError> {
+    params::enumerated(value, str::parse::<JobStatus>)
         .map_err(|e| ApiError::from_code(ErrorCode::InvalidStatus, e))
 }
 
-impl FilterParams {
-    /// The store's filter: these conditions, the status, and the caller's own jobs only when
-    /// it may see no others.
-    pub(super) fn filter(
-        self,
-        status: Option<JobStatus>,
-        caller: &Caller,
-    ) -> Result<JobFilter, ApiError> {
-        Ok(JobFilter {
-            status,
+/// An `error_code` parameter: an error code (in any case).
+fn error_code(value: &str) -> Result<ErrorCode, ApiError> {
+    params::enumerated(value, str::parse::<ErrorCode>).map_err(|_| {
+        invalid(format!(
+            "error_code is not an error code: {:?}",
+            shown(value)
+        ))
+    })
+}
+
+impl Filters {
+    /// The store's filter for a route of `scope`: these conditions, and the caller's own jobs
+    /// only when it may see no others. Every value is read first (a bad one is refused the same
+    /// way on every route); then a filter the route cannot apply is refused.
+    pub(super) fn parse(self, scope: Scope, caller: &Caller) -> Result<JobFilter, ApiError> {
+        let filter = JobFilter {
+            status: self.status.as_deref().map(status).transpose()?,
             owner: caller.only(),
             name: search_text("q", self.q)?,
             label: search_text("label", self.label)?,
-            error_code: self
-                .error_code
-                .map(|c| {
-                    c.parse::<ErrorCode>().map_err(|_| {
-                        invalid(format!("error_code is not an error code: {:?}", shown(&c)))
-                    })
-                })
-                .transpose()?,
+            error_code: self.error_code.as_deref().map(error_code).transpose()?,
             since: time("since", self.since)?,
             until: time("until", self.until)?,
-        })
+        };
+        let not_applied =
+            |name: &str| invalid(format!("{} does not filter by {name}", scope.route));
+        if let Some(s) = filter.status {
+            if !scope.status {
+                return Err(not_applied("status"));
+            }
+            if !scope.statuses.is_empty() && !scope.statuses.contains(&s) {
+                let names: Vec<&str> = scope.statuses.iter().map(|s| s.as_str()).collect();
+                return Err(ApiError::from_code(
+                    ErrorCode::InvalidStatus,
+                    format!(
+                        "{} acts on {} jobs only, not {s} ones",
+                        scope.route,
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+        let given = [
+            ("q", filter.name.is_some() && !scope.search),
+            ("label", filter.label.is_some() && !scope.search),
+            ("since", filter.since.is_some() && !scope.search),
+            ("until", filter.until.is_some() && !scope.search),
+            (
+                "error_code",
+                filter.error_code.is_some() && !scope.error_code,
+            ),
+        ];
+        if let Some((name, _)) = given.iter().find(|(_, refused)| *refused) {
+            return Err(not_applied(name));
+        }
+        Ok(filter)
     }
 }
 
@@ -134,11 +232,80 @@ pub(super) enum ExportFormat {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ExportParams {
-    /// `csv` (the default) or `json`.
+    /// `csv` (the default) or `json` (in any case).
     #[param(value_type = Option<ExportFormat>, inline)]
-    format: Option<ExportFormat>,
+    format: Option<String>,
+}
+
+impl ExportFormat {
+    /// A `format` parameter, in any case.
+    fn parse(value: Option<&str>) -> Result<ExportFormat, ApiError> {
+        let Some(value) = value else {
+            return Ok(ExportFormat::default());
+        };
+        match value.trim().to_ascii_lowercase().as_str() {
+            "csv" => Ok(ExportFormat::Csv),
+            "json" => Ok(ExportFormat::Json),
+            _ => Err(invalid(format!(
+                "format is csv or json, not {:?}",
+                shown(value)
+            ))),
+        }
+    }
+}
+
+/// `status` where every status may be given (the list and the export).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Only describes the query; `Filters` reads it.
+pub(super) struct StatusParam {
     /// Only jobs in this status.
     #[param(value_type = Option<JobStatus>)]
+    status: Option<String>,
+}
+
+/// The statuses `delete-finished` acts on.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // Only describes the query; `Filters` reads it.
+enum FinishedStatus {
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+/// The status `cancel-queued` acts on.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // Only describes the query; `Filters` reads it.
+enum QueuedStatus {
+    Queued,
+}
+
+/// The status `retry-failed` acts on.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // Only describes the query; `Filters` reads it.
+pub(super) enum FailedStatus {
+    Failed,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Only describes the query; `Filters` reads it.
+pub(super) struct FinishedStatusParam {
+    /// Only the finished jobs in this status (default: all three).
+    #[param(value_type = Option<FinishedStatus>, inline)]
+    status: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Only describes the query; `Filters` reads it.
+pub(super) struct QueuedStatusParam {
+    /// `queued`, the only status this route acts on (accepted, so that the list's filters can
+    /// be sent as they are).
+    #[param(value_type = Option<QueuedStatus>, inline)]
     status: Option<String>,
 }
 
@@ -300,7 +467,7 @@ async fn next_piece(mut st: ExportState) -> Result<Option<(Bytes, ExportState)>,
 /// `error_code`, `error_message`. A text field that a spreadsheet would run as a formula (one
 /// starting with `=`, `+`, `-` or `@`) starts with `'`.
 #[utoipa::path(get, path = "/api/jobs/export", tag = "jobs", operation_id = "export_jobs",
-    params(ExportParams, FilterParams),
+    params(ExportParams, StatusParam, FilterParams),
     responses(
         (status = 200, description = "The jobs, as an attachment.",
             content((String = "text/csv"), (Vec<JobView> = "application/json")),
@@ -312,10 +479,10 @@ pub(super) async fn export_jobs(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(params): ApiQuery<ExportParams>,
-    ApiQuery(filters): ApiQuery<FilterParams>,
+    ApiQuery(filters): ApiQuery<Filters>,
 ) -> Result<Response, ApiError> {
-    let filter = filters.filter(status(params.status)?, &caller)?;
-    let format = params.format.unwrap_or_default();
+    let format = ExportFormat::parse(params.format.as_deref())?;
+    let filter = filters.parse(Scope::LIST, &caller)?;
     // The first page is read before answering, so that a database that cannot be reached is
     // answered with an error rather than a broken download.
     let page = state.store.search_jobs(&filter, None, EXPORT_PAGE).await?;
@@ -351,20 +518,21 @@ pub(super) async fn export_jobs(
 
 /// Cancel every queued job that matches the filters, in one transaction.
 ///
-/// How many that will be: `total` of `GET /api/jobs?status=queued` with the same filters.
+/// How many that will be: `total` of `GET /api/jobs?status=queued` with the same filters (which
+/// it accepts as they are, `status=queued` included).
 #[utoipa::path(post, path = "/api/jobs/cancel-queued", tag = "jobs", operation_id = "cancel_queued_jobs",
-    params(FilterParams),
+    params(QueuedStatusParam, FilterParams),
     responses(
         (status = 200, description = "How many jobs were canceled.", body = BulkCount),
-        (status = 400, description = "`invalid_query`: `q` or `label` is over 200 characters or holds a NUL character, `error_code` is not an error code, or `since`/`until` is not an RFC 3339 time.", body = ErrorBody),
+        (status = 400, description = "`invalid_query`: `q` or `label` is over 200 characters or holds a NUL character, `error_code` is not an error code, or `since`/`until` is not an RFC 3339 time. `invalid_status`: `status` is not a job status, or not `queued`.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
     ))]
 pub(super) async fn cancel_queued(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(filters): ApiQuery<FilterParams>,
+    ApiQuery(filters): ApiQuery<Filters>,
 ) -> Result<Json<BulkCount>, ApiError> {
-    let filter = filters.filter(None, &caller)?;
+    let filter = filters.parse(Scope::CANCEL_QUEUED, &caller)?;
     let count = state.store.cancel_queued(&filter).await?;
     tracing::info!(jobs = count, "queued jobs canceled");
     Ok(Json(BulkCount { count }))
@@ -373,21 +541,21 @@ pub(super) async fn cancel_queued(
 /// Delete every finished (succeeded, failed or canceled) job that matches the filters, and the
 /// images no other job uses, in one transaction.
 ///
-/// How many that will be: the sum of `total` of `GET /api/jobs?status=succeeded`, `failed` and
-/// `canceled` with the same filters (without filters: those counts in `GET /api/stats`).
+/// `status` narrows it to one of these statuses. How many that will be: the sum of `total` of
+/// `GET /api/jobs?status=succeeded`, `failed` and `canceled` with the same filters (without filters: those counts in `GET /api/stats`).
 #[utoipa::path(post, path = "/api/jobs/delete-finished", tag = "jobs", operation_id = "delete_finished_jobs",
-    params(FilterParams),
+    params(FinishedStatusParam, FilterParams),
     responses(
         (status = 200, description = "How many jobs were deleted.", body = BulkCount),
-        (status = 400, description = "`invalid_query`: `q` or `label` is over 200 characters or holds a NUL character, `error_code` is not an error code, or `since`/`until` is not an RFC 3339 time.", body = ErrorBody),
+        (status = 400, description = "`invalid_query`: `q` or `label` is over 200 characters or holds a NUL character, `error_code` is not an error code, or `since`/`until` is not an RFC 3339 time. `invalid_status`: `status` is not a job status, or not a finished one.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
     ))]
 pub(super) async fn delete_finished(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(filters): ApiQuery<FilterParams>,
+    ApiQuery(filters): ApiQuery<Filters>,
 ) -> Result<Json<BulkCount>, ApiError> {
-    let filter = filters.filter(None, &caller)?;
+    let filter = filters.parse(Scope::DELETE_FINISHED, &caller)?;
     let count = state.store.delete_finished(&filter).await?;
     tracing::info!(jobs = count, "finished jobs deleted");
     Ok(Json(BulkCount { count }))

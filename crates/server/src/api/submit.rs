@@ -4,7 +4,7 @@
 
 use super::extract::ApiQuery;
 use super::submit_fields::SubmitFields;
-use super::views::{JobView, JobsCreated};
+use super::views::{ImageFile, JobView, JobsCreated};
 use super::{idempotency, upload, wait};
 use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
@@ -19,15 +19,26 @@ use imgclass_store::NewJob;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-#[derive(Debug, Deserialize)]
+/// The query of a submission: the file name of a raw image body, and the plain fields (for a raw
+/// body, the only way to give them; with a form, read before the form's fields of the same names).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct UploadParams {
-    /// The file name of a raw image body.
+    /// The file name of a raw image body (its last path component is kept).
+    #[param(max_length = 255)]
     filename: Option<String>,
-    /// The plain fields of a raw image body's jobs (as the multipart fields of that name).
+    /// As the form field `priority`: higher runs first among due jobs (default 0).
+    #[param(value_type = Option<i32>, minimum = -1000, maximum = 1000)]
     priority: Option<String>,
+    /// As the form field `webhook`.
     webhook: Option<String>,
+    /// As the form field `webhook_events`.
     webhook_events: Option<String>,
+    /// As the form field `cache` (default true): `true`/`false`, `1`/`0`, `yes`/`no` or
+    /// `on`/`off`, in any case.
+    #[param(value_type = Option<bool>)]
     cache: Option<String>,
+    /// As the form field `model`.
     model: Option<String>,
 }
 
@@ -44,19 +55,21 @@ struct SubmitForm {
     /// bytes). Every part with a file name is an image, whatever its field name.
     #[schema(value_type = Vec<String>, format = Binary, min_items = 1, max_items = 64)]
     file: Vec<Vec<u8>>,
-    /// Higher runs first among due jobs.
+    /// Higher runs first among due jobs (a whole number; surrounding spaces are ignored).
     #[schema(minimum = -1000, maximum = 1000, default = 0, required = false)]
     priority: i32,
     /// A URL to call (a signed POST) when the jobs change; needs a server with webhooks on
     /// (`--webhook-secret`), and a public address unless the server allows private ones.
     #[schema(required = false)]
     webhook: String,
-    /// Which changes to call the webhook for, comma-separated: `running`, `succeeded`,
-    /// `failed`, `canceled` (default: each job's end).
+    /// Which changes to call the webhook for, comma-separated (or in several fields):
+    /// `running`, `succeeded`, `failed`, `canceled`, in any case (default: each job's end).
     #[schema(required = false)]
     webhook_events: String,
     /// `false`: classify every image, even one whose result the server already has for the same
     /// model (by default such an image is answered at once from that result, `cached: true`).
+    /// Read as forms and generated clients write booleans: `true`/`false`, `1`/`0`, `yes`/`no`
+    /// or `on`/`off`, in any case (`True` and `on` are true).
     #[schema(default = true, required = false)]
     cache: bool,
     /// The model that classifies the images (`GET /api/models` lists them; default: the
@@ -68,6 +81,10 @@ struct SubmitForm {
 
 /// Submit images: one job per image file, all or nothing.
 ///
+/// The images come as `multipart/form-data` file fields, or as one image that is the whole
+/// request body (`Content-Type: image/*` or `application/octet-stream`), with its file name and
+/// the plain fields in the query (`?filename=cat.jpg&priority=5`).
+///
 /// Every file is checked before anything is stored: its format is sniffed from the bytes, its
 /// size and dimensions are checked against the limits (from the header, before decoding), and
 /// it must be complete. One bad file refuses the whole request.
@@ -75,20 +92,20 @@ struct SubmitForm {
 /// With `Prefer: wait=N` (N ≤ 60) the answer waits until every job has finished or N seconds
 /// have passed, and then shows the jobs as they are (`Preference-Applied: wait=N`).
 #[utoipa::path(post, path = "/api/jobs", tag = "jobs", operation_id = "create_jobs",
-    params(("Prefer" = Option<String>, Header, description = "`wait=N`: hold the answer until every job has finished, at most N seconds (N ≤ 60; larger values count as 60)."),
+    params(UploadParams, ("Prefer" = Option<String>, Header, description = "`wait=N`: hold the answer until every job has finished, at most N seconds (N ≤ 60; larger values count as 60)."),
         ("Idempotency-Key" = Option<String>, Header, description = "A key of 1 to 255 visible ASCII characters (bare, or as a structured-field string `\"…\"`) that makes the request safe to send again: within `--idempotency-ttl` (24 h by default) the same key with the same files and fields answers with the first request's jobs (`Idempotent-Replayed: true`). Keys are per caller.", pattern = r#"^([!#-\[\]-~]{1,255}|"[!#-\[\]-~]{1,255}")$"#)),
-    request_body(content = SubmitForm, content_type = "multipart/form-data"),
+    request_body(content((SubmitForm = "multipart/form-data"), (ImageFile = "image/*"), (ImageFile = "application/octet-stream"))),
     responses(
         (status = 202, description = "The jobs, in the order of the files: queued (or `succeeded` with `cached: true` when the result cache answered), or with `Prefer: wait`, as they are when they finished or the wait ended. A request sent again with its `Idempotency-Key` gets the first request's jobs as they are now.", body = JobsCreated,
             headers(("Location" = String, description = "The first job's URL."),
                 ("Preference-Applied" = String, description = "`wait=N` when the answer waited."),
                 ("Idempotent-Replayed" = String, description = "`true` when the jobs are those of an earlier request with the same `Idempotency-Key`."))),
-        (status = 400, description = "`bad_request`: the body is not a readable multipart form, it has a field that is neither a file nor a known field, or `priority` or `cache` is out of range. `no_files`: the form has no file. `invalid_idempotency_key`: the `Idempotency-Key` header is empty, too long, not visible ASCII, or sent twice.", body = ErrorBody),
+        (status = 400, description = "`bad_request`: the body is not a readable multipart form, it has a field that is neither a file nor a known field, or `priority` or `cache` (a field or in the query) is not a value it takes. `no_files`: the form has no file. `invalid_idempotency_key`: the `Idempotency-Key` header is empty, too long, not visible ASCII, or sent twice.", body = ErrorBody),
         (status = 404, description = "`not_found`: the jobs that this request's `Idempotency-Key` created have been deleted.", body = ErrorBody),
         (status = 409, description = "`idempotency_key_in_use`: a request with the same `Idempotency-Key` is still being processed (`Retry-After`).", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds after which to send the request again."))),
         (status = 413, description = "`payload_too_large`: a file is over the size limit, the body over the request limit, or there are too many files.", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: a file is not an image of an accepted format.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a file is not an image of an accepted format, or the body is neither a multipart form nor an image.", body = ErrorBody),
         (status = 422, description = "`image_corrupt`: a file is truncated or damaged. `image_too_large`: an image is over the width, height or pixel limit. `invalid_webhook`: the webhook URL or events are not ones the server calls. `unknown_model`: `model` names a model no node has served (or is not a model's name). `idempotency_key_mismatch`: the `Idempotency-Key` was first used with other files or fields.", body = ErrorBody),
         (status = 429, description = "`rate_limited`: the caller's submission quota is used up (`Retry-After`). `queue_full`: the caller has as many queued jobs as it may.", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds until a submission may be accepted again."))),

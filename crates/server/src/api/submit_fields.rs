@@ -1,6 +1,9 @@
 //! The plain (non-file) fields of a submission — `priority`, `cache`, `webhook`,
 //! `webhook_events` — as multipart fields or the query of a raw image body, and their checks.
+//! Values are read as `params` reads them: `cache` in any of the usual boolean spellings, event
+//! names in any case, surrounding white space ignored.
 
+use super::params;
 use crate::error::ApiError;
 use crate::AppState;
 use imgclass_core::{ErrorCode, EventKind};
@@ -53,15 +56,14 @@ impl SubmitFields {
             "webhook_events" => {
                 let events = self.webhook_events.get_or_insert_with(Vec::new);
                 for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                    let event = name
-                        .parse::<EventKind>()
+                    let event = params::enumerated(name, str::parse::<EventKind>)
                         .ok()
                         .filter(|e| Webhook::EVENTS.contains(e))
                         .ok_or_else(|| {
                             invalid_webhook(format!(
                                 "webhook_events are any of running, succeeded, failed, canceled; \
                                  not {:?}",
-                                name.chars().take(32).collect::<String>()
+                                params::shown(name)
                             ))
                         })?;
                     if !events.contains(&event) {
@@ -70,37 +72,29 @@ impl SubmitFields {
                 }
             }
             "cache" => {
-                self.cache = match text.trim() {
-                    "true" | "1" => true,
-                    "false" | "0" => false,
-                    other => {
-                        return Err(ApiError::from_code(
-                            ErrorCode::BadRequest,
-                            format!(
-                                "cache is true or false, not {:?}",
-                                other.chars().take(32).collect::<String>()
-                            ),
-                        ))
-                    }
-                }
+                self.cache = params::boolean(text).ok_or_else(|| {
+                    ApiError::from_code(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "cache is {}; not {:?}",
+                            params::BOOLEANS,
+                            params::shown(text)
+                        ),
+                    )
+                })?;
             }
             "priority" => {
-                self.priority = text
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|p| PRIORITIES.contains(p))
-                    .ok_or_else(|| {
-                        ApiError::from_code(
-                            ErrorCode::BadRequest,
-                            format!(
-                                "priority must be a whole number from {} to {}, not {:?}",
-                                PRIORITIES.start(),
-                                PRIORITIES.end(),
-                                text.chars().take(32).collect::<String>()
-                            ),
-                        )
-                    })?;
+                self.priority = params::whole_number(text, PRIORITIES).ok_or_else(|| {
+                    ApiError::from_code(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "priority must be a whole number from {} to {}, not {:?}",
+                            PRIORITIES.start(),
+                            PRIORITIES.end(),
+                            params::shown(text)
+                        ),
+                    )
+                })?;
             }
             _ => {}
         }
@@ -158,7 +152,8 @@ fn model_name(text: &str) -> Result<String, ApiError> {
         Err(ApiError::from_code(
             ErrorCode::UnknownModel,
             format!(
-                "model is a model's name (1 to 64 letters, digits, '.', '_' or '-'); not {text:?}"
+                "model is a model's name (1 to 64 letters, digits, '.', '_' or '-'); not {:?}",
+                params::shown(text)
             ),
         ))
     }

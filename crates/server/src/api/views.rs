@@ -122,6 +122,12 @@ impl From<Delivery> for DeliveryView {
     }
 }
 
+/// An image file's bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // Only describes bodies of bytes.
+pub struct ImageFile(Vec<u8>);
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ImageView {
     /// Sniffed from the bytes.

@@ -300,7 +300,7 @@ async fn retry_failed_requeues_every_failed_job() {
         .send()
         .await
         .unwrap();
-    crate::helpers::assert_error(resp, 400, "bad_request").await;
+    crate::helpers::assert_error(resp, 400, "invalid_query").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

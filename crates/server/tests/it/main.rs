@@ -9,6 +9,7 @@ mod helpers;
 mod hostile;
 mod idempotency;
 mod imagga;
+mod interop;
 mod metrics;
 mod models;
 mod openapi;
