@@ -104,7 +104,17 @@ async fn a_scrape_after_some_jobs_counts_them() {
         app.wait_for(*id, JobStatus::Succeeded).await;
     }
     stream.next().await;
-    let s = scrape(&app, None).await;
+    // The workers count an outcome once the store has stored it, which is also when its
+    // event goes out: the count may trail the event by a moment.
+    let finished = [("status", "succeeded"), ("error_code", "")];
+    let mut s = scrape(&app, None).await;
+    for _ in 0..200 {
+        if value(&s, "imgclass_jobs_finished_total", &finished) == Some(2.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        s = scrape(&app, None).await;
+    }
 
     assert_eq!(
         value(&s, "imgclass_jobs", &[("status", "succeeded")]),
