@@ -138,10 +138,13 @@ pub struct ModelArgs {
     /// at the image; only for benchmarks of the queue).
     #[arg(long, env = "IMGCLASS_PROVIDER", value_enum, default_value_t = ProviderArg::Builtin)]
     pub provider: ProviderArg,
-    /// An ImageNet-style ONNX model to use instead of the built-in EfficientNet-Lite0.
-    #[arg(long, env = "IMGCLASS_MODEL", requires = "labels")]
-    pub model: Option<PathBuf>,
-    /// The labels of --model, one per line, in output order.
+    /// With --labels: an ImageNet-style ONNX model file to use instead of the built-in
+    /// EfficientNet-Lite0 (with its pre-processing). Without: the name of a model — the
+    /// built-in one or one of --models — for `classify`, and the default model of jobs for
+    /// `serve` (as --default-model).
+    #[arg(long, env = "IMGCLASS_MODEL")]
+    pub model: Option<String>,
+    /// The labels of --model FILE, one per line, in output order.
     #[arg(long, env = "IMGCLASS_LABELS", requires = "model")]
     pub labels: Option<PathBuf>,
     /// How many labels a result holds.
@@ -197,10 +200,18 @@ pub enum ProviderArg {
 }
 
 impl ModelArgs {
+    /// The model named with --default-model, or with --model NAME (without --labels).
+    pub fn named_model(&self) -> Option<&str> {
+        self.default_model.as_deref().or(match self.labels {
+            None => self.model.as_deref(),
+            Some(_) => None,
+        })
+    }
+
     pub fn source(&self) -> ModelSource {
         match (&self.model, &self.labels) {
             (Some(model), Some(labels)) => ModelSource::File {
-                model: model.clone(),
+                model: PathBuf::from(model),
                 labels: labels.clone(),
             },
             _ => ModelSource::BuiltIn,
@@ -474,4 +485,8 @@ pub struct SubmitArgs {
     /// Uploads in flight at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
+    /// The model that classifies the images (the server's `GET /api/models` lists them; by
+    /// default the server's default model).
+    #[arg(long)]
+    pub model: Option<String>,
 }

@@ -40,7 +40,9 @@ fn main() -> ExitCode {
         Cli::command()
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
-                format!("`{name}` uses no database: --database is for serve, worker, migrate and token"),
+                format!(
+                    "`{name}` uses no database: --database is for serve, worker, migrate and token"
+                ),
             )
             .exit();
     }

@@ -4,14 +4,16 @@
 
 use crate::args::{DatabaseArgs, ProviderArg, WebhookArgs, WorkArgs};
 use anyhow::{Context, Result};
-use imgclass_classifier::{Classifier, ImaggaClassifier, Model, ModelRepository, NoopClassifier, Resize};
+use imgclass_classifier::{
+    Classifier, ImaggaClassifier, Model, ModelRepository, NoopClassifier, Resize,
+};
 use imgclass_core::policy::Rules;
 use imgclass_server::api::views::JobView;
 use imgclass_server::metrics::Metrics;
+use imgclass_store::ModelEntry;
 use imgclass_store::Store;
 use imgclass_worker::metrics::WorkerMetrics;
 use imgclass_worker::webhooks::{Deliverer, WebhookConfig};
-use imgclass_store::ModelEntry;
 use imgclass_worker::{ClassifierFactory, Served, ServedModel, WorkerConfig, Workers};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -151,7 +153,9 @@ pub async fn start_workers(
         .clamp(1, count);
     let served = match args.model.provider {
         ProviderArg::Noop => {
-            tracing::warn!("provider noop: jobs of any model succeed without classification (benchmarks only)");
+            tracing::warn!(
+                "provider noop: jobs of any model succeed without classification (benchmarks only)"
+            );
             let factory: ClassifierFactory =
                 Arc::new(|| Ok(Box::new(NoopClassifier::default()) as Box<dyn Classifier>));
             Served::Any(factory)

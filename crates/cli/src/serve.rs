@@ -65,9 +65,8 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         default_model: args
             .work
             .model
-            .default_model
-            .clone()
-            .unwrap_or_else(|| node_model.name.clone()),
+            .named_model()
+            .map_or_else(|| node_model.name.clone(), str::to_string),
         result_cache: (!args.no_result_cache).then_some(node_model),
     };
     let deliverer = node::start_deliverer(&state.store, &webhooks)?;

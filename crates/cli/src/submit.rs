@@ -326,6 +326,7 @@ async fn upload(
     client: &reqwest::Client,
     base: &str,
     path: &Path,
+    model: Option<&str>,
     token: bool,
 ) -> Result<Value, String> {
     let bytes = tokio::fs::read(path).await.map_err(|e| e.to_string())?;
@@ -339,10 +340,13 @@ async fn upload(
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
         }
-        let form = reqwest::multipart::Form::new().part(
+        let mut form = reqwest::multipart::Form::new().part(
             "file",
             reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.clone()),
         );
+        if let Some(model) = model {
+            form = form.text("model", model.to_string());
+        }
         let sent = client
             .post(format!("{base}/api/jobs"))
             .header("Idempotency-Key", &key)
@@ -489,8 +493,9 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
         .map(|path| {
             let client = client.clone();
             let base = base.clone();
+            let model = args.model.clone();
             async move {
-                let result = upload(&client, &base, &path, token).await;
+                let result = upload(&client, &base, &path, model.as_deref(), token).await;
                 (path, result)
             }
         })

@@ -28,6 +28,8 @@
   const TOKEN_KEY = 'imgclass-token';
   const $ = (id) => document.getElementById(id);
   const ui = {
+    modelPick: $('model-pick'),
+    modelSelect: $('model-select'),
     app: $('app'),
     login: $('login'),
     loginForm: $('login-form'),
@@ -318,6 +320,7 @@
     const model = result.model || {};
     const item = (term, value) => h('div', null, [h('dt', { text: term }), h('dd', { text: value })]);
     const modelText = [model.provider, [model.name, model.version].filter(Boolean).join(' ')].filter(Boolean).join(' · ');
+    // The job's model is the result's; shown on every card below (see `modelNote`).
     return h('div', { class: 'result-meta' }, [
       h('p', { class: 'model', title: 'provider · model version' }, [
         modelText,
@@ -329,6 +332,12 @@
         item('inference', millis(t.inference_ms)),
       ]),
     ]);
+  }
+
+  /** The model a job names, when the node serves more than one. */
+  function modelNote(job) {
+    if (!job.model || !models || models.size < 2) return null;
+    return h('p', { class: 'card-note model-note', text: `Model: ${job.model}` });
   }
 
   function progress(text) {
@@ -359,8 +368,40 @@
     card.el.dataset.progress = String(pct);
   }
 
+  /** The models (GET /api/models), by name; null until they are known. */
+  let models = null;
+
+  async function fetchModels() {
+    try {
+      const resp = await request('/api/models');
+      if (!resp.ok) return;
+      const body = await resp.json();
+      models = new Map(body.models.map((m) => [m.name, m]));
+      const names = body.models.map((m) => m.name);
+      if (!names.includes(body.default_model)) names.unshift(body.default_model);
+      // A choice only when there is one to make.
+      ui.modelPick.hidden = names.length < 2;
+      const chosen = ui.modelSelect.value || body.default_model;
+      ui.modelSelect.replaceChildren(...names.map((n) => h('option', {
+        value: n,
+        text: n === body.default_model ? `${n} (default)` : n,
+      })));
+      ui.modelSelect.value = names.includes(chosen) ? chosen : body.default_model;
+      refreshReasons();
+    } catch (_) {
+      // The page works without the list: jobs use the default model.
+    }
+  }
+
+  /** Whether no node serves a job's model now (its jobs wait until one does). */
+  function unserved(job) {
+    const m = models && models.get(job.model);
+    return Boolean(m) && m.nodes.length === 0;
+  }
+
   /** Why a queued job waits, and where it can be known, its place in the line. */
   function waitReason(job) {
+    if (unserved(job)) return `Waiting: no worker serves the model ${job.model}`;
     const now = Date.now();
     const runAt = Date.parse(job.run_at);
     const last = (job.attempt_errors || [])[0];
@@ -425,6 +466,8 @@
       case 'queued': {
         card.reason = h('p', { class: 'card-note wait-reason', text: waitReason(job) });
         const parts = [card.reason];
+        const note = modelNote(job);
+        if (note) parts.push(note);
         if ((job.attempt_errors || []).length) parts.push(attemptList(job, 3));
         return parts;
       }
@@ -864,6 +907,7 @@
     return new Promise((resolve) => {
       const form = new FormData();
       form.append('file', file, file.name);
+      if (!ui.modelPick.hidden && ui.modelSelect.value) form.append('model', ui.modelSelect.value);
       const xhr = new XMLHttpRequest();
       xhr.open('POST', '/api/jobs');
       xhr.setRequestHeader('accept', 'application/json');
@@ -1611,6 +1655,9 @@
     connect();
     loadPage({ reset: true });
     refreshStats();
+    fetchModels();
+    // Nodes come and go: the list of who serves what is read again now and then.
+    setInterval(fetchModels, 30000);
     route();
   }
 

@@ -63,11 +63,10 @@ impl Models for SqlStore {
 
     async fn models(&self, live: Duration) -> Result<Vec<ModelRecord>> {
         let mut conn = self.reader.acquire().await?;
-        let rows = sqlx::query(
-            "SELECT name, version, spec, labels, updated_at FROM models ORDER BY name",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows =
+            sqlx::query("SELECT name, version, spec, labels, updated_at FROM models ORDER BY name")
+                .fetch_all(&mut *conn)
+                .await?;
         let mut records = BTreeMap::new();
         for row in rows {
             let name: String = row.try_get("name")?;

@@ -228,7 +228,9 @@ async fn claim<E: Exec>(
         Some(models) => {
             let first = args.len() + 1;
             args.extend(models.iter().map(Arg::text));
-            let marks: Vec<String> = (first..first + models.len()).map(|i| format!("${i}")).collect();
+            let marks: Vec<String> = (first..first + models.len())
+                .map(|i| format!("${i}"))
+                .collect();
             format!(" AND j.model IN ({})", marks.join(", "))
         }
         None => String::new(),

@@ -127,7 +127,11 @@ impl Workers {
         let (models, entries) = (served.names(), served.entries());
         let pools = Arc::new(
             models::Pools::start(served, config.threads(), |factory| {
-                faults::wrap(factory, config.inject_failure_rate, config.inject_failure_seed)
+                faults::wrap(
+                    factory,
+                    config.inject_failure_rate,
+                    config.inject_failure_seed,
+                )
             })
             .await?,
         );

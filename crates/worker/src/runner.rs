@@ -5,8 +5,8 @@
 //! fallback), so a busy pool spends one commit on many jobs. The workers run attempts; a
 //! worker is given a job only when it is idle, so nothing claimed waits in a buffer.
 
-use crate::models::Pools;
 use crate::metrics::AttemptEnded;
+use crate::models::Pools;
 use crate::{signalled, WorkerConfig};
 use chrono::Utc;
 use imgclass_store::{Claim, Lease, Outcome, Store};

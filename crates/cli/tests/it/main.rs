@@ -3,6 +3,7 @@
 
 mod database_flag;
 mod imagga;
+mod models;
 mod pg_cluster;
 mod submit;
 mod webhooks;

@@ -582,3 +582,91 @@ async fn an_idempotency_key_holds_across_api_nodes() {
         .unwrap();
     assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "one job in all");
 }
+
+/// Submits `bytes` for `model` through `base`; the job's id.
+async fn submit_for(base: &str, model: &str, bytes: Vec<u8>) -> String {
+    let form = reqwest::multipart::Form::new()
+        .text("model", model.to_string())
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name("x.png"),
+        );
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/api/jobs"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+    let body: Value = resp.json().await.unwrap();
+    body["jobs"][0]["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_model_runs_only_on_the_node_that_holds_it() {
+    use crate::models::{repository_with, solid};
+    let db = PgDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (red, blue) = (
+        repository_with(dir.path(), "red-node"),
+        repository_with(dir.path(), "blue-node"),
+    );
+    let api = Server::start(&db.url, &["--no-workers", "--no-result-cache"]);
+    let w_red = Server::worker(
+        &db.url,
+        &["--workers", "2", "--models", red.to_str().unwrap()],
+    );
+    let w_blue = Server::worker(
+        &db.url,
+        &["--workers", "2", "--models", blue.to_str().unwrap()],
+    );
+    let mut events = follow_events(&api.base, true);
+    // Both nodes have announced their models.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let m: Value = reqwest::get(format!("{}/api/models", api.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let names: Vec<&str> = m["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        if names.contains(&"red-node") && names.contains(&"blue-node") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the models were never announced: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut ids = Vec::new();
+    for i in 0..10u8 {
+        let model = if i % 2 == 0 { "red-node" } else { "blue-node" };
+        let id = submit_for(&api.base, model, solid([i * 20, 50, 200])).await;
+        ids.push((id, model));
+    }
+    let all: Vec<String> = ids.iter().map(|(id, _)| id.clone()).collect();
+    await_successes(&mut events, &all, Duration::from_secs(120)).await;
+    let (red_pid, blue_pid) = (w_red.child.id(), w_blue.child.id());
+    for (id, model) in &ids {
+        let j = job(&api.base, id).await;
+        assert_eq!(j["model"], *model);
+        assert_eq!(j["result"]["model"]["name"], *model);
+        let worker = j["result"]["worker"].as_str().unwrap();
+        let pid = if *model == "red-node" {
+            red_pid
+        } else {
+            blue_pid
+        };
+        assert!(
+            worker.contains(&format!("-{pid}-")),
+            "{model}'s job ran on {worker}, not on process {pid}"
+        );
+    }
+}

@@ -60,7 +60,9 @@ pub(crate) struct ModelList {
         (status = 200, description = "The models.", body = ModelList),
         (status = 503, description = "`unavailable`: the database cannot be reached; try again.", body = ErrorBody),
     ))]
-pub(super) async fn list_models(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
+pub(super) async fn list_models(
+    State(state): State<AppState>,
+) -> Result<Json<ModelList>, ApiError> {
     let records = state.store.models(LIVE).await?;
     let models = records
         .into_iter()

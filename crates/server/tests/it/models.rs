@@ -91,10 +91,18 @@ async fn a_submission_names_a_known_model_or_is_refused() {
     let before = app.store.count_jobs(&Default::default()).await.unwrap();
     let resp = app.upload_with(&coffee(), &[("model", "faces")]).await;
     let message = assert_error(resp, 422, "unknown_model").await;
-    assert!(message.contains("faces") && message.contains("products"), "{message}");
-    let resp = app.upload_with(&coffee(), &[("model", "no such/model")]).await;
+    assert!(
+        message.contains("faces") && message.contains("products"),
+        "{message}"
+    );
+    let resp = app
+        .upload_with(&coffee(), &[("model", "no such/model")])
+        .await;
     assert_error(resp, 422, "unknown_model").await;
-    assert_eq!(app.store.count_jobs(&Default::default()).await.unwrap(), before);
+    assert_eq!(
+        app.store.count_jobs(&Default::default()).await.unwrap(),
+        before
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

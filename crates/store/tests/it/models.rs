@@ -62,7 +62,11 @@ async fn a_worker_claims_only_the_models_it_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_announce_the_models_they_serve() {
     let (store, _db) = fresh_store().await;
-    assert!(store.models(Duration::from_secs(60)).await.unwrap().is_empty());
+    assert!(store
+        .models(Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_empty());
     store
         .announce_models("n1", &[entry("products", "v1"), entry("defects", "d1")])
         .await

@@ -1,0 +1,191 @@
+//! A model repository (`--models DIR`): its models are served beside the built-in one, jobs
+//! name them, `classify --model NAME` runs one, and a folder that cannot load leaves the others
+//! served. The models are the tiny generated ones of the classifier's tests, whose answers are
+//! known exactly: `means_softmax` outputs the softmax of each channel's mean.
+
+use crate::{bin, job, wait_for_event, Server};
+use image::ImageEncoder;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A repository with `colours` (the channel means, as probabilities, of an 8×8 RGB input) and
+/// `broken` (its model.toml lacks the required `std`).
+fn repository(dir: &Path) -> PathBuf {
+    repository_with(dir, "colours")
+}
+
+/// A repository with the channel-means model as `name`, and `broken`.
+pub(crate) fn repository_with(dir: &Path, name: &str) -> PathBuf {
+    let repo = dir.join(format!("models-{name}"));
+    let generated =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../classifier/tests/models/means_softmax.onnx");
+    for (name, spec) in [
+        (
+            name,
+            "[input]\nsize = [8, 8]\nmean = [0, 0, 0]\nstd = [1, 1, 1]\n[output]\nkind = \"probabilities\"\n",
+        ),
+        (
+            "broken",
+            "[input]\nsize = [8, 8]\nmean = [0, 0, 0]\n[output]\nkind = \"probabilities\"\n",
+        ),
+    ] {
+        let d = repo.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(&generated, d.join("model.onnx")).unwrap();
+        std::fs::write(d.join("model.toml"), spec).unwrap();
+        std::fs::write(d.join("labels.txt"), "red\ngreen\nblue\n").unwrap();
+    }
+    repo
+}
+
+/// A solid-colour PNG.
+pub(crate) fn solid(rgb: [u8; 3]) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(32, 24, image::Rgb(rgb));
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(img.as_raw(), 32, 24, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_names_a_model_of_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path());
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let server = Server::start(&db, &["--models", repo.to_str().unwrap(), "--workers", "2"]);
+    // The built-in model and `colours` are served (once the workers have loaded them); `broken`
+    // is not.
+    let mut models = Value::Null;
+    for _ in 0..600 {
+        models = reqwest::get(format!("{}/api/models", server.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if models["models"].as_array().is_some_and(|m| !m.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let names: Vec<&str> = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["colours", "efficientnet-lite0"]);
+    assert_eq!(models["default_model"], "efficientnet-lite0");
+    let colours = &models["models"][0];
+    assert_eq!(colours["labels"], 3);
+    assert_eq!(colours["spec"]["output"]["kind"], "probabilities");
+    assert_eq!(colours["nodes"].as_array().unwrap().len(), 1);
+    assert!(
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("broken") && l.contains("std")),
+        "the broken folder is reported with its file and key"
+    );
+
+    // A blue image, classified by `colours`: blue first.
+    let form = reqwest::multipart::Form::new()
+        .text("model", "colours")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(solid([10, 20, 240])).file_name("blue.png"),
+        );
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/jobs", server.base))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
+    wait_for_event(&server.base, &id, "succeeded").await;
+    let done = job(&server.base, &id).await;
+    assert_eq!(done["model"], "colours");
+    assert_eq!(done["result"]["model"]["name"], "colours");
+    assert_eq!(done["result"]["predictions"][0]["label"], "blue");
+
+    // `broken` never loaded: no node has served it.
+    let form = reqwest::multipart::Form::new()
+        .text("model", "broken")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(solid([1, 2, 3])).file_name("x.png"),
+        );
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/jobs", server.base))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unknown_model");
+}
+
+#[test]
+fn classify_runs_the_model_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path());
+    let image = dir.path().join("green.png");
+    std::fs::write(&image, solid([20, 230, 30])).unwrap();
+    let out = Command::new(bin())
+        .args([
+            "classify",
+            "--models",
+            repo.to_str().unwrap(),
+            "--model",
+            "colours",
+        ])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().nth(1).unwrap_or_default();
+    assert!(first.ends_with("green"), "{text}");
+    assert!(text.contains("model colours"), "{text}");
+
+    // An unknown name, and a folder that cannot load, are refused clearly.
+    let out = Command::new(bin())
+        .args([
+            "classify",
+            "--models",
+            repo.to_str().unwrap(),
+            "--model",
+            "nope",
+        ])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope") && err.contains("colours"), "{err}");
+    let out = Command::new(bin())
+        .args([
+            "classify",
+            "--models",
+            repo.to_str().unwrap(),
+            "--model",
+            "broken",
+        ])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("model.toml") && err.contains("std"), "{err}");
+}
