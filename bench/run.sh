@@ -107,16 +107,18 @@ for tool in cargo node npm python3; do
 done
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/setup-onnxruntime.sh)}"
 
-# libjpeg-turbo's SIMD code is assembled with nasm (the default `jpeg-simd` feature); without
-# nasm the build uses its C code paths, and the figures are slower for large JPEGs.
-SIMD_NOTE=" (JPEG SIMD: nasm found)"
-command -v nasm >/dev/null || SIMD_NOTE=" (no nasm: libjpeg-turbo's C code paths)"
+# libjpeg-turbo's SIMD code is assembled with nasm (the classifier's `jpeg-simd` feature, which
+# scripts/jpeg-simd.sh selects as run.sh and scripts/test.sh do); without nasm the build uses
+# its C code paths, and the figures are slower for large JPEGs.
 if [ -n "${BENCH_BIN_DIR:-}" ]; then
   say "using the binaries in $BENCH_BIN_DIR (not built here)"
 elif [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+  simd="$(scripts/jpeg-simd.sh bench/run.sh)"
+  SIMD_NOTE=" (no nasm: libjpeg-turbo's C code paths)"
+  [ -n "$simd" ] && SIMD_NOTE=" (JPEG SIMD: features $simd)"
   say "building (release): imgclass and the raw example$SIMD_NOTE"
-  step 1800 cargo build --release --quiet -p imgclass
-  step 1800 cargo build --release --quiet -p imgclass-classifier --example raw
+  step 1800 cargo build --release --quiet -p imgclass ${simd:+--features "$simd"}
+  step 1800 cargo build --release --quiet -p imgclass-classifier --example raw ${simd:+--features "$simd"}
 fi
 [ -x "$BIN" ] && [ -x "$RAW" ] || { echo "bench/run.sh: $BIN or $RAW is missing" >&2; exit 1; }
 
