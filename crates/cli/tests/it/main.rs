@@ -155,7 +155,24 @@ impl Drop for Server {
 /// Submits one image as its own job. These tests are about the queue, so the job always runs:
 /// the same image sent again is not answered from the result cache (`cache=false`).
 async fn submit(base: &str, name: &str, bytes: Vec<u8>) -> String {
-    let form = reqwest::multipart::Form::new().text("cache", "false").part(
+    let (status, body) = post_image(base, name, bytes, &[("cache", "false")]).await;
+    assert_eq!(status, 202, "{body}");
+    body["jobs"][0]["id"].as_str().unwrap().to_string()
+}
+
+/// POSTs one image with plain `fields` as a multipart form to `/api/jobs`: the status and the
+/// JSON answer.
+async fn post_image(
+    base: &str,
+    name: &str,
+    bytes: Vec<u8>,
+    fields: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut form = reqwest::multipart::Form::new();
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    let form = form.part(
         "file",
         reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()),
     );
@@ -165,9 +182,8 @@ async fn submit(base: &str, name: &str, bytes: Vec<u8>) -> String {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 202);
-    let body: Value = resp.json().await.unwrap();
-    body["jobs"][0]["id"].as_str().unwrap().to_string()
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// Reads the server-sent events from the start of the log until `job` has an event of `kind`.

@@ -3,7 +3,7 @@
 //! served. The models are the tiny generated ones of the classifier's tests, whose answers are
 //! known exactly: `means_softmax` outputs the softmax of each channel's mean.
 
-use crate::{bin, job, wait_for_event, Server};
+use crate::{bin, job, post_image, wait_for_event, Server};
 use image::ImageEncoder;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -93,20 +93,9 @@ async fn a_job_names_a_model_of_the_repository() {
     );
 
     // A blue image, classified by `colours`: blue first.
-    let form = reqwest::multipart::Form::new()
-        .text("model", "colours")
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(solid([10, 20, 240])).file_name("blue.png"),
-        );
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/jobs", server.base))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let body: Value = resp.json().await.unwrap();
+    let blue = solid([10, 20, 240]);
+    let (status, body) = post_image(&server.base, "blue.png", blue, &[("model", "colours")]).await;
+    assert_eq!(status, 202, "{body}");
     let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
     wait_for_event(&server.base, &id, "succeeded").await;
     let done = job(&server.base, &id).await;
@@ -115,20 +104,14 @@ async fn a_job_names_a_model_of_the_repository() {
     assert_eq!(done["result"]["predictions"][0]["label"], "blue");
 
     // `broken` never loaded: no node has served it.
-    let form = reqwest::multipart::Form::new()
-        .text("model", "broken")
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(solid([1, 2, 3])).file_name("x.png"),
-        );
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/jobs", server.base))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 422);
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) = post_image(
+        &server.base,
+        "x.png",
+        solid([1, 2, 3]),
+        &[("model", "broken")],
+    )
+    .await;
+    assert_eq!(status, 422);
     assert_eq!(body["error"]["code"], "unknown_model");
 }
 

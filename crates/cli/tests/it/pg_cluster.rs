@@ -585,20 +585,8 @@ async fn an_idempotency_key_holds_across_api_nodes() {
 
 /// Submits `bytes` for `model` through `base`; the job's id.
 async fn submit_for(base: &str, model: &str, bytes: Vec<u8>) -> String {
-    let form = reqwest::multipart::Form::new()
-        .text("model", model.to_string())
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(bytes).file_name("x.png"),
-        );
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/api/jobs"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) = super::post_image(base, "x.png", bytes, &[("model", model)]).await;
+    assert_eq!(status, 202, "{body}");
     body["jobs"][0]["id"].as_str().unwrap().to_string()
 }
 
