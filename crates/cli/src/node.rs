@@ -136,12 +136,8 @@ async fn serve_metrics(
     Ok(())
 }
 
-/// Loads the classifier and starts this process's workers.
-pub async fn start_workers(
-    store: Arc<dyn Store>,
-    args: &WorkArgs,
-    metrics: Option<Arc<dyn WorkerMetrics>>,
-) -> Result<Workers> {
+/// How many workers and inference threads a node runs.
+fn sizes(args: &WorkArgs) -> (usize, usize) {
     let builtin = matches!(args.model.provider, ProviderArg::Builtin);
     let count = args
         .workers
@@ -151,7 +147,81 @@ pub async fn start_workers(
         .inference_threads
         .map_or_else(|| if builtin { cores() } else { count }, usize::from)
         .clamp(1, count);
-    let served = match args.model.provider {
+    (count, threads)
+}
+
+/// Loads the classifier and starts this process's workers.
+pub async fn start_workers(
+    store: Arc<dyn Store>,
+    args: &WorkArgs,
+    metrics: Option<Arc<dyn WorkerMetrics>>,
+) -> Result<Workers> {
+    let (count, threads) = sizes(args);
+    let served = served(args).await?;
+    let config = WorkerConfig {
+        workers: count,
+        inference_threads: Some(threads),
+        lease: args.lease,
+        sweep_interval: (args.lease / 6).max(Duration::from_millis(100)),
+        inject_failure_rate: args.inject_failure_rate,
+        inject_failure_seed: args.inject_failure_seed,
+        rate_limit: args.rate_limit,
+        job_timeout: args.job_timeout,
+        retain: args.retain.0,
+        metrics,
+        node: node_name(),
+        ..WorkerConfig::default()
+    };
+    Workers::start_serving(store, served, config).await
+}
+
+/// A node's workers once they have started (`None` before, and after shutdown).
+pub type WorkerSlot = Arc<tokio::sync::Mutex<Option<Workers>>>;
+
+/// Loads the models again (the repository as it is now) and serves them: SIGHUP, or
+/// `POST /api/models/reload`. The names served afterwards.
+pub async fn reload(slot: &WorkerSlot, args: &WorkArgs) -> Result<Vec<String>> {
+    let served = served(args).await?;
+    let names = served.names().unwrap_or_default();
+    let workers = slot.lock().await;
+    let Some(workers) = workers.as_ref() else {
+        anyhow::bail!("the workers have not started yet");
+    };
+    workers.reload(served).await?;
+    Ok(names)
+}
+
+/// The reload of `POST /api/models/reload`.
+pub fn reloader(slot: WorkerSlot, args: WorkArgs) -> imgclass_server::Reload {
+    Arc::new(move || {
+        let (slot, args) = (slot.clone(), args.clone());
+        Box::pin(async move { reload(&slot, &args).await.map_err(|e| format!("{e:#}")) })
+    })
+}
+
+/// Reloads the models at every SIGHUP, for as long as the process runs.
+pub fn reload_on_hangup(slot: WorkerSlot, args: WorkArgs) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match reload(&slot, &args).await {
+                Ok(models) => tracing::info!(?models, "SIGHUP: models reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "SIGHUP: the models were not reloaded; the node serves what it served before")
+                }
+            }
+        }
+    });
+}
+
+/// What the node's workers serve: the provider's model, or the in-process models.
+async fn served(args: &WorkArgs) -> Result<Served> {
+    let (count, threads) = sizes(args);
+    Ok(match args.model.provider {
         ProviderArg::Noop => {
             tracing::warn!(
                 "provider noop: jobs of any model succeed without classification (benchmarks only)"
@@ -196,22 +266,7 @@ pub async fn start_workers(
                 .collect();
             Served::Models(served)
         }
-    };
-    let config = WorkerConfig {
-        workers: count,
-        inference_threads: Some(threads),
-        lease: args.lease,
-        sweep_interval: (args.lease / 6).max(Duration::from_millis(100)),
-        inject_failure_rate: args.inject_failure_rate,
-        inject_failure_seed: args.inject_failure_seed,
-        rate_limit: args.rate_limit,
-        job_timeout: args.job_timeout,
-        retain: args.retain.0,
-        metrics,
-        node: node_name(),
-        ..WorkerConfig::default()
-    };
-    Workers::start_serving(store, served, config).await
+    })
 }
 
 /// Waits for SIGTERM or SIGINT, then says the node is shutting down.

@@ -23,7 +23,8 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     } else {
         let (readiness, loaded) = imgclass_server::ops::Readiness::with_workers();
         let (failed_tx, failed) = tokio::sync::oneshot::channel();
-        let slot = Arc::new(tokio::sync::Mutex::new(None));
+        let slot: node::WorkerSlot = Arc::new(tokio::sync::Mutex::new(None));
+        node::reload_on_hangup(slot.clone(), args.work.clone());
         let (store, work, put) = (store.clone(), args.work.clone(), slot.clone());
         let metrics = metrics.clone();
         let starting = tokio::spawn(async move {
@@ -68,6 +69,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
             .named_model()
             .map_or_else(|| node_model.name.clone(), str::to_string),
         result_cache: (!args.no_result_cache).then_some(node_model),
+        reload: workers
+            .as_ref()
+            .map(|(slot, _)| node::reloader(slot.clone(), args.work.clone())),
     };
     let deliverer = node::start_deliverer(&state.store, &webhooks)?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -12,10 +12,14 @@ pub async fn run(args: WorkerArgs) -> Result<ExitCode> {
         metrics,
     } = Node::open(&args.db, &args.work).await?;
     let workers = node::start_workers(store.clone(), &args.work, Some(metrics)).await?;
+    let slot: node::WorkerSlot = std::sync::Arc::new(tokio::sync::Mutex::new(Some(workers)));
+    node::reload_on_hangup(slot.clone(), args.work.clone());
     let deliverer = node::start_deliverer(&store, &webhooks)?;
     tracing::info!("imgclass worker is running");
     node::wait_for_shutdown().await;
-    workers.shutdown(args.work.shutdown_grace).await;
+    if let Some(workers) = slot.lock().await.take() {
+        workers.shutdown(args.work.shutdown_grace).await;
+    }
     node::finish_shutdown(deliverer).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -72,6 +72,7 @@ pub const API_RULES: &[Rule] = &[
     rule("GET", "/api/jobs/export", Scope::Read, Jobs::Own),
     rule("GET", "/api/stats", Scope::Read, Jobs::Own),
     rule("GET", "/api/models", Scope::Read, Jobs::None),
+    rule("POST", "/api/models/reload", Scope::Admin, Jobs::None),
     rule("GET", "/api/events", Scope::Read, Jobs::Own),
     rule("GET", "/api/jobs/{id}", Scope::Read, Jobs::One),
     rule("DELETE", "/api/jobs/{id}", Scope::Manage, Jobs::One),

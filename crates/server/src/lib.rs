@@ -95,7 +95,15 @@ pub struct AppState {
     pub result_cache: Option<imgclass_core::ModelInfo>,
     /// The model of a job that names none.
     pub default_model: String,
+    /// Loads the models again and serves them (`POST /api/models/reload`); `None` on a node
+    /// without workers.
+    pub reload: Option<Reload>,
 }
+
+/// Loads a node's models again and serves them; the names served afterwards, or why not.
+pub type Reload = Arc<
+    dyn Fn() -> futures_util::future::BoxFuture<'static, Result<Vec<String>, String>> + Send + Sync,
+>;
 
 /// How long `Idempotency-Key`s are remembered by default.
 pub const DEFAULT_IDEMPOTENCY_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);

@@ -21,7 +21,8 @@ impl Worker {
     /// expires and it runs again).
     pub(super) async fn attempt(&self, claim: Claim) -> Option<(Lease, Outcome)> {
         let Claim { job, lease, image } = claim;
-        let Some(pool) = self.pools.of(&job.model) else {
+        // The pool as it is now: a reload meanwhile does not take it from this attempt.
+        let Some(pool) = self.serving.now().of(&job.model).cloned() else {
             // Claims name only the models this node serves; a job of another can only come
             // from a change of the node's models under it: it goes back for another node.
             let error = JobError {
@@ -54,7 +55,7 @@ impl Worker {
                 return None;
             }
         };
-        let result = self.classify_leased(pool, &lease, bytes).await?;
+        let result = self.classify_leased(&pool, &lease, bytes).await?;
         let outcome = match result {
             Ok(c) => {
                 tracing::info!(

@@ -99,6 +99,12 @@ pub struct Workers {
     /// Give running jobs back to the queue now.
     abort: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// What the workers serve now (replaced by `reload`).
+    serving: models::Serving,
+    store: Arc<dyn Store>,
+    config: WorkerConfig,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Workers {
@@ -124,23 +130,15 @@ impl Workers {
         if let Err(e) = store.rescue_expired().await {
             tracing::warn!(error = %e, "lease sweep failed");
         }
-        let (models, entries) = (served.names(), served.entries());
-        let pools = Arc::new(
-            models::Pools::start(served, config.threads(), |factory| {
-                faults::wrap(
-                    factory,
-                    config.inject_failure_rate,
-                    config.inject_failure_seed,
-                )
-            })
-            .await?,
-        );
-        maintenance::announce(&*store, &config.node, &entries).await;
+        let pools =
+            models::Pools::start(served, config.threads(), |f| wrap(&config, f), None).await?;
+        maintenance::announce(&*store, &config.node, &pools.entries).await;
+        let serving = models::Serving::new(pools);
         let workers = (0..config.workers.max(1))
             .map(|i| runner::Worker {
                 name: format!("{}-w{i}", config.node),
                 store: store.clone(),
-                pools: pools.clone(),
+                serving: serving.clone(),
                 config: config.clone(),
                 abort: abort_rx.clone(),
             })
@@ -148,17 +146,43 @@ impl Workers {
         let mut tasks = runner::spawn_pool(
             store.clone(),
             config.clone(),
-            models,
+            serving.clone(),
             workers,
             stop_rx.clone(),
         );
         tasks.push(tokio::spawn(maintenance::sweeper(
             store.clone(),
-            config,
-            entries,
+            config.clone(),
+            serving.clone(),
             stop_rx.clone(),
         )));
-        Ok(Workers { stop, abort, tasks })
+        Ok(Workers {
+            stop,
+            abort,
+            tasks,
+            serving,
+            store,
+            config,
+            reloading: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Serves `served` from now on: the models whose name and version are already loaded keep
+    /// their inference threads, new or changed ones are loaded, removed ones are let go once
+    /// their running attempts end (an attempt finishes on the version it started with). The
+    /// next claim takes the new set's jobs, and it is announced at once. Nothing changes when
+    /// loading fails.
+    pub async fn reload(&self, served: Served) -> anyhow::Result<()> {
+        let _one = self.reloading.lock().await;
+        let before = self.serving.now();
+        let config = &self.config;
+        let pools =
+            models::Pools::start(served, config.threads(), |f| wrap(config, f), Some(&before))
+                .await?;
+        maintenance::announce(&*self.store, &config.node, &pools.entries).await;
+        tracing::info!(models = ?pools.names, "models reloaded");
+        self.serving.replace(pools);
+        Ok(())
     }
 
     /// Stops claiming, lets running jobs finish within `grace`, then gives the jobs still
@@ -175,6 +199,15 @@ impl Workers {
             }
         }
     }
+}
+
+/// A classifier factory with the configured fault injection.
+fn wrap(config: &WorkerConfig, factory: ClassifierFactory) -> ClassifierFactory {
+    faults::wrap(
+        factory,
+        config.inject_failure_rate,
+        config.inject_failure_seed,
+    )
 }
 
 /// Resolves once the flag is set; never when its sender is gone without setting it.

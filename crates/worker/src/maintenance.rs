@@ -2,6 +2,7 @@
 //! retention, which deletes old finished jobs, and the announcement of the models this node
 //! serves (so that the API nodes know which models are served now).
 
+use crate::models::Serving;
 use crate::{signalled, WorkerConfig};
 use chrono::Utc;
 use imgclass_store::{ModelEntry, Store};
@@ -14,7 +15,7 @@ use tokio::sync::watch;
 pub(super) async fn sweeper(
     store: Arc<dyn Store>,
     config: WorkerConfig,
-    models: Vec<ModelEntry>,
+    serving: Serving,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(config.sweep_interval);
@@ -31,7 +32,7 @@ pub(super) async fn sweeper(
             Ok(n) => tracing::warn!(jobs = n, "rescued jobs whose worker stopped"),
             Err(e) => tracing::warn!(error = %e, "lease sweep failed"),
         }
-        announce(&*store, &config.node, &models).await;
+        announce(&*store, &config.node, &serving.now().entries).await;
         if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
             last_prune = Some(tokio::time::Instant::now());
             if let Some(retain) = config.retain {

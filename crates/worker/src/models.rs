@@ -44,42 +44,61 @@ impl Served {
     }
 }
 
-/// The inference pools of a node, one per model it serves.
+/// The inference pools of a node, one per model it serves, and what it announces.
 pub(crate) struct Pools {
     any: Option<Arc<InferencePool>>,
-    by_model: HashMap<String, Arc<InferencePool>>,
+    /// Per model name: the version its pool runs, and the pool.
+    by_model: HashMap<String, (String, Arc<InferencePool>)>,
+    /// The model names to claim (`None`: any).
+    pub(crate) names: Option<Vec<String>>,
+    pub(crate) entries: Vec<ModelEntry>,
 }
 
 impl Pools {
     /// Starts `threads` inference threads per model, each factory wrapped by `wrap` (fault
-    /// injection).
+    /// injection). The pool of a model whose name and version `previous` already runs is taken
+    /// over as it is (a reload loads only what changed).
     pub(crate) async fn start(
         served: Served,
         threads: usize,
         wrap: impl Fn(ClassifierFactory) -> ClassifierFactory,
+        previous: Option<&Pools>,
     ) -> anyhow::Result<Pools> {
+        let (names, entries) = (served.names(), served.entries());
         match served {
             Served::Any(factory) => Ok(Pools {
                 any: Some(Arc::new(
                     InferencePool::start("imgclass-infer".into(), threads, wrap(factory)).await?,
                 )),
                 by_model: HashMap::new(),
+                names,
+                entries,
             }),
             Served::Models(models) => {
                 let mut by_model = HashMap::with_capacity(models.len());
                 let many = models.len() > 1;
                 for (i, m) in models.into_iter().enumerate() {
-                    let name = if many {
-                        format!("imgclass-m{i}")
-                    } else {
-                        "imgclass-infer".into()
+                    let kept = previous
+                        .and_then(|p| p.by_model.get(&m.entry.name))
+                        .filter(|(version, _)| *version == m.entry.version);
+                    let pool = match kept {
+                        Some((_, pool)) => pool.clone(),
+                        None => {
+                            let name = if many {
+                                format!("imgclass-m{i}")
+                            } else {
+                                "imgclass-infer".into()
+                            };
+                            Arc::new(InferencePool::start(name, threads, wrap(m.factory)).await?)
+                        }
                     };
-                    let pool = InferencePool::start(name, threads, wrap(m.factory)).await?;
-                    by_model.insert(m.entry.name, Arc::new(pool));
+                    by_model.insert(m.entry.name, (m.entry.version, pool));
                 }
                 Ok(Pools {
                     any: None,
                     by_model,
+                    names,
+                    entries,
                 })
             }
         }
@@ -87,6 +106,28 @@ impl Pools {
 
     /// The pool that classifies jobs of `model`, if this node serves it.
     pub(crate) fn of(&self, model: &str) -> Option<&Arc<InferencePool>> {
-        self.any.as_ref().or_else(|| self.by_model.get(model))
+        self.any
+            .as_ref()
+            .or_else(|| self.by_model.get(model).map(|(_, pool)| pool))
+    }
+}
+
+/// What a node serves now; a reload replaces it whole, and an attempt keeps the pool it
+/// started on until it ends.
+#[derive(Clone)]
+pub(crate) struct Serving(Arc<std::sync::RwLock<Arc<Pools>>>);
+
+impl Serving {
+    pub(crate) fn new(pools: Pools) -> Serving {
+        Serving(Arc::new(std::sync::RwLock::new(Arc::new(pools))))
+    }
+
+    /// The pools as they are now.
+    pub(crate) fn now(&self) -> Arc<Pools> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn replace(&self, pools: Pools) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(pools);
     }
 }

@@ -6,7 +6,7 @@
 //! worker is given a job only when it is idle, so nothing claimed waits in a buffer.
 
 use crate::metrics::AttemptEnded;
-use crate::models::Pools;
+use crate::models::Serving;
 use crate::{signalled, WorkerConfig};
 use chrono::Utc;
 use imgclass_store::{Claim, Lease, Outcome, Store};
@@ -18,8 +18,8 @@ use tracing::Instrument;
 pub(super) struct Worker {
     pub(super) name: String,
     pub(super) store: Arc<dyn Store>,
-    /// The process's inference threads, per model, shared by its workers.
-    pub(super) pools: Arc<Pools>,
+    /// What the node serves: the inference threads per model, shared by its workers.
+    pub(super) serving: Serving,
     pub(super) config: WorkerConfig,
     /// Set when running jobs are to be given back to the queue at once.
     pub(super) abort: watch::Receiver<bool>,
@@ -69,7 +69,7 @@ impl Worker {
 pub(super) fn spawn_pool(
     store: Arc<dyn Store>,
     config: WorkerConfig,
-    models: Option<Vec<String>>,
+    serving: Serving,
     workers: Vec<Worker>,
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -86,7 +86,7 @@ pub(super) fn spawn_pool(
         store,
         name: format!("{}-pool", config.node),
         config,
-        models,
+        serving,
         idle: (0..to_workers.len()).rev().collect(),
         to_workers,
         done: done_rx,
@@ -99,8 +99,8 @@ pub(super) fn spawn_pool(
 
 struct Driver {
     store: Arc<dyn Store>,
-    /// The models whose jobs it claims (`None`: any).
-    models: Option<Vec<String>>,
+    /// What the node serves: the models whose jobs it claims.
+    serving: Serving,
     name: String,
     config: WorkerConfig,
     /// Workers with nothing to do.
@@ -159,6 +159,7 @@ impl Driver {
             }
             let limit = if claim_due { self.idle.len() } else { 0 };
             let finishes = std::mem::take(&mut self.finished);
+            let serving = self.serving.now();
             let ended = std::mem::take(&mut self.ended);
             let count = finishes.len();
             let round = self
@@ -169,7 +170,7 @@ impl Driver {
                     limit,
                     self.config.lease,
                     self.config.rate_limit,
-                    self.models.as_deref(),
+                    serving.names.as_deref(),
                 )
                 .await;
             match round {

@@ -113,6 +113,66 @@ async fn a_job_names_a_model_of_the_repository() {
     .await;
     assert_eq!(status, 422);
     assert_eq!(body["error"]["code"], "unknown_model");
+
+    // A folder added, then SIGHUP: served without a restart.
+    copy_model(&repo.join("colours"), &repo.join("added"));
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let served = |m: &Value, name: &str| {
+        m["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == name && !x["nodes"].as_array().unwrap().is_empty())
+    };
+    let mut models = Value::Null;
+    for _ in 0..600 {
+        models = reqwest::get(format!("{}/api/models", server.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if served(&models, "added") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(served(&models, "added"), "{models}");
+    // A folder removed, then POST /api/models/reload: it is no longer served.
+    std::fs::remove_dir_all(repo.join("colours")).unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/models/reload", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["models"],
+        serde_json::json!(["efficientnet-lite0", "added"])
+    );
+    let models: Value = reqwest::get(format!("{}/api/models", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        served(&models, "added") && !served(&models, "colours"),
+        "{models}"
+    );
+}
+
+fn copy_model(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["model.onnx", "model.toml", "labels.txt"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
 }
 
 #[test]

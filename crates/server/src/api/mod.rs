@@ -37,6 +37,7 @@ fn guarded_router() -> OpenApiRouter<AppState> {
         .routes(routes!(search::delete_finished))
         .routes(routes!(service::stats))
         .routes(routes!(models::list_models))
+        .routes(routes!(models::reload_models))
         .routes(routes!(jobs::get_job, jobs::delete_job))
         .routes(routes!(jobs::job_image))
         .routes(routes!(jobs::retry_job))

@@ -112,3 +112,37 @@ pub(super) async fn chosen(state: &AppState, named: Option<&str>) -> Result<Stri
         ),
     ))
 }
+
+/// `POST /api/models/reload`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Reloaded {
+    /// The models this node serves now.
+    models: Vec<String>,
+}
+
+/// Loads this node's models again — the model repository as it is now — and serves them, as
+/// SIGHUP does: a model whose file is unchanged keeps its sessions, a new or changed one is
+/// loaded, a removed one is let go once its running attempts end (an attempt finishes on the
+/// version it started with). No job is lost or failed. Needs an `admin` token.
+#[utoipa::path(post, path = "/api/models/reload", tag = "models", operation_id = "reload_models",
+    responses(
+        (status = 200, description = "The models this node serves now.", body = Reloaded),
+        (status = 409, description = "`invalid_state`: this node runs no workers (reload the worker nodes with SIGHUP), or the models could not be loaded (the message says why; the node serves what it served before).", body = ErrorBody),
+    ))]
+pub(super) async fn reload_models(
+    State(state): State<AppState>,
+) -> Result<Json<Reloaded>, ApiError> {
+    let Some(reload) = &state.reload else {
+        return Err(ApiError::from_code(
+            ErrorCode::InvalidState,
+            "this node runs no workers: send SIGHUP to the worker nodes to reload their models",
+        ));
+    };
+    match reload().await {
+        Ok(models) => Ok(Json(Reloaded { models })),
+        Err(why) => Err(ApiError::from_code(
+            ErrorCode::InvalidState,
+            format!("the models were not reloaded (the node serves what it served before): {why}"),
+        )),
+    }
+}

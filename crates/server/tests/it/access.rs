@@ -275,6 +275,16 @@ async fn two_tokens_never_see_each_others_jobs_on_any_route() {
             (Jobs::Own, "GET", "/api/jobs/export") => export_case(&u).await,
             (Jobs::Own, "POST", "/api/jobs/cancel-queued") => cancel_queued_case(&u).await,
             (Jobs::Own, "POST", "/api/jobs/delete-finished") => delete_finished_case(&u).await,
+            // A reload is the node's, no one's jobs: an admin's (a node without workers
+            // answers that it has none to reload).
+            (Jobs::None, "POST", "/api/models/reload") => {
+                let resp = app
+                    .request(Method::POST, "/api/models/reload", Some(&u.admin))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_error(resp, 409, "invalid_state").await;
+            }
             // The models are no one's jobs: any token with `read` sees the same list.
             (Jobs::None, "GET", "/api/models") => {
                 for token in [&u.alice, &u.bob] {

@@ -176,6 +176,7 @@ impl TestApp {
             idempotency_ttl: opts.idempotency_ttl,
             result_cache: opts.result_cache.clone(),
             default_model: imgclass_core::BUILTIN_MODEL.into(),
+            reload: None,
         };
         let deliverer = opts
             .deliverer

@@ -142,3 +142,140 @@ async fn a_node_takes_only_the_jobs_of_the_models_it_serves() {
     assert_eq!(waiting.status, JobStatus::Queued);
     workers.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A classifier of model `name` at `version` that takes `delay` per image.
+fn versioned(name: &str, version: &str, delay: Duration) -> ClassifierFactory {
+    let info = imgclass_core::ModelInfo {
+        provider: imgclass_core::Provider::Builtin,
+        name: name.into(),
+        version: version.into(),
+    };
+    Arc::new(move || {
+        struct Slow(imgclass_core::ModelInfo, Duration);
+        impl Classifier for Slow {
+            fn classify(
+                &mut self,
+                _: &[u8],
+            ) -> Result<imgclass_classifier::Classification, imgclass_classifier::ClassifyError>
+            {
+                std::thread::sleep(self.1);
+                Ok(imgclass_classifier::Classification {
+                    predictions: vec![imgclass_core::Prediction {
+                        index: 0,
+                        label: self.0.version.clone(),
+                        probability: 1.0,
+                    }],
+                    decode_ms: 0.0,
+                    inference_ms: 0.0,
+                })
+            }
+            fn info(&self) -> &imgclass_core::ModelInfo {
+                &self.0
+            }
+        }
+        Ok(Box::new(Slow(info.clone(), delay)) as Box<dyn Classifier>)
+    })
+}
+
+fn served(models: &[(&str, &str, Duration)]) -> Served {
+    Served::Models(
+        models
+            .iter()
+            .map(|(name, version, delay)| ServedModel {
+                entry: ModelEntry {
+                    version: (*version).into(),
+                    ..entry(name)
+                },
+                factory: versioned(name, version, *delay),
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_models_without_losing_a_job() {
+    let app = TestApp::without_workers().await;
+    let slow = Duration::from_millis(400);
+    let workers = Workers::start_serving(
+        app.store.clone(),
+        served(&[("products", "v1", slow)]),
+        WorkerConfig {
+            workers: 3,
+            poll_interval: Duration::from_millis(50),
+            ..WorkerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let coffee = || vec![("coffee.png", fixture("coffee.png"))];
+    let submit = |model: &'static str| {
+        let app = &app;
+        async move {
+            let resp = app.upload_with(&coffee(), &[("model", model)]).await;
+            assert_eq!(resp.status(), 202);
+            let body: serde_json::Value = resp.json().await.unwrap();
+            body["jobs"][0]["id"]
+                .as_str()
+                .unwrap()
+                .parse::<imgclass_core::JobId>()
+                .unwrap()
+        }
+    };
+    // A job of v1 is running when the reload replaces products with v2 and adds defects.
+    let first = submit("products").await;
+    app.wait_for(first, JobStatus::Running).await;
+    workers
+        .reload(served(&[
+            ("products", "v2", Duration::ZERO),
+            ("defects", "d1", Duration::ZERO),
+        ]))
+        .await
+        .unwrap();
+    let done = app.wait_for(first, JobStatus::Succeeded).await;
+    let result = done.result.unwrap();
+    assert_eq!(
+        result.model.version, "v1",
+        "the attempt ends on the version it started with"
+    );
+    // Under load: jobs of both models submitted after the reload all succeed on the new set.
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(submit(if i % 2 == 0 { "products" } else { "defects" }).await);
+    }
+    for id in &ids {
+        let job = app.wait_for(*id, JobStatus::Succeeded).await;
+        let version = job.result.unwrap().model.version;
+        assert!(version == "v2" || version == "d1", "{version}");
+    }
+    let (_, body) = app.get("/api/models").await;
+    let live: Vec<(String, String)> = body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| !m["nodes"].as_array().unwrap().is_empty())
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().into(),
+                m["nodes"][0]["version"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        live,
+        [
+            ("defects".into(), "d1".into()),
+            ("products".into(), "v2".into())
+        ]
+    );
+
+    // products is removed: its new jobs wait, none fails.
+    workers
+        .reload(served(&[("defects", "d1", Duration::ZERO)]))
+        .await
+        .unwrap();
+    let waiting = submit("products").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let job = app.store.get_job(waiting).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    workers.shutdown(Duration::from_secs(5)).await;
+}

@@ -65,6 +65,7 @@ const OPERATIONS: &[(&str, &str, &[&str])] = &[
     ),
     ("get", "/api/stats", &["invalid_query", "invalid_status"]),
     ("get", "/api/models", &[]),
+    ("post", "/api/models/reload", &["invalid_state"]),
     ("get", "/api/events", &["bad_request"]),
     ("get", "/healthz", &[]),
     ("get", "/readyz", &[]),
