@@ -46,7 +46,18 @@ struct StatusLabel {
 struct FinishedLabels {
     status: String,
     error_code: String,
+    /// The job's model: only names some node serves (a job naming another is refused), so the
+    /// models of the repositories bound it.
+    model: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+/// A histogram of seconds per model.
+type PerModel = Family<ModelLabel, Histogram, fn() -> Histogram>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
@@ -90,8 +101,8 @@ pub struct Metrics {
     jobs: Family<StatusLabel, Gauge>,
     finished: Family<FinishedLabels, Counter>,
     queue_wait: Histogram,
-    decode: Histogram,
-    inference: Histogram,
+    decode: PerModel,
+    inference: PerModel,
     end_to_end: Histogram,
     claim_batch: Histogram,
     rate_limit_waits: Counter,
@@ -125,8 +136,8 @@ impl Metrics {
             jobs: Family::default(),
             finished: Family::default(),
             queue_wait: seconds(),
-            decode: seconds(),
-            inference: seconds(),
+            decode: PerModel::new_with_constructor(seconds),
+            inference: PerModel::new_with_constructor(seconds),
             end_to_end: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
             claim_batch: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             rate_limit_waits: Counter::default(),
@@ -385,8 +396,13 @@ impl WorkerMetrics for Metrics {
             self.queue_wait.observe(w.as_secs_f64());
         }
         if let Some((decode, inference)) = ended.timings_ms {
-            self.decode.observe(decode / 1e3);
-            self.inference.observe(inference / 1e3);
+            let model = ModelLabel {
+                model: ended.model.clone(),
+            };
+            self.decode.get_or_create(&model).observe(decode / 1e3);
+            self.inference
+                .get_or_create(&model)
+                .observe(inference / 1e3);
         }
         let code = ended.error.map(|c| c.to_string()).unwrap_or_default();
         let status = match status {
@@ -404,6 +420,7 @@ impl WorkerMetrics for Metrics {
             .get_or_create(&FinishedLabels {
                 status: status.into(),
                 error_code: code,
+                model: ended.model.clone(),
             })
             .inc();
     }

@@ -16,7 +16,7 @@ pub trait WorkerMetrics: std::fmt::Debug + Send + Sync {
 }
 
 /// What the metrics count of an attempt, taken before its outcome goes to the store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AttemptEnded {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// From when the job was due to when it started.
@@ -24,12 +24,15 @@ pub struct AttemptEnded {
     /// Decode and inference time of a result.
     pub timings_ms: Option<(f64, f64)>,
     pub error: Option<ErrorCode>,
+    /// The job's model.
+    pub model: String,
 }
 
 impl AttemptEnded {
     pub fn of(
         created_at: chrono::DateTime<chrono::Utc>,
         queue_wait: Option<chrono::Duration>,
+        model: String,
         outcome: &Outcome,
     ) -> Self {
         let (timings_ms, error) = match outcome {
@@ -42,6 +45,7 @@ impl AttemptEnded {
             queue_wait,
             timings_ms,
             error,
+            model,
         }
     }
 }

@@ -38,16 +38,17 @@ impl Worker {
     async fn run(self, index: usize, mut jobs: mpsc::Receiver<Claim>, done: mpsc::Sender<Done>) {
         while let Some(claim) = jobs.recv().await {
             let span = tracing::info_span!("job", job.id = %claim.job.id, worker = %self.name, node = %self.config.node);
-            let (created_at, waited) = (
+            let (created_at, waited, model) = (
                 claim.job.created_at,
                 claim.job.started_at.map(|s| s - claim.job.run_at),
+                claim.job.model.clone(),
             );
             let outcome = self
                 .attempt(claim)
                 .instrument(span)
                 .await
                 .map(|(lease, o)| {
-                    let ended = AttemptEnded::of(created_at, waited, &o);
+                    let ended = AttemptEnded::of(created_at, waited, model, &o);
                     (lease, o, ended)
                 });
             if done

@@ -120,6 +120,20 @@ async fn a_scrape_after_some_jobs_counts_them() {
         value(&s, "imgclass_jobs", &[("status", "succeeded")]),
         Some(2.0)
     );
+    // Each job's model is a label of the finished count and of the model's own timings.
+    let model = ("model", "efficientnet-lite0");
+    assert_eq!(
+        value(
+            &s,
+            "imgclass_jobs_finished_total",
+            &[finished[0], finished[1], model]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&s, "imgclass_job_inference_seconds", &[model]),
+        Some(2.0)
+    );
     assert_eq!(
         value(&s, "imgclass_jobs", &[("status", "queued")]),
         Some(0.0)
