@@ -10,6 +10,7 @@ use imgclass_classifier::{
 use imgclass_core::policy::Rules;
 use imgclass_server::api::views::JobView;
 use imgclass_server::metrics::Metrics;
+use imgclass_server::ops::ModelErrors;
 use imgclass_store::ModelEntry;
 use imgclass_store::Store;
 use imgclass_worker::metrics::WorkerMetrics;
@@ -155,9 +156,10 @@ pub async fn start_workers(
     store: Arc<dyn Store>,
     args: &WorkArgs,
     metrics: Option<Arc<dyn WorkerMetrics>>,
+    errors: &ModelErrors,
 ) -> Result<Workers> {
     let (count, threads) = sizes(args);
-    let served = served(args).await?;
+    let served = served(args, errors).await?;
     let config = WorkerConfig {
         workers: count,
         inference_threads: Some(threads),
@@ -180,8 +182,12 @@ pub type WorkerSlot = Arc<tokio::sync::Mutex<Option<Workers>>>;
 
 /// Loads the models again (the repository as it is now) and serves them: SIGHUP, or
 /// `POST /api/models/reload`. The names served afterwards.
-pub async fn reload(slot: &WorkerSlot, args: &WorkArgs) -> Result<Vec<String>> {
-    let served = served(args).await?;
+pub async fn reload(
+    slot: &WorkerSlot,
+    args: &WorkArgs,
+    errors: &ModelErrors,
+) -> Result<Vec<String>> {
+    let served = served(args, errors).await?;
     let names = served.names().unwrap_or_default();
     let workers = slot.lock().await;
     let Some(workers) = workers.as_ref() else {
@@ -192,15 +198,19 @@ pub async fn reload(slot: &WorkerSlot, args: &WorkArgs) -> Result<Vec<String>> {
 }
 
 /// The reload of `POST /api/models/reload`.
-pub fn reloader(slot: WorkerSlot, args: WorkArgs) -> imgclass_server::Reload {
+pub fn reloader(slot: WorkerSlot, args: WorkArgs, errors: ModelErrors) -> imgclass_server::Reload {
     Arc::new(move || {
-        let (slot, args) = (slot.clone(), args.clone());
-        Box::pin(async move { reload(&slot, &args).await.map_err(|e| format!("{e:#}")) })
+        let (slot, args, errors) = (slot.clone(), args.clone(), errors.clone());
+        Box::pin(async move {
+            reload(&slot, &args, &errors)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
     })
 }
 
 /// Reloads the models at every SIGHUP, for as long as the process runs.
-pub fn reload_on_hangup(slot: WorkerSlot, args: WorkArgs) {
+pub fn reload_on_hangup(slot: WorkerSlot, args: WorkArgs, errors: ModelErrors) {
     #[cfg(unix)]
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -208,7 +218,7 @@ pub fn reload_on_hangup(slot: WorkerSlot, args: WorkArgs) {
             return;
         };
         while hup.recv().await.is_some() {
-            match reload(&slot, &args).await {
+            match reload(&slot, &args, &errors).await {
                 Ok(models) => tracing::info!(?models, "SIGHUP: models reloaded"),
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "SIGHUP: the models were not reloaded; the node serves what it served before")
@@ -219,7 +229,7 @@ pub fn reload_on_hangup(slot: WorkerSlot, args: WorkArgs) {
 }
 
 /// What the node's workers serve: the provider's model, or the in-process models.
-async fn served(args: &WorkArgs) -> Result<Served> {
+async fn served(args: &WorkArgs, errors: &ModelErrors) -> Result<Served> {
     let (count, threads) = sizes(args);
     Ok(match args.model.provider {
         ProviderArg::Noop => {
@@ -251,7 +261,7 @@ async fn served(args: &WorkArgs) -> Result<Served> {
                 .map_or_else(|| (cores() / threads).max(1), usize::from);
             let top_k = usize::from(args.model.top_k);
             let limits = args.limits.limits();
-            let models = load_models(&args.model).await?;
+            let models = load_models(&args.model, errors).await?;
             let served = models
                 .into_iter()
                 .map(|model| {
@@ -300,9 +310,14 @@ pub async fn finish_shutdown(deliverer: Option<Deliverer>) {
 
 /// The in-process models a node serves: the built-in one (or the one of --model/--labels) and
 /// those of the repository (--models) that load; a folder that cannot load is logged.
-pub async fn load_models(args: &crate::args::ModelArgs) -> Result<Vec<Model>> {
+/// `errors` gets the folders that could not be loaded (for `/readyz`).
+pub async fn load_models(
+    args: &crate::args::ModelArgs,
+    errors: &ModelErrors,
+) -> Result<Vec<Model>> {
     let source = args.source();
     let dir = args.models.clone();
+    let errors = errors.clone();
     tokio::task::spawn_blocking(move || -> Result<Vec<Model>> {
         let mut models = vec![Model::load(&source)?];
         if let Some(dir) = dir {
@@ -311,6 +326,11 @@ pub async fn load_models(args: &crate::args::ModelArgs) -> Result<Vec<Model>> {
             for e in &repo.errors {
                 tracing::error!(folder = %e.folder.display(), error = %e.error, "a model of the repository cannot be loaded; the node serves the others");
             }
+            *errors.lock().unwrap_or_else(|e| e.into_inner()) = repo
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}", e.folder.display(), e.error))
+                .collect();
             for m in repo.models {
                 if models.iter().any(|have| have.info().name == m.info().name) {
                     anyhow::bail!(

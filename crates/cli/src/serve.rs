@@ -24,12 +24,13 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         let (readiness, loaded) = imgclass_server::ops::Readiness::with_workers();
         let (failed_tx, failed) = tokio::sync::oneshot::channel();
         let slot: node::WorkerSlot = Arc::new(tokio::sync::Mutex::new(None));
-        node::reload_on_hangup(slot.clone(), args.work.clone());
+        let errors = readiness.model_errors.clone();
+        node::reload_on_hangup(slot.clone(), args.work.clone(), errors.clone());
         let (store, work, put) = (store.clone(), args.work.clone(), slot.clone());
         let metrics = metrics.clone();
         let starting = tokio::spawn(async move {
             let mut put = put.lock().await;
-            match node::start_workers(store, &work, Some(metrics)).await {
+            match node::start_workers(store, &work, Some(metrics), &errors).await {
                 Ok(w) => {
                     *put = Some(w);
                     loaded.store(true, std::sync::atomic::Ordering::Release);
@@ -69,9 +70,13 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
             .named_model()
             .map_or_else(|| node_model.name.clone(), str::to_string),
         result_cache: (!args.no_result_cache).then_some(node_model),
-        reload: workers
-            .as_ref()
-            .map(|(slot, _)| node::reloader(slot.clone(), args.work.clone())),
+        reload: workers.as_ref().map(|(slot, _)| {
+            node::reloader(
+                slot.clone(),
+                args.work.clone(),
+                readiness.model_errors.clone(),
+            )
+        }),
     };
     let deliverer = node::start_deliverer(&state.store, &webhooks)?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -11,9 +11,11 @@ pub async fn run(args: WorkerArgs) -> Result<ExitCode> {
         webhooks,
         metrics,
     } = Node::open(&args.db, &args.work).await?;
-    let workers = node::start_workers(store.clone(), &args.work, Some(metrics)).await?;
+    // A worker node has no /readyz: the folders that cannot load are logged.
+    let errors = imgclass_server::ops::ModelErrors::default();
+    let workers = node::start_workers(store.clone(), &args.work, Some(metrics), &errors).await?;
     let slot: node::WorkerSlot = std::sync::Arc::new(tokio::sync::Mutex::new(Some(workers)));
-    node::reload_on_hangup(slot.clone(), args.work.clone());
+    node::reload_on_hangup(slot.clone(), args.work.clone(), errors);
     let deliverer = node::start_deliverer(&store, &webhooks)?;
     tracing::info!("imgclass worker is running");
     node::wait_for_shutdown().await;

@@ -17,7 +17,13 @@ use utoipa_axum::routes;
 pub struct Readiness {
     /// Set once this node's workers have loaded the model; `None` on a node without workers.
     pub model_loaded: Option<Arc<AtomicBool>>,
+    /// The folders of the model repository that could not be loaded, each with why (the node
+    /// serves the others, and stays ready).
+    pub model_errors: ModelErrors,
 }
+
+/// The model folders that could not be loaded at the last (re)load, each as `folder: error`.
+pub type ModelErrors = Arc<std::sync::Mutex<Vec<String>>>;
 
 impl Readiness {
     /// Readiness of a node with workers, not loaded yet; set the flag once they are.
@@ -26,6 +32,7 @@ impl Readiness {
         (
             Readiness {
                 model_loaded: Some(flag.clone()),
+                model_errors: ModelErrors::default(),
             },
             flag,
         )
@@ -62,6 +69,9 @@ struct ReadyView {
     status: String,
     /// Why not (only when not ready).
     reasons: Option<Vec<String>>,
+    /// The model folders that could not be loaded (the node serves the other models and can be
+    /// ready), each as `folder: error` naming the file and key.
+    models_not_loaded: Option<Vec<String>>,
 }
 
 /// Readiness: the database answers, its storage is not full (since the last write that found it
@@ -104,17 +114,22 @@ async fn readyz(State(s): State<ReadyState>) -> Response {
             "the database refuses writes (503 unavailable): {fault}"
         ));
     }
-    if problems.is_empty() {
-        (
-            StatusCode::OK,
-            Json(serde_json::json!({ "status": "ready" })),
-        )
-            .into_response()
+    let (status, mut body) = if problems.is_empty() {
+        (StatusCode::OK, serde_json::json!({ "status": "ready" }))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "status": "not_ready", "reasons": problems })),
+            serde_json::json!({ "status": "not_ready", "reasons": problems }),
         )
-            .into_response()
+    };
+    let not_loaded = s
+        .readiness
+        .model_errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if !not_loaded.is_empty() {
+        body["models_not_loaded"] = serde_json::json!(not_loaded);
     }
+    (status, Json(body)).into_response()
 }

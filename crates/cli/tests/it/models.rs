@@ -91,6 +91,19 @@ async fn a_job_names_a_model_of_the_repository() {
             .any(|l| l.contains("broken") && l.contains("std")),
         "the broken folder is reported with its file and key"
     );
+    // The node is ready (it serves the others) and /readyz names the folder that did not load.
+    let ready = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    let not_loaded = ready["models_not_loaded"].as_array().unwrap();
+    assert_eq!(not_loaded.len(), 1, "{ready}");
+    let why = not_loaded[0].as_str().unwrap();
+    assert!(
+        why.contains("broken") && why.contains("model.toml") && why.contains("std"),
+        "{why}"
+    );
 
     // A blue image, classified by `colours`: blue first.
     let blue = solid([10, 20, 240]);
