@@ -5,6 +5,7 @@ mod database_flag;
 mod imagga;
 mod models;
 mod pg_cluster;
+mod readme_example;
 mod submit;
 mod webhooks;
 

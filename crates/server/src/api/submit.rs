@@ -279,22 +279,58 @@ pub(super) async fn create_jobs(
 /// Fills in the cached results of the jobs whose image already has a result from the model the
 /// cache serves. The cache only saves work: when it cannot be read, every job is classified.
 async fn cache_lookup(state: &AppState, jobs: &mut [NewJob]) {
-    // Only results of the model the jobs ask for.
-    let Some(model) = state
-        .result_cache
-        .as_ref()
-        .filter(|m| jobs.iter().all(|j| j.model == m.name))
-    else {
+    let Some(own) = &state.result_cache else {
         return;
     };
-    let images: Vec<String> = jobs.iter().map(|j| j.sha256.clone()).collect();
-    match state.store.cached_results(&images, model).await {
-        Ok(found) => {
-            for job in jobs.iter_mut() {
-                job.cached_result = found.get(&job.sha256).cloned();
+    let mut models: Vec<String> = jobs.iter().map(|j| j.model.clone()).collect();
+    models.sort();
+    models.dedup();
+    // The version of each other model, as its nodes last announced it.
+    let announced = if models.iter().any(|m| *m != own.name) {
+        match state.store.models(super::models::LIVE).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "result cache unavailable; classifying every image");
+                return;
             }
         }
-        Err(e) => tracing::warn!(error = %e, "result cache unavailable; classifying every image"),
+    } else {
+        Vec::new()
+    };
+    for name in models {
+        // Only results of the model a job asks for, at its current version.
+        let info = if name == own.name {
+            own.clone()
+        } else {
+            let Some(r) = announced.iter().find(|r| r.entry.name == name) else {
+                continue;
+            };
+            let provider = match r.entry.spec["provider"].as_str() {
+                Some("imagga") => imgclass_core::Provider::Imagga,
+                _ => imgclass_core::Provider::Builtin,
+            };
+            imgclass_core::ModelInfo {
+                provider,
+                name: name.clone(),
+                version: r.entry.version.clone(),
+            }
+        };
+        let images: Vec<String> = jobs
+            .iter()
+            .filter(|j| j.model == name)
+            .map(|j| j.sha256.clone())
+            .collect();
+        match state.store.cached_results(&images, &info).await {
+            Ok(found) => {
+                for job in jobs.iter_mut().filter(|j| j.model == name) {
+                    job.cached_result = found.get(&job.sha256).cloned();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "result cache unavailable; classifying every image");
+                return;
+            }
+        }
     }
 }
 

@@ -279,3 +279,58 @@ async fn a_reload_changes_the_models_without_losing_a_job() {
     assert_eq!(job.status, JobStatus::Queued);
     workers.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_result_cache_is_kept_per_model_and_version() {
+    let app = TestApp::with(crate::helpers::Options {
+        workers: 0,
+        result_cache: Some(imgclass_core::ModelInfo {
+            provider: imgclass_core::Provider::Builtin,
+            name: "efficientnet-lite0".into(),
+            version: "builtin".into(),
+        }),
+        ..Default::default()
+    })
+    .await;
+    let workers = Workers::start_serving(
+        app.store.clone(),
+        served(&[("products", "v1", Duration::ZERO)]),
+        WorkerConfig {
+            poll_interval: Duration::from_millis(50),
+            ..WorkerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let post = |model: &'static str| {
+        let app = &app;
+        async move {
+            let resp = app
+                .upload_with(
+                    &[("coffee.png", fixture("coffee.png"))],
+                    &[("model", model)],
+                )
+                .await;
+            assert_eq!(resp.status(), 202);
+            let body: serde_json::Value = resp.json().await.unwrap();
+            body["jobs"][0].clone()
+        }
+    };
+    let first = post("products").await;
+    assert_eq!(first["cached"], false);
+    let id = first["id"].as_str().unwrap().parse().unwrap();
+    app.wait_for(id, JobStatus::Succeeded).await;
+    // The same image for the same model and version: answered from the cache.
+    let again = post("products").await;
+    assert_eq!(again["cached"], true);
+    assert_eq!(again["status"], "succeeded");
+    assert_eq!(again["result"]["model"]["version"], "v1");
+    // A new version of the model: classified again.
+    workers
+        .reload(served(&[("products", "v2", Duration::ZERO)]))
+        .await
+        .unwrap();
+    let after = post("products").await;
+    assert_eq!(after["cached"], false);
+    workers.shutdown(Duration::from_secs(5)).await;
+}
