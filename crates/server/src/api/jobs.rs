@@ -69,8 +69,10 @@ pub(super) async fn list_jobs(
         .search_jobs(&filter, params.cursor.as_deref(), limit)
         .await?;
     let total = state.store.count_jobs(&filter).await?;
+    let mut jobs: Vec<JobView> = page.jobs.into_iter().map(JobView::from).collect();
+    super::models::explain_waits(&state, &mut jobs).await;
     Ok(Json(JobList {
-        jobs: page.jobs.into_iter().map(JobView::from).collect(),
+        jobs,
         next_cursor: page.next_cursor,
         total,
     }))
@@ -114,7 +116,10 @@ pub(super) async fn get_job(
             .next()
             .ok_or_else(ApiError::not_found)?;
     }
-    let mut resp = Json(JobView::from(job)).into_response();
+    let mut view = [JobView::from(job)];
+    super::models::explain_waits(&state, &mut view).await;
+    let [view] = view;
+    let mut resp = Json(view).into_response();
     if let Some(wait) = wait {
         wait::set_preference_applied(&mut resp, wait);
     }

@@ -146,3 +146,29 @@ pub(super) async fn reload_models(
         )),
     }
 }
+
+/// Says why each queued job of `jobs` waits when no node serves its model now (a model the
+/// nodes announced before). Reads the models once, only when a job is queued; a failed read
+/// leaves the jobs as they are.
+pub(super) async fn explain_waits(state: &AppState, jobs: &mut [super::views::JobView]) {
+    if !jobs
+        .iter()
+        .any(|j| j.status == imgclass_core::JobStatus::Queued)
+    {
+        return;
+    }
+    let Ok(models) = state.store.models(LIVE).await else {
+        return;
+    };
+    for job in jobs
+        .iter_mut()
+        .filter(|j| j.status == imgclass_core::JobStatus::Queued)
+    {
+        let unserved = models
+            .iter()
+            .any(|m| m.entry.name == job.model && m.nodes.is_empty());
+        if unserved {
+            job.waiting = Some(format!("no worker serves the model {}", job.model));
+        }
+    }
+}

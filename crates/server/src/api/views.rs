@@ -35,6 +35,10 @@ pub struct JobView {
     /// now waits until one does).
     #[schema(example = "efficientnet-lite0")]
     pub model: String,
+    /// Why a queued job waits, when the API knows it: `no worker serves the model NAME` while
+    /// no node serves its model (it runs once one does). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     pub created_at: DateTime<Utc>,
     pub run_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -210,6 +214,7 @@ impl From<Job> for JobView {
             result: j.result,
             cached: j.cached,
             model: j.model.clone(),
+            waiting: None,
             created_at: j.created_at,
             run_at: j.run_at,
             started_at: j.started_at,

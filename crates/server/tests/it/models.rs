@@ -48,13 +48,43 @@ async fn the_models_are_listed_with_the_nodes_that_serve_them() {
     assert_eq!(products["default"], false);
     assert_eq!(products["nodes"][0]["node"], "node-a");
 
-    // node-a stops serving products: it stays known, with no node.
+    // node-a stops serving products: it stays known, with no node, and a queued job of it
+    // says why it waits (on its own and in the list); one of a served model says nothing.
+    let products_job = {
+        let resp = app
+            .upload_with(
+                &[("coffee.png", fixture("coffee.png"))],
+                &[("model", "products")],
+            )
+            .await;
+        let body: serde_json::Value = resp.json().await.unwrap();
+        body["jobs"][0]["id"].as_str().unwrap().to_string()
+    };
+    let builtin_job = app.submit(&[("coffee.png", fixture("coffee.png"))]).await[0];
     app.store
         .announce_models("node-a", &[entry("efficientnet-lite0")])
         .await
         .unwrap();
     let (_, body) = app.get("/api/models").await;
     assert_eq!(body["models"][1]["nodes"], serde_json::json!([]));
+    let (_, job) = app.get(&format!("/api/jobs/{products_job}")).await;
+    assert_eq!(job["waiting"], "no worker serves the model products");
+    let (_, job) = app.get(&format!("/api/jobs/{builtin_job}")).await;
+    assert!(job.get("waiting").is_none(), "{job}");
+    let (_, list) = app.get("/api/jobs?status=queued").await;
+    let waiting: Vec<&serde_json::Value> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| &j["waiting"])
+        .collect();
+    assert_eq!(
+        waiting,
+        [
+            &serde_json::Value::Null,
+            &serde_json::json!("no worker serves the model products")
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
