@@ -78,6 +78,21 @@ fn series(text: &str) -> BTreeSet<&str> {
 }
 
 /// The value of the sample `name` whose labels include `labels`.
+/// A scrape taken once `imgclass_jobs_finished_total{labels}` has reached `count`: the workers
+/// count an outcome once the store has stored it, the moment its event goes out, so the count
+/// may trail the event a test waited for by a moment.
+async fn scrape_once_counted(app: &TestApp, labels: &[(&str, &str)], count: f64) -> Scrape {
+    let mut s = scrape(app, None).await;
+    for _ in 0..500 {
+        if value(&s, "imgclass_jobs_finished_total", labels) == Some(count) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        s = scrape(app, None).await;
+    }
+    s
+}
+
 fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     s.samples
         .iter()
@@ -104,17 +119,8 @@ async fn a_scrape_after_some_jobs_counts_them() {
         app.wait_for(*id, JobStatus::Succeeded).await;
     }
     stream.next().await;
-    // The workers count an outcome once the store has stored it, which is also when its
-    // event goes out: the count may trail the event by a moment.
     let finished = [("status", "succeeded"), ("error_code", "")];
-    let mut s = scrape(&app, None).await;
-    for _ in 0..200 {
-        if value(&s, "imgclass_jobs_finished_total", &finished) == Some(2.0) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        s = scrape(&app, None).await;
-    }
+    let s = scrape_once_counted(&app, &finished, 2.0).await;
 
     assert_eq!(
         value(&s, "imgclass_jobs", &[("status", "succeeded")]),
@@ -255,7 +261,12 @@ async fn failures_are_counted_by_error_code_and_rate_limit_waits_too() {
     for id in &ids {
         app.wait_for(*id, JobStatus::Failed).await;
     }
-    let s = scrape(&app, None).await;
+    let s = scrape_once_counted(
+        &app,
+        &[("status", "failed"), ("error_code", "injected_failure")],
+        2.0,
+    )
+    .await;
     assert_eq!(
         value(
             &s,
