@@ -24,8 +24,8 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct UploadParams {
-    /// The file name of a raw image body (its last path component is kept).
-    #[param(max_length = 255)]
+    /// The file name of a raw image body, for display: its last path component is kept,
+    /// without control characters, cut to 255 characters (as a multipart file's name is).
     filename: Option<String>,
     /// As the form field `priority`: higher runs first among due jobs (default 0).
     #[param(value_type = Option<i32>, minimum = -1000, maximum = 1000)]
