@@ -59,12 +59,7 @@ async fn a_job_names_a_model_of_the_repository() {
     // is not.
     let mut models = Value::Null;
     for _ in 0..600 {
-        models = reqwest::get(format!("{}/api/models", server.base))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        models = models_of(&server.base).await;
         if models["models"].as_array().is_some_and(|m| !m.is_empty()) {
             break;
         }
@@ -144,12 +139,7 @@ async fn a_job_names_a_model_of_the_repository() {
     };
     let mut models = Value::Null;
     for _ in 0..600 {
-        models = reqwest::get(format!("{}/api/models", server.base))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        models = models_of(&server.base).await;
         if served(&models, "added") {
             break;
         }
@@ -169,12 +159,7 @@ async fn a_job_names_a_model_of_the_repository() {
         body["models"],
         serde_json::json!(["efficientnet-lite0", "added"])
     );
-    let models: Value = reqwest::get(format!("{}/api/models", server.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = models_of(&server.base).await;
     assert!(
         served(&models, "added") && !served(&models, "colours"),
         "{models}"
@@ -194,17 +179,7 @@ fn classify_runs_the_model_it_names() {
     let repo = repository(dir.path());
     let image = dir.path().join("green.png");
     std::fs::write(&image, solid([20, 230, 30])).unwrap();
-    let out = Command::new(bin())
-        .args([
-            "classify",
-            "--models",
-            repo.to_str().unwrap(),
-            "--model",
-            "colours",
-        ])
-        .arg(&image)
-        .output()
-        .unwrap();
+    let out = classify(&repo, "colours", &image);
     assert!(
         out.status.success(),
         "{}",
@@ -216,32 +191,37 @@ fn classify_runs_the_model_it_names() {
     assert!(text.contains("model colours"), "{text}");
 
     // An unknown name, and a folder that cannot load, are refused clearly.
-    let out = Command::new(bin())
-        .args([
-            "classify",
-            "--models",
-            repo.to_str().unwrap(),
-            "--model",
-            "nope",
-        ])
-        .arg(&image)
-        .output()
-        .unwrap();
+    let out = classify(&repo, "nope", &image);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nope") && err.contains("colours"), "{err}");
-    let out = Command::new(bin())
+    let out = classify(&repo, "broken", &image);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("model.toml") && err.contains("std"), "{err}");
+}
+
+/// `GET /api/models` of the server at `base`.
+async fn models_of(base: &str) -> Value {
+    reqwest::get(format!("{base}/api/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `imgclass classify --models REPO --model NAME IMAGE`.
+fn classify(repo: &Path, name: &str, image: &Path) -> std::process::Output {
+    Command::new(bin())
         .args([
             "classify",
             "--models",
             repo.to_str().unwrap(),
             "--model",
-            "broken",
+            name,
         ])
-        .arg(&image)
+        .arg(image)
         .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("model.toml") && err.contains("std"), "{err}");
+        .unwrap()
 }
