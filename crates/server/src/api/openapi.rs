@@ -9,6 +9,7 @@ use axum::routing::get;
 use axum::Router;
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
+use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, HeaderBuilder, OpenApi, Ref, RefOr, ResponseBuilder, Schema,
@@ -55,6 +56,19 @@ pub fn openapi() -> OpenApi {
     doc
 }
 
+/// The operations of a path (the methods the API uses).
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.post,
+        &mut item.put,
+        &mut item.patch,
+        &mut item.delete,
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// The operations of every path that the access layer does not guard: `security: []`, open to
 /// anyone even on a server with API tokens.
 fn mark_public(doc: &mut OpenApi, guarded: &BTreeSet<String>) {
@@ -62,14 +76,7 @@ fn mark_public(doc: &mut OpenApi, guarded: &BTreeSet<String>) {
         if guarded.contains(path) {
             continue;
         }
-        let operations = [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.patch,
-            &mut item.delete,
-        ];
-        for op in operations.into_iter().flatten() {
+        for op in operations(item) {
             op.security = Some(Vec::new());
         }
     }
@@ -150,14 +157,7 @@ fn add_access_responses(doc: &mut OpenApi, guarded: &BTreeSet<String>) {
         if !guarded.contains(path) {
             continue;
         }
-        let operations = [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.patch,
-            &mut item.delete,
-        ];
-        for op in operations.into_iter().flatten() {
+        for op in operations(item) {
             op.security = Some(vec![
                 SecurityRequirement::default(),
                 SecurityRequirement::new("bearer", Vec::<String>::new()),
