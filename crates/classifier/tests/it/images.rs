@@ -38,7 +38,7 @@ fn assert_code(r: Result<(Prepared, Vec<f32>), ClassifyError>, want: &str) {
     }
 }
 
-fn png_rgb(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
+pub(crate) fn png_rgb(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
     let img = RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(&mut out)
@@ -47,7 +47,7 @@ fn png_rgb(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
     out
 }
 
-fn jpeg_rgb(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
+pub(crate) fn jpeg_rgb(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
     let img = RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)

@@ -2,7 +2,7 @@
 //! `tests/models/` (written by `scripts/make-test-models.py`), whose answers are known exactly:
 //! `flat_*` output their input tensor as it is, `means_*` the mean of each channel.
 
-use image::{ImageEncoder, RgbImage};
+use crate::images::{jpeg_rgb, png_rgb};
 use imgclass_classifier::{
     Cancel, Classifier, Layout, Model, ModelError, ModelRepository, ModelSpec, OutputKind, Resize,
 };
@@ -42,24 +42,6 @@ fn load(tag: &str, onnx: &str, spec: &str, labels: usize) -> Result<Model, Model
     m
 }
 
-fn png(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
-    let img = RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
-        .unwrap();
-    out
-}
-
-fn jpeg(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
-    let img = RgbImage::from_pixel(w, h, image::Rgb(rgb));
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
-        .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
-        .unwrap();
-    out
-}
-
 /// The model's raw outputs for one image.
 fn outputs(model: &Model, image: &[u8]) -> Vec<f32> {
     let mut c = model.session(1, 100).unwrap();
@@ -87,7 +69,7 @@ fn nchw_stretch_writes_the_image_exactly() {
     );
     let m = load("nchw", "flat_nchw_4x6.onnx", &spec, 72).unwrap();
     assert_eq!(m.spec().input.size, Some([4, 6]));
-    let got = outputs(&m, &png(6, 4, pattern));
+    let got = outputs(&m, &png_rgb(6, 4, pattern));
     for y in 0..4 {
         for x in 0..6 {
             for c in 0..3 {
@@ -109,7 +91,7 @@ fn nhwc_bgr_with_mean_and_std_per_channel() {
     let m = load("nhwc", "flat_nhwc_4x6.onnx", spec, 72).unwrap();
     assert_eq!(m.spec().input.size, Some([4, 6]));
     assert_eq!(m.spec().input.layout, Layout::Nhwc);
-    let got = outputs(&m, &png(6, 4, pattern));
+    let got = outputs(&m, &png_rgb(6, 4, pattern));
     for y in 0..4 {
         for x in 0..6 {
             let rgb = pattern(x, y);
@@ -126,7 +108,7 @@ fn nhwc_bgr_with_mean_and_std_per_channel() {
 fn crop_takes_the_centre_and_stretch_the_whole_image() {
     // 12×4 source, 4×6 input. Crop with fraction 1 covers 4×6 at scale 1: columns 3..9, exact.
     let src = |x: u32, y: u32| [(20 * x) as u8, (50 * y) as u8, 7];
-    let image = png(12, 4, src);
+    let image = png_rgb(12, 4, src);
     let crop = format!("[input]\n{PLAIN}crop_fraction = 1.0\n[output]\nkind = \"logits\"\n");
     let m = load("crop", "flat_nchw_4x6.onnx", &crop, 72).unwrap();
     assert_eq!(m.spec().input.resize, Resize::Crop { fraction: 1.0 });
@@ -167,7 +149,7 @@ fn non_square_sizes_of_a_free_model() {
     let want: Vec<f32> = (0..3)
         .map(|c| norm(rgb[c], [0.1, 0.2, 0.3][c], [0.2, 0.3, 0.4][c]))
         .collect();
-    let got = outputs(&m, &png(100, 37, |_, _| rgb));
+    let got = outputs(&m, &png_rgb(100, 37, |_, _| rgb));
     for c in 0..3 {
         assert!((got[c] - want[c]).abs() < 1e-5, "{got:?} {want:?}");
     }
@@ -175,7 +157,7 @@ fn non_square_sizes_of_a_free_model() {
     let p = m
         .session(1, 3)
         .unwrap()
-        .classify(&png(37, 100, |_, _| rgb))
+        .classify(&png_rgb(37, 100, |_, _| rgb))
         .unwrap();
     let exps: Vec<f32> = want.iter().map(|v| v.exp()).collect();
     let sum: f32 = exps.iter().sum();
@@ -188,7 +170,9 @@ fn non_square_sizes_of_a_free_model() {
                 [output]\nkind = \"logits\"\n";
     let m = load("tall", "means_free.onnx", spec, 3).unwrap();
     let mut c = m.session(1, 3).unwrap();
-    let prepared = c.prepare(&jpeg(4000, 3000, rgb), &Cancel::never()).unwrap();
+    let prepared = c
+        .prepare(&jpeg_rgb(4000, 3000, |_, _| rgb), &Cancel::never())
+        .unwrap();
     assert!(prepared.decoded.0 < 4000, "{prepared:?}");
     let got = c.infer_prepared().unwrap();
     for ch in 0..3 {
@@ -210,7 +194,7 @@ fn probabilities_are_used_as_they_are() {
     };
     let once = softmax(&means);
     let spec = |kind: &str| format!("[input]\nsize = [8, 8]\n{PLAIN}[output]\nkind = \"{kind}\"\n");
-    let image = png(20, 20, |_, _| rgb);
+    let image = png_rgb(20, 20, |_, _| rgb);
     let m = load("probs", "means_softmax.onnx", &spec("probabilities"), 3).unwrap();
     assert_eq!(m.spec().output.kind, OutputKind::Probabilities);
     let p = m
@@ -437,7 +421,7 @@ fn a_repository_loads_its_good_folders_and_reports_the_bad_ones() {
     let p = scenes
         .session(1, 1)
         .unwrap()
-        .classify(&png(9, 9, |_, _| [1, 2, 250]))
+        .classify(&png_rgb(9, 9, |_, _| [1, 2, 250]))
         .unwrap();
     assert_eq!(p.predictions[0].index, 2);
     std::fs::remove_dir_all(dir).unwrap();
