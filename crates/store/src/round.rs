@@ -195,6 +195,10 @@ async fn claim<E: Exec>(
         rate,
         models,
     } = claiming;
+    if models.is_some_and(|m| m.is_empty()) {
+        // A node that serves no model takes nothing (and no start from the rate limit).
+        return Ok(ClaimBatch::default());
+    }
     let token = format!("{worker}/{}", uuid::Uuid::new_v4());
     let mut limit = limit as i64;
     let mut window = Vec::new();
@@ -235,9 +239,6 @@ async fn claim<E: Exec>(
         }
         None => String::new(),
     };
-    if models.is_some_and(|m| m.is_empty()) {
-        return Ok(ClaimBatch::default());
-    }
     // The statuses are literals, not parameters (see `exec::QUEUED`).
     let sql = format!(
         "UPDATE jobs SET status = $1, attempts = {}, run_attempts = {}, stalls = {}, \
