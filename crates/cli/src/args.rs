@@ -99,6 +99,12 @@ pub struct MigrateArgs {
     /// ...into this one (e.g. postgres://user@host/imgclass), after migrating it.
     #[arg(long, requires = "from")]
     pub to: Option<String>,
+    /// Move every image of --database into this store (`database`, `file:///DIR` or
+    /// `s3://BUCKET[/PREFIX]`), each checked against its SHA-256. Safe while the service runs;
+    /// start the nodes with --blob-store set to the same store first, so that new images go
+    /// there too. Interrupted, it resumes where it stopped when run again.
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    pub blobs_to: Option<String>,
 }
 
 #[derive(Args)]
@@ -122,9 +128,23 @@ pub struct DatabaseArgs {
         default_value = "sqlite://data/imgclass.db"
     )]
     pub database: String,
+    /// Where new images go: `database` (inside the database, in 1 MiB chunks), `file:///DIR`
+    /// (one file per image, named by its SHA-256) or `s3://BUCKET[/PREFIX]` (any S3-compatible
+    /// service, configured by AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// AWS_ENDPOINT_URL and AWS_ALLOW_HTTP). Images stored before stay readable where they are
+    /// (`imgclass migrate --blobs-to` moves them). Default: database.
+    #[arg(long, global = true, env = "IMGCLASS_BLOB_STORE")]
+    pub blob_store: Option<String>,
 }
 
 impl DatabaseArgs {
+    /// Where new images go, as configured or by default.
+    pub fn blob_store_url(&self) -> String {
+        self.blob_store
+            .clone()
+            .unwrap_or_else(|| imgclass_store::DATABASE.to_string())
+    }
+
     /// The URL fit to print: without its password.
     pub fn shown(&self) -> String {
         redact_url(&self.database)
@@ -300,6 +320,11 @@ pub struct ServeArgs {
     /// image is answered at once from the earlier result, marked cached).
     #[arg(long, env = "IMGCLASS_NO_RESULT_CACHE")]
     pub no_result_cache: bool,
+    /// With images in an object store: an object that no job refers to (an upload stopped
+    /// between storing its image and committing its job) is deleted once it is this old.
+    /// Images of deleted jobs are deleted within a minute.
+    #[arg(long, env = "IMGCLASS_BLOB_ORPHAN_GRACE", default_value = "1h", value_parser = parse_duration)]
+    pub blob_orphan_grace: Duration,
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]

@@ -1,5 +1,6 @@
 //! `imgclass migrate`: creates the database or brings it up to date; with `--from` and `--to`,
-//! copies one installation's jobs, results and images into another database.
+//! copies one installation's jobs, results and images into another database; with
+//! `--blobs-to`, moves the images into another store.
 
 use crate::args::MigrateArgs;
 use crate::parse::redact_url;
@@ -15,7 +16,12 @@ pub async fn run(args: MigrateArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot open {from_shown}"))?;
         source.migrate().await?;
-        let target = imgclass_store::connect(to)
+        // Images go where --blob-store says, as on a node of the target.
+        let url = args.db.blob_store_url();
+        let blobs = imgclass_store::BlobStore::open(&url, None)
+            .with_context(|| format!("cannot open the image store {url}"))?;
+        let rules = imgclass_core::policy::Rules::default();
+        let target = imgclass_store::open(to, rules, blobs)
             .await
             .with_context(|| format!("cannot open {to_shown}"))?;
         target.migrate().await?;
@@ -26,10 +32,41 @@ pub async fn run(args: MigrateArgs) -> Result<ExitCode> {
     }
     let shown = args.db.shown();
     eprintln!("imgclass: using the database {shown}");
-    let store = imgclass_store::connect(&args.db.database)
-        .await
-        .with_context(|| format!("cannot open the database {shown}"))?;
-    store.migrate().await?;
+    let store = crate::node::open_store(&args.db).await?;
     tracing::info!(database = %shown, "migrations applied");
+    if let Some(to) = &args.blobs_to {
+        return move_images(&*store, to).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Moves every image into the store `to`, a batch at a time, printing the progress.
+async fn move_images(store: &dyn imgclass_store::Store, to: &str) -> Result<ExitCode> {
+    let target = imgclass_store::BlobStore::open(to, None)
+        .with_context(|| format!("cannot open the image store {to}"))?;
+    target
+        .probe()
+        .await
+        .with_context(|| format!("the image store {} does not answer", target.url()))?;
+    let mut moved = 0;
+    loop {
+        let step = store.move_images(&target, 100).await?;
+        moved += step.moved;
+        eprintln!(
+            "imgclass: {moved} images moved to {}, {} to go",
+            target.url(),
+            step.remaining
+        );
+        if step.remaining == 0 {
+            break;
+        }
+        if step.moved == 0 {
+            anyhow::bail!(
+                "{} images could not be moved (they changed while being moved); run again",
+                step.remaining
+            );
+        }
+    }
+    println!("moved {moved} images to {}", target.url());
     Ok(ExitCode::SUCCESS)
 }

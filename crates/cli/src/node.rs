@@ -11,8 +11,8 @@ use imgclass_core::policy::Rules;
 use imgclass_server::api::views::JobView;
 use imgclass_server::metrics::Metrics;
 use imgclass_server::ops::ModelErrors;
-use imgclass_store::ModelEntry;
 use imgclass_store::Store;
+use imgclass_store::{BlobObserver, BlobStore, ModelEntry};
 use imgclass_worker::metrics::WorkerMetrics;
 use imgclass_worker::webhooks::{Deliverer, WebhookConfig};
 use imgclass_worker::{ClassifierFactory, Served, ServedModel, WorkerConfig, Workers};
@@ -36,12 +36,20 @@ pub fn cores() -> usize {
 
 /// Opens the database and brings it up to date.
 pub async fn open_store(db: &DatabaseArgs) -> Result<Arc<dyn Store>> {
-    open_store_with(db, Rules::default()).await
+    open_store_with(db, Rules::default(), None).await
 }
 
-/// Opens the database, deciding with `rules`, and brings it up to date.
-async fn open_store_with(db: &DatabaseArgs, rules: Rules) -> Result<Arc<dyn Store>> {
-    let store = imgclass_store::connect_with(&db.database, rules)
+/// Opens the database, deciding with `rules`, with new images in the configured store
+/// (its operations reported to `observer`), and brings it up to date.
+async fn open_store_with(
+    db: &DatabaseArgs,
+    rules: Rules,
+    observer: Option<Arc<dyn BlobObserver>>,
+) -> Result<Arc<dyn Store>> {
+    let url = db.blob_store_url();
+    let blobs = BlobStore::open(&url, observer)
+        .with_context(|| format!("cannot open the image store {url}"))?;
+    let store = imgclass_store::open(&db.database, rules, blobs)
         .await
         .with_context(|| format!("cannot open the database {}", db.shown()))?;
     store.migrate().await?;
@@ -58,11 +66,16 @@ pub struct Node {
 
 impl Node {
     pub async fn open(db: &DatabaseArgs, work: &WorkArgs) -> Result<Node> {
-        // The store decides every transition with the queue's rules as configured.
-        let store = open_store_with(db, work.rules()).await?;
-        tracing::info!(database = %db.shown(), "database open");
-        let webhooks = webhook_config(&work.webhooks)?;
         let metrics = Arc::new(Metrics::new());
+        // The store decides every transition with the queue's rules as configured.
+        let observer: Arc<dyn BlobObserver> = metrics.clone();
+        let store = open_store_with(db, work.rules(), Some(observer)).await?;
+        tracing::info!(
+            database = %db.shown(),
+            images = %store.blob_store().url(),
+            "database open"
+        );
+        let webhooks = webhook_config(&work.webhooks)?;
         if let Some(addr) = work.metrics_listen {
             serve_metrics(addr, metrics.clone(), store.clone()).await?;
         }
@@ -94,6 +107,38 @@ fn webhook_config(args: &WebhookArgs) -> Result<Option<WebhookConfig>> {
     config.default_url = args.webhook_default.clone();
     config.node = node_name();
     Ok(Some(config))
+}
+
+/// Starts the image collector when images go to an object store: images of deleted jobs
+/// are deleted within a minute, orphans once they are `grace` old (looked for every `grace`).
+pub fn start_collector(store: &Arc<dyn Store>, grace: Duration) {
+    if store.blob_store().is_database() {
+        return;
+    }
+    let store = store.clone();
+    let every = grace.clamp(Duration::from_secs(1), Duration::from_secs(60));
+    tokio::spawn(async move {
+        let mut orphans_due = tokio::time::Instant::now() + grace;
+        loop {
+            tokio::time::sleep(every).await;
+            let orphans = tokio::time::Instant::now() >= orphans_due;
+            match store.collect_images(grace, orphans).await {
+                Ok(c) => {
+                    if orphans {
+                        orphans_due = tokio::time::Instant::now() + grace;
+                    }
+                    if c.unreferenced + c.orphans > 0 {
+                        tracing::info!(
+                            unreferenced = c.unreferenced,
+                            orphans = c.orphans,
+                            "deleted images no job needs"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "the image collector could not finish a pass"),
+            }
+        }
+    });
 }
 
 /// Starts this process's webhook deliverer, when webhooks are on.

@@ -79,6 +79,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         }),
     };
     let deliverer = node::start_deliverer(&state.store, &webhooks)?;
+    node::start_collector(&state.store, args.blob_orphan_grace);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

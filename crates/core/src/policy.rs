@@ -62,6 +62,9 @@ pub enum Happened {
     LeaseExpired,
     /// The worker gives the job back unfinished (it is shutting down); the attempt does not count.
     Released,
+    /// The worker could not start the attempt for a reason that is not the job's (its image
+    /// store did not answer): the job waits `wait` and the attempt does not count.
+    Deferred { wait: Duration },
     /// A person asked for the job to run again.
     RetryRequested,
     /// A person canceled the job.
@@ -256,6 +259,12 @@ pub fn decide(
         // The attempt does not count.
         Happened::Released => Decision {
             run_in: Some(Duration::ZERO),
+            attempts: Count::Sub(1),
+            run_attempts: Count::Sub(1),
+            ..Decision::of(from, Action::Release)?
+        },
+        Happened::Deferred { wait } => Decision {
+            run_in: Some(wait),
             attempts: Count::Sub(1),
             run_attempts: Count::Sub(1),
             ..Decision::of(from, Action::Release)?

@@ -145,6 +145,24 @@ impl From<StoreError> for ApiError {
                 )
                 .with_retry_after(std::time::Duration::from_secs(5))
             }
+            StoreError::ImagesUnavailable(detail) => {
+                tracing::warn!(error = %detail, "image store unavailable");
+                ApiError::from_code(
+                    ErrorCode::Unavailable,
+                    "the image store is unavailable; nothing of this request was stored; try \
+                     again after Retry-After seconds (GET /readyz says why)",
+                )
+                .with_retry_after(std::time::Duration::from_secs(5))
+            }
+            StoreError::Raced(detail) => {
+                tracing::warn!(error = %detail, "a write raced a concurrent change");
+                ApiError::from_code(
+                    ErrorCode::Unavailable,
+                    "a concurrent change got in the way; nothing of this request was stored; try \
+                     again",
+                )
+                .with_retry_after(std::time::Duration::from_secs(1))
+            }
             StoreError::StorageFull(detail) => {
                 tracing::error!(error = %detail, "database storage full");
                 ApiError::from_code(

@@ -88,6 +88,17 @@ struct KindLabel {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BlobLabels {
+    op: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Seconds, from 1 ms to about 16 s.
@@ -113,6 +124,8 @@ pub struct Metrics {
     db_connections: Family<PoolLabels, Gauge>,
     db_connections_max: Family<PoolLabel, Gauge>,
     db_errors: Family<KindLabel, Counter>,
+    blob_ops: Family<BlobLabels, Counter>,
+    blob_duration: HistogramFamily<OpLabel>,
     // Webhook deliveries by outcome are registered here by the webhook work
     // (`imgclass_webhook_deliveries_total{outcome}`), next to the job counters.
 }
@@ -148,6 +161,8 @@ impl Metrics {
             db_connections: Family::default(),
             db_connections_max: Family::default(),
             db_errors: Family::default(),
+            blob_ops: Family::default(),
+            blob_duration: Family::new_with_constructor(seconds),
         };
         let r = &mut m.registry;
         r.register(
@@ -230,6 +245,17 @@ impl Metrics {
             "db_errors",
             "Database errors seen by this process, by kind",
             m.db_errors.clone(),
+        );
+        r.register(
+            "blob_operations",
+            "Operations on the object store that holds images, by operation and result",
+            m.blob_ops.clone(),
+        );
+        r.register_with_unit(
+            "blob_operation_duration",
+            "Durations of operations on the object store that holds images",
+            Unit::Seconds,
+            m.blob_duration.clone(),
         );
         m
     }
@@ -390,6 +416,22 @@ fn openmetrics_to_text(om: &str) -> String {
 }
 
 /// What this node's workers report.
+impl imgclass_store::BlobObserver for Metrics {
+    fn observe(&self, op: imgclass_store::BlobOp, ok: bool, elapsed: std::time::Duration) {
+        let op = op.as_str().to_string();
+        let result = if ok { "ok" } else { "error" }.to_string();
+        self.blob_ops
+            .get_or_create(&BlobLabels {
+                op: op.clone(),
+                result,
+            })
+            .inc();
+        self.blob_duration
+            .get_or_create(&OpLabel { op })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
 impl WorkerMetrics for Metrics {
     fn attempt_ended(&self, ended: &AttemptEnded, status: JobStatus) {
         if let Some(w) = ended.queue_wait.and_then(|w| w.to_std().ok()) {

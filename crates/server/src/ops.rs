@@ -74,7 +74,8 @@ struct ReadyView {
     models_not_loaded: Option<Vec<String>>,
 }
 
-/// Readiness: the database answers, its storage is not full (since the last write that found it
+/// Readiness: the database answers, the object store that holds images (if any) answers, its
+/// storage is not full (since the last write that found it
 /// full, until a write succeeds again), the store takes writes (its database file was not
 /// deleted or replaced under it) and, on a node with workers, the model is loaded.
 #[utoipa::path(get, path = "/readyz", tag = "service", operation_id = "ready",
@@ -98,6 +99,18 @@ async fn readyz(State(s): State<ReadyState>) -> Response {
             problems.push("the database does not answer".to_string());
         }
         Err(_) => problems.push("the database does not answer within 2 s".to_string()),
+    }
+    let images = tokio::time::timeout(std::time::Duration::from_secs(5), s.store.check_images());
+    match images.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the image store does not answer");
+            problems.push(format!("{e}; uploads answer 503 until it does"));
+        }
+        Err(_) => problems.push(format!(
+            "the image store ({}) does not answer within 5 s; uploads answer 503 until it does",
+            s.store.blob_store().url()
+        )),
     }
     if let Some(full) = s.store.full_storage() {
         tracing::warn!(error = %full.detail, since = %full.since, "readiness: the database's storage is full");

@@ -6,8 +6,8 @@ use crate::health::{FullStorage, Health, PoolStatus};
 use crate::sql::{SqlStore, Submission};
 use crate::sqlite_round::Rounds;
 use crate::{
-    ClaimBatch, Event, Job, JobFilter, JobPage, KeyHold, Lease, ListQuery, NewJob, Outcome, Pruned,
-    QueueStats, RateLimit, Result, RetryFilter, Store, StoredImage,
+    BlobStore, ClaimBatch, Collected, Event, Job, JobFilter, JobPage, KeyHold, Lease, ListQuery,
+    Moved, NewJob, Outcome, Pruned, QueueStats, RateLimit, Result, RetryFilter, Store, StoredImage,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -27,6 +27,7 @@ impl SqlStore {
         rules: Rules,
         wakeups: Arc<Notify>,
         rounds: Option<Rounds>,
+        blobs: Arc<crate::objects::Blobs>,
     ) -> Self {
         crate::submit::start(SqlStore {
             writer,
@@ -37,6 +38,7 @@ impl SqlStore {
             storage: Arc::default(),
             submissions: None::<tokio::sync::mpsc::Sender<Submission>>,
             rounds: rounds.map(Arc::new),
+            blobs,
         })
     }
 }
@@ -86,6 +88,18 @@ impl Store for SqlStore {
 
     async fn read_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
         SqlStore::read_blob(self, sha256).await
+    }
+
+    fn blob_store(&self) -> BlobStore {
+        self.blobs.current.clone()
+    }
+
+    async fn collect_images(&self, grace: Duration, orphans: bool) -> Result<Collected> {
+        SqlStore::collect_images(self, grace, orphans).await
+    }
+
+    async fn move_images(&self, to: &BlobStore, limit: usize) -> Result<Moved> {
+        SqlStore::move_images(self, to, limit).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {

@@ -10,6 +10,7 @@
 
 mod actions;
 mod blobs;
+mod collect;
 mod dialect;
 mod events;
 mod exec;
@@ -18,6 +19,7 @@ mod health;
 mod idempotency;
 mod model;
 mod models;
+mod objects;
 mod outbox;
 mod postgres;
 mod quotas;
@@ -35,10 +37,12 @@ mod transition;
 mod tx;
 mod webhooks;
 
+pub use collect::{Collected, Moved};
 pub use health::{database_errors, DatabaseErrors, FullStorage, Health, PoolStatus};
 pub use idempotency::Idempotency;
 pub use model::*;
 pub use models::Models;
+pub use objects::{BlobObserver, BlobOp, BlobStore, Listed, DATABASE};
 pub use outbox::{Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus, Webhooks};
 pub use quotas::{QuotaTake, Quotas};
 pub use tokens::{ApiToken, NewToken, Tokens};
@@ -79,7 +83,15 @@ pub enum StoreError {
     /// nothing of this request was stored.
     #[error("the request no longer holds its idempotency key")]
     KeyLost,
-    #[error("invalid database URL {url:?}: {message}")]
+    /// The object store that holds images (files, S3) failed or did not answer; the request
+    /// may be tried again.
+    #[error("the image store is unavailable: {0}")]
+    ImagesUnavailable(String),
+    /// A concurrent change made the write fail (a row it refers to was deleted meanwhile);
+    /// nothing of it was stored, and trying again succeeds.
+    #[error("a concurrent change got in the way: {0}")]
+    Raced(String),
+    #[error("invalid URL {url:?}: {message}")]
     Config { url: String, message: String },
 }
 
@@ -108,6 +120,9 @@ impl StoreError {
             sqlx::Error::Database(ref db) if is_connection_problem(db.as_ref()) => {
                 StoreError::Unavailable(e.to_string())
             }
+            sqlx::Error::Database(ref db) if is_foreign_key_violation(db.as_ref()) => {
+                StoreError::Raced(e.to_string())
+            }
             other => StoreError::Database(other.to_string()),
         }
     }
@@ -119,6 +134,13 @@ fn is_storage_full(db: &dyn sqlx::error::DatabaseError) -> bool {
         return sqlite_primary_code(e).map(SqliteClass::of) == Some(SqliteClass::Full);
     }
     db.code().as_deref() == Some("53100")
+}
+
+/// A foreign key refused the write: PostgreSQL's 23503, SQLite's SQLITE_CONSTRAINT_FOREIGNKEY
+/// (787). The store's own writes break no foreign key unless a concurrent transaction deleted
+/// the row they refer to.
+fn is_foreign_key_violation(db: &dyn sqlx::error::DatabaseError) -> bool {
+    matches!(db.code().as_deref(), Some("23503") | Some("787"))
 }
 
 /// Errors that mean "the database cannot serve us right now", not "the request is wrong".
@@ -219,6 +241,25 @@ pub trait Store:
 
     /// The bytes of a stored image.
     async fn read_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Where new images go (`database`, a directory or an S3 bucket).
+    fn blob_store(&self) -> BlobStore;
+
+    /// Whether the object store new images go to answers (always, for the database's own).
+    async fn check_images(&self) -> Result<()> {
+        self.blob_store().probe().await
+    }
+
+    /// One pass of the image collector: deletes the images in object stores that no job refers
+    /// to (their rows and objects), and with `orphans`, the objects in the current store that no
+    /// row names and that are older than `grace` (an upload stopped between storing its image
+    /// and committing its job). Safe to run on several nodes at once.
+    async fn collect_images(&self, grace: Duration, orphans: bool) -> Result<Collected>;
+
+    /// Moves up to `limit` images recorded in other stores into `to` (read, digest checked,
+    /// stored, recorded, removed from where they were), one at a time; how many moved and how
+    /// many remain elsewhere. Safe while the service runs.
+    async fn move_images(&self, to: &BlobStore, limit: usize) -> Result<Moved>;
 
     /// Atomically moves up to `limit` due jobs from queued to running under a fresh lease: a
     /// round with no outcome to store.
@@ -374,10 +415,17 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     connect_with(url, Rules::default()).await
 }
 
-/// Opens the store a URL names, deciding every transition with `rules`.
+/// Opens the store a URL names, deciding every transition with `rules`, images in the database.
 pub async fn connect_with(url: &str, rules: Rules) -> Result<Arc<dyn Store>> {
+    open(url, rules, BlobStore::database()).await
+}
+
+/// Opens the store a URL names (`sqlite://PATH` or `postgres://...`), deciding every
+/// transition with `rules` and keeping new images in `blobs`.
+pub async fn open(url: &str, rules: Rules, blobs: BlobStore) -> Result<Arc<dyn Store>> {
     sqlx::any::install_default_drivers();
     let wakeups = Arc::new(Notify::new());
+    let blobs = Arc::new(objects::Blobs::new(blobs));
     if url.starts_with("sqlite:") {
         let (writer, reader, dialect, path) = sqlite::open(url).await?;
         let locks = exec::Locks::of(&dialect);
@@ -389,6 +437,7 @@ pub async fn connect_with(url: &str, rules: Rules) -> Result<Arc<dyn Store>> {
             rules,
             wakeups,
             Some(sqlite_round::Rounds::start(path, locks, rules)?),
+            blobs,
         );
         if let Some(file) = file {
             store.storage.watch_file(file);
@@ -403,6 +452,7 @@ pub async fn connect_with(url: &str, rules: Rules) -> Result<Arc<dyn Store>> {
             rules,
             wakeups,
             None,
+            blobs,
         )))
     } else {
         Err(StoreError::Config {

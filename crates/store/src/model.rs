@@ -210,6 +210,11 @@ pub enum Outcome {
     },
     /// The job's image is no longer stored.
     ImageMissing,
+    /// The attempt could not start for a reason that is not the job's (its image store did not
+    /// answer): the job waits `wait`, and the attempt does not count.
+    Deferred {
+        wait: std::time::Duration,
+    },
 }
 
 /// At most `jobs` job starts in any window of `per`, across every worker on the database.

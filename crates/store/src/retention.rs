@@ -1,6 +1,6 @@
 //! Deleting jobs: one job, and retention (finished jobs older than a time, with the images no
 //! remaining job uses, old events and finished webhook deliveries). A blob is deleted only when
-//! no job refers to it.
+//! no job refers to it; images in an object store are removed by the collector (`collect`).
 
 use crate::dialect::Durability;
 use crate::sql::SqlStore;
@@ -26,10 +26,11 @@ pub(crate) async fn delete_job(w: &mut Write, id: JobId) -> Result<Option<String
     Ok(Some(sha))
 }
 
-/// Deletes an image when no job refers to it any more.
+/// Deletes an image kept in the database when no job refers to it any more (one in an object
+/// store is left to the collector, which deletes its object under its row: `collect`).
 pub(crate) async fn delete_blob_if_unused(w: &mut Write, sha256: &str) -> Result<()> {
     sqlx::query(
-        "DELETE FROM blobs WHERE sha256 = $1 AND NOT EXISTS \
+        "DELETE FROM blobs WHERE sha256 = $1 AND store IS NULL AND NOT EXISTS \
              (SELECT 1 FROM jobs WHERE image_sha256 = $1)",
     )
     .bind(sha256)
@@ -64,7 +65,8 @@ impl SqlStore {
         .await?
         .rows_affected();
         let blobs = sqlx::query(
-            "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE image_sha256 = blobs.sha256)",
+            "DELETE FROM blobs WHERE store IS NULL AND NOT EXISTS \
+             (SELECT 1 FROM jobs WHERE image_sha256 = blobs.sha256)",
         )
         .execute(&mut *w.tx)
         .await?

@@ -126,6 +126,7 @@ fn happened(outcome: Outcome) -> (Happened, Option<JobResult>) {
             None,
         ),
         Outcome::ImageMissing => (Happened::ImageMissing, None),
+        Outcome::Deferred { wait } => (Happened::Deferred { wait }, None),
     }
 }
 

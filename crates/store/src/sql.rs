@@ -34,6 +34,8 @@ pub(crate) struct SqlStore {
     pub(crate) submissions: Option<mpsc::Sender<Submission>>,
     /// On SQLite, the thread that runs a worker pool's whole round in one hand-off.
     pub(crate) rounds: Option<Arc<Rounds>>,
+    /// Where new images go, and the stores older ones were recorded in.
+    pub(crate) blobs: Arc<crate::objects::Blobs>,
 }
 
 /// Jobs of one request waiting for the group commit, the idempotency key they complete, and

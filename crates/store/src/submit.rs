@@ -78,12 +78,12 @@ pub(crate) fn start(mut store: SqlStore) -> SqlStore {
 }
 
 /// An image to store, with what the `blobs` row says of it.
-struct Blob<'a> {
-    sha256: &'a str,
-    bytes: &'a [u8],
-    content_type: &'a str,
-    width: u32,
-    height: u32,
+pub(crate) struct Blob<'a> {
+    pub(crate) sha256: &'a str,
+    pub(crate) bytes: &'a [u8],
+    pub(crate) content_type: &'a str,
+    pub(crate) width: u32,
+    pub(crate) height: u32,
 }
 
 impl<'a> Blob<'a> {
@@ -105,6 +105,8 @@ impl SqlStore {
         jobs: Vec<NewJob>,
         key: Option<KeyHold>,
     ) -> Result<Vec<Job>> {
+        // The images are in their object store before any row names them.
+        let jobs = self.put_images(jobs).await?;
         let Some(submit) = &self.submissions else {
             return Ok(self.insert_jobs(&[(&jobs, key.as_ref())]).await?.remove(0));
         };
@@ -121,10 +123,19 @@ impl SqlStore {
     /// transaction and a few statements for the whole group; the jobs of each request come
     /// back in its order.
     pub(crate) async fn insert_jobs(&self, requests: &[Request<'_>]) -> Result<Vec<Vec<Job>>> {
+        match self.insert_jobs_once(requests).await {
+            // The collector deleted an image's row between our insert (which found it there)
+            // and our job's: tried again, the image is recorded anew.
+            Err(StoreError::Raced(_)) => self.insert_jobs_once(requests).await,
+            done => done,
+        }
+    }
+
+    async fn insert_jobs_once(&self, requests: &[Request<'_>]) -> Result<Vec<Vec<Job>>> {
         let mut w = self.begin(Durability::Durable).await?;
         let all: Vec<&NewJob> = requests.iter().flat_map(|(jobs, _)| jobs.iter()).collect();
         let blobs: Vec<Blob> = all.iter().map(|j| Blob::of(j)).collect();
-        Self::insert_blobs(&mut w, &blobs).await?;
+        self.insert_blobs(&mut w, &blobs).await?;
         let mut jobs = Self::insert_job_rows(&mut w, &all).await?.into_iter();
         let mut created = Vec::with_capacity(requests.len());
         for (mine, key) in requests {
@@ -232,16 +243,61 @@ impl SqlStore {
         Ok(created)
     }
 
-    /// Stores the images that are not stored yet (once each, however many jobs share one).
-    async fn insert_blobs(w: &mut Write, new: &[Blob<'_>]) -> Result<()> {
+    /// Puts each distinct image of `jobs` into the object store new images go to (a few at a
+    /// time), before the transaction that records them; nothing when images go into the
+    /// database. Each image is handed over without a copy and given back after.
+    async fn put_images(&self, mut jobs: Vec<NewJob>) -> Result<Vec<NewJob>> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        let store = &self.blobs.current;
+        if store.is_database() {
+            return Ok(jobs);
+        }
+        let mut seen = std::collections::HashSet::new();
+        let distinct: Vec<usize> = (0..jobs.len())
+            .filter(|&i| seen.insert(jobs[i].sha256.clone()))
+            .collect();
+        let taken: Vec<(usize, String, bytes::Bytes)> = distinct
+            .into_iter()
+            .map(|i| {
+                let bytes = bytes::Bytes::from(std::mem::take(&mut jobs[i].image));
+                (i, jobs[i].sha256.clone(), bytes)
+            })
+            .collect();
+        let put = stream::iter(taken)
+            .map(|(i, sha, bytes)| async move {
+                store.put(&sha, bytes.clone()).await.map(|()| (i, bytes))
+            })
+            .buffer_unordered(8)
+            .try_collect::<Vec<_>>()
+            .await?;
+        for (i, bytes) in put {
+            jobs[i].image = Vec::from(bytes);
+        }
+        // Duplicates within the request share the first one's bytes.
+        for i in 0..jobs.len() {
+            if jobs[i].image.is_empty() {
+                if let Some(first) = jobs.iter().position(|j| j.sha256 == jobs[i].sha256) {
+                    jobs[i].image = jobs[first].image.clone();
+                }
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Records the images that are not recorded yet (once each, however many jobs share one):
+    /// their bytes in chunks when images go into the database, else the object store that
+    /// already holds them (`put_images`).
+    async fn insert_blobs(&self, w: &mut Write, new: &[Blob<'_>]) -> Result<()> {
         const ROWS: usize = 200;
+        let store = &self.blobs.current;
+        let external = (!store.is_database()).then(|| store.url().to_string());
         let mut seen = std::collections::HashSet::with_capacity(new.len());
         let distinct: Vec<&Blob> = new.iter().filter(|b| seen.insert(b.sha256)).collect();
         for chunk in distinct.chunks(ROWS) {
             let sql = format!(
-                "INSERT INTO blobs (sha256, size, content_type, width, height, created_at) \
+                "INSERT INTO blobs (sha256, size, content_type, width, height, created_at, store) \
                  VALUES {} ON CONFLICT (sha256) DO NOTHING RETURNING sha256",
-                values_list(chunk.len(), 6)
+                values_list(chunk.len(), 7)
             );
             let mut q = sqlx::query_scalar::<_, String>(&sql);
             for b in chunk {
@@ -251,12 +307,18 @@ impl SqlStore {
                     .bind(b.content_type)
                     .bind(i64::from(b.width))
                     .bind(i64::from(b.height))
-                    .bind(w.now);
+                    .bind(w.now)
+                    .bind(external.clone());
             }
             let inserted: std::collections::HashSet<String> =
                 q.fetch_all(&mut *w.tx).await?.into_iter().collect();
-            for b in chunk.iter().filter(|b| inserted.contains(b.sha256)) {
-                Self::insert_chunks(w, b.sha256, b.bytes).await?;
+            match &external {
+                None => {
+                    for b in chunk.iter().filter(|b| inserted.contains(b.sha256)) {
+                        Self::insert_chunks(w, b.sha256, b.bytes).await?;
+                    }
+                }
+                Some(url) => crate::collect::revive(w, store, url, chunk).await?,
             }
         }
         Ok(())
@@ -278,6 +340,10 @@ impl SqlStore {
 
     /// Copies a job and its image from another installation (`Store::import_job`).
     pub(crate) async fn import_job(&self, job: &Job, image: &[u8]) -> Result<bool> {
+        if !self.blobs.current.is_database() {
+            let bytes = bytes::Bytes::copy_from_slice(image);
+            self.blobs.current.put(&job.image_sha256, bytes).await?;
+        }
         let mut w = self.begin(Durability::Durable).await?;
         w.now = ms(job.created_at);
         let blob = Blob {
@@ -287,7 +353,7 @@ impl SqlStore {
             width: job.width,
             height: job.height,
         };
-        Self::insert_blobs(&mut w, &[blob]).await?;
+        self.insert_blobs(&mut w, &[blob]).await?;
         // A job that was running has no worker here: it is queued again.
         let status = if job.status == JobStatus::Running {
             JobStatus::Queued

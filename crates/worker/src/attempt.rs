@@ -6,8 +6,11 @@ use crate::inference::{InferenceError, InferencePool};
 use crate::runner::Worker;
 use crate::signalled;
 use imgclass_core::{ErrorCode, JobResult, Timings};
-use imgclass_store::{Claim, JobError, Lease, Outcome};
+use imgclass_store::{Claim, JobError, Lease, Outcome, StoreError};
 use std::time::Duration;
+
+/// How long a job waits when its image store does not answer.
+const IMAGES_UNAVAILABLE_WAIT: Duration = Duration::from_secs(5);
 
 /// A failed attempt: its error, and the wait the failing party asked for (`Retry-After`).
 struct Failure {
@@ -49,6 +52,12 @@ impl Worker {
         let bytes = match read {
             Ok(Some(b)) => b,
             Ok(None) => return Some((lease, Outcome::ImageMissing)),
+            Err(e @ StoreError::ImagesUnavailable(_)) => {
+                // Not the job's fault: it waits for the store, and the attempt does not count.
+                tracing::warn!(error = %e, "cannot read the job's image; the job waits");
+                let wait = IMAGES_UNAVAILABLE_WAIT;
+                return Some((lease, Outcome::Deferred { wait }));
+            }
             Err(e) => {
                 // The lease will expire and the job will be picked up again.
                 tracing::warn!(error = %e, "cannot read the job's image");

@@ -39,6 +39,7 @@ impl AttemptEnded {
             Outcome::Succeeded(r) => (Some((r.timings.decode_ms, r.timings.inference_ms)), None),
             Outcome::Errored { error, .. } => (None, Some(error.code)),
             Outcome::ImageMissing => (None, Some(ErrorCode::Internal)),
+            Outcome::Deferred { .. } => (None, Some(ErrorCode::Unavailable)),
         };
         AttemptEnded {
             created_at,

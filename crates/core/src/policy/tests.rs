@@ -221,6 +221,24 @@ fn every_allowed_transition_as_a_table() {
                 started: false,
             },
         ),
+        // Its image store did not answer: it waits, and the attempt does not count (even the
+        // last one: an outage fails no job for good).
+        (
+            counters(Running, 3, 3, 0),
+            Happened::Deferred {
+                wait: Duration::from_secs(5),
+            },
+            Row {
+                to: Queued,
+                event: EventKind::Requeued,
+                run_in: Some(Duration::from_secs(5)),
+                counts: [Sub(1), Sub(1), Keep],
+                error: ErrorChange::Keep,
+                result: ResultChange::Keep,
+                finished: Finish::Keep,
+                started: false,
+            },
+        ),
         (
             counters(Queued, 0, 3, 0),
             Happened::CancelRequested,
@@ -281,6 +299,9 @@ fn every_other_pair_is_refused() {
         Happened::ImageMissing,
         Happened::LeaseExpired,
         Happened::Released,
+        Happened::Deferred {
+            wait: Duration::from_secs(1),
+        },
         Happened::RetryRequested,
         Happened::CancelRequested,
     ];
