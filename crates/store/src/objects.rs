@@ -232,7 +232,7 @@ impl BlobStore {
         }
     }
 
-    fn unavailable(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
+    fn unavailable(&self, what: &str, e: Failure) -> StoreError {
         StoreError::ImagesUnavailable(format!("{what} in {}: {e}", self.inner.url))
     }
 
@@ -248,13 +248,13 @@ impl BlobStore {
                 tokio::task::spawn_blocking(move || write_synced(&path, &bytes))
                     .await
                     .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| Failure::of(&e))
             }
             None => store
                 .put(&key, PutPayload::from_bytes(bytes))
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
+                .map_err(|e| Failure::of(&e)),
         };
         self.observe(BlobOp::Put, result.is_ok(), started);
         result.map_err(|e| self.unavailable(&format!("cannot store the image {sha256}"), e))
@@ -271,7 +271,9 @@ impl BlobStore {
             Err(e) => Err(e),
         };
         self.observe(BlobOp::Get, result.is_ok(), started);
-        result.map_err(|e| self.unavailable(&format!("cannot read the image {sha256}"), e))
+        result.map_err(|e| {
+            self.unavailable(&format!("cannot read the image {sha256}"), Failure::of(&e))
+        })
     }
 
     /// Deletes an object by its key (as listed) or an image's SHA-256; deleting what is not
@@ -284,7 +286,7 @@ impl BlobStore {
             Err(e) => Err(e),
         };
         self.observe(BlobOp::Delete, result.is_ok(), started);
-        result.map_err(|e| self.unavailable(&format!("cannot delete {key}"), e))
+        result.map_err(|e| self.unavailable(&format!("cannot delete {key}"), Failure::of(&e)))
     }
 
     /// Deletes an image's object.
@@ -321,7 +323,7 @@ impl BlobStore {
         }
         self.observe(BlobOp::List, failed.is_none(), started);
         match failed {
-            Some(e) => Err(self.unavailable("cannot list the images", e)),
+            Some(e) => Err(self.unavailable("cannot list the images", Failure::of(&e))),
             None => Ok(out),
         }
     }
@@ -342,7 +344,31 @@ impl BlobStore {
             Err(e) => Err(e),
         };
         self.observe(BlobOp::Probe, result.is_ok(), started);
-        result.map_err(|e| self.unavailable("the image store does not answer", e))
+        result.map_err(|e| self.unavailable("the image store does not answer", Failure::of(&e)))
+    }
+}
+
+/// An error with every cause it wraps (an HTTP client's "builder error" says little alone).
+struct Failure(String);
+
+impl Failure {
+    fn of(e: &(dyn std::error::Error + 'static)) -> Failure {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            let more = cause.to_string();
+            if !text.contains(&more) {
+                text = format!("{text}: {more}");
+            }
+            source = cause.source();
+        }
+        Failure(text)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -355,13 +381,21 @@ fn s3(bucket: &str) -> object_store::Result<object_store::aws::AmazonS3> {
         retry_timeout: Duration::from_secs(10),
         ..Default::default()
     };
-    let client = object_store::ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(60));
-    let mut builder = object_store::aws::AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .with_retry(retry)
-        .with_client_options(client);
+    use object_store::aws::AmazonS3ConfigKey as Key;
+    use object_store::ClientConfigKey as Client;
+    let mut builder = object_store::aws::AmazonS3Builder::new()
+        .with_config(Key::Client(Client::ConnectTimeout), "5s")
+        .with_config(Key::Client(Client::Timeout), "60s");
+    // The standard variables, as `AmazonS3Builder::from_env` reads them (after our defaults, so
+    // that they may change them).
+    for (key, value) in std::env::vars() {
+        if key.starts_with("AWS_") {
+            if let Ok(key) = key.to_ascii_lowercase().parse::<Key>() {
+                builder = builder.with_config(key, value);
+            }
+        }
+    }
+    let mut builder = builder.with_bucket_name(bucket).with_retry(retry);
     // AWS_REGION or AWS_DEFAULT_REGION when set; S3-compatible services ignore it.
     if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
     {

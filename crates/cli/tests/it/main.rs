@@ -1,6 +1,7 @@
 //! The `imgclass` binary as a user runs it: one-shot classification, `serve` processes killed
 //! with SIGKILL that lose no accepted job, and the Imagga provider against a fake Imagga API.
 
+mod blob_stores;
 mod database_flag;
 mod imagga;
 mod models;
@@ -101,7 +102,18 @@ impl Server {
 
     /// Like `spawn`, with arguments before the subcommand (`--log-format json`).
     fn spawn_with(global: &[&str], args: &[&str]) -> Server {
-        let mut child = Command::new(bin())
+        Self::spawn_full(global, args, |_| {})
+    }
+
+    /// Like `spawn`, with the command's environment set by `env`.
+    fn spawn_env(args: &[&str], env: impl FnOnce(&mut Command)) -> Server {
+        Self::spawn_full(&[], args, env)
+    }
+
+    fn spawn_full(global: &[&str], args: &[&str], env: impl FnOnce(&mut Command)) -> Server {
+        let mut cmd = Command::new(bin());
+        env(&mut cmd);
+        let mut child = cmd
             .args(global)
             .args(args)
             .env("NO_COLOR", "1")
