@@ -21,11 +21,16 @@ const SECRET: &str = "imgclass-test-secret";
 
 /// The S3 endpoint of the shared SeaweedFS (`None`: not installed, outside CI).
 fn seaweed() -> Option<&'static str> {
-    static ENDPOINT: OnceLock<Option<String>> = OnceLock::new();
-    ENDPOINT.get_or_init(start_seaweed).as_deref()
+    // The watchdog's process is kept here: it ends on its own, after the test process.
+    static SERVER: OnceLock<Option<(String, std::sync::Mutex<std::process::Child>)>> =
+        OnceLock::new();
+    SERVER
+        .get_or_init(start_seaweed)
+        .as_ref()
+        .map(|(endpoint, _)| endpoint.as_str())
 }
 
-fn start_seaweed() -> Option<String> {
+fn start_seaweed() -> Option<(String, std::sync::Mutex<std::process::Child>)> {
     if Command::new("weed").arg("version").output().is_err() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -48,7 +53,7 @@ fn start_seaweed() -> Option<String> {
         dir = dir.display(),
         me = std::process::id()
     );
-    Command::new("sh")
+    let watchdog = Command::new("sh")
         .args(["-c", &script])
         .env("AWS_ACCESS_KEY_ID", KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
@@ -78,7 +83,7 @@ fn start_seaweed() -> Option<String> {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    Some(endpoint)
+    Some((endpoint, std::sync::Mutex::new(watchdog)))
 }
 
 /// A TCP relay to the S3 server that can be cut and restored: an outage without stopping it.
