@@ -30,6 +30,7 @@ use crate::submit::Blob;
 use crate::tx::Write;
 use crate::{Result, StoreError};
 use bytes::Bytes;
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// Tombstones are kept this long (far longer than any upload takes from storing its image to
@@ -86,6 +87,23 @@ pub(crate) async fn revive(
             .await?;
     }
     Ok(())
+}
+
+/// Which of `shas` have a row already (wherever their bytes are).
+pub(crate) async fn recorded(reader: &sqlx::AnyPool, shas: &[&str]) -> Result<HashSet<String>> {
+    let mut found = HashSet::new();
+    for chunk in shas.chunks(200) {
+        let sql = format!(
+            "SELECT sha256 FROM blobs WHERE sha256 IN ({})",
+            marks(chunk.len())
+        );
+        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        for sha in chunk {
+            q = q.bind(*sha);
+        }
+        found.extend(q.fetch_all(reader).await?);
+    }
+    Ok(found)
 }
 
 /// Records that `sha256`'s object in `url` was deleted (in the deleting transaction).

@@ -43,6 +43,8 @@ pub(crate) struct SqlStore {
 pub(crate) struct Submission {
     pub(crate) jobs: Vec<NewJob>,
     pub(crate) key: Option<crate::KeyHold>,
+    /// The images `put_images` did not put because they were recorded already.
+    pub(crate) unput: std::collections::HashSet<String>,
     pub(crate) reply: oneshot::Sender<Result<Vec<Job>>>,
 }
 

@@ -11,17 +11,20 @@ use crate::sql::{SqlStore, Submission};
 use crate::transition::record;
 use crate::tx::Write;
 use crate::{Job, KeyHold, NewJob, Result, StoreError, CHUNK_SIZE};
+use bytes::Bytes;
 use imgclass_core::policy;
 use imgclass_core::{JobId, JobStatus};
 use sqlx::Row;
+use std::collections::HashSet;
 use tokio::sync::{mpsc, oneshot};
 
-/// One request's part of a transaction: its jobs and the key they complete.
-type Request<'a> = (&'a [NewJob], Option<&'a KeyHold>);
+/// One request's part of a transaction: its jobs, the key they complete, and the images it
+/// did not put into the object store because they were recorded already (`put_images`).
+type Request<'a> = (&'a [NewJob], Option<&'a KeyHold>, &'a HashSet<String>);
 
 impl Submission {
     fn request(&self) -> Request<'_> {
-        (&self.jobs, self.key.as_ref())
+        (&self.jobs, self.key.as_ref(), &self.unput)
     }
 
     fn bytes(&self) -> usize {
@@ -106,14 +109,20 @@ impl SqlStore {
         key: Option<KeyHold>,
     ) -> Result<Vec<Job>> {
         // The images are in their object store before any row names them.
-        let jobs = self.put_images(jobs).await?;
+        let (jobs, unput) = self.put_images(jobs).await?;
         let Some(submit) = &self.submissions else {
-            return Ok(self.insert_jobs(&[(&jobs, key.as_ref())]).await?.remove(0));
+            let request = (&jobs[..], key.as_ref(), &unput);
+            return Ok(self.insert_jobs(&[request]).await?.remove(0));
         };
         let stopped = || StoreError::Unavailable("the store is shutting down".into());
         let (reply, answer) = oneshot::channel();
         submit
-            .send(Submission { jobs, key, reply })
+            .send(Submission {
+                jobs,
+                key,
+                unput,
+                reply,
+            })
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
@@ -133,12 +142,16 @@ impl SqlStore {
 
     async fn insert_jobs_once(&self, requests: &[Request<'_>]) -> Result<Vec<Vec<Job>>> {
         let mut w = self.begin(Durability::Durable).await?;
-        let all: Vec<&NewJob> = requests.iter().flat_map(|(jobs, _)| jobs.iter()).collect();
+        let all: Vec<&NewJob> = requests.iter().flat_map(|(jobs, ..)| jobs.iter()).collect();
         let blobs: Vec<Blob> = all.iter().map(|j| Blob::of(j)).collect();
-        self.insert_blobs(&mut w, &blobs).await?;
+        let unput: HashSet<&str> = requests
+            .iter()
+            .flat_map(|(.., unput)| unput.iter().map(String::as_str))
+            .collect();
+        self.insert_blobs(&mut w, &blobs, &unput).await?;
         let mut jobs = Self::insert_job_rows(&mut w, &all).await?.into_iter();
         let mut created = Vec::with_capacity(requests.len());
-        for (mine, key) in requests {
+        for (mine, key, _) in requests {
             let mine: Vec<Job> = jobs.by_ref().take(mine.len()).collect();
             for job in &mine {
                 // A job answered from the cache is still announced as a success, like any job
@@ -243,23 +256,31 @@ impl SqlStore {
         Ok(created)
     }
 
-    /// Puts each distinct image of `jobs` into the object store new images go to (a few at a
-    /// time), before the transaction that records them; nothing when images go into the
-    /// database. Each image is handed over without a copy and given back after.
-    async fn put_images(&self, mut jobs: Vec<NewJob>) -> Result<Vec<NewJob>> {
+    /// Puts each distinct image of `jobs` that is not recorded yet into the object store new
+    /// images go to (a few at a time), before the transaction that records them; nothing when
+    /// images go into the database. Each image is handed over without a copy and given back
+    /// after. Also returns the images it did not put because a row had them: should that row be
+    /// gone by the time the transaction records them, the transaction puts them itself.
+    async fn put_images(&self, mut jobs: Vec<NewJob>) -> Result<(Vec<NewJob>, HashSet<String>)> {
         use futures_util::stream::{self, StreamExt, TryStreamExt};
         let store = &self.blobs.current;
         if store.is_database() {
-            return Ok(jobs);
+            return Ok((jobs, HashSet::new()));
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         let distinct: Vec<usize> = (0..jobs.len())
             .filter(|&i| seen.insert(jobs[i].sha256.clone()))
+            .collect();
+        let shas: Vec<&str> = distinct.iter().map(|&i| jobs[i].sha256.as_str()).collect();
+        let unput = crate::collect::recorded(&self.reader, &shas).await?;
+        let distinct: Vec<usize> = distinct
+            .into_iter()
+            .filter(|&i| !unput.contains(&jobs[i].sha256))
             .collect();
         let taken: Vec<(usize, String, bytes::Bytes)> = distinct
             .into_iter()
             .map(|i| {
-                let bytes = bytes::Bytes::from(std::mem::take(&mut jobs[i].image));
+                let bytes = Bytes::from(std::mem::take(&mut jobs[i].image));
                 (i, jobs[i].sha256.clone(), bytes)
             })
             .collect();
@@ -281,13 +302,18 @@ impl SqlStore {
                 }
             }
         }
-        Ok(jobs)
+        Ok((jobs, unput))
     }
 
     /// Records the images that are not recorded yet (once each, however many jobs share one):
     /// their bytes in chunks when images go into the database, else the object store that
     /// already holds them (`put_images`).
-    async fn insert_blobs(&self, w: &mut Write, new: &[Blob<'_>]) -> Result<()> {
+    async fn insert_blobs(
+        &self,
+        w: &mut Write,
+        new: &[Blob<'_>],
+        unput: &HashSet<&str>,
+    ) -> Result<()> {
         const ROWS: usize = 200;
         let store = &self.blobs.current;
         let external = (!store.is_database()).then(|| store.url().to_string());
@@ -318,7 +344,15 @@ impl SqlStore {
                         Self::insert_chunks(w, b.sha256, b.bytes).await?;
                     }
                 }
-                Some(url) => crate::collect::revive(w, store, url, chunk).await?,
+                Some(url) => {
+                    // Recorded anew although not put (the row that had it went meanwhile).
+                    for b in chunk.iter().filter(|b| inserted.contains(b.sha256)) {
+                        if unput.contains(b.sha256) {
+                            store.put(b.sha256, Bytes::copy_from_slice(b.bytes)).await?;
+                        }
+                    }
+                    crate::collect::revive(w, store, url, chunk).await?
+                }
             }
         }
         Ok(())
@@ -341,7 +375,7 @@ impl SqlStore {
     /// Copies a job and its image from another installation (`Store::import_job`).
     pub(crate) async fn import_job(&self, job: &Job, image: &[u8]) -> Result<bool> {
         if !self.blobs.current.is_database() {
-            let bytes = bytes::Bytes::copy_from_slice(image);
+            let bytes = Bytes::copy_from_slice(image);
             self.blobs.current.put(&job.image_sha256, bytes).await?;
         }
         let mut w = self.begin(Durability::Durable).await?;
@@ -353,7 +387,7 @@ impl SqlStore {
             width: job.width,
             height: job.height,
         };
-        self.insert_blobs(&mut w, &[blob]).await?;
+        self.insert_blobs(&mut w, &[blob], &HashSet::new()).await?;
         // A job that was running has no worker here: it is queued again.
         let status = if job.status == JobStatus::Running {
             JobStatus::Queued

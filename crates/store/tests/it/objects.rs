@@ -228,3 +228,37 @@ async fn a_deferred_attempt_waits_and_does_not_count() {
     assert_eq!((after.attempts, after.run_attempts), (0, 0));
     assert!(after.run_at > chrono::Utc::now() + chrono::Duration::seconds(20));
 }
+
+/// Counts the object store's puts.
+#[derive(Default)]
+struct Puts(std::sync::atomic::AtomicUsize);
+
+impl imgclass_store::BlobObserver for Puts {
+    fn observe(&self, op: imgclass_store::BlobOp, _ok: bool, _elapsed: Duration) {
+        if op == imgclass_store::BlobOp::Put {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_recorded_already_is_not_stored_again() {
+    let db = TestDb::new().await;
+    // One image kept in the database, by a node of the old configuration.
+    let old = open_on(&db, BlobStore::database()).await;
+    let image = png(12, 12, 5);
+    create(&*old, job_for(image.clone(), 12, 12, "old.png")).await;
+
+    let puts = Arc::new(Puts::default());
+    let url = format!("memory://{}", uuid_like());
+    let blobs = BlobStore::open(&url, Some(puts.clone())).unwrap();
+    let store = open_on(&db, blobs.clone()).await;
+    let again = create(&*store, job_for(image.clone(), 12, 12, "again.png")).await;
+    let fresh = create(&*store, new_job(6)).await;
+    let third = create(&*store, new_job(6)).await;
+    assert_eq!(puts.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(blobs.get(&again.image_sha256).await.unwrap(), None);
+    for job in [&again, &fresh, &third] {
+        assert!(store.job_image(job.id).await.unwrap().is_some());
+    }
+}
