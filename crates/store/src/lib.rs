@@ -40,6 +40,7 @@ pub use idempotency::Idempotency;
 pub use model::*;
 pub use models::Models;
 pub use outbox::{Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus, Webhooks};
+pub use postgres::PgOptions;
 pub use quotas::{QuotaTake, Quotas};
 pub use tokens::{ApiToken, NewToken, Tokens};
 
@@ -410,4 +411,28 @@ pub async fn connect_with(url: &str, rules: Rules) -> Result<Arc<dyn Store>> {
             message: "expected sqlite://PATH or postgres://USER@HOST/DATABASE".into(),
         })
     }
+}
+
+/// Opens the store a URL names like [`connect_with`]; a PostgreSQL database is used as
+/// `options` say (pool size, LISTEN or polling, whether this node follows the event log). A
+/// SQLite URL ignores them.
+pub async fn connect_with_options(
+    url: &str,
+    rules: Rules,
+    options: PgOptions,
+) -> Result<Arc<dyn Store>> {
+    if !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+        return connect_with(url, rules).await;
+    }
+    sqlx::any::install_default_drivers();
+    let wakeups = Arc::new(Notify::new());
+    let (pool, dialect) = postgres::open_with(url, wakeups.clone(), &options).await?;
+    Ok(Arc::new(sql::SqlStore::new(
+        pool.clone(),
+        pool,
+        Arc::new(dialect),
+        rules,
+        wakeups,
+        None,
+    )))
 }
