@@ -11,8 +11,8 @@ use imgclass_core::policy::Rules;
 use imgclass_server::api::views::JobView;
 use imgclass_server::metrics::Metrics;
 use imgclass_server::ops::ModelErrors;
-use imgclass_store::ModelEntry;
 use imgclass_store::Store;
+use imgclass_store::{ModelEntry, PgOptions};
 use imgclass_worker::metrics::WorkerMetrics;
 use imgclass_worker::webhooks::{Deliverer, WebhookConfig};
 use imgclass_worker::{ClassifierFactory, Served, ServedModel, WorkerConfig, Workers};
@@ -34,14 +34,25 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Opens the database and brings it up to date.
+/// The pool of an API node (`serve`) on PostgreSQL unless --db-max-connections says: its
+/// requests read the database beside the group commit and the event log; a worker node
+/// (`PgOptions::DEFAULT_MAX_CONNECTIONS`) needs fewer.
+const API_NODE_CONNECTIONS: u32 = 8;
+
+/// Opens the database and brings it up to date (a short-lived command: it does not follow the
+/// event log).
 pub async fn open_store(db: &DatabaseArgs) -> Result<Arc<dyn Store>> {
-    open_store_with(db, Rules::default()).await
+    let options = db.pg_options(PgOptions::DEFAULT_MAX_CONNECTIONS, false);
+    open_store_with(db, Rules::default(), options).await
 }
 
 /// Opens the database, deciding with `rules`, and brings it up to date.
-async fn open_store_with(db: &DatabaseArgs, rules: Rules) -> Result<Arc<dyn Store>> {
-    let store = imgclass_store::connect_with(&db.database, rules)
+async fn open_store_with(
+    db: &DatabaseArgs,
+    rules: Rules,
+    options: PgOptions,
+) -> Result<Arc<dyn Store>> {
+    let store = imgclass_store::connect_with_options(&db.database, rules, options)
         .await
         .with_context(|| format!("cannot open the database {}", db.shown()))?;
     store.migrate().await?;
@@ -57,11 +68,18 @@ pub struct Node {
 }
 
 impl Node {
-    pub async fn open(db: &DatabaseArgs, work: &WorkArgs) -> Result<Node> {
-        // The store decides every transition with the queue's rules as configured.
-        let store = open_store_with(db, work.rules()).await?;
-        tracing::info!(database = %db.shown(), "database open");
+    /// Opens the node's database: `api` for a node that serves the HTTP API, which follows
+    /// the event log (so does one that delivers webhooks); a worker-only node does not.
+    pub async fn open(db: &DatabaseArgs, work: &WorkArgs, api: bool) -> Result<Node> {
         let webhooks = webhook_config(&work.webhooks)?;
+        let options = if api {
+            db.pg_options(API_NODE_CONNECTIONS, true)
+        } else {
+            db.pg_options(PgOptions::DEFAULT_MAX_CONNECTIONS, webhooks.is_some())
+        };
+        // The store decides every transition with the queue's rules as configured.
+        let store = open_store_with(db, work.rules(), options).await?;
+        tracing::info!(database = %db.shown(), "database open");
         let metrics = Arc::new(Metrics::new());
         if let Some(addr) = work.metrics_listen {
             serve_metrics(addr, metrics.clone(), store.clone()).await?;
