@@ -461,6 +461,11 @@ pub struct WorkArgs {
     /// How long a running job's lease lasts without a heartbeat (e.g. 30s).
     #[arg(long, env = "IMGCLASS_LEASE", default_value = "30s", value_parser = parse_duration)]
     pub lease: Duration,
+    /// Do not bring the database up to date at start: run `imgclass migrate` first. For nodes
+    /// behind a pooler in transaction mode (PgBouncer), where the migrations' session lock
+    /// does not hold.
+    #[arg(long, env = "IMGCLASS_NO_MIGRATE")]
+    pub no_migrate: bool,
 }
 
 impl WorkArgs {

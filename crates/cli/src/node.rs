@@ -43,19 +43,22 @@ const API_NODE_CONNECTIONS: u32 = 8;
 /// event log).
 pub async fn open_store(db: &DatabaseArgs) -> Result<Arc<dyn Store>> {
     let options = db.pg_options(PgOptions::DEFAULT_MAX_CONNECTIONS, false);
-    open_store_with(db, Rules::default(), options).await
+    open_store_with(db, Rules::default(), options, true).await
 }
 
-/// Opens the database, deciding with `rules`, and brings it up to date.
+/// Opens the database, deciding with `rules`, and brings it up to date when `migrate`.
 async fn open_store_with(
     db: &DatabaseArgs,
     rules: Rules,
     options: PgOptions,
+    migrate: bool,
 ) -> Result<Arc<dyn Store>> {
     let store = imgclass_store::connect_with_options(&db.database, rules, options)
         .await
         .with_context(|| format!("cannot open the database {}", db.shown()))?;
-    store.migrate().await?;
+    if migrate {
+        store.migrate().await?;
+    }
     Ok(store)
 }
 
@@ -78,7 +81,7 @@ impl Node {
             db.pg_options(PgOptions::DEFAULT_MAX_CONNECTIONS, webhooks.is_some())
         };
         // The store decides every transition with the queue's rules as configured.
-        let store = open_store_with(db, work.rules(), options).await?;
+        let store = open_store_with(db, work.rules(), options, !work.no_migrate).await?;
         tracing::info!(database = %db.shown(), "database open");
         let metrics = Arc::new(Metrics::new());
         if let Some(addr) = work.metrics_listen {
