@@ -54,8 +54,10 @@ def tiny_png():
 
 
 def psql(url, sql):
-    out = subprocess.run(["psql", url, "-qAtc", sql], check=True, capture_output=True, text=True,
+    out = subprocess.run(["psql", url, "-qAtc", sql], capture_output=True, text=True,
                          env=dict(os.environ, PGOPTIONS="--client-min-messages=warning"))
+    if out.returncode != 0:
+        raise RuntimeError(f"psql: {out.stderr.strip()}")
     return out.stdout.strip()
 
 
