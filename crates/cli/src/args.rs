@@ -135,6 +135,19 @@ pub struct DatabaseArgs {
     /// (`imgclass migrate --blobs-to` moves them). Default: database.
     #[arg(long, global = true, env = "IMGCLASS_BLOB_STORE")]
     pub blob_store: Option<String>,
+    /// PostgreSQL: connections this process keeps in its pool at most; a process that listens
+    /// for changes holds one more. Default: 8 for `serve`, 4 for `worker` and the others.
+    #[arg(long, env = "IMGCLASS_DB_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: Option<u32>,
+    /// PostgreSQL: no LISTEN/NOTIFY; read new events and look for due jobs every
+    /// --db-poll-interval instead. For a pooler in transaction mode (PgBouncer's
+    /// pool_mode = transaction), which does not pass LISTEN.
+    #[arg(long, env = "IMGCLASS_DB_NO_LISTEN")]
+    pub db_no_listen: bool,
+    /// PostgreSQL with --db-no-listen: how often (with jitter) a node reads new events and its
+    /// idle workers look for jobs.
+    #[arg(long, env = "IMGCLASS_DB_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub db_poll_interval: Duration,
 }
 
 impl DatabaseArgs {
@@ -148,6 +161,17 @@ impl DatabaseArgs {
     /// The URL fit to print: without its password.
     pub fn shown(&self) -> String {
         redact_url(&self.database)
+    }
+
+    /// How this process uses a PostgreSQL database: its pool (`default_max` connections unless
+    /// --db-max-connections says), LISTEN or polling, and whether it reads the event log.
+    pub fn pg_options(&self, default_max: u32, follow_events: bool) -> imgclass_store::PgOptions {
+        imgclass_store::PgOptions {
+            max_connections: self.db_max_connections.unwrap_or(default_max),
+            listen: !self.db_no_listen,
+            follow_events,
+            poll_interval: self.db_poll_interval,
+        }
     }
 }
 
@@ -462,6 +486,11 @@ pub struct WorkArgs {
     /// How long a running job's lease lasts without a heartbeat (e.g. 30s).
     #[arg(long, env = "IMGCLASS_LEASE", default_value = "30s", value_parser = parse_duration)]
     pub lease: Duration,
+    /// Do not bring the database up to date at start: run `imgclass migrate` first. For nodes
+    /// behind a pooler in transaction mode (PgBouncer), where the migrations' session lock
+    /// does not hold.
+    #[arg(long, env = "IMGCLASS_NO_MIGRATE")]
+    pub no_migrate: bool,
 }
 
 impl WorkArgs {

@@ -21,7 +21,7 @@ pub async fn run(args: MigrateArgs) -> Result<ExitCode> {
         let blobs = imgclass_store::BlobStore::open(&url, None)
             .with_context(|| format!("cannot open the image store {url}"))?;
         let rules = imgclass_core::policy::Rules::default();
-        let target = imgclass_store::open(to, rules, blobs)
+        let target = imgclass_store::open(to, rules, blobs, Default::default())
             .await
             .with_context(|| format!("cannot open {to_shown}"))?;
         target.migrate().await?;

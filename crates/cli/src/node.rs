@@ -12,7 +12,7 @@ use imgclass_server::api::views::JobView;
 use imgclass_server::metrics::Metrics;
 use imgclass_server::ops::ModelErrors;
 use imgclass_store::Store;
-use imgclass_store::{BlobObserver, BlobStore, ModelEntry};
+use imgclass_store::{BlobObserver, BlobStore, ModelEntry, PgOptions};
 use imgclass_worker::metrics::WorkerMetrics;
 use imgclass_worker::webhooks::{Deliverer, WebhookConfig};
 use imgclass_worker::{ClassifierFactory, Served, ServedModel, WorkerConfig, Workers};
@@ -34,25 +34,36 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Opens the database and brings it up to date.
+/// The pool of an API node (`serve`) on PostgreSQL unless --db-max-connections says: its
+/// requests read the database beside the group commit and the event log; a worker node
+/// (`PgOptions::DEFAULT_MAX_CONNECTIONS`) needs fewer.
+const API_NODE_CONNECTIONS: u32 = 8;
+
+/// Opens the database and brings it up to date (a short-lived command: it does not follow the
+/// event log).
 pub async fn open_store(db: &DatabaseArgs) -> Result<Arc<dyn Store>> {
-    open_store_with(db, Rules::default(), None).await
+    let options = db.pg_options(PgOptions::DEFAULT_MAX_CONNECTIONS, false);
+    open_store_with(db, Rules::default(), options, true, None).await
 }
 
-/// Opens the database, deciding with `rules`, with new images in the configured store
-/// (its operations reported to `observer`), and brings it up to date.
+/// Opens the database, deciding with `rules`, with new images in the configured store (its
+/// operations reported to `observer`), and brings it up to date when `migrate`.
 async fn open_store_with(
     db: &DatabaseArgs,
     rules: Rules,
+    options: PgOptions,
+    migrate: bool,
     observer: Option<Arc<dyn BlobObserver>>,
 ) -> Result<Arc<dyn Store>> {
     let url = db.blob_store_url();
     let blobs = BlobStore::open(&url, observer)
         .with_context(|| format!("cannot open the image store {url}"))?;
-    let store = imgclass_store::open(&db.database, rules, blobs)
+    let store = imgclass_store::open(&db.database, rules, blobs, options)
         .await
         .with_context(|| format!("cannot open the database {}", db.shown()))?;
-    store.migrate().await?;
+    if migrate {
+        store.migrate().await?;
+    }
     Ok(store)
 }
 
@@ -65,17 +76,25 @@ pub struct Node {
 }
 
 impl Node {
-    pub async fn open(db: &DatabaseArgs, work: &WorkArgs) -> Result<Node> {
+    /// Opens the node's database: `api` for a node that serves the HTTP API, which follows
+    /// the event log (so does one that delivers webhooks); a worker-only node does not.
+    pub async fn open(db: &DatabaseArgs, work: &WorkArgs, api: bool) -> Result<Node> {
+        let webhooks = webhook_config(&work.webhooks)?;
+        let options = if api {
+            db.pg_options(API_NODE_CONNECTIONS, true)
+        } else {
+            db.pg_options(PgOptions::DEFAULT_MAX_CONNECTIONS, webhooks.is_some())
+        };
         let metrics = Arc::new(Metrics::new());
-        // The store decides every transition with the queue's rules as configured.
         let observer: Arc<dyn BlobObserver> = metrics.clone();
-        let store = open_store_with(db, work.rules(), Some(observer)).await?;
+        // The store decides every transition with the queue's rules as configured.
+        let migrate = !work.no_migrate;
+        let store = open_store_with(db, work.rules(), options, migrate, Some(observer)).await?;
         tracing::info!(
             database = %db.shown(),
             images = %store.blob_store().url(),
             "database open"
         );
-        let webhooks = webhook_config(&work.webhooks)?;
         if let Some(addr) = work.metrics_listen {
             serve_metrics(addr, metrics.clone(), store.clone()).await?;
         }

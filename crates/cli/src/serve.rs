@@ -15,7 +15,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         store,
         webhooks,
         metrics,
-    } = Node::open(&args.db, &args.work).await?;
+    } = Node::open(&args.db, &args.work, true).await?;
     // The node listens at once; `/readyz` says 503 until the workers have loaded the model.
     let (readiness, workers, mut workers_failed) = if args.no_workers {
         let (_, never) = tokio::sync::oneshot::channel();

@@ -10,7 +10,7 @@ pub async fn run(args: WorkerArgs) -> Result<ExitCode> {
         store,
         webhooks,
         metrics,
-    } = Node::open(&args.db, &args.work).await?;
+    } = Node::open(&args.db, &args.work, false).await?;
     // A worker node has no /readyz: the folders that cannot load are logged.
     let errors = imgclass_server::ops::ModelErrors::default();
     let workers = node::start_workers(store.clone(), &args.work, Some(metrics), &errors).await?;

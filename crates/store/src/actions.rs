@@ -36,14 +36,20 @@ impl SqlStore {
             rate,
             models,
         };
-        if let Some(rounds) = &self.rounds {
-            return self.round_on(rounds, work).await;
+        let (stored, batch) = match &self.rounds {
+            Some(rounds) => self.round_on(rounds, work).await?,
+            None => {
+                let mut w = self.begin(Durability::Relaxed).await?;
+                let round = round::run(&mut w.tx, &self.locks(), &self.rules, work, w.now).await?;
+                w.events.extend(round.events);
+                self.commit(w).await?;
+                (round.stored, round.batch)
+            }
+        };
+        if limit > 0 && batch.rate_limited_for.is_none() {
+            self.dialect.claim_ended(batch.claims.len() < limit);
         }
-        let mut w = self.begin(Durability::Relaxed).await?;
-        let round = round::run(&mut w.tx, &self.locks(), &self.rules, work, w.now).await?;
-        w.events.extend(round.events);
-        self.commit(w).await?;
-        Ok((round.stored, round.batch))
+        Ok((stored, batch))
     }
 
     /// The round on SQLite's round thread. The writer connection is held meanwhile: the round

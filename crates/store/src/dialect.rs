@@ -47,11 +47,16 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// `result` JSON of the `jobs` row aliased `j`; NULL without a result).
     fn top_label(&self) -> &'static str;
 
-    /// Runs in a transaction that recorded events, just before they are written and it commits.
-    async fn announce(&self, tx: &mut Tx) -> Result<()>;
+    /// Runs in a transaction that recorded `events`, just before they are written and it
+    /// commits.
+    async fn announce(&self, tx: &mut Tx, events: &[Event]) -> Result<()>;
 
     /// Receives the events of a transaction once it has committed.
     fn committed(&self, events: Vec<Event>);
+
+    /// Told after each claim (not held back by the rate limit) whether it found fewer due jobs
+    /// than it asked for: the node's idle workers then wait for a wake-up from another node.
+    fn claim_ended(&self, _short: bool) {}
 
     /// Every event, as it is committed by any node.
     fn subscribe(&self) -> broadcast::Receiver<Event>;

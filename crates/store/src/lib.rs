@@ -44,6 +44,7 @@ pub use model::*;
 pub use models::Models;
 pub use objects::{BlobObserver, BlobOp, BlobStore, Listed, DATABASE};
 pub use outbox::{Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus, Webhooks};
+pub use postgres::PgOptions;
 pub use quotas::{QuotaTake, Quotas};
 pub use tokens::{ApiToken, NewToken, Tokens};
 
@@ -417,12 +418,18 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
 
 /// Opens the store a URL names, deciding every transition with `rules`, images in the database.
 pub async fn connect_with(url: &str, rules: Rules) -> Result<Arc<dyn Store>> {
-    open(url, rules, BlobStore::database()).await
+    open(url, rules, BlobStore::database(), PgOptions::default()).await
 }
 
 /// Opens the store a URL names (`sqlite://PATH` or `postgres://...`), deciding every
-/// transition with `rules` and keeping new images in `blobs`.
-pub async fn open(url: &str, rules: Rules, blobs: BlobStore) -> Result<Arc<dyn Store>> {
+/// transition with `rules`, keeping new images in `blobs`, and on PostgreSQL with the pool and
+/// wake-ups `options` say.
+pub async fn open(
+    url: &str,
+    rules: Rules,
+    blobs: BlobStore,
+    options: PgOptions,
+) -> Result<Arc<dyn Store>> {
     sqlx::any::install_default_drivers();
     let wakeups = Arc::new(Notify::new());
     let blobs = Arc::new(objects::Blobs::new(blobs));
@@ -444,7 +451,7 @@ pub async fn open(url: &str, rules: Rules, blobs: BlobStore) -> Result<Arc<dyn S
         }
         Ok(Arc::new(store))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let (pool, dialect) = postgres::open(url, wakeups.clone()).await?;
+        let (pool, dialect) = postgres::open_with(url, wakeups.clone(), &options).await?;
         Ok(Arc::new(sql::SqlStore::new(
             pool.clone(),
             pool,

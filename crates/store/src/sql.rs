@@ -72,7 +72,7 @@ impl SqlStore {
     /// stream resuming by sequence number) would otherwise lose the earlier ones.
     pub(crate) async fn commit(&self, mut w: Write) -> Result<()> {
         if !w.events.is_empty() {
-            self.dialect.announce(&mut w.tx).await?;
+            self.dialect.announce(&mut w.tx, &w.events).await?;
             transition::insert_events(&mut w.tx, &mut w.events, w.now).await?;
         }
         let events = w.commit_events().await?;

@@ -200,7 +200,7 @@ impl Dialect for Sqlite {
         "json_extract(j.result, '$.predictions[0].label')"
     }
 
-    async fn announce(&self, _tx: &mut Tx) -> Result<()> {
+    async fn announce(&self, _tx: &mut Tx, _events: &[Event]) -> Result<()> {
         Ok(())
     }
 

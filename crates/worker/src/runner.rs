@@ -15,6 +15,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+/// The longest a finished worker's outcome waits for other workers' to share its round.
+const LINGER: Duration = Duration::from_millis(2);
+
 pub(super) struct Worker {
     pub(super) name: String,
     pub(super) store: Arc<dyn Store>,
@@ -145,7 +148,12 @@ impl Driver {
                 // Nothing to do until a worker reports, a job may have arrived, or time passes.
                 tokio::select! {
                     d = self.done.recv() => match d {
-                        Some(d) => self.take(d),
+                        Some(d) => {
+                            self.take(d);
+                            if !self.linger().await {
+                                return;
+                            }
+                        }
                         None => return,
                     },
                     _ = notified.as_mut(), if may_claim => {
@@ -219,6 +227,23 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Workers that finish close together report before the round, so that one transaction
+    /// stores them all (and claims their next jobs): waits up to `LINGER` while other workers
+    /// are still busy. False when the workers are gone.
+    async fn linger(&mut self) -> bool {
+        let until = tokio::time::Instant::now() + LINGER;
+        while self.idle.len() < self.to_workers.len() {
+            tokio::select! {
+                d = self.done.recv() => match d {
+                    Some(d) => self.take(d),
+                    None => return false,
+                },
+                _ = tokio::time::sleep_until(until) => break,
+            }
+        }
+        true
     }
 
     /// How long to wait when the queue has nothing due: until the next delayed job is due, at

@@ -658,3 +658,55 @@ async fn each_model_runs_only_on_the_node_that_holds_it() {
         );
     }
 }
+
+/// Behind a transaction pooler (`--db-no-listen`), nodes poll instead of listening: every job
+/// still succeeds exactly once, the API node's event stream shows the workers' changes, and no
+/// node holds more connections than its pool and (when it listens) one more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_without_listen_poll_and_hold_few_connections() {
+    let db = PgDb::new().await;
+    let polling = ["--db-no-listen", "--db-poll-interval", "100ms"];
+    let api = Server::start(
+        &db.url,
+        &[&["--no-workers", "--provider", "noop"][..], &polling[..]].concat(),
+    );
+    let workers: Vec<Server> = (0..3)
+        .map(|_| {
+            Server::worker(
+                &db.url,
+                &[&["--provider", "noop", "--workers", "2"][..], &polling[..]].concat(),
+            )
+        })
+        .collect();
+    let mut events = follow_events(&api.base, true);
+    let photo = std::fs::read(fixture("coffee.png")).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        ids.push(submit(&api.base, "photo.png", photo.clone()).await);
+    }
+    let done = await_successes(&mut events, &ids, Duration::from_secs(60)).await;
+    for id in &ids {
+        assert_eq!(done[id], 1, "{id} succeeded once");
+        assert_eq!(job(&api.base, id).await["attempts"], 1);
+    }
+    // Nobody listens; the API node's pool (8 by default) and each worker's (4) bound the rest.
+    let name = &db.name;
+    let listening: usize = admin_query(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}' AND query ILIKE 'LISTEN%'"
+    ))
+    .await
+    .parse()
+    .unwrap();
+    assert_eq!(listening, 0);
+    let connections: usize = admin_query(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .await
+    .parse()
+    .unwrap();
+    assert!(
+        connections <= 8 + 3 * 4,
+        "{connections} connections to the database"
+    );
+    drop(workers);
+}

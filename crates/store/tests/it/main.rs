@@ -14,6 +14,7 @@ mod idempotency;
 mod leases;
 mod list;
 mod models;
+mod nodes;
 mod objects;
 mod outcomes;
 mod queue;

@@ -18,7 +18,7 @@ async fn with_objects() -> (Arc<dyn Store>, TestDb, BlobStore) {
 }
 
 async fn open_on(db: &TestDb, blobs: BlobStore) -> Arc<dyn Store> {
-    let store = imgclass_store::open(&db.url, test_rules(), blobs)
+    let store = imgclass_store::open(&db.url, test_rules(), blobs, Default::default())
         .await
         .unwrap();
     store.migrate().await.unwrap();
