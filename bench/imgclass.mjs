@@ -3,7 +3,7 @@
 // writes one JSON file per section.
 //
 //   node bench/imgclass.mjs e2e      --bin B --tmp DIR --out F.json [--n 200] [--concurrency 8] [--workers W] [--repeat R] IMAGE...
-//   node bench/imgclass.mjs queue    --bin B --tmp DIR --out F.json [--n 10000] [--concurrency 64] [--workers 2] [--database URL] [--watch sse|stats] TINY.png
+//   node bench/imgclass.mjs queue    --bin B --tmp DIR --out F.json [--n 10000] [--concurrency 64] [--workers 2] [--database URL] [--watch sse|stats] TINY.png...
 //   node bench/imgclass.mjs latency  --bin B --tmp DIR --out F.json [--n 100] IMAGE
 //   node bench/imgclass.mjs phases   --bin B --tmp DIR --out F.json [--n 10000] [--concurrency 64] [--workers 8] TINY.png
 //   node bench/imgclass.mjs capacity --out F.json [--n 10000] [--concurrency 64] TINY.png   (client against a null server)
@@ -239,7 +239,8 @@ async function queue() {
   const n = args.n || 10000;
   const concurrency = args.concurrency || 64;
   const workers = args.workers || 2;
-  const uploads = [imageUpload(args._[0])];
+  // One tiny image sent again and again, or several in turn (distinct images each stored).
+  const uploads = args._.map(imageUpload);
   const serveArgs = ["--provider", "noop", "--workers", String(workers)];
   log(`${n} tiny jobs, ${concurrency} requests in flight, --workers ${workers}${args.database ? ", " + args.database : ""}`);
   const r = await throughput({
