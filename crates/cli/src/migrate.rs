@@ -16,8 +16,12 @@ pub async fn run(args: MigrateArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot open {from_shown}"))?;
         source.migrate().await?;
-        // Images go where --blob-store says, as on a node of the target.
-        let url = args.db.blob_store_url();
+        // Images go where --blob-store says (else into the target database).
+        let url = args
+            .db
+            .blob_store
+            .clone()
+            .unwrap_or(imgclass_store::DATABASE.into());
         let blobs = imgclass_store::BlobStore::open(&url, None)
             .with_context(|| format!("cannot open the image store {url}"))?;
         let rules = imgclass_core::policy::Rules::default();

@@ -253,13 +253,17 @@ impl SqlStore {
     pub(crate) async fn move_images(&self, to: &BlobStore, limit: usize) -> Result<Moved> {
         let target: Option<&str> = (!to.is_database()).then(|| to.url());
         let elsewhere = "SELECT sha256, store FROM blobs WHERE ";
+        // Images the target keeps (a directory keeps only those over its small size) that are
+        // somewhere else.
         let condition = match target {
-            Some(_) => "(store IS NULL OR store <> $1)",
-            None => "(store IS NOT NULL OR $1 = '')",
+            Some(_) => "(store IS NULL OR store <> $1) AND size > $2",
+            None => "store IS NOT NULL AND $1 <> '' AND $2 >= 0",
         };
+        let min_size = to.min_size().min(i64::MAX as usize) as i64;
         let sql = format!("{elsewhere}{condition} ORDER BY sha256 LIMIT {limit}");
         let batch: Vec<(String, Option<String>)> = sqlx::query_as(&sql)
             .bind(target.unwrap_or("x"))
+            .bind(min_size)
             .fetch_all(&self.reader)
             .await?;
         let mut done = Moved::default();
@@ -271,6 +275,7 @@ impl SqlStore {
         let count = format!("SELECT COUNT(*) FROM blobs WHERE {condition}");
         let remaining: i64 = sqlx::query_scalar(&count)
             .bind(target.unwrap_or("x"))
+            .bind(min_size)
             .fetch_one(&self.reader)
             .await?;
         done.remaining = remaining as u64;

@@ -42,7 +42,7 @@ pub use health::{database_errors, DatabaseErrors, FullStorage, Health, PoolStatu
 pub use idempotency::Idempotency;
 pub use model::*;
 pub use models::Models;
-pub use objects::{BlobObserver, BlobOp, BlobStore, Listed, DATABASE};
+pub use objects::{BlobObserver, BlobOp, BlobStore, Listed, DATABASE, SMALL_IMAGE_MAX};
 pub use outbox::{Delivery, DeliveryAttempt, DeliveryNext, DeliveryStatus, Webhooks};
 pub use postgres::PgOptions;
 pub use quotas::{QuotaTake, Quotas};

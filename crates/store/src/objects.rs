@@ -24,6 +24,10 @@ use std::time::{Duration, Instant};
 /// The URL of the database's own chunks.
 pub const DATABASE: &str = "database";
 
+/// Images up to this size stay in the database with a `file://` store (as large as the images
+/// a claim carries with it, `INLINE_IMAGE_MAX`).
+pub const SMALL_IMAGE_MAX: usize = crate::INLINE_IMAGE_MAX;
+
 /// An operation on an object store, as the metrics name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BlobOp {
@@ -198,6 +202,23 @@ impl BlobStore {
     /// Whether the bytes go into the database's own chunks.
     pub fn is_database(&self) -> bool {
         matches!(self.inner.kind, Kind::Database)
+    }
+
+    /// The size an image must exceed to be kept here rather than in the database: 0 for S3
+    /// (it holds every image), `SMALL_IMAGE_MAX` for a directory, whose small images stay in
+    /// the database (one file with its two fsyncs per tiny image made the queue 0.53-0.66x as
+    /// fast; in the database they ride the group commit and come with their claim).
+    pub fn min_size(&self) -> usize {
+        match &self.inner.kind {
+            Kind::Database => usize::MAX,
+            Kind::Objects(o) if o.dir.is_some() => SMALL_IMAGE_MAX,
+            Kind::Objects(_) => 0,
+        }
+    }
+
+    /// Whether an image of `size` bytes is kept here (else in the database).
+    pub fn holds(&self, size: usize) -> bool {
+        size > self.min_size()
     }
 
     /// The same store, reporting to `observer`.
@@ -442,10 +463,19 @@ impl Blobs {
         }
     }
 
-    /// The store recorded as `url` on an image.
+    /// The store recorded as `url` on an image. A directory that is no longer there is taken
+    /// to have moved with the database to the current directory store (a data directory copied
+    /// or restored elsewhere keeps its images).
     pub(crate) fn at(&self, url: &str) -> Result<BlobStore> {
         if url == self.current.url() {
             return Ok(self.current.clone());
+        }
+        if let Some(dir) = url.strip_prefix("file://") {
+            let current_is_dir =
+                matches!(&self.current.inner.kind, Kind::Objects(o) if o.dir.is_some());
+            if current_is_dir && !std::path::Path::new(dir).is_dir() {
+                return Ok(self.current.clone());
+            }
         }
         let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = others.get(url) {

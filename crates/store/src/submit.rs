@@ -269,7 +269,7 @@ impl SqlStore {
         }
         let mut seen = HashSet::new();
         let distinct: Vec<usize> = (0..jobs.len())
-            .filter(|&i| seen.insert(jobs[i].sha256.clone()))
+            .filter(|&i| store.holds(jobs[i].image.len()) && seen.insert(jobs[i].sha256.clone()))
             .collect();
         let shas: Vec<&str> = distinct.iter().map(|&i| jobs[i].sha256.as_str()).collect();
         let unput = crate::collect::recorded(&self.reader, &shas).await?;
@@ -316,8 +316,8 @@ impl SqlStore {
     ) -> Result<()> {
         const ROWS: usize = 200;
         let store = &self.blobs.current;
-        let external = (!store.is_database()).then(|| store.url().to_string());
-        let mut seen = std::collections::HashSet::with_capacity(new.len());
+        let url = store.url().to_string();
+        let mut seen = HashSet::with_capacity(new.len());
         let distinct: Vec<&Blob> = new.iter().filter(|b| seen.insert(b.sha256)).collect();
         for chunk in distinct.chunks(ROWS) {
             let sql = format!(
@@ -327,6 +327,7 @@ impl SqlStore {
             );
             let mut q = sqlx::query_scalar::<_, String>(&sql);
             for b in chunk {
+                let external = store.holds(b.bytes.len()).then(|| url.clone());
                 q = q
                     .bind(b.sha256)
                     .bind(b.bytes.len() as i64)
@@ -334,26 +335,21 @@ impl SqlStore {
                     .bind(i64::from(b.width))
                     .bind(i64::from(b.height))
                     .bind(w.now)
-                    .bind(external.clone());
+                    .bind(external);
             }
-            let inserted: std::collections::HashSet<String> =
-                q.fetch_all(&mut *w.tx).await?.into_iter().collect();
-            match &external {
-                None => {
-                    for b in chunk.iter().filter(|b| inserted.contains(b.sha256)) {
-                        Self::insert_chunks(w, b.sha256, b.bytes).await?;
-                    }
-                }
-                Some(url) => {
-                    // Recorded anew although not put (the row that had it went meanwhile).
-                    for b in chunk.iter().filter(|b| inserted.contains(b.sha256)) {
-                        if unput.contains(b.sha256) {
-                            store.put(b.sha256, Bytes::copy_from_slice(b.bytes)).await?;
-                        }
-                    }
-                    crate::collect::revive(w, store, url, chunk).await?
+            let inserted: HashSet<String> = q.fetch_all(&mut *w.tx).await?.into_iter().collect();
+            let (outside, inside): (Vec<&Blob>, Vec<&Blob>) =
+                chunk.iter().partition(|b| store.holds(b.bytes.len()));
+            for b in inside.iter().filter(|b| inserted.contains(b.sha256)) {
+                Self::insert_chunks(w, b.sha256, b.bytes).await?;
+            }
+            // Recorded anew although not put (the row that had it went meanwhile).
+            for b in outside.iter().filter(|b| inserted.contains(b.sha256)) {
+                if unput.contains(b.sha256) {
+                    store.put(b.sha256, Bytes::copy_from_slice(b.bytes)).await?;
                 }
             }
+            crate::collect::revive(w, store, &url, &outside).await?;
         }
         Ok(())
     }
@@ -374,7 +370,7 @@ impl SqlStore {
 
     /// Copies a job and its image from another installation (`Store::import_job`).
     pub(crate) async fn import_job(&self, job: &Job, image: &[u8]) -> Result<bool> {
-        if !self.blobs.current.is_database() {
+        if self.blobs.current.holds(image.len()) {
             let bytes = Bytes::copy_from_slice(image);
             self.blobs.current.put(&job.image_sha256, bytes).await?;
         }

@@ -111,11 +111,16 @@ fn assert_absent(what: &str, haystack: &[u8], secret: &str) {
     }
 }
 
-/// Every file of the database (main file, WAL).
+/// Every file of the data directory (the database's main file and WAL, the images' folder).
 fn database_bytes(dir: &std::path::Path) -> Vec<u8> {
     let mut all = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
-        all.extend(std::fs::read(entry.unwrap().path()).unwrap());
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            all.extend(database_bytes(&path));
+        } else {
+            all.extend(std::fs::read(path).unwrap());
+        }
     }
     all
 }

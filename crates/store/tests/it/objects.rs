@@ -157,7 +157,13 @@ async fn collectors_racing_uploads_and_deletes_never_lose_a_needed_image() {
 async fn images_move_between_the_database_and_object_stores_and_back() {
     let db = TestDb::new().await;
     let in_db = open_on(&db, BlobStore::database()).await;
-    let jobs: Vec<_> = (0..5).map(new_job).collect();
+    // Large enough to be kept as files (small images stay in the database).
+    let jobs: Vec<_> = (0..5)
+        .map(|i| job_for(png(300, 200, 40 + i), 300, 200, "big.png"))
+        .collect();
+    assert!(jobs
+        .iter()
+        .all(|j| j.image.len() > imgclass_store::SMALL_IMAGE_MAX));
     let images: Vec<Vec<u8>> = jobs.iter().map(|j| j.image.clone()).collect();
     let created = in_db.create_jobs(jobs).await.unwrap();
     assert!(count(&db, "SELECT COUNT(*) FROM blob_chunks").await > 0);
@@ -227,6 +233,37 @@ async fn a_deferred_attempt_waits_and_does_not_count() {
     assert_eq!(after.status, imgclass_core::JobStatus::Queued);
     assert_eq!((after.attempts, after.run_attempts), (0, 0));
     assert!(after.run_at > chrono::Utc::now() + chrono::Duration::seconds(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_keeps_large_images_and_the_database_small_ones() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let files = BlobStore::open(&format!("file://{}", dir.path().display()), None).unwrap();
+    let store = open_on(&db, files.clone()).await;
+    let small = new_job(1);
+    let large = job_for(png(300, 200, 9), 300, 200, "large.png");
+    assert!(small.image.len() <= imgclass_store::SMALL_IMAGE_MAX);
+    assert!(large.image.len() > imgclass_store::SMALL_IMAGE_MAX);
+    let (small_bytes, large_bytes) = (small.image.clone(), large.image.clone());
+    let jobs = store.create_jobs(vec![small, large]).await.unwrap();
+    assert_eq!(files.get(&jobs[0].image_sha256).await.unwrap(), None);
+    assert!(files.get(&jobs[1].image_sha256).await.unwrap().is_some());
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM blobs WHERE store IS NULL").await,
+        1
+    );
+    assert_eq!(
+        store.job_image(jobs[0].id).await.unwrap().unwrap().bytes,
+        small_bytes
+    );
+    assert_eq!(
+        store.job_image(jobs[1].id).await.unwrap().unwrap().bytes,
+        large_bytes
+    );
+    // Nothing to move into the directory: the small image stays where it is.
+    let step = store.move_images(&files, 100).await.unwrap();
+    assert_eq!((step.moved, step.remaining), (0, 0));
 }
 
 /// Counts the object store's puts.
