@@ -22,15 +22,12 @@
 //! and the delete to race within one transaction's lifetime).
 
 use crate::dialect::Durability;
-use crate::exec::marks;
 use crate::objects::{BlobStore, Listed};
 use crate::rows::now_ms;
 use crate::sql::SqlStore;
-use crate::submit::Blob;
-use crate::tx::Write;
+use crate::tombstones::{bury, revive, Blob};
 use crate::{Result, StoreError};
 use bytes::Bytes;
-use std::collections::HashSet;
 use std::time::Duration;
 
 /// Tombstones are kept this long (far longer than any upload takes from storing its image to
@@ -52,72 +49,6 @@ pub struct Moved {
     pub moved: u64,
     /// Images still recorded elsewhere (moved by the next call).
     pub remaining: u64,
-}
-
-/// In an upload's transaction: stores again each image of `blobs` whose object the collector
-/// may have deleted since the upload stored it (it left a tombstone), and clears the tombstones.
-pub(crate) async fn revive(
-    w: &mut Write,
-    store: &BlobStore,
-    url: &str,
-    blobs: &[&Blob<'_>],
-) -> Result<()> {
-    if blobs.is_empty() {
-        return Ok(());
-    }
-    let sql = format!(
-        "SELECT sha256 FROM blob_tombstones WHERE sha256 IN ({}) AND store = ${}",
-        marks(blobs.len()),
-        blobs.len() + 1
-    );
-    let mut q = sqlx::query_scalar::<_, String>(&sql);
-    for b in blobs {
-        q = q.bind(b.sha256);
-    }
-    let dead = q.bind(url).fetch_all(&mut *w.tx).await?;
-    for sha in dead {
-        let Some(b) = blobs.iter().find(|b| b.sha256 == sha) else {
-            continue;
-        };
-        store.put(&sha, Bytes::copy_from_slice(b.bytes)).await?;
-        sqlx::query("DELETE FROM blob_tombstones WHERE sha256 = $1 AND store = $2")
-            .bind(&sha)
-            .bind(url)
-            .execute(&mut *w.tx)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Which of `shas` have a row already (wherever their bytes are).
-pub(crate) async fn recorded(reader: &sqlx::AnyPool, shas: &[&str]) -> Result<HashSet<String>> {
-    let mut found = HashSet::new();
-    for chunk in shas.chunks(200) {
-        let sql = format!(
-            "SELECT sha256 FROM blobs WHERE sha256 IN ({})",
-            marks(chunk.len())
-        );
-        let mut q = sqlx::query_scalar::<_, String>(&sql);
-        for sha in chunk {
-            q = q.bind(*sha);
-        }
-        found.extend(q.fetch_all(reader).await?);
-    }
-    Ok(found)
-}
-
-/// Records that `sha256`'s object in `url` was deleted (in the deleting transaction).
-async fn bury(w: &mut Write, sha256: &str, url: &str) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO blob_tombstones (sha256, store, at) VALUES ($1, $2, $3) \
-         ON CONFLICT (sha256, store) DO UPDATE SET at = excluded.at",
-    )
-    .bind(sha256)
-    .bind(url)
-    .bind(w.now)
-    .execute(&mut *w.tx)
-    .await?;
-    Ok(())
 }
 
 impl SqlStore {

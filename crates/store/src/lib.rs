@@ -1,11 +1,12 @@
 //! The one place that knows SQL: jobs and the queue (claim, lease, heartbeat, complete, retry,
-//! cancel), content-addressed image blobs, and the event log, behind [`Store`]. One
+//! cancel), content-addressed image blobs (their bytes in the database or in an object store,
+//! `objects`), and the event log, behind [`Store`]. One
 //! implementation serves SQLite and PostgreSQL, in layers: write transactions (`tx`) and how
 //! statements run (`exec`) at the bottom; a decision of the policy applied to a job
 //! (`transition`) and the worker round (`round`) on them, written once for both databases;
 //! the store's write path (`sql`); statements grouped by concern (`submit`, `actions`,
-//! `search`, `retention`, `stats`, `blobs`, `events`, `tokens`, `quotas`, `idempotency`,
-//! `webhooks`); and the thin face (`face`). `dialect.rs` names what differs and
+//! `search`, `retention`, `stats`, `blobs`, `collect` over `tombstones`, `events`, `tokens`,
+//! `quotas`, `idempotency`, `webhooks`); and the thin face (`face`). `dialect.rs` names what differs and
 //! `sqlite.rs`/`postgres.rs` (and SQLite's round thread, `sqlite_round.rs`) hold just that.
 
 mod actions;
@@ -33,6 +34,7 @@ mod sqlite_round;
 mod stats;
 mod submit;
 mod tokens;
+mod tombstones;
 mod transition;
 mod tx;
 mod webhooks;

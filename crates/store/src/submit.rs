@@ -8,6 +8,7 @@ use crate::exec::values_list;
 use crate::model::to_json;
 use crate::rows::{db_err, ms, ms_to_time};
 use crate::sql::{SqlStore, Submission};
+use crate::tombstones::Blob;
 use crate::transition::record;
 use crate::tx::Write;
 use crate::{Job, KeyHold, NewJob, Result, StoreError, CHUNK_SIZE};
@@ -78,27 +79,6 @@ pub(crate) fn start(mut store: SqlStore) -> SqlStore {
     tokio::spawn(group_commit(store.clone(), queue));
     store.submissions = Some(submit);
     store
-}
-
-/// An image to store, with what the `blobs` row says of it.
-pub(crate) struct Blob<'a> {
-    pub(crate) sha256: &'a str,
-    pub(crate) bytes: &'a [u8],
-    pub(crate) content_type: &'a str,
-    pub(crate) width: u32,
-    pub(crate) height: u32,
-}
-
-impl<'a> Blob<'a> {
-    fn of(job: &'a NewJob) -> Self {
-        Blob {
-            sha256: &job.sha256,
-            bytes: &job.image,
-            content_type: &job.content_type,
-            width: job.width,
-            height: job.height,
-        }
-    }
 }
 
 impl SqlStore {
@@ -272,7 +252,7 @@ impl SqlStore {
             .filter(|&i| store.holds(jobs[i].image.len()) && seen.insert(jobs[i].sha256.clone()))
             .collect();
         let shas: Vec<&str> = distinct.iter().map(|&i| jobs[i].sha256.as_str()).collect();
-        let unput = crate::collect::recorded(&self.reader, &shas).await?;
+        let unput = crate::tombstones::recorded(&self.reader, &shas).await?;
         let distinct: Vec<usize> = distinct
             .into_iter()
             .filter(|&i| !unput.contains(&jobs[i].sha256))
@@ -349,7 +329,7 @@ impl SqlStore {
                     store.put(b.sha256, Bytes::copy_from_slice(b.bytes)).await?;
                 }
             }
-            crate::collect::revive(w, store, &url, &outside).await?;
+            crate::tombstones::revive(w, store, &url, &outside).await?;
         }
         Ok(())
     }
