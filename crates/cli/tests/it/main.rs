@@ -426,12 +426,23 @@ async fn tokens_made_on_the_command_line_close_the_api_and_revoke_at_once() {
 }
 
 /// Group commit under SIGKILL: uploads share commits, and every upload answered `202` before
-/// the process died is in the database after a restart.
+/// the process died is in the database after a restart, its image readable; with the images
+/// in the database, and as files (the default for a new data directory).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_upload_acknowledged_before_sigkill_survives_the_group_commit() {
+    for store in [None, Some("database")] {
+        acknowledged_uploads_survive_sigkill(store).await;
+    }
+}
+
+async fn acknowledged_uploads_survive_sigkill(store: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/jobs.db", dir.path().display());
-    let api = Server::start(&db, &["--no-workers"]);
+    let mut flags = vec!["--no-workers"];
+    if let Some(store) = store {
+        flags.extend(["--blob-store", store]);
+    }
+    let api = Server::start(&db, &flags);
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let image = std::fs::read(fixture("coffee.png")).unwrap();
     let client = reqwest::Client::new();
@@ -476,11 +487,22 @@ async fn every_upload_acknowledged_before_sigkill_survives_the_group_commit() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() < 32 * 40, "killed too late to test anything");
 
-    let api = Server::start(&db, &["--no-workers"]);
+    let api = Server::start(&db, &flags);
     for id in &acked {
         let j = job(&api.base, id).await;
         assert_eq!(j["status"], "queued", "acknowledged job {id} lost: {j}");
     }
+    let first = &acked[0];
+    let resp = reqwest::get(format!("{}/api/jobs/{first}/image", api.base))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), image);
+    assert_eq!(
+        dir.path().join("images").is_dir(),
+        store.is_none(),
+        "large images are files by default"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
