@@ -250,16 +250,7 @@ impl SqlStore {
                 };
                 revive(&mut w, to, url, &[&blob]).await?;
             }
-            None => {
-                for (idx, chunk) in bytes.chunks(crate::CHUNK_SIZE).enumerate() {
-                    sqlx::query("INSERT INTO blob_chunks (sha256, idx, data) VALUES ($1, $2, $3)")
-                        .bind(sha256)
-                        .bind(idx as i64)
-                        .bind(chunk)
-                        .execute(&mut *w.tx)
-                        .await?;
-                }
-            }
+            None => Self::insert_chunks(&mut w, sha256, &bytes).await?,
         }
         sqlx::query("UPDATE blobs SET store = $1 WHERE sha256 = $2")
             .bind(target)

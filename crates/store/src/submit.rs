@@ -334,9 +334,8 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Inserts a blob and its chunks unless an identical one is stored.
     /// A new image's bytes, in chunks of at most `CHUNK_SIZE`.
-    async fn insert_chunks(w: &mut Write, sha256: &str, bytes: &[u8]) -> Result<()> {
+    pub(crate) async fn insert_chunks(w: &mut Write, sha256: &str, bytes: &[u8]) -> Result<()> {
         for (idx, chunk) in bytes.chunks(CHUNK_SIZE).enumerate() {
             sqlx::query("INSERT INTO blob_chunks (sha256, idx, data) VALUES ($1, $2, $3)")
                 .bind(sha256)
