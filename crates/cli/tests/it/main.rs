@@ -425,6 +425,62 @@ async fn tokens_made_on_the_command_line_close_the_api_and_revoke_at_once() {
     assert!(list.contains("revoked"), "{list}");
 }
 
+/// An upload burst cut by SIGKILL: `total` uploads (upload `i` sends `images[i % len]`) from
+/// `clients` concurrent clients, `api` killed once `kill_after` of them were acknowledged. The
+/// acknowledged jobs, as (id, index into `images`); asserts that the kill came before the end.
+async fn burst_then_sigkill(
+    api: Server,
+    images: std::sync::Arc<Vec<Vec<u8>>>,
+    total: usize,
+    clients: usize,
+    kill_after: usize,
+) -> Vec<(String, usize)> {
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, usize)>::new()));
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for t in 0..clients {
+        let (acked, images, client) = (acked.clone(), images.clone(), client.clone());
+        let url = format!("{}/api/jobs", api.base);
+        tasks.push(tokio::spawn(async move {
+            for i in (t..total).step_by(clients) {
+                let which = i % images.len();
+                let form = reqwest::multipart::Form::new().part(
+                    "file",
+                    reqwest::multipart::Part::bytes(images[which].clone())
+                        .file_name(format!("{i}.png")),
+                );
+                let Ok(resp) = client.post(&url).multipart(form).send().await else {
+                    return;
+                };
+                if resp.status() != 202 {
+                    return;
+                }
+                let Ok(body) = resp.json::<Value>().await else {
+                    return;
+                };
+                let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
+                acked.lock().unwrap().push((id, which));
+            }
+        }));
+    }
+    // Kill it in the middle of the burst.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < kill_after {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the burst did not get going"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    api.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() < total, "killed too late to test anything");
+    acked
+}
+
 /// Group commit under SIGKILL: uploads share commits, and every upload answered `202` before
 /// the process died is in the database after a restart, its image readable; with the images
 /// in the database, and as files (the default for a new data directory).
@@ -443,56 +499,22 @@ async fn acknowledged_uploads_survive_sigkill(store: Option<&str>) {
         flags.extend(["--blob-store", store]);
     }
     let api = Server::start(&db, &flags);
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let image = std::fs::read(fixture("coffee.png")).unwrap();
-    let client = reqwest::Client::new();
-    let mut tasks = Vec::new();
-    for t in 0..32 {
-        let (acked, image, client) = (acked.clone(), image.clone(), client.clone());
-        let url = format!("{}/api/jobs", api.base);
-        tasks.push(tokio::spawn(async move {
-            for i in 0..40 {
-                let form = reqwest::multipart::Form::new().part(
-                    "file",
-                    reqwest::multipart::Part::bytes(image.clone())
-                        .file_name(format!("{t}-{i}.png")),
-                );
-                let Ok(resp) = client.post(&url).multipart(form).send().await else {
-                    return;
-                };
-                if resp.status() != 202 {
-                    return;
-                }
-                let Ok(body) = resp.json::<Value>().await else {
-                    return;
-                };
-                let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
-                acked.lock().unwrap().push(id);
-            }
-        }));
-    }
-    // Kill it in the middle of the burst.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while acked.lock().unwrap().len() < 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the burst did not get going"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    api.kill9();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() < 32 * 40, "killed too late to test anything");
+    let acked = burst_then_sigkill(
+        api,
+        std::sync::Arc::new(vec![image.clone()]),
+        32 * 40,
+        32,
+        200,
+    )
+    .await;
 
     let api = Server::start(&db, &flags);
-    for id in &acked {
+    for (id, _) in &acked {
         let j = job(&api.base, id).await;
         assert_eq!(j["status"], "queued", "acknowledged job {id} lost: {j}");
     }
-    let first = &acked[0];
+    let first = &acked[0].0;
     let resp = reqwest::get(format!("{}/api/jobs/{first}/image", api.base))
         .await
         .unwrap();
