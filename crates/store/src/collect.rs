@@ -22,6 +22,7 @@
 //! and the delete to race within one transaction's lifetime).
 
 use crate::dialect::Durability;
+use crate::exec::{any_args, Arg};
 use crate::objects::{BlobStore, Listed};
 use crate::rows::now_ms;
 use crate::sql::SqlStore;
@@ -182,19 +183,19 @@ impl SqlStore {
     /// checked, stored in `to`, its row pointed at `to`, and then removed from where it was.
     /// Each image is moved on its own, so an interrupted move is resumed by running it again.
     pub(crate) async fn move_images(&self, to: &BlobStore, limit: usize) -> Result<Moved> {
-        let target: Option<&str> = (!to.is_database()).then(|| to.url());
-        let elsewhere = "SELECT sha256, store FROM blobs WHERE ";
         // Images the target keeps (a directory keeps only those over its small size) that are
         // somewhere else.
-        let condition = match target {
-            Some(_) => "(store IS NULL OR store <> $1) AND size > $2",
-            None => "store IS NOT NULL AND $1 <> '' AND $2 >= 0",
+        let (condition, args) = if to.is_database() {
+            ("store IS NOT NULL", vec![])
+        } else {
+            let min_size = Arg::int(to.min_size() as i64);
+            let condition = "(store IS NULL OR store <> $1) AND size > $2";
+            (condition, vec![Arg::text(to.url()), min_size])
         };
-        let min_size = to.min_size().min(i64::MAX as usize) as i64;
-        let sql = format!("{elsewhere}{condition} ORDER BY sha256 LIMIT {limit}");
-        let batch: Vec<(String, Option<String>)> = sqlx::query_as(&sql)
-            .bind(target.unwrap_or("x"))
-            .bind(min_size)
+        let sql = format!(
+            "SELECT sha256, store FROM blobs WHERE {condition} ORDER BY sha256 LIMIT {limit}"
+        );
+        let batch: Vec<(String, Option<String>)> = sqlx::query_as_with(&sql, any_args(&args)?)
             .fetch_all(&self.reader)
             .await?;
         let mut done = Moved::default();
@@ -204,9 +205,7 @@ impl SqlStore {
             }
         }
         let count = format!("SELECT COUNT(*) FROM blobs WHERE {condition}");
-        let remaining: i64 = sqlx::query_scalar(&count)
-            .bind(target.unwrap_or("x"))
-            .bind(min_size)
+        let remaining: i64 = sqlx::query_scalar_with(&count, any_args(&args)?)
             .fetch_one(&self.reader)
             .await?;
         done.remaining = remaining as u64;

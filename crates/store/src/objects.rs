@@ -221,11 +221,6 @@ impl BlobStore {
         size > self.min_size()
     }
 
-    /// The same store, reporting to `observer`.
-    pub fn observed(&self, observer: Arc<dyn BlobObserver>) -> BlobStore {
-        BlobStore::open(&self.inner.url, Some(observer)).unwrap_or_else(|_| self.clone())
-    }
-
     fn objects(&self) -> Result<&Objects> {
         match &self.inner.kind {
             Kind::Objects(o) => Ok(o),

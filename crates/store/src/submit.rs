@@ -274,14 +274,6 @@ impl SqlStore {
         for (i, bytes) in put {
             jobs[i].image = Vec::from(bytes);
         }
-        // Duplicates within the request share the first one's bytes.
-        for i in 0..jobs.len() {
-            if jobs[i].image.is_empty() {
-                if let Some(first) = jobs.iter().position(|j| j.sha256 == jobs[i].sha256) {
-                    jobs[i].image = jobs[first].image.clone();
-                }
-            }
-        }
         Ok((jobs, unput))
     }
 
