@@ -232,7 +232,7 @@ impl BlobStore {
 
     /// An image's object name: `[PREFIX/]ab/abcdef…` (its SHA-256, under its first two digits).
     fn key(&self, sha256: &str) -> Result<ObjectPath> {
-        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_sha256(sha256) {
             return Err(StoreError::Database(format!("{sha256:?} is not a SHA-256")));
         }
         let name = format!("{}/{sha256}", &sha256[..2]);
@@ -323,8 +323,7 @@ impl BlobStore {
                 Ok(meta) => {
                     let key = meta.location.to_string();
                     let name = meta.location.filename().unwrap_or_default();
-                    let sha256 = (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
-                        .then(|| name.to_string());
+                    let sha256 = is_sha256(name).then(|| name.to_string());
                     out.push(Listed {
                         sha256,
                         key,
@@ -362,6 +361,11 @@ impl BlobStore {
         self.observe(BlobOp::Probe, result.is_ok(), started);
         result.map_err(|e| self.unavailable("the image store does not answer", Failure::of(&e)))
     }
+}
+
+/// Whether `s` is a SHA-256 in hex (an image's object name).
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// An error with every cause it wraps (an HTTP client's "builder error" says little alone).
