@@ -3,10 +3,12 @@
 // writes one JSON file per section.
 //
 //   node bench/imgclass.mjs e2e      --bin B --tmp DIR --out F.json [--n 200] [--concurrency 8] [--workers W] [--repeat R] IMAGE...
-//   node bench/imgclass.mjs queue    --bin B --tmp DIR --out F.json [--n 10000] [--concurrency 64] [--workers 2] [--database URL] [--watch sse|stats] TINY.png...
+//   node bench/imgclass.mjs queue    --bin B --tmp DIR --out F.json [--n 10000] [--concurrency 64] [--workers 2] [--per-post 1] [--database URL] [--watch sse|stats] TINY.png...
 //   node bench/imgclass.mjs latency  --bin B --tmp DIR --out F.json [--n 100] IMAGE
 //   node bench/imgclass.mjs phases   --bin B --tmp DIR --out F.json [--n 10000] [--concurrency 64] [--workers 8] TINY.png
-//   node bench/imgclass.mjs capacity --out F.json [--n 10000] [--concurrency 64] TINY.png   (client against a null server)
+//   node bench/imgclass.mjs capacity --out F.json [--n 10000] [--concurrency 64] [--per-post 1] TINY.png   (client against a null server)
+//
+// --per-post K sends K files in each request (n must be a multiple of K): the batched rows.
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
@@ -15,6 +17,7 @@ import { fileURLToPath } from "node:url";
 import {
   followEvents,
   getJson,
+  batchUploads,
   imageUpload,
   loadavg,
   machineCpu,
@@ -46,7 +49,11 @@ const args = parseArgs(rest, {
   python: "",
   repeat: 1,
   watch: "sse",
+  per_post: 1,
 });
+const perPost = Math.max(1, args.per_post);
+/** The uploads of the queue rows: one file per request, or batches of --per-post files. */
+const queueUploads = (files) => (perPost > 1 ? batchUploads(files, perPost) : files.map(imageUpload));
 
 function dbUrl(name) {
   if (args.database) return args.database;
@@ -240,9 +247,9 @@ async function queue() {
   const concurrency = args.concurrency || 64;
   const workers = args.workers || 2;
   // One tiny image sent again and again, or several in turn (distinct images each stored).
-  const uploads = args._.map(imageUpload);
+  const uploads = queueUploads(args._);
   const serveArgs = ["--provider", "noop", "--workers", String(workers)];
-  log(`${n} tiny jobs, ${concurrency} requests in flight, --workers ${workers}${args.database ? ", " + args.database : ""}`);
+  log(`${n} tiny jobs, ${perPost} per request, ${concurrency} requests in flight, --workers ${workers}${args.database ? ", " + args.database : ""}`);
   const r = await throughput({
     serveArgs,
     uploads,
@@ -253,7 +260,7 @@ async function queue() {
     timeoutMs: args.timeout * 1e3 || 60000 + n * 20,
   });
   const { timings, ...rest } = r;
-  const out = { section: "queue", label: args.label || `imgclass workers=${workers}`, workers, ...rest };
+  const out = { section: "queue", label: args.label || `imgclass workers=${workers}`, workers, per_post: perPost, ...rest };
   writeJson(args.out, out);
   log(`${out.per_s} jobs/s (submit ${out.submit_per_s}/s; server CPU ${out.server_cpu_s} s, client CPU ${out.client_cpu_s} s)`);
 }
@@ -396,7 +403,7 @@ async function phases() {
 async function capacity() {
   const n = args.n || 10000;
   const concurrency = args.concurrency || 64;
-  const upload = imageUpload(args._[0]);
+  const upload = queueUploads([args._[0]])[0];
   const child = spawn(process.execPath, [path.join(here, "nullserver.mjs")], { stdio: ["ignore", "pipe", "inherit"] });
   process.on("exit", () => child.kill("SIGKILL"));
   const base = await new Promise((resolve, reject) => {
@@ -412,6 +419,7 @@ async function capacity() {
       section: "client_capacity",
       client: `node ${process.version} node:http keep-alive`,
       n,
+      per_post: perPost,
       concurrency,
       seconds: round(seconds, 3),
       per_s: round(n / seconds, 0),
@@ -440,6 +448,10 @@ async function capacity() {
 const modes = { e2e, queue, latency, capacity, phases };
 if (!modes[mode]) {
   process.stderr.write(`usage: node imgclass.mjs e2e|queue|latency|capacity [options] FILES...\n`);
+  process.exit(2);
+}
+if (args.n && args.n % perPost !== 0) {
+  process.stderr.write(`--n ${args.n} is not a multiple of --per-post ${perPost}\n`);
   process.exit(2);
 }
 if (!args.out) {

@@ -185,19 +185,49 @@ export function followEvents(base, onEvent) {
 
 /** A multipart/form-data body holding one file field, built once and sent many times. */
 export function multipartBody(fileName, contentType, bytes) {
+  return multipartFiles([{ name: fileName, type: contentType, bytes }]);
+}
+
+/** One multipart body with several files, each a part named "file". */
+export function multipartFiles(files) {
   const boundary = "----imgclassbench" + Math.random().toString(16).slice(2);
-  const head = Buffer.from(
-    `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="${fileName}"\r\n` +
-      `Content-Type: ${contentType}\r\n\r\n`,
-  );
-  const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
-  return { body: Buffer.concat([head, bytes, tail]), contentType: `multipart/form-data; boundary=${boundary}` };
+  const parts = [];
+  for (const f of files) {
+    parts.push(
+      Buffer.from(
+        `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="${f.name}"\r\n` +
+          `Content-Type: ${f.type}\r\n\r\n`,
+      ),
+      f.bytes,
+      Buffer.from("\r\n"),
+    );
+  }
+  parts.push(Buffer.from(`--${boundary}--\r\n`));
+  return { body: Buffer.concat(parts), contentType: `multipart/form-data; boundary=${boundary}`, count: files.length };
+}
+
+function imageFile(file) {
+  const ext = path.extname(file).toLowerCase();
+  const type = ext === ".png" ? "image/png" : ext === ".jpg" || ext === ".jpeg" ? "image/jpeg" : "application/octet-stream";
+  return { name: path.basename(file), type, bytes: fs.readFileSync(file) };
 }
 
 export function imageUpload(file) {
-  const ext = path.extname(file).toLowerCase();
-  const type = ext === ".png" ? "image/png" : ext === ".jpg" || ext === ".jpeg" ? "image/jpeg" : "application/octet-stream";
-  return { name: path.basename(file), ...multipartBody(path.basename(file), type, fs.readFileSync(file)) };
+  const f = imageFile(file);
+  return { name: f.name, ...multipartFiles([f]) };
+}
+
+/**
+ * Requests of `perPost` files each, taken in turn from `files` (a batch of the queue rows:
+ * BullMQ's users batch with addBulk, imgclass's clients with many files per POST).
+ */
+export function batchUploads(files, perPost) {
+  const all = files.map(imageFile);
+  const n = Math.max(1, all.length);
+  return Array.from({ length: n }, (_, b) => ({
+    name: `${perPost} files`,
+    ...multipartFiles(Array.from({ length: perPost }, (_, i) => all[(b * perPost + i) % all.length])),
+  }));
 }
 
 /** POST one prepared body; resolves with {status, body}. */
@@ -230,31 +260,35 @@ export async function getJson(url) {
 }
 
 /**
- * Submits `n` uploads (round-robin over `uploads`) with `concurrency` requests in flight, one
- * file per request. Returns the accepted job ids and timing.
+ * Submits `n` jobs (round-robin over `uploads`, each a request of `upload.count` files, one by
+ * default) with `concurrency` requests in flight. Returns the accepted job ids and timing.
  */
 export async function submitAll({ base, uploads, n, concurrency, onAccepted }) {
   const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
   const url = `${base}/api/jobs`;
-  const ids = new Array(n);
+  const perPost = uploads[0].count ?? 1;
+  const requests = Math.ceil(n / perPost);
+  const ids = [];
   let next = 0;
   let firstSend = null;
   let lastAccepted = null;
   const lane = async () => {
     for (;;) {
       const i = next++;
-      if (i >= n) return;
+      if (i >= requests) return;
       const t = now();
       if (firstSend === null) firstSend = t;
       const r = await post(agent, url, uploads[i % uploads.length]);
       if (r.status !== 202) throw new Error(`POST /api/jobs: ${r.status} ${r.body.slice(0, 300)}`);
-      const j = r.body.indexOf('"id":"');
-      ids[i] = r.body.slice(j + 6, r.body.indexOf('"', j + 6));
       lastAccepted = now();
-      onAccepted?.(ids[i], t, lastAccepted);
+      for (let j = r.body.indexOf('"id":"'); j >= 0; j = r.body.indexOf('"id":"', j + 6)) {
+        const id = r.body.slice(j + 6, r.body.indexOf('"', j + 6));
+        ids.push(id);
+        onAccepted?.(id, t, lastAccepted);
+      }
     }
   };
-  await Promise.all(Array.from({ length: Math.min(concurrency, n) }, lane));
+  await Promise.all(Array.from({ length: Math.min(concurrency, requests) }, lane));
   agent.destroy();
   return { ids, firstSend, lastAccepted };
 }

@@ -3,6 +3,7 @@
 //! subscribers (in-process on SQLite, LISTEN/NOTIFY on PostgreSQL), reading into the stored
 //! JSON, and migrations.
 
+use crate::placeholders::Placeholders;
 use crate::tx::Tx;
 use crate::{Event, Result};
 use async_trait::async_trait;
@@ -38,6 +39,11 @@ pub(crate) enum Lock {
 pub(crate) trait Dialect: Send + Sync + 'static {
     /// The statement that opens a write transaction.
     fn begin(&self, durability: Durability) -> &'static str;
+
+    /// How its driver takes the statements' numbered parameters.
+    fn placeholders(&self) -> Placeholders {
+        Placeholders::Dollar
+    }
 
     /// The clause appended to a SELECT to take `lock` (empty where the database has no row
     /// locks because a write transaction already excludes every other writer).

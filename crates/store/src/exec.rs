@@ -46,13 +46,15 @@ impl Exec for Tx {
     type Row = AnyRow;
 
     async fn fetch(&mut self, sql: &str, args: &[Arg]) -> Result<Vec<AnyRow>> {
-        Ok(sqlx::query_with(sql, any_args(args)?)
+        let sql = self.placeholders.statement(sql);
+        Ok(sqlx::query_with(&sql, any_args(args)?)
             .fetch_all(&mut **self)
             .await?)
     }
 
     async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64> {
-        Ok(sqlx::query_with(sql, any_args(args)?)
+        let sql = self.placeholders.statement(sql);
+        Ok(sqlx::query_with(&sql, any_args(args)?)
             .execute(&mut **self)
             .await?
             .rows_affected())

@@ -22,6 +22,7 @@ mod model;
 mod models;
 mod objects;
 mod outbox;
+mod placeholders;
 mod postgres;
 mod quotas;
 mod retention;

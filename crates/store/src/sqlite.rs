@@ -6,6 +6,7 @@
 
 use crate::dialect::{Dialect, Durability, Lock};
 use crate::health::FileIdentity;
+use crate::placeholders::Placeholders;
 use crate::tx::Tx;
 use crate::{Event, Result, StoreError};
 use async_trait::async_trait;
@@ -189,6 +190,10 @@ impl Dialect for Sqlite {
             Durability::Durable => "PRAGMA synchronous = FULL; BEGIN IMMEDIATE",
             Durability::Relaxed => "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
         }
+    }
+
+    fn placeholders(&self) -> Placeholders {
+        Placeholders::Sqlite
     }
 
     fn lock(&self, _lock: Lock) -> &'static str {

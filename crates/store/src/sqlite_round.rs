@@ -13,6 +13,7 @@
 
 use crate::exec::{Arg, Exec, Locks};
 use crate::health;
+use crate::placeholders::sqlite_statement;
 use crate::round::{self, Round, Work};
 use crate::rows::{db_err, now_ms, Columns};
 use crate::transition;
@@ -120,17 +121,16 @@ fn error(e: rusqlite::Error) -> StoreError {
 struct Sqlite<'c>(&'c Connection);
 
 impl Sqlite<'_> {
-    /// The statement, prepared once and kept, with `args` bound to its numbered parameters
-    /// (`$1` is `args[0]`; SQLite numbers named parameters by first appearance, so they are
-    /// matched by name).
+    /// The statement, prepared once and kept, with `args` bound to its parameters (`$1` is
+    /// `args[0]`), which `sqlite_statement` numbers so that they bind by position.
     fn prepare(&self, sql: &str, args: &[Arg]) -> Result<CachedStatement<'_>> {
-        let mut stmt = self.0.prepare_cached(sql).map_err(error)?;
+        let mut stmt = self
+            .0
+            .prepare_cached(&sqlite_statement(sql))
+            .map_err(error)?;
         for i in 1..=stmt.parameter_count() {
-            let arg = stmt
-                .parameter_name(i)
-                .and_then(|n| n.strip_prefix('$'))
-                .and_then(|n| n.parse::<usize>().ok())
-                .and_then(|n| args.get(n.checked_sub(1)?))
+            let arg = args
+                .get(i - 1)
                 .ok_or_else(|| db_err(format!("no value for parameter {i}")))?;
             match arg {
                 Arg::Text(t) => stmt.raw_bind_parameter(i, t),

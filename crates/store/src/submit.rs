@@ -4,9 +4,9 @@
 //! installation.
 
 use crate::dialect::Durability;
-use crate::exec::values_list;
+use crate::exec::{values_list, Arg, Exec};
 use crate::model::to_json;
-use crate::rows::{db_err, ms, ms_to_time};
+use crate::rows::{db_err, ms, ms_to_time, Columns};
 use crate::sql::{SqlStore, Submission};
 use crate::tombstones::Blob;
 use crate::transition::record;
@@ -15,7 +15,6 @@ use crate::{Job, KeyHold, NewJob, Result, StoreError, CHUNK_SIZE};
 use bytes::Bytes;
 use imgclass_core::policy;
 use imgclass_core::{JobId, JobStatus};
-use sqlx::Row;
 use std::collections::HashSet;
 use tokio::sync::{mpsc, oneshot};
 
@@ -165,66 +164,36 @@ impl SqlStore {
                  run_at, created_at, updated_at, owner, webhook_url, webhook_events, result, \
                  cached, started_at, finished_at, model) VALUES {values} RETURNING id, seq"
             );
-            let mut q = sqlx::query(&sql);
+            let mut args = Vec::with_capacity(chunk.len() * COLUMNS);
             let mut jobs = Vec::with_capacity(chunk.len());
             for new in chunk {
-                let created = policy::create(new.cached_result.is_some());
-                let status = created.status;
-                let finished_at = created.finished.then_some(now);
-                let job = Job {
-                    seq: 0,
-                    id: JobId::new(),
-                    status,
-                    image_size: new.image.len() as u64,
-                    image_sha256: new.sha256.clone(),
-                    content_type: new.content_type.clone(),
-                    width: new.width,
-                    height: new.height,
-                    file_name: new.file_name.clone(),
-                    attempts: 0,
-                    stalls: 0,
-                    run_attempts: 0,
-                    max_attempts: new.max_attempts.max(1),
-                    priority: new.priority,
-                    run_at: now,
-                    lease_owner: None,
-                    lease_until: None,
-                    error: None,
-                    attempt_errors: Vec::new(),
-                    result: new.cached_result.clone(),
-                    created_at: now,
-                    started_at: finished_at,
-                    finished_at,
-                    updated_at: now,
-                    owner: new.owner.clone(),
-                    webhook: new.webhook.clone(),
-                    cached: new.cached_result.is_some(),
-                    model: new.model.clone(),
-                };
-                q = q
-                    .bind(job.id.to_string())
-                    .bind(job.status.as_str())
-                    .bind(job.image_sha256.clone())
-                    .bind(job.file_name.clone())
-                    .bind(i64::from(job.max_attempts))
-                    .bind(i64::from(job.priority))
-                    .bind(w.now)
-                    .bind(w.now)
-                    .bind(w.now)
-                    .bind(job.owner.clone())
-                    .bind(job.webhook.as_ref().map(|h| h.url.clone()))
-                    .bind(job.webhook.as_ref().map(crate::rows::webhook_events))
-                    .bind(job.result.as_ref().map(to_json).transpose()?)
-                    .bind(i64::from(job.cached))
-                    .bind(finished_at.map(|_| w.now))
-                    .bind(finished_at.map(|_| w.now))
-                    .bind(job.model.clone());
+                let job = Self::new_job(new, now);
+                let at = Arg::int(w.now);
+                let finished = Arg::Int(job.finished_at.map(|_| w.now));
+                args.extend([
+                    Arg::text(job.id.to_string()),
+                    Arg::text(job.status.as_str()),
+                    Arg::text(job.image_sha256.clone()),
+                    Arg::Text(job.file_name.clone()),
+                    Arg::int(i64::from(job.max_attempts)),
+                    Arg::int(i64::from(job.priority)),
+                    at.clone(),
+                    at.clone(),
+                    at,
+                    Arg::Text(job.owner.clone()),
+                    Arg::Text(job.webhook.as_ref().map(|h| h.url.clone())),
+                    Arg::Text(job.webhook.as_ref().map(crate::rows::webhook_events)),
+                    Arg::Text(job.result.as_ref().map(to_json).transpose()?),
+                    Arg::int(i64::from(job.cached)),
+                    finished.clone(),
+                    finished,
+                    Arg::text(job.model.clone()),
+                ]);
                 jobs.push(job);
             }
             let mut seqs = std::collections::HashMap::with_capacity(chunk.len());
-            for row in q.fetch_all(&mut *w.tx).await? {
-                let id: String = row.try_get("id")?;
-                seqs.insert(id, row.try_get::<i64, _>("seq")?);
+            for row in w.tx.fetch(&sql, &args).await? {
+                seqs.insert(row.text("id")?, row.int("seq")?);
             }
             for mut job in jobs {
                 job.seq = *seqs
@@ -234,6 +203,43 @@ impl SqlStore {
             }
         }
         Ok(created)
+    }
+
+    /// A new job as `policy::create` makes it, at `now`; a job answered from the result cache is
+    /// created finished, with the earlier result.
+    fn new_job(new: &NewJob, now: chrono::DateTime<chrono::Utc>) -> Job {
+        let created = policy::create(new.cached_result.is_some());
+        let finished_at = created.finished.then_some(now);
+        Job {
+            seq: 0,
+            id: JobId::new(),
+            status: created.status,
+            image_size: new.image.len() as u64,
+            image_sha256: new.sha256.clone(),
+            content_type: new.content_type.clone(),
+            width: new.width,
+            height: new.height,
+            file_name: new.file_name.clone(),
+            attempts: 0,
+            stalls: 0,
+            run_attempts: 0,
+            max_attempts: new.max_attempts.max(1),
+            priority: new.priority,
+            run_at: now,
+            lease_owner: None,
+            lease_until: None,
+            error: None,
+            attempt_errors: Vec::new(),
+            result: new.cached_result.clone(),
+            created_at: now,
+            started_at: finished_at,
+            finished_at,
+            updated_at: now,
+            owner: new.owner.clone(),
+            webhook: new.webhook.clone(),
+            cached: new.cached_result.is_some(),
+            model: new.model.clone(),
+        }
     }
 
     /// Puts each distinct image of `jobs` that is not recorded yet into the object store new
@@ -297,19 +303,23 @@ impl SqlStore {
                  VALUES {} ON CONFLICT (sha256) DO NOTHING RETURNING sha256",
                 values_list(chunk.len(), 7)
             );
-            let mut q = sqlx::query_scalar::<_, String>(&sql);
+            let mut args = Vec::with_capacity(chunk.len() * 7);
             for b in chunk {
                 let external = store.holds(b.bytes.len()).then(|| url.clone());
-                q = q
-                    .bind(b.sha256)
-                    .bind(b.bytes.len() as i64)
-                    .bind(b.content_type)
-                    .bind(i64::from(b.width))
-                    .bind(i64::from(b.height))
-                    .bind(w.now)
-                    .bind(external);
+                args.extend([
+                    Arg::text(b.sha256),
+                    Arg::int(b.bytes.len() as i64),
+                    Arg::text(b.content_type),
+                    Arg::int(i64::from(b.width)),
+                    Arg::int(i64::from(b.height)),
+                    Arg::int(w.now),
+                    Arg::Text(external),
+                ]);
             }
-            let inserted: HashSet<String> = q.fetch_all(&mut *w.tx).await?.into_iter().collect();
+            let mut inserted = HashSet::with_capacity(chunk.len());
+            for row in w.tx.fetch(&sql, &args).await? {
+                inserted.insert(row.text("sha256")?);
+            }
             let (outside, inside): (Vec<&Blob>, Vec<&Blob>) =
                 chunk.iter().partition(|b| store.holds(b.bytes.len()));
             for b in inside.iter().filter(|b| inserted.contains(b.sha256)) {

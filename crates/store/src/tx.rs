@@ -3,6 +3,7 @@
 //! transaction with the events it recorded and the time it read once it held its locks.
 
 use crate::health::{self, StorageWatch};
+use crate::placeholders::Placeholders;
 use crate::rows::now_ms;
 use crate::{Event, Result};
 use sqlx::pool::PoolConnection;
@@ -17,13 +18,20 @@ use std::sync::Arc;
 pub(crate) struct Tx {
     conn: PoolConnection<Any>,
     open: bool,
+    /// How its database takes the statements' parameters (`Exec` rewrites them).
+    pub(crate) placeholders: Placeholders,
 }
 
 impl Tx {
-    async fn begin(pool: &AnyPool, statement: &'static str) -> Result<Tx> {
+    async fn begin(
+        pool: &AnyPool,
+        statement: &'static str,
+        placeholders: Placeholders,
+    ) -> Result<Tx> {
         let mut tx = Tx {
             conn: pool.acquire().await?,
             open: true,
+            placeholders,
         };
         sqlx::Executor::execute(&mut *tx.conn, statement).await?;
         Ok(tx)
@@ -78,7 +86,7 @@ impl Write {
     /// Begins a write transaction with `statement` (the dialect's `BEGIN` for its durability).
     pub(crate) async fn begin(
         pool: &AnyPool,
-        statement: &'static str,
+        (statement, placeholders): (&'static str, Placeholders),
         storage: Arc<StorageWatch>,
     ) -> Result<Write> {
         // A leftover from an error outside any write is not this write's.
@@ -89,7 +97,7 @@ impl Write {
             storage,
             committed: false,
         };
-        let tx = Tx::begin(pool, statement).await?;
+        let tx = Tx::begin(pool, statement, placeholders).await?;
         // `now` is read once the transaction holds its locks, so that times recorded by
         // transactions that waited for each other never go backwards.
         Ok(Write {
