@@ -3,7 +3,7 @@
 // writes one JSON file per section.
 //
 //   node bench/imgclass.mjs e2e      --bin B --tmp DIR --out F.json [--n 200] [--concurrency 8] [--workers W] [--repeat R] IMAGE...
-//   node bench/imgclass.mjs queue    --bin B --tmp DIR --out F.json [--n 10000] [--concurrency 64] [--workers 2] [--per-post 1] [--database URL] [--watch sse|stats] TINY.png...
+//   node bench/imgclass.mjs queue    --bin B --tmp DIR --out F.json [--n 10000] [--concurrency 64] [--workers W (default: serve's)] [--per-post 1] [--database URL] [--watch sse|stats] TINY.png...
 //   node bench/imgclass.mjs latency  --bin B --tmp DIR --out F.json [--n 100] IMAGE
 //   node bench/imgclass.mjs phases   --bin B --tmp DIR --out F.json [--n 10000] [--concurrency 64] [--workers 8] TINY.png
 //   node bench/imgclass.mjs capacity --out F.json [--n 10000] [--concurrency 64] [--per-post 1] TINY.png   (client against a null server)
@@ -161,7 +161,7 @@ async function throughput({ serveArgs, uploads, n, concurrency, parseSucceeded, 
       submit_seconds: round(submitSeconds, 3),
       submit_per_s: round(n / submitSeconds, 1),
       server_cpu_s: round(serverCpu, 2),
-      server_cpu_ms_per_job: round((serverCpu * 1e3) / n, 2),
+      server_cpu_ms_per_job: round((serverCpu * 1e3) / n, 3),
       client_cpu_s: round(clientCpu, 2),
       machine_busy_cpu_s: round(machineBusy, 2),
       machine_cpu_ms_per_job: round((machineBusy * 1e3) / n, 3),
@@ -245,10 +245,11 @@ async function e2e() {
 async function queue() {
   const n = args.n || 10000;
   const concurrency = args.concurrency || 64;
-  const workers = args.workers || 2;
+  // --workers 0: serve's own default.
+  const workers = args.workers || "default";
   // One tiny image sent again and again, or several in turn (distinct images each stored).
   const uploads = queueUploads(args._);
-  const serveArgs = ["--provider", "noop", "--workers", String(workers)];
+  const serveArgs = ["--provider", "noop", ...(args.workers ? ["--workers", String(workers)] : [])];
   log(`${n} tiny jobs, ${perPost} per request, ${concurrency} requests in flight, --workers ${workers}${args.database ? ", " + args.database : ""}`);
   const r = await throughput({
     serveArgs,

@@ -64,6 +64,10 @@ def main():
     raw_best = max(raw["runs"], key=lambda r: r["images_per_s"]) if raw else None
     disk_queues = [q for q in queues if "tmpfs" not in q["label"] and "polls" not in q["label"]]
     q_best = max(disk_queues, key=lambda q: q["per_s"]) if disk_queues else None
+    batched = [load(d, os.path.basename(p)) for p in glob.glob(os.path.join(d, "batched-*.json"))]
+    batch_cap = next((b for b in batched if b.get("section") == "client_capacity"), None)
+    batched = [b for b in batched if b.get("section") == "queue"]
+    batched.sort(key=lambda q: ("PostgreSQL" in q["label"], q["workers"] == "default", q["label"]))
     bull_ok = [b for b in bulls if "per_s" in b]
     b_best = max(bull_ok, key=lambda b: b["per_s"]) if bull_ok else None
 
@@ -117,6 +121,16 @@ def main():
         add(("ratio raw loop / naive Python", fmt(ratio(raw_best['images_per_s'], naive_best['images_per_s']), 2), ""))
     if e2e and raw_best:
         add(("ratio end to end / raw loop", fmt(ratio(e2e["per_s"], raw_best["images_per_s"]), 2), "what the service around the model costs"))
+    cpu_ratio = None
+    if e2e and raw_best:
+        # The raw loop keeps every core busy: its CPU per image is cores / rate.
+        raw_cpu_ms = 1000 * (m.get("cores") or 2) / raw_best["images_per_s"]
+        cpu_ratio = ratio(e2e["server_cpu_ms_per_job"], raw_cpu_ms)
+        add((
+            "ratio server CPU per image / raw loop's",
+            f"**{fmt(cpu_ratio, 2)}**",
+            f"{fmt(e2e['server_cpu_ms_per_job'], 1)} ms against {fmt(raw_cpu_ms, 1)} ms ({m.get('cores') or 2} cores / raw img/s)",
+        ))
 
     nq = queues[0]["n"] if queues else (b_best or {}).get("n")
     add(("**Queue overhead**", "", f"{nq} no-op jobs (8×8 PNG), first submit → last `succeeded`/completed"))
@@ -163,6 +177,33 @@ def main():
             f"**{fmt(ratio(q_best['per_s'], b_best['per_s']), 3)}**",
             f"{q_best['label']} vs BullMQ concurrency {b_best['worker_concurrency']}, {b_best['producer']}",
         ))
+    bulk = next((b for b in bull_ok if b["producer"].startswith("addBulk")), None)
+    batched_ratio = {}
+    if batched:
+        per = batched[0]["per_post"]
+        add(("**Batched submissions**", "", f"{batched[0]['n']} no-op jobs, {per} files per POST, {batched[0]['concurrency']} POSTs in flight; "
+             "beside BullMQ's `addBulk` (the BullMQ row above)"))
+        for q in batched:
+            db = "postgres" if "PostgreSQL" in q["label"] else "sqlite"
+            r = ratio(q["per_s"], bulk and bulk["per_s"])
+            if q["workers"] != "default":
+                batched_ratio.setdefault(db, r)
+            add((
+                q["label"],
+                f"**{fmt(q['per_s'], 0)} jobs/s**",
+                f"submitted at {fmt(q['submit_per_s'], 0)}/s; CPU per job: server {fmt(q['server_cpu_ms_per_job'], 3)} ms, "
+                f"whole machine {fmt(q.get('machine_cpu_ms_per_job'), 3)} ms; client {fmt(q['client_cpu_s'])} s, other processes "
+                + ("(PostgreSQL's included) " if db == "postgres" else "")
+                + f"{fmt(q.get('other_cpu_s'))} s"
+                + (f"; / BullMQ {bulk['producer']}: **{fmt(r, 2)}**" if r else ""),
+            ))
+        if batch_cap:
+            add((
+                "client capacity, batched (null server)",
+                f"{fmt(batch_cap['per_s'], 0)} jobs/s",
+                f"{batch_cap['client']}, {batch_cap['per_post']} files per POST, {batch_cap['concurrency']} in flight, "
+                f"{fmt(batch_cap['client_cpu_s'], 2)} CPU s",
+            ))
     if cap:
         alts = "; ".join(f"{a['client']}: {fmt(a['per_s'], 0)}/s" for a in cap.get("alternatives", []))
         add((
@@ -246,10 +287,14 @@ def main():
             "rss_idle_kb": e2e and e2e["rss_idle_kb"],
             "rss_peak_kb": e2e and e2e["rss_peak_kb"],
             "postgres": pg and pg.get("status"),
+            "server_cpu_per_image_over_raw": cpu_ratio,
+            "batched_sqlite_over_bullmq_addbulk": batched_ratio.get("sqlite"),
+            "batched_postgres_over_bullmq_addbulk": batched_ratio.get("postgres"),
         },
         "sections": {
             "e2e": e2e, "ceiling_python": ceil, "raw": raw, "latency": lat, "client_capacity": cap,
             "queues": queues, "queue_phases": ph, "bullmq": bulls, "postgres": pg,
+            "batched": batched, "batched_client_capacity": batch_cap,
         },
         "table_markdown": text,
     }

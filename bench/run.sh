@@ -32,11 +32,14 @@ done
 
 if [ "$MODE" = quick ]; then
   N_E2E=${BENCH_N_E2E:-20}; N_QUEUE=${BENCH_N_QUEUE:-500}; N_LATENCY=${BENCH_N_LATENCY:-20}
-  QUEUE_WORKERS="2 8"; REPEAT=1
+  QUEUE_WORKERS="2 8"; BATCH_WORKERS="32"; REPEAT=1
 else
   N_E2E=${BENCH_N_E2E:-200}; N_QUEUE=${BENCH_N_QUEUE:-10000}; N_LATENCY=${BENCH_N_LATENCY:-100}
-  QUEUE_WORKERS="2 8 32"; REPEAT=2
+  QUEUE_WORKERS="2 8 32"; BATCH_WORKERS="32 0"; REPEAT=2
 fi
+# The batched rows: files per POST and POSTs in flight (BENCH_BATCH_FILES, BENCH_BATCH_IN_FLIGHT).
+BATCH_FILES=${BENCH_BATCH_FILES:-50}
+BATCH_IN_FLIGHT=${BENCH_BATCH_IN_FLIGHT:-4}
 E2E_CONCURRENCY=${BENCH_E2E_CONCURRENCY:-8}
 QUEUE_CONCURRENCY=${BENCH_QUEUE_CONCURRENCY:-64}
 BULLMQ_CONCURRENCY=${BENCH_BULLMQ_CONCURRENCY:-50}
@@ -245,6 +248,19 @@ if [ "$MODE" = full ] && [ -d /dev/shm ]; then
     --n "$N_QUEUE" --concurrency "$QUEUE_CONCURRENCY" --workers 8 --label "imgclass SQLite, --workers 8, no SSE client (polls /api/stats)" "$TINY"
 fi
 
+# Batched submissions: many files per POST (as the CLI, the page and integrators send them),
+# beside BullMQ's addBulk below. Both halves of the comparison batch.
+say "batched: how fast the client can submit $BATCH_FILES files per POST, $BATCH_IN_FLIGHT in flight (null server)"
+step 300 node bench/imgclass.mjs capacity --out "$SECTIONS/batched-client-capacity.json" --n "$N_QUEUE" \
+  --concurrency "$BATCH_IN_FLIGHT" --per-post "$BATCH_FILES" "$TINY"
+for w in $BATCH_WORKERS; do
+  wname=${w/#0/default}
+  say "batched: imgclass --provider noop --workers $wname, SQLite, $N_QUEUE jobs, $BATCH_FILES files per POST"
+  step 900 node bench/imgclass.mjs queue --bin "$BIN" --tmp "$RUN" --out "$SECTIONS/batched-sqlite-w$wname.json" \
+    --n "$N_QUEUE" --concurrency "$BATCH_IN_FLIGHT" --per-post "$BATCH_FILES" --workers "$w" \
+    --label "imgclass SQLite, --workers $wname, $BATCH_FILES files per POST" "$TINY"
+done
+
 # PostgreSQL, when imgclass accepts it and a server is there.
 export PGOPTIONS="${PGOPTIONS:-} --client-min-messages=warning"
 pg_status=""
@@ -266,6 +282,11 @@ else
         --out "$SECTIONS/queue-postgres-w$w.json" --n "$N_QUEUE" --concurrency "$QUEUE_CONCURRENCY" \
         --workers "$w" --label "imgclass PostgreSQL, --workers $w" "$TINY"
     done
+    say "batched: imgclass --provider noop --workers 32, PostgreSQL, $N_QUEUE jobs, $BATCH_FILES files per POST"
+    psql "$PG_URL/postgres" -qAt -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" -c "CREATE DATABASE $PG_DB" >/dev/null
+    step 900 node bench/imgclass.mjs queue --bin "$BIN" --database "$PG_URL/$PG_DB" --tmp "$RUN" \
+      --out "$SECTIONS/batched-postgres-w32.json" --n "$N_QUEUE" --concurrency "$BATCH_IN_FLIGHT" \
+      --per-post "$BATCH_FILES" --workers 32 --label "imgclass PostgreSQL, --workers 32, $BATCH_FILES files per POST" "$TINY"
   fi
   psql "$PG_URL/postgres" -qAt -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
   PG_CREATED=""
