@@ -39,7 +39,7 @@ use crop::Geometry;
 
 use crate::budget::DecodeBudget;
 use crate::cancel::Cancel;
-use crate::imageio::{self, ImageLimits};
+use crate::imageio::{self, ImageCheckError, ImageLimits, ProbedImage};
 use crate::ClassifyError;
 use image::ImageFormat;
 use region::Region;
@@ -149,6 +149,35 @@ impl Preprocessor {
             resize: t1.elapsed(),
         })
     }
+}
+
+/// Whether the decode of an image that passed the upload check can ever fit the process's
+/// decode budget ([`DecodeBudget::global`]): a 100 MP GIF or CMYK JPEG, which are decoded whole,
+/// cannot, and is refused at upload (`image_too_large`) rather than accepted as a job that is
+/// sure to fail. The decoder path the worker would take reads the headers and stops where it
+/// would take its share, before any pixel; images too small to come near the budget (at most 32
+/// bytes a pixel on any path) are not looked at.
+pub fn admits(
+    bytes: &[u8],
+    probed: &ProbedImage,
+    limits: &ImageLimits,
+) -> Result<(), ImageCheckError> {
+    let capacity = DecodeBudget::global().capacity();
+    if u64::from(probed.width) * u64::from(probed.height) * 32 <= capacity {
+        return Ok(());
+    }
+    // A budget of its own (nothing is taken from the process's), and a cancel that has fired:
+    // a path whose share fits stops at once, as canceled.
+    let budget = DecodeBudget::new(capacity);
+    let (cancel, handle) = Cancel::never().with_flag();
+    handle.cancel();
+    let geometry = Preprocessor::new().geometry;
+    let outcome = match decode(bytes, probed.format, &geometry, limits, &budget, &cancel) {
+        Err(ClassifyError::Image(e @ ImageCheckError::TooMuchMemory { .. })) => Err(e),
+        // Fits; anything else the worker finds and reports as it would have.
+        _ => Ok(()),
+    };
+    outcome
 }
 
 /// The pixels of the region the model needs, by the first decoder path that takes the image,

@@ -172,7 +172,10 @@ pub(super) async fn create_jobs(
         // cores.
         let limits = state.upload.limits;
         let check = move |upload: upload::Upload| {
-            let probed = imageio::check(&upload.bytes, &limits);
+            // Complete and within the limits, and its decode can fit the decode budget.
+            let probed = imageio::check(&upload.bytes, &limits).and_then(|p| {
+                imgclass_classifier::prepare::admits(&upload.bytes, &p, &limits).map(|()| p)
+            });
             let sha256 = hex::encode(Sha256::digest(&upload.bytes));
             (upload, probed, sha256)
         };

@@ -204,6 +204,40 @@ async fn too_many_pixels_is_422() {
     assert_error(resp, 422, "image_too_large").await;
 }
 
+/// A GIF whose frame covers a `w`×`h` canvas, with almost no pixel data: what decides whether
+/// it can be decoded is its header.
+fn gif_header_only(w: u16, h: u16) -> Vec<u8> {
+    let mut g = b"GIF89a".to_vec();
+    g.extend(w.to_le_bytes());
+    g.extend(h.to_le_bytes());
+    g.extend([0x80, 0, 0, 0, 0, 0, 255, 255, 255]); // a two-colour global table
+    g.push(0x2C); // the frame, at (0, 0), the canvas's size
+    g.extend([0, 0, 0, 0]);
+    g.extend(w.to_le_bytes());
+    g.extend(h.to_le_bytes());
+    g.extend([0, 2, 2, 0x4C, 0x01, 0, 0x3B]);
+    g
+}
+
+/// A 100-megapixel GIF (within the default size limits) is decoded whole: its decode needs more
+/// than the decode budget allows, so it is refused at upload instead of becoming a job sure to
+/// fail; a smaller one is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_whose_decode_cannot_fit_the_budget_is_refused_at_upload() {
+    let app = TestApp::without_workers().await;
+    let resp = app
+        .upload(&[("huge.gif", gif_header_only(10_000, 10_000))])
+        .await;
+    let msg = assert_error(resp, 422, "image_too_large").await;
+    assert!(msg.contains("10000x10000") && msg.contains("MiB"), "{msg}");
+    let (_, stats) = app.get("/api/stats").await;
+    assert_eq!(stats["counts"]["queued"], 0, "{stats}");
+    let resp = app
+        .upload(&[("small.gif", gif_header_only(4_000, 3_000))])
+        .await;
+    assert_eq!(resp.status(), 202);
+}
+
 fn png(w: u32, h: u32) -> Vec<u8> {
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(&mut out)
