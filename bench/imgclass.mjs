@@ -427,7 +427,7 @@ async function capacity() {
       client_cpu_s: round((c1.user + c1.system) / 1e6, 2),
       alternatives: [],
     };
-    log(`node client against a null server: ${out.per_s} requests/s`);
+    log(`node client against a null server: ${out.per_s} ${perPost > 1 ? `jobs/s (${perPost} files per request)` : "requests/s"}`);
     if (args.python) {
       // The same loop in Python asyncio + aiohttp, against the same null server.
       const alt = path.join(path.dirname(args.out), "client-aiohttp.json");

@@ -4,6 +4,9 @@
 # schema-based fuzzing of the HTTP API (schemathesis), clients generated from the API's OpenAPI
 # document (openapi-python-client, openapi-typescript), then the browser end-to-end test of the
 # web page in headless Chromium.
+# Times on 2 cores (2026-12-06): after ./run.sh has built, the first test result comes 8 min 21 s
+# later (this script builds the test binaries in the debug profile, dependencies optimised);
+# CI's .ci/run (this script, the fuzzers, the benchmark's smoke mode) took 25 min from a fresh clone.
 #   scripts/test.sh            # everything
 #   SKIP_E2E=1 scripts/test.sh # without the browser test
 # PostgreSQL: IMGCLASS_TEST_POSTGRES (default postgres://postgres@127.0.0.1:5432/test). When no
