@@ -52,7 +52,8 @@ impl SqlStore {
     pub(crate) async fn begin(&self, durability: Durability) -> Result<Write> {
         Write::begin(
             &self.writer,
-            (self.dialect.begin(durability), self.dialect.placeholders()),
+            self.dialect.begin(durability),
+            self.dialect.placeholders(),
             self.storage.clone(),
         )
         .await

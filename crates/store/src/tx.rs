@@ -83,10 +83,12 @@ pub(crate) struct Write {
 }
 
 impl Write {
-    /// Begins a write transaction with `statement` (the dialect's `BEGIN` for its durability).
+    /// Begins a write transaction with `statement` (the dialect's `BEGIN` for its durability),
+    /// its statements' parameters taken as `placeholders` says.
     pub(crate) async fn begin(
         pool: &AnyPool,
-        (statement, placeholders): (&'static str, Placeholders),
+        statement: &'static str,
+        placeholders: Placeholders,
         storage: Arc<StorageWatch>,
     ) -> Result<Write> {
         // A leftover from an error outside any write is not this write's.
