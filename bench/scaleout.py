@@ -61,6 +61,17 @@ def get(base, path):
         return json.load(r)
 
 
+def stop(procs):
+    """Ends the node processes: SIGTERM, then SIGKILL for any still running after 30 s."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def ts(s):
     return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
@@ -123,13 +134,7 @@ def main():
             "submit_to_running_ms_p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
         }))
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         psql(a.admin, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 

@@ -39,6 +39,8 @@ import urllib.parse
 import uuid
 import zlib
 
+from scaleout import stop
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")
 BACKGROUND = ("walwriter", "checkpointer", "background writer", "autovacuum")
@@ -267,13 +269,7 @@ def run_once(a, procs, png):
             "load_after": open("/proc/loadavg").read().split()[0],
         }
     finally:
-        for p in nodes:
-            p.terminate()
-        for p in nodes:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(nodes)
         psql(admin, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
