@@ -5,14 +5,14 @@
 #![no_main]
 
 use imgclass_classifier::prepare::{Preprocessor, TENSOR_LEN};
-use imgclass_classifier::{Cancel, DecodeBudget, ImageLimits};
+use imgclass_classifier::{Cancel, MemoryBudget, ImageLimits};
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-fn budget() -> &'static DecodeBudget {
-    static BUDGET: OnceLock<DecodeBudget> = OnceLock::new();
-    BUDGET.get_or_init(|| DecodeBudget::new(256 << 20))
+fn budget() -> &'static MemoryBudget {
+    static BUDGET: OnceLock<MemoryBudget> = OnceLock::new();
+    BUDGET.get_or_init(|| MemoryBudget::new(256 << 20))
 }
 
 thread_local! {

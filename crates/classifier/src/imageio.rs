@@ -263,7 +263,7 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, ImageC
     let mut reader = ImageReader::with_format(Cursor::new(bytes), probed.format);
     reader.limits(decoder_limits(
         limits,
-        crate::budget::DecodeBudget::global().capacity(),
+        crate::budget::MemoryBudget::global().capacity(),
     ));
     let corrupt = decode_error;
     let mut decoder = reader.into_decoder().map_err(corrupt)?;

@@ -6,6 +6,7 @@
 
 pub mod budget;
 pub mod cancel;
+pub mod heap;
 pub mod imageio;
 pub mod imagga;
 mod jpeg_errors;
@@ -15,7 +16,7 @@ pub mod repository;
 pub mod runtime;
 pub mod spec;
 
-pub use budget::DecodeBudget;
+pub use budget::MemoryBudget;
 pub use cancel::{Cancel, CancelHandle, Canceled};
 pub use imageio::{ImageCheckError, ImageLimits, ProbedImage};
 pub use imagga::{ImaggaClassifier, ImaggaConfig, ImaggaConfigError, Secret};

@@ -2,8 +2,9 @@
 //! input's shape and output size), run through one ONNX Runtime session per worker thread;
 //! softmax (for logits) and top-k over its outputs.
 
-use crate::budget::DecodeBudget;
+use crate::budget::{Hold, MemoryBudget, NoRoom};
 use crate::cancel::Cancel;
+use crate::heap;
 use crate::imageio::ImageLimits;
 use crate::prepare::{Prepared, Preprocessor};
 use crate::runtime::{self, RuntimeError};
@@ -46,10 +47,16 @@ pub enum ModelError {
     /// The `model.toml` is wrong, or does not fit the ONNX model.
     #[error(transparent)]
     Spec(#[from] SpecError),
+    /// The model's file or a session of it does not fit the process's memory budget.
+    #[error("model {model}: {why}")]
+    Memory { model: String, why: NoRoom },
 }
 
 struct Shared {
     bytes: std::borrow::Cow<'static, [u8]>,
+    /// The file's share of the memory budget, when it was read into memory (the built-in
+    /// model's is part of the binary).
+    _hold: Option<Hold<'static>>,
     labels: Vec<String>,
     info: ModelInfo,
     /// With `input.size` always set.
@@ -139,12 +146,24 @@ impl Model {
                 files.labels
             )));
         }
+        let hold = match &bytes {
+            std::borrow::Cow::Owned(b) => Some(
+                MemoryBudget::global()
+                    .hold("its model file", b.len() as u64)
+                    .map_err(|why| ModelError::Memory {
+                        model: name.clone(),
+                        why,
+                    })?,
+            ),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
         let session = new_session(&bytes, 1)?;
         let spec = resolve(spec, &session, files.spec)?;
         let version = short_digest(&bytes);
         let model = Model {
             shared: Arc::new(Shared {
                 bytes,
+                _hold: hold,
                 labels,
                 info: ModelInfo {
                     provider: Provider::Builtin,
@@ -194,14 +213,36 @@ impl Model {
         &self.shared.spec
     }
 
-    /// A classifier with its own ONNX Runtime session, for one thread.
+    /// A classifier with its own ONNX Runtime session, for one thread. The session is counted
+    /// in the process's [`MemoryBudget`] for as long as the classifier lives: what building it
+    /// and one run on a blank image left allocated on this thread (its weights, ONNX Runtime's
+    /// working memory of a run), at least the model file's size; a session that does not fit is
+    /// refused ([`ModelError::Memory`]). (The model itself holds its file's size while loaded.)
     pub fn session(
         &self,
         intra_threads: usize,
         top_k: usize,
     ) -> Result<OnnxClassifier, ModelError> {
+        let before = heap::thread_net_allocated();
         let session = new_session(&self.shared.bytes, intra_threads)?;
-        self.classifier(session, top_k)
+        let mut classifier = self.classifier(session, top_k)?;
+        let (_, input) = classifier.input_tensor.extract_tensor_mut();
+        input.fill(0.0);
+        classifier.infer_prepared().map_err(ModelError::Invalid)?;
+        let measured = match (before, heap::thread_net_allocated()) {
+            (Some(before), Some(after)) => after.saturating_sub(before),
+            _ => 0,
+        };
+        let bytes = measured.max(self.shared.bytes.len() as u64);
+        let hold = MemoryBudget::global()
+            .hold("its ONNX Runtime session", bytes)
+            .map_err(|why| ModelError::Memory {
+                model: self.shared.info.name.clone(),
+                why,
+            })?;
+        tracing::debug!(model = %self.shared.info.name, session_mib = bytes >> 20, "ONNX Runtime session ready");
+        classifier.hold = Some(hold);
+        Ok(classifier)
     }
 
     fn classifier(&self, session: Session, top_k: usize) -> Result<OnnxClassifier, ModelError> {
@@ -223,11 +264,11 @@ impl Model {
             session,
             input,
             limits: ImageLimits::default(),
-            budget: None,
             top_k: top_k.max(1),
             pre,
             input_tensor: Tensor::<f32>::new(&Allocator::default(), shape)
                 .map_err(|e| invalid(e.to_string()))?,
+            hold: None,
         })
     }
 }
@@ -385,12 +426,12 @@ pub struct OnnxClassifier {
     session: Session,
     input: String,
     limits: ImageLimits,
-    /// `None`: the process-wide [`DecodeBudget::global`].
-    budget: Option<Arc<DecodeBudget>>,
     top_k: usize,
     pre: Preprocessor,
     /// The model's input for one image, written in place by the pre-processing.
     input_tensor: Tensor<f32>,
+    /// The session's share of the process's memory budget (`None` for a model's probe at load).
+    hold: Option<Hold<'static>>,
 }
 
 impl OnnxClassifier {
@@ -399,19 +440,10 @@ impl OnnxClassifier {
         self
     }
 
-    /// Decoders of this classifier take their memory from `budget` instead of the process-wide one.
-    pub fn with_budget(mut self, budget: Arc<DecodeBudget>) -> Self {
-        self.budget = Some(budget);
-        self
-    }
-
     /// Decodes and pre-processes one image into this classifier's input buffer (the first
     /// stage of [`Classifier::classify`]); returns how it went. For benchmarks.
     pub fn prepare(&mut self, image: &[u8], cancel: &Cancel) -> Result<Prepared, ClassifyError> {
-        let budget = self
-            .budget
-            .as_deref()
-            .unwrap_or_else(|| DecodeBudget::global());
+        let budget = MemoryBudget::global();
         let (_, out) = self.input_tensor.extract_tensor_mut();
         self.pre.prepare(image, &self.limits, budget, cancel, out)
     }

@@ -320,9 +320,36 @@ pub struct LimitArgs {
     /// Largest accepted width × height.
     #[arg(long, env = "IMGCLASS_MAX_PIXELS", default_value_t = 100_000_000)]
     pub max_pixels: u64,
+    /// The process's memory budget, in bytes: the ONNX Runtime sessions of the models it serves
+    /// and the image decodes in flight, together. A model whose sessions would leave the decodes
+    /// less than 256 MiB is not loaded. Default: a quarter of the memory the process may use
+    /// (its cgroup's limit, else the machine's), at least 1 GiB.
+    #[arg(long, env = "IMGCLASS_MEMORY_BUDGET", value_parser = clap::value_parser!(u64).range(1..))]
+    pub memory_budget: Option<u64>,
+    /// The most the decodes in flight may hold at once, in bytes, within the memory budget; an
+    /// image whose decode alone needs more is refused at upload (image_too_large).
+    #[arg(long, env = "IMGCLASS_DECODE_BUDGET", default_value_t = imgclass_classifier::budget::DEFAULT_DECODE_BUDGET, value_parser = clap::value_parser!(u64).range(1..))]
+    pub decode_budget: u64,
 }
 
 impl LimitArgs {
+    /// Sets the process's memory budget from these options; before any model or image is
+    /// loaded.
+    pub fn init_memory_budget(&self) {
+        let total = self
+            .memory_budget
+            .unwrap_or_else(imgclass_classifier::budget::default_total);
+        if !imgclass_classifier::MemoryBudget::init_global(total, self.decode_budget) {
+            tracing::warn!("the memory budget was already in use; --memory-budget and --decode-budget are not applied");
+        }
+        let budget = imgclass_classifier::MemoryBudget::global();
+        tracing::info!(
+            memory_budget_mib = budget.total() >> 20,
+            decode_budget_mib = budget.capacity() >> 20,
+            "memory budget"
+        );
+    }
+
     pub fn limits(&self) -> ImageLimits {
         ImageLimits {
             max_bytes: self.max_file_bytes,

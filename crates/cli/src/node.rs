@@ -79,6 +79,7 @@ impl Node {
     /// Opens the node's database: `api` for a node that serves the HTTP API, which follows
     /// the event log (so does one that delivers webhooks); a worker-only node does not.
     pub async fn open(db: &DatabaseArgs, work: &WorkArgs, api: bool) -> Result<Node> {
+        work.limits.init_memory_budget();
         let webhooks = webhook_config(&work.webhooks)?;
         let options = if api {
             db.pg_options(API_NODE_CONNECTIONS, true)

@@ -95,6 +95,11 @@ struct BlobLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HolderLabel {
+    holder: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
     op: String,
 }
@@ -126,6 +131,8 @@ pub struct Metrics {
     db_errors: Family<KindLabel, Counter>,
     blob_ops: Family<BlobLabels, Counter>,
     blob_duration: HistogramFamily<OpLabel>,
+    memory_budget: Gauge,
+    memory_held: Family<HolderLabel, Gauge>,
     // Webhook deliveries by outcome are registered here by the webhook work
     // (`imgclass_webhook_deliveries_total{outcome}`), next to the job counters.
 }
@@ -163,6 +170,8 @@ impl Metrics {
             db_errors: Family::default(),
             blob_ops: Family::default(),
             blob_duration: Family::new_with_constructor(seconds),
+            memory_budget: Gauge::default(),
+            memory_held: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -257,6 +266,18 @@ impl Metrics {
             Unit::Seconds,
             m.blob_duration.clone(),
         );
+        r.register_with_unit(
+            "memory_budget",
+            "The process's memory budget: model sessions and image decodes together",
+            Unit::Bytes,
+            m.memory_budget.clone(),
+        );
+        r.register_with_unit(
+            "memory_held",
+            "Bytes of the memory budget held now: by the models (their files and ONNX Runtime sessions) and by decodes (read at scrape time)",
+            Unit::Bytes,
+            m.memory_held.clone(),
+        );
         m
     }
 
@@ -268,6 +289,15 @@ impl Metrics {
 
     /// The exposition in `format`, after reading what is read at scrape time.
     pub async fn render(&self, store: &dyn Store, format: Format) -> String {
+        let budget = imgclass_classifier::MemoryBudget::global();
+        self.memory_budget.set(budget.total() as i64);
+        for (holder, bytes) in [("models", budget.models()), ("decodes", budget.in_use())] {
+            self.memory_held
+                .get_or_create(&HolderLabel {
+                    holder: holder.into(),
+                })
+                .set(bytes as i64);
+        }
         match store.stats(None).await {
             Ok(s) => {
                 for (status, n) in [

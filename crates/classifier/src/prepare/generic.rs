@@ -11,7 +11,7 @@
 
 use super::crop::Geometry;
 use super::region::{take_budget, Region};
-use crate::budget::{BudgetPermit, DecodeBudget};
+use crate::budget::{BudgetPermit, MemoryBudget};
 use crate::cancel::Cancel;
 use crate::imageio::{self, ImageCheckError, ImageLimits};
 use crate::ClassifyError;
@@ -25,7 +25,7 @@ pub(super) fn decode<'b>(
     bytes: &[u8],
     format: ImageFormat,
     limits: &ImageLimits,
-    budget: &'b DecodeBudget,
+    budget: &'b MemoryBudget,
     cancel: &Cancel,
 ) -> Result<(DynamicImage, Orientation, BudgetPermit<'b>), ClassifyError> {
     if format == ImageFormat::Tiff {
@@ -79,7 +79,7 @@ fn decoder_own(format: ImageFormat, original: image::ExtendedColorType, total: u
 fn tiff_direct<'b>(
     bytes: &[u8],
     limits: &ImageLimits,
-    budget: &'b DecodeBudget,
+    budget: &'b MemoryBudget,
     cancel: &Cancel,
 ) -> Result<Option<(DynamicImage, Orientation, BudgetPermit<'b>)>, ClassifyError> {
     use tiff::decoder::{Decoder, DecodingResult, Limits};

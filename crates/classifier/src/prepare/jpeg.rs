@@ -7,7 +7,7 @@
 
 use super::crop::{plan, Geometry};
 use super::region::{take_budget, Region};
-use crate::budget::DecodeBudget;
+use crate::budget::MemoryBudget;
 use crate::cancel::Cancel;
 use crate::imageio::{self, ImageCheckError};
 use crate::ClassifyError;
@@ -18,7 +18,7 @@ use crate::ClassifyError;
 pub(super) fn decode<'b>(
     bytes: &[u8],
     geometry: &Geometry,
-    budget: &'b DecodeBudget,
+    budget: &'b MemoryBudget,
     cancel: &Cancel,
 ) -> Result<Option<(Region<'b>, u32)>, ClassifyError> {
     let layout = imageio::jpeg_layout(bytes)?;

@@ -20,7 +20,7 @@
 //! - Anything else (WebP, GIF, BMP, TIFF, interlaced PNG, CMYK JPEG; `generic.rs`): a full decode
 //!   by the `image` crate under its memory limits.
 //!
-//! Every decode first takes what it will allocate from the process-wide [`DecodeBudget`]
+//! Every decode first takes what it will allocate from the process-wide [`MemoryBudget`]
 //! (waiting while it is spent); an image needing more than the whole budget is refused as too
 //! large. The [`Cancel`] is checked between stages and every few rows.
 
@@ -37,7 +37,7 @@ pub use tensor::TENSOR_LEN;
 use crate::spec::{InputSpec, ModelSpec, SpecError};
 use crop::Geometry;
 
-use crate::budget::DecodeBudget;
+use crate::budget::MemoryBudget;
 use crate::cancel::Cancel;
 use crate::imageio::{self, ImageCheckError, ImageLimits, ProbedImage};
 use crate::ClassifyError;
@@ -124,7 +124,7 @@ impl Preprocessor {
         &mut self,
         bytes: &[u8],
         limits: &ImageLimits,
-        budget: &DecodeBudget,
+        budget: &MemoryBudget,
         cancel: &Cancel,
         out: &mut [f32],
     ) -> Result<Prepared, ClassifyError> {
@@ -152,7 +152,7 @@ impl Preprocessor {
 }
 
 /// Whether the decode of an image that passed the upload check can ever fit the process's
-/// decode budget ([`DecodeBudget::global`]): a 100 MP GIF or CMYK JPEG, which are decoded whole,
+/// decode budget ([`MemoryBudget::global`]): a 100 MP GIF or CMYK JPEG, which are decoded whole,
 /// cannot, and is refused at upload (`image_too_large`) rather than accepted as a job that is
 /// sure to fail. The decoder path the worker would take reads the headers and stops where it
 /// would take its share, before any pixel; images too small to come near the budget (at most 32
@@ -162,13 +162,13 @@ pub fn admits(
     probed: &ProbedImage,
     limits: &ImageLimits,
 ) -> Result<(), ImageCheckError> {
-    let capacity = DecodeBudget::global().capacity();
+    let capacity = MemoryBudget::global().capacity();
     if u64::from(probed.width) * u64::from(probed.height) * 32 <= capacity {
         return Ok(());
     }
     // A budget of its own (nothing is taken from the process's), and a cancel that has fired:
     // a path whose share fits stops at once, as canceled.
-    let budget = DecodeBudget::new(capacity);
+    let budget = MemoryBudget::new(capacity);
     let (cancel, handle) = Cancel::never().with_flag();
     handle.cancel();
     let geometry = Preprocessor::new().geometry;
@@ -187,7 +187,7 @@ fn decode<'b>(
     format: ImageFormat,
     geometry: &Geometry,
     limits: &ImageLimits,
-    budget: &'b DecodeBudget,
+    budget: &'b MemoryBudget,
     cancel: &Cancel,
 ) -> Result<(Region<'b>, DecoderKind, Instant), ClassifyError> {
     let ended = || -> Result<Instant, ClassifyError> {

@@ -5,7 +5,7 @@
 
 use super::crop::{plan, Geometry};
 use super::region::{take_budget, Region};
-use crate::budget::DecodeBudget;
+use crate::budget::MemoryBudget;
 use crate::cancel::Cancel;
 use crate::imageio::ImageCheckError;
 use crate::spec::Resize;
@@ -18,7 +18,7 @@ use std::io::Cursor;
 pub(super) fn decode<'b>(
     bytes: &[u8],
     geometry: &Geometry,
-    budget: &'b DecodeBudget,
+    budget: &'b MemoryBudget,
     cancel: &Cancel,
 ) -> Result<Option<Region<'b>>, ClassifyError> {
     let corrupt =

@@ -3,7 +3,7 @@
 //! taking of that share, which every decoder path does before it allocates.
 
 use super::crop::{plan, Geometry};
-use crate::budget::{BudgetPermit, DecodeBudget};
+use crate::budget::{BudgetPermit, MemoryBudget};
 use crate::cancel::Cancel;
 use crate::imageio::ImageCheckError;
 use crate::ClassifyError;
@@ -53,7 +53,7 @@ impl<'b> Region<'b> {
 /// Takes `need` bytes from the budget for a `w`×`h` image (waiting while it is spent); an image
 /// needing more than the whole budget is refused as too large.
 pub(super) fn take_budget<'b>(
-    budget: &'b DecodeBudget,
+    budget: &'b MemoryBudget,
     need: u64,
     w: u32,
     h: u32,

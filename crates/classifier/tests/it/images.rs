@@ -7,13 +7,13 @@
 use image::{ImageEncoder, RgbImage};
 use imgclass_classifier::imageio::{self, ImageLimits};
 use imgclass_classifier::prepare::{DecoderKind, Prepared, Preprocessor, TENSOR_LEN};
-use imgclass_classifier::{Cancel, ClassifyError, DecodeBudget};
+use imgclass_classifier::{Cancel, ClassifyError, MemoryBudget};
 use std::io::Write;
 use std::path::Path;
 
 fn prepare_with(
     bytes: &[u8],
-    budget: &DecodeBudget,
+    budget: &MemoryBudget,
 ) -> Result<(Prepared, Vec<f32>), ClassifyError> {
     let mut out = vec![0f32; TENSOR_LEN];
     let p = Preprocessor::new().prepare(
@@ -27,7 +27,7 @@ fn prepare_with(
 }
 
 fn prepare(bytes: &[u8]) -> Result<(Prepared, Vec<f32>), ClassifyError> {
-    prepare_with(bytes, &DecodeBudget::new(256 << 20))
+    prepare_with(bytes, &MemoryBudget::new(256 << 20))
 }
 
 #[track_caller]
@@ -203,7 +203,7 @@ fn thin_images_cost_what_a_photo_costs() {
     // centre square is read; the row itself is all the memory a decode needs.
     for (w, h) in [(12_000, 1), (1, 12_000), (12_000, 3)] {
         let bytes = png_rgb(w, h, |x, y| [(x % 251) as u8, (y % 251) as u8, 7]);
-        let budget = DecodeBudget::new(1 << 20);
+        let budget = MemoryBudget::new(1 << 20);
         let (p, t) = prepare_with(&bytes, &budget).unwrap();
         assert_eq!(p.decoder, DecoderKind::PngRows);
         assert!(
@@ -238,7 +238,7 @@ fn a_large_16_bit_png_is_decoded_in_a_few_megabytes() {
         &row,
     );
     assert!(bytes.len() < 2 << 20, "{}", bytes.len());
-    let budget = DecodeBudget::new(4 << 20);
+    let budget = MemoryBudget::new(4 << 20);
     let (p, _) = prepare_with(&bytes, &budget).unwrap();
     assert_eq!(p.decoder, DecoderKind::PngRows);
     assert!(p.decoded.0 < 1024 && p.decoded.1 < 1024, "{:?}", p.decoded);
@@ -304,7 +304,7 @@ fn a_huge_tiff_is_checked_without_decoding_and_refused_as_too_large() {
     // The upload check reads the structure only (it used to decode all 800 MB).
     let probed = imageio::check(&bytes, &l).unwrap();
     assert_eq!((probed.width, probed.height), (10_000, 10_000));
-    let e = prepare_with(&bytes, &DecodeBudget::new(640 << 20)).unwrap_err();
+    let e = prepare_with(&bytes, &MemoryBudget::new(640 << 20)).unwrap_err();
     assert_eq!(e.code().as_str(), "image_too_large", "{e}");
     assert!(e.to_string().contains("needs 1812 MiB"), "{e}");
     // A small one of the same kind decodes.
@@ -518,14 +518,14 @@ fn a_cancelled_preparation_stops_with_timeout() {
         .prepare(
             &bytes,
             &ImageLimits::default(),
-            &DecodeBudget::new(1 << 30),
+            &MemoryBudget::new(1 << 30),
             &cancel,
             &mut out,
         )
         .unwrap_err();
     assert_eq!(e.code().as_str(), "timeout", "{e}");
     // A decode waiting for memory gives up at its deadline too.
-    let budget = DecodeBudget::new(1 << 20);
+    let budget = MemoryBudget::new(1 << 20);
     let _all = budget.acquire(1 << 20, &Cancel::never()).unwrap();
     let cancel = Cancel::after(std::time::Duration::from_millis(20));
     let e = Preprocessor::new()
@@ -642,14 +642,14 @@ fn a_whole_decode_stays_within_the_decode_budget_at_its_peak() {
             .prepare(
                 &bytes,
                 &ImageLimits::default(),
-                DecodeBudget::global(),
+                MemoryBudget::global(),
                 &Cancel::never(),
                 &mut out,
             )
             .unwrap();
         let grew = peak_rss().saturating_sub(before);
         assert_eq!(prepared.decoder, DecoderKind::Full);
-        assert_eq!(DecodeBudget::global().in_use(), 0);
+        assert_eq!(MemoryBudget::global().in_use(), 0);
         println!("peak-growth={grew}");
         return;
     }

@@ -1,6 +1,7 @@
 //! The built-in model against the reference pipeline's numbers, and on real photos.
 
 mod agreement;
+mod frameworks;
 mod images;
 mod models;
 mod variants;

@@ -16,7 +16,7 @@ fn generated(name: &str) -> PathBuf {
 }
 
 /// A fresh, empty directory for one test.
-fn scratch(tag: &str) -> PathBuf {
+pub(crate) fn scratch(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("imgclass-models-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();

@@ -225,3 +225,118 @@ fn classify(repo: &Path, name: &str, image: &Path) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// The models' files and ONNX Runtime sessions are counted in the process's memory budget: a
+/// model whose sessions do not fit what the others leave (beyond the 256 MiB kept for decodes)
+/// is not served; a reload that adds one is refused with the figures, and the node serves what
+/// it served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_sessions_are_counted_in_the_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let one_thread = ["--workers", "1", "--inference-threads", "1"];
+    // What one session of the built-in model holds, as /metrics reports it.
+    let one = {
+        let db = format!("sqlite://{}", dir.path().join("a.db").display());
+        let server = Server::start(&db, &one_thread);
+        wait_ready(&server.base).await;
+        memory_metric(
+            &server.base,
+            "imgclass_memory_held_bytes{holder=\"models\"}",
+        )
+        .await
+    };
+    let file = std::fs::metadata(builtin_file("efficientnet-lite0.onnx"))
+        .unwrap()
+        .len();
+    assert!(
+        one >= file,
+        "a session holds at least its model file: {one} < {file}"
+    );
+
+    // Room for that session, a second model's file and half of its session.
+    let budget = (256u64 << 20) + one + file + one / 2;
+    let repo = dir.path().join("models");
+    std::fs::create_dir_all(&repo).unwrap();
+    let db = format!("sqlite://{}", dir.path().join("b.db").display());
+    let mut args = one_thread.to_vec();
+    let (repo_arg, budget_arg) = (repo.display().to_string(), budget.to_string());
+    args.extend(["--models", &repo_arg, "--memory-budget", &budget_arg]);
+    let server = Server::start(&db, &args);
+    wait_ready(&server.base).await;
+    let total = memory_metric(&server.base, "imgclass_memory_budget_bytes").await;
+    assert_eq!(total, budget);
+
+    // A second copy of the built-in model: its file fits, its session does not.
+    let second = repo.join("second");
+    std::fs::create_dir_all(&second).unwrap();
+    for (from, to) in [
+        ("efficientnet-lite0.onnx", "model.onnx"),
+        ("model.toml", "model.toml"),
+        ("imagenet_labels.txt", "labels.txt"),
+    ] {
+        std::fs::copy(builtin_file(from), second.join(to)).unwrap();
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/models/reload", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: Value = resp.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("model second")
+            && message.contains("ONNX Runtime session needs")
+            && message.contains("--memory-budget"),
+        "{message}"
+    );
+    // Still served, and still holding one session.
+    let held = memory_metric(
+        &server.base,
+        "imgclass_memory_held_bytes{holder=\"models\"}",
+    )
+    .await;
+    assert!(held < one + one / 2, "{held}");
+    let (status, body) = post_image(
+        &server.base,
+        "coffee.png",
+        std::fs::read(crate::fixture("coffee.png")).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
+    wait_for_event(&server.base, &id, "succeeded").await;
+}
+
+fn builtin_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../classifier/model")
+        .join(name)
+}
+
+/// Waits until `/readyz` says the node is ready (its workers have loaded their models).
+async fn wait_ready(base: &str) {
+    for _ in 0..600 {
+        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{base} never became ready");
+}
+
+/// The value of one sample of `GET /metrics`, named with its labels.
+async fn memory_metric(base: &str, sample: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {sample} in {text}")) as u64
+}
