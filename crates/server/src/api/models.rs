@@ -91,13 +91,19 @@ pub(super) async fn list_models(
 
 /// The model a submission's jobs use: the one it names, if any node has ever served it (or it
 /// is the default), else the default model.
-pub(super) async fn chosen(state: &AppState, named: Option<&str>) -> Result<String, ApiError> {
+pub(super) async fn chosen(state: &AppState, named: Option<&str>) -> Result<Chosen, ApiError> {
     let Some(name) = named.filter(|n| *n != state.default_model) else {
-        return Ok(state.default_model.clone());
+        return Ok(Chosen {
+            name: state.default_model.clone(),
+            known: None,
+        });
     };
     let known = state.store.models(LIVE).await?;
     if known.iter().any(|m| m.entry.name == name) {
-        return Ok(name.to_string());
+        return Ok(Chosen {
+            name: name.to_string(),
+            known: Some(known),
+        });
     }
     let names: Vec<&str> = known.iter().map(|m| m.entry.name.as_str()).collect();
     Err(ApiError::from_code(
@@ -111,6 +117,13 @@ pub(super) async fn chosen(state: &AppState, named: Option<&str>) -> Result<Stri
             }
         ),
     ))
+}
+
+/// The model a submission names, and the models as the check read them (`None` for the
+/// default model, which needs no read): the result cache looks up the model's version there.
+pub(super) struct Chosen {
+    pub(super) name: String,
+    pub(super) known: Option<Vec<imgclass_store::ModelRecord>>,
 }
 
 /// `POST /api/models/reload`'s answer.

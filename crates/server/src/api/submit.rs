@@ -162,7 +162,10 @@ pub(super) async fn create_jobs(
     }
     let key = idempotency::key_of(&headers, &caller)?;
     let webhook = fields.webhook(&state).await?;
-    let model = super::models::chosen(&state, fields.model.as_deref()).await?;
+    let super::models::Chosen {
+        name: model,
+        known: models,
+    } = super::models::chosen(&state, fields.model.as_deref()).await?;
     let mut new_jobs = Vec::with_capacity(uploads.len());
     for upload in uploads {
         // Hashing and the check (format, limits, completeness) read headers and scan the bytes
@@ -242,7 +245,7 @@ pub(super) async fn create_jobs(
             return Ok(Err(refused));
         }
         if fields.cache {
-            cache_lookup(&state, &mut new_jobs).await;
+            cache_lookup(&state, &mut new_jobs, models).await;
         }
         state
             .store
@@ -281,7 +284,12 @@ pub(super) async fn create_jobs(
 
 /// Fills in the cached results of the jobs whose image already has a result from the model the
 /// cache serves. The cache only saves work: when it cannot be read, every job is classified.
-async fn cache_lookup(state: &AppState, jobs: &mut [NewJob]) {
+/// `known`: the models as the submission's check read them, if it did.
+async fn cache_lookup(
+    state: &AppState,
+    jobs: &mut [NewJob],
+    known: Option<Vec<imgclass_store::ModelRecord>>,
+) {
     let Some(own) = &state.result_cache else {
         return;
     };
@@ -289,7 +297,9 @@ async fn cache_lookup(state: &AppState, jobs: &mut [NewJob]) {
     models.sort();
     models.dedup();
     // The version of each other model, as its nodes last announced it.
-    let announced = if models.iter().any(|m| *m != own.name) {
+    let announced = if let Some(known) = known {
+        known
+    } else if models.iter().any(|m| *m != own.name) {
         match state.store.models(super::models::LIVE).await {
             Ok(m) => m,
             Err(e) => {
