@@ -163,7 +163,12 @@ def main():
             add(("BullMQ", b.get("status", "?"), ""))
             continue
         redis = m.get("redis")
-        persist = "no persistence" if m.get("redis_appendonly") == "no" and not m.get("redis_save") else f"appendonly {m.get('redis_appendonly')}"
+        if b.get("redis_appendonly") == "yes":
+            persist = f"append-only file, fsync {b.get('redis_appendfsync')}"
+        elif b.get("redis_appendonly", m.get("redis_appendonly")) == "no" and not m.get("redis_save"):
+            persist = "no persistence"
+        else:
+            persist = f"appendonly {b.get('redis_appendonly', m.get('redis_appendonly'))}"
         add((
             f"BullMQ {b['bullmq']}, 1 worker process, concurrency {b['worker_concurrency']}",
             f"{fmt(b['per_s'], 0)} jobs/s",
@@ -177,7 +182,12 @@ def main():
             f"**{fmt(ratio(q_best['per_s'], b_best['per_s']), 3)}**",
             f"{q_best['label']} vs BullMQ concurrency {b_best['worker_concurrency']}, {b_best['producer']}",
         ))
-    bulk = next((b for b in bull_ok if b["producer"].startswith("addBulk")), None)
+    bulk = next((b for b in bull_ok if b["producer"].startswith("addBulk")
+                 and b.get("redis_appendonly") != "yes"), None)
+    # The same, on a Redis that keeps its data in an append-only file (synced every second):
+    # durable against a crash of the process, as imgclass's commits are.
+    bulk_aof = next((b for b in bull_ok if b["producer"].startswith("addBulk")
+                     and b.get("redis_appendonly") == "yes"), None)
     batched_ratio = {}
     if batched:
         per = batched[0]["per_post"]
@@ -195,7 +205,9 @@ def main():
                 f"whole machine {fmt(q.get('machine_cpu_ms_per_job'), 3)} ms; client {fmt(q['client_cpu_s'])} s, other processes "
                 + ("(PostgreSQL's included) " if db == "postgres" else "")
                 + f"{fmt(q.get('other_cpu_s'))} s"
-                + (f"; / BullMQ {bulk['producer']}: **{fmt(r, 2)}**" if r else ""),
+                + (f"; / BullMQ {bulk['producer']}: **{fmt(r, 2)}**" if r else "")
+                + (f"; / the same on a Redis with an append-only file: {fmt(ratio(q['per_s'], bulk_aof['per_s']), 2)}"
+                   if bulk_aof else ""),
             ))
         if batch_cap:
             add((

@@ -5,7 +5,8 @@
 // end (and on Ctrl-C).
 //
 //   node bench.mjs --out F.json [--n 10000] [--concurrency 50] [--producer addBulk|add] [--bulk 1000] [--in-flight 64]
-//                  [--queue NAME] [--redis-pid PID (to count redis-server's CPU)]
+//                  [--queue NAME] [--redis-pid PID (to count redis-server's CPU)] [--port 6379]
+//                  [--appendonly yes --appendfsync everysec (how that Redis was started, for the report)]
 import { fork } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
@@ -27,7 +28,8 @@ function procCpu(pid) {
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const opts = { out: "", n: 10000, concurrency: 50, producer: "addBulk", bulk: 1000, in_flight: 64, queue: "", redis_pid: 0 };
+const opts = { out: "", n: 10000, concurrency: 50, producer: "addBulk", bulk: 1000, in_flight: 64, queue: "", redis_pid: 0, port: 6379,
+  appendonly: "", appendfsync: "" };
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i += 2) {
   const k = argv[i].replace(/^--/, "").replace(/-/g, "_");
@@ -35,14 +37,16 @@ for (let i = 0; i < argv.length; i += 2) {
   opts[k] = typeof opts[k] === "number" ? Number(argv[i + 1]) : argv[i + 1];
 }
 const queueName = opts.queue || `imgclass-bench-${process.pid}-${Date.now()}`;
-const connection = { host: "127.0.0.1", port: 6379, maxRetriesPerRequest: null };
+const connection = { host: "127.0.0.1", port: opts.port, maxRetriesPerRequest: null };
 const log = (m) => process.stderr.write(`bench[bullmq]: ${m}\n`);
 
 // A tiny payload, like the 8x8 PNG of the imgclass side (77 bytes, base64).
 const payload = { image: Buffer.alloc(77, 7).toString("base64"), file_name: "tiny.png" };
 
 const queue = new Queue(queueName, { connection });
-const worker = fork(path.join(here, "worker.mjs"), [queueName, String(opts.concurrency)], { stdio: "inherit" });
+const worker = fork(path.join(here, "worker.mjs"), [queueName, String(opts.concurrency), String(opts.port)], {
+  stdio: "inherit",
+});
 let cleaned = false;
 async function cleanup() {
   if (cleaned) return;
@@ -129,6 +133,10 @@ try {
     redis_cpu_s: redisCpu === null ? null : Number(redisCpu.toFixed(2)),
     machine_busy_cpu_s: Number(machine.toFixed(2)),
     machine_cpu_ms_per_job: Number(((machine * 1e3) / opts.n).toFixed(3)),
+    redis_port: opts.port,
+    // How the Redis at --port keeps its data, as run.sh started it (empty: the local Redis).
+    redis_appendonly: opts.appendonly || undefined,
+    redis_appendfsync: opts.appendfsync || undefined,
   };
   if (opts.out) fs.writeFileSync(opts.out, JSON.stringify(out, null, 2) + "\n");
   log(`${out.producer}, worker concurrency ${opts.concurrency}: ${out.per_s} jobs/s (adds ${out.add_per_s}/s)`);

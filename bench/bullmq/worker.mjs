@@ -3,9 +3,9 @@
 //   parent -> {expect: N}      child -> {ready: true}      child -> {done: N, lastCompleted}
 import { Worker } from "bullmq";
 
-const [queueName, concurrencyArg] = process.argv.slice(2);
+const [queueName, concurrencyArg, portArg] = process.argv.slice(2);
 const concurrency = Number(concurrencyArg) || 50;
-const connection = { host: "127.0.0.1", port: 6379, maxRetriesPerRequest: null };
+const connection = { host: "127.0.0.1", port: Number(portArg) || 6379, maxRetriesPerRequest: null };
 
 let expected = Infinity;
 let completed = 0;

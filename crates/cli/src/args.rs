@@ -487,7 +487,7 @@ pub struct WorkArgs {
     /// Classification workers in this process: how many jobs it runs at once. Default: with
     /// the built-in model, the number of cores plus one (the extra worker stores its outcome
     /// and reads its next image while the others' images are classified, so the cores do not
-    /// wait for the queue); with Imagga, the number of cores; with the no-op provider, 32.
+    /// wait for the queue); with Imagga, the number of cores; with the no-op provider, 128.
     #[arg(long, env = "IMGCLASS_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: Option<u16>,
     /// Inference threads (each with its own model session) that the workers share; at most

@@ -203,10 +203,11 @@ async fn serve_metrics(
 }
 
 /// Workers of the no-op provider unless --workers says: its attempts take no time, so each
-/// round of the queue carries as many jobs as there are workers, and with the cores' count
-/// (two here) the queue ran at a seventh of its rate (bench/README.md, batched submissions:
-/// 1,144 jobs/s with 2 workers, 8,330 with 32).
-const NOOP_WORKERS: usize = 32;
+/// round of the queue carries as many jobs as there are workers, and the rounds, not the
+/// workers, are the limit (bench/README.md, batched submissions, 10,000 jobs, 50 files per
+/// POST: 1,144 jobs/s with the cores' 2 workers, 8,000-8,500 with 32, 10,000 with 64,
+/// 11,200-11,900 with 128; with 256 the submissions, which share the SQLite writer, fall behind).
+const NOOP_WORKERS: usize = 128;
 
 /// How many workers and inference threads a node runs.
 fn sizes(args: &WorkArgs) -> (usize, usize) {
