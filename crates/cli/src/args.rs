@@ -487,12 +487,12 @@ pub struct WorkArgs {
     /// Classification workers in this process: how many jobs it runs at once. Default: with
     /// the built-in model, the number of cores plus one (the extra worker stores its outcome
     /// and reads its next image while the others' images are classified, so the cores do not
-    /// wait for the queue); with Imagga, the number of cores; with the no-op provider, 128.
+    /// wait for the queue); with Imagga, the number of cores; with the no-op provider, 256.
     #[arg(long, env = "IMGCLASS_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: Option<u16>,
     /// Inference threads (each with its own model session) that the workers share; at most
-    /// one per worker. Default: with the built-in model, the number of cores (or of workers if
-    /// fewer); with another provider, one per worker.
+    /// one per worker. Default: with the built-in model and the no-op provider, the number of
+    /// cores (or of workers if fewer); with Imagga, one per worker.
     #[arg(long, env = "IMGCLASS_INFERENCE_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub inference_threads: Option<u16>,
     /// ONNX Runtime threads per inference thread; default: cores / inference threads. Lower it

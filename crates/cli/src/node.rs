@@ -202,12 +202,13 @@ async fn serve_metrics(
     Ok(())
 }
 
-/// Workers of the no-op provider unless --workers says: its attempts take no time, so each
-/// round of the queue carries as many jobs as there are workers, and the rounds, not the
-/// workers, are the limit (bench/README.md, batched submissions, 10,000 jobs, 50 files per
-/// POST: 1,144 jobs/s with the cores' 2 workers, 8,000-8,500 with 32, 10,000 with 64,
-/// 11,200-11,900 with 128; with 256 the submissions, which share the SQLite writer, fall behind).
-const NOOP_WORKERS: usize = 128;
+/// Workers of the no-op provider unless --workers says (the most it takes): its attempts take
+/// no time, so each round of the queue carries as many jobs as there are workers, and the
+/// rounds, not the workers, are the limit (bench/README.md, batched submissions, 10,000 jobs, 50
+/// files per POST, SQLite: 1,144 jobs/s with the cores' 2 workers, 8,000-8,500 with 32, 10,000
+/// with 64, 11,000-12,400 with 128, 12,100-13,200 with 256, where the jobs run as fast as they
+/// are submitted; PostgreSQL: 4,400, 5,800-6,600 and 6,300-7,800 with 32, 128 and 256).
+const NOOP_WORKERS: usize = 256;
 
 /// How many workers and inference threads a node runs.
 fn sizes(args: &WorkArgs) -> (usize, usize) {
@@ -220,10 +221,16 @@ fn sizes(args: &WorkArgs) -> (usize, usize) {
         },
         usize::from,
     );
-    // A remote provider's calls mostly wait on the network: one thread per worker.
+    // A remote provider's calls mostly wait on the network: one thread per worker. The no-op
+    // provider's take no time: the cores' count does (with 128 workers, 2 threads and 128 ran
+    // at the same rate).
+    let noop = matches!(args.model.provider, ProviderArg::Noop);
     let threads = args
         .inference_threads
-        .map_or_else(|| if builtin { cores() } else { count }, usize::from)
+        .map_or_else(
+            || if builtin || noop { cores() } else { count },
+            usize::from,
+        )
         .clamp(1, count);
     (count, threads)
 }
