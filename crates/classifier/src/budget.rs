@@ -72,12 +72,6 @@ pub struct Hold<'a> {
     bytes: u64,
 }
 
-impl Hold<'_> {
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-}
-
 impl Drop for Hold<'_> {
     fn drop(&mut self) {
         let mut held = self.budget.lock();

@@ -147,14 +147,7 @@ impl Model {
             )));
         }
         let hold = match &bytes {
-            std::borrow::Cow::Owned(b) => Some(
-                MemoryBudget::global()
-                    .hold("its model file", b.len() as u64)
-                    .map_err(|why| ModelError::Memory {
-                        model: name.clone(),
-                        why,
-                    })?,
-            ),
+            std::borrow::Cow::Owned(b) => Some(hold(&name, "its model file", b.len() as u64)?),
             std::borrow::Cow::Borrowed(_) => None,
         };
         let session = new_session(&bytes, 1)?;
@@ -173,11 +166,7 @@ impl Model {
                 spec,
             }),
         };
-        let mut probe = model.classifier(session, 5)?;
-        let len = probe.pre.tensor_len();
-        let outputs = probe
-            .infer(&vec![0.0; len], 1)
-            .map_err(ModelError::Invalid)?;
+        let outputs = model.classifier(session, 5)?.run_blank()?;
         if outputs.len() != model.shared.labels.len() {
             return Err(ModelError::Invalid(format!(
                 "{}: the model has {} outputs but the labels file has {} labels",
@@ -226,20 +215,13 @@ impl Model {
         let before = heap::thread_net_allocated();
         let session = new_session(&self.shared.bytes, intra_threads)?;
         let mut classifier = self.classifier(session, top_k)?;
-        let (_, input) = classifier.input_tensor.extract_tensor_mut();
-        input.fill(0.0);
-        classifier.infer_prepared().map_err(ModelError::Invalid)?;
+        classifier.run_blank()?;
         let measured = match (before, heap::thread_net_allocated()) {
             (Some(before), Some(after)) => after.saturating_sub(before),
             _ => 0,
         };
         let bytes = measured.max(self.shared.bytes.len() as u64);
-        let hold = MemoryBudget::global()
-            .hold("its ONNX Runtime session", bytes)
-            .map_err(|why| ModelError::Memory {
-                model: self.shared.info.name.clone(),
-                why,
-            })?;
+        let hold = hold(&self.shared.info.name, "its ONNX Runtime session", bytes)?;
         tracing::debug!(model = %self.shared.info.name, session_mib = bytes >> 20, "ONNX Runtime session ready");
         classifier.hold = Some(hold);
         Ok(classifier)
@@ -271,6 +253,16 @@ impl Model {
             hold: None,
         })
     }
+}
+
+/// Holds `bytes` of the process's memory budget for `what` of the model `model`.
+fn hold(model: &str, what: &'static str, bytes: u64) -> Result<Hold<'static>, ModelError> {
+    MemoryBudget::global()
+        .hold(what, bytes)
+        .map_err(|why| ModelError::Memory {
+            model: model.to_string(),
+            why,
+        })
 }
 
 fn new_session(bytes: &[u8], intra_threads: usize) -> Result<Session, ModelError> {
@@ -446,6 +438,14 @@ impl OnnxClassifier {
         let budget = MemoryBudget::global();
         let (_, out) = self.input_tensor.extract_tensor_mut();
         self.pre.prepare(image, &self.limits, budget, cancel, out)
+    }
+
+    /// Runs the model on a blank (all-zero) image: its outputs, for the checks at load, and a
+    /// first run that leaves ONNX Runtime's working memory allocated.
+    fn run_blank(&mut self) -> Result<Vec<f32>, ModelError> {
+        let (_, input) = self.input_tensor.extract_tensor_mut();
+        input.fill(0.0);
+        self.infer_prepared().map_err(ModelError::Invalid)
     }
 
     /// Runs the model on what [`prepare`](Self::prepare) left in the input tensor.

@@ -212,7 +212,6 @@ const NOOP_WORKERS: usize = 256;
 
 /// How many workers and inference threads a node runs.
 fn sizes(args: &WorkArgs) -> (usize, usize) {
-    let builtin = matches!(args.model.provider, ProviderArg::Builtin);
     let count = args.workers.map_or_else(
         || match args.model.provider {
             ProviderArg::Builtin => cores() + 1,
@@ -222,13 +221,15 @@ fn sizes(args: &WorkArgs) -> (usize, usize) {
         usize::from,
     );
     // A remote provider's calls mostly wait on the network: one thread per worker. The no-op
-    // provider's take no time: the cores' count does (with 128 workers, 2 threads and 128 ran
-    // at the same rate).
-    let noop = matches!(args.model.provider, ProviderArg::Noop);
+    // provider's take no time: the cores' count does, as for the built-in model (with 128
+    // workers, 2 threads and 128 ran at the same rate).
     let threads = args
         .inference_threads
         .map_or_else(
-            || if builtin || noop { cores() } else { count },
+            || match args.model.provider {
+                ProviderArg::Builtin | ProviderArg::Noop => cores(),
+                ProviderArg::Imagga => count,
+            },
             usize::from,
         )
         .clamp(1, count);

@@ -148,11 +148,7 @@ async fn a_job_names_a_model_of_the_repository() {
     assert!(served(&models, "added"), "{models}");
     // A folder removed, then POST /api/models/reload: it is no longer served.
     std::fs::remove_dir_all(repo.join("colours")).unwrap();
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/models/reload", server.base))
-        .send()
-        .await
-        .unwrap();
+    let resp = reload(&server.base).await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -199,6 +195,15 @@ fn classify_runs_the_model_it_names() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("model.toml") && err.contains("std"), "{err}");
+}
+
+/// `POST /api/models/reload` to the server at `base`.
+async fn reload(base: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/api/models/reload"))
+        .send()
+        .await
+        .unwrap()
 }
 
 /// `GET /api/models` of the server at `base`.
@@ -276,11 +281,7 @@ async fn model_sessions_are_counted_in_the_memory_budget() {
     ] {
         std::fs::copy(builtin_file(from), second.join(to)).unwrap();
     }
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/models/reload", server.base))
-        .send()
-        .await
-        .unwrap();
+    let resp = reload(&server.base).await;
     assert_eq!(resp.status(), 409);
     let body: Value = resp.json().await.unwrap();
     let message = body["error"]["message"].as_str().unwrap();
