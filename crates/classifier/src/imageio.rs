@@ -194,10 +194,16 @@ pub fn check(bytes: &[u8], limits: &ImageLimits) -> Result<ProbedImage, ImageChe
     let probed = probe(bytes, limits)?;
     let truncated = |what: &str| Err(ImageCheckError::Corrupt(what.to_string()));
     match probed.format {
-        ImageFormat::Jpeg if !jpeg_has_end(bytes) => {
-            return truncated("the JPEG data ends before its end-of-image marker")
+        ImageFormat::Jpeg => {
+            // One walk over the markers finds the end-of-image marker in the usual case; the
+            // search from the end is for the files where the walk fails or stops early, so
+            // that a truncated file is called truncated rather than corrupt.
+            let layout = jpeg_layout(bytes);
+            if !matches!(&layout, Ok(l) if l.ends) && !jpeg_has_end(bytes) {
+                return truncated("the JPEG data ends before its end-of-image marker");
+            }
+            layout?.check_data_covers_frame()?
         }
-        ImageFormat::Jpeg => jpeg_layout(bytes)?.check_data_covers_frame()?,
         ImageFormat::Png => png_complete(bytes)?,
         ImageFormat::Gif if bytes.last() != Some(&0x3B) => {
             return truncated("the GIF data ends before its trailer")
@@ -334,6 +340,9 @@ pub struct JpegLayout {
     pub scan_bytes: u64,
     /// Where the EXIF data (after `Exif\0\0`) lies.
     exif: Option<(usize, usize)>,
+    /// The walk reached the end-of-image marker after the last scan (false when it stopped at
+    /// a second frame, whose end it did not look for).
+    ends: bool,
 }
 
 /// Walks a JPEG's markers: the frame header, the APP1 EXIF segment, and the length of each scan.
@@ -348,6 +357,7 @@ pub fn jpeg_layout(bytes: &[u8]) -> Result<JpegLayout, ImageCheckError> {
         blocks: 0,
         scan_bytes: 0,
         exif: None,
+        ends: false,
     };
     let mut seen_frame = false;
     let mut pos = 2;
@@ -362,7 +372,10 @@ pub fn jpeg_layout(bytes: &[u8]) -> Result<JpegLayout, ImageCheckError> {
         let marker = bytes[pos + 1];
         pos += 2;
         match marker {
-            0xD9 => break,
+            0xD9 => {
+                layout.ends = true;
+                break;
+            }
             0x01 | 0xD0..=0xD7 => continue,
             _ => {}
         }
@@ -622,10 +635,17 @@ mod tests {
 
         let j = jpeg(64, 48);
         assert!(check(&j, &l).is_ok());
-        assert_eq!(
-            check(&j[..j.len() - 10], &l).unwrap_err().code(),
-            ErrorCode::ImageCorrupt
-        );
+        // Cut inside the scan or before it: called truncated, not corrupt elsewhere.
+        for cut in [j.len() - 1, j.len() - 10, j.len() - 40] {
+            let e = check(&j[..cut], &l).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::ImageCorrupt, "cut at {cut}: {e}");
+            assert!(e.to_string().contains("end-of-image"), "cut at {cut}: {e}");
+        }
+        // Bytes after the end-of-image marker (a cut trailer holding FF DA) are not the
+        // image's: the decoder stops at the marker, and so does the check.
+        let mut trailed = j.clone();
+        trailed.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x08, 0x01, 0x02]);
+        assert!(check(&trailed, &l).is_ok());
     }
 
     fn jpeg(w: u32, h: u32) -> Vec<u8> {

@@ -474,13 +474,16 @@ async fn read_multipart(
             fields.push((name, String::from_utf8_lossy(&text).into_owned()));
             continue;
         }
-        let mut bytes = Vec::new();
+        // The chunks are kept as they come and joined once at the end: a vector grown chunk
+        // by chunk would copy a large file about twice more.
+        let mut chunks = Vec::new();
+        let mut len = 0;
         while let Some(chunk) = field
             .chunk()
             .await
             .map_err(|e| multipart_error(&label, e))?
         {
-            if (bytes.len() + chunk.len()) as u64 > max {
+            if (len + chunk.len()) as u64 > max {
                 drain_field(&mut field).await;
                 drop(field);
                 drain_multipart(&mut multipart).await;
@@ -496,12 +499,13 @@ async fn read_multipart(
                 drain_multipart(&mut multipart).await;
                 return Err(e);
             }
-            bytes.extend_from_slice(&chunk);
+            len += chunk.len();
+            chunks.push(chunk);
         }
         uploads.push(Upload {
             file_name: part.file_name,
             label,
-            bytes,
+            bytes: chunks.concat(),
         });
     }
     Ok(Submission {
