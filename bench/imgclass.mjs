@@ -24,6 +24,8 @@ import {
   now,
   parseArgs,
   procCpuSeconds,
+  procThreadCpu,
+  threadCpuBetween,
   procStatusKb,
   quantile,
   round,
@@ -128,11 +130,11 @@ async function throughput({ serveArgs, uploads, n, concurrency, parseSucceeded, 
     } else {
       events = await followEvents(server.base, t.onEvent);
     }
-    const cpu0 = { server: procCpuSeconds(server.pid), client: process.cpuUsage(), machine: machineCpu() };
+    const cpu0 = { server: procCpuSeconds(server.pid), client: process.cpuUsage(), machine: machineCpu(), threads: procThreadCpu(server.pid) };
     const load0 = loadavg();
     const sub = await submitAll({ base: server.base, uploads, n, concurrency });
     await waitFor(t.done, timeoutMs, () => `${n} jobs to finish (${t.succeeded} succeeded, ${t.failed} failed so far)`);
-    const cpu1 = { server: procCpuSeconds(server.pid), client: process.cpuUsage(cpu0.client), machine: machineCpu() };
+    const cpu1 = { server: procCpuSeconds(server.pid), client: process.cpuUsage(cpu0.client), machine: machineCpu(), threads: procThreadCpu(server.pid) };
     clearInterval(sampler);
     if (poller) clearInterval(poller);
     events.close();
@@ -162,6 +164,10 @@ async function throughput({ serveArgs, uploads, n, concurrency, parseSucceeded, 
       submit_per_s: round(n / submitSeconds, 1),
       server_cpu_s: round(serverCpu, 2),
       server_cpu_ms_per_job: round((serverCpu * 1e3) / n, 3),
+      // The same by thread group (threads that ended during the run are missing).
+      server_threads_ms_per_job: Object.fromEntries(
+        Object.entries(threadCpuBetween(cpu0.threads, cpu1.threads)).map(([g, s]) => [g, round((s * 1e3) / n, 3)]),
+      ),
       client_cpu_s: round(clientCpu, 2),
       machine_busy_cpu_s: round(machineBusy, 2),
       machine_cpu_ms_per_job: round((machineBusy * 1e3) / n, 3),

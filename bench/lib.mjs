@@ -72,6 +72,49 @@ export function procCpuSeconds(pid) {
   }
 }
 
+/**
+ * CPU seconds of a process's threads so far, by group of thread names (from
+ * /proc/PID/task/TID/stat): `inference` (imgclass-infer-*), `tokio` (the runtime's workers and
+ * its blocking pool), `sqlite` (the round thread and sqlx's connection threads), `other`.
+ * Keyed by thread id, so that two snapshots can be subtracted thread by thread.
+ */
+export function procThreadCpu(pid) {
+  const threads = {};
+  let tids = [];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return threads;
+  }
+  for (const tid of tids) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      const group = name.startsWith("imgclass-infer")
+        ? "inference"
+        : name.startsWith("tokio-")
+          ? "tokio"
+          : name.startsWith("imgclass-sqlite") || name.startsWith("sqlx-sqlite")
+            ? "sqlite"
+            : "other";
+      threads[tid] = { group, seconds: (Number(fields[11]) + Number(fields[12])) / 100 };
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return threads;
+}
+
+/** Per group, the CPU seconds the threads used between two `procThreadCpu` snapshots. */
+export function threadCpuBetween(before, after) {
+  const groups = {};
+  for (const [tid, t] of Object.entries(after)) {
+    groups[t.group] = (groups[t.group] ?? 0) + t.seconds - (before[tid]?.seconds ?? 0);
+  }
+  return groups;
+}
+
 /** Whole-machine busy and total CPU seconds (from /proc/stat), for "how busy was the machine". */
 export function machineCpu() {
   const line = fs.readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number);

@@ -130,10 +130,16 @@ def main():
         raw_cpu_ms = measured or 1000 * cores / raw_best["images_per_s"]
         how = "its own CPU time" if measured else f"{cores} cores / raw img/s"
         cpu_ratio = ratio(e2e["server_cpu_ms_per_job"], raw_cpu_ms)
+        groups = e2e.get("server_threads_ms_per_job") or {}
+        split = ""
+        if groups.get("inference"):
+            rest = ", ".join(f"{g} {fmt(groups[g], 2)}" for g in ("tokio", "sqlite", "other") if g in groups)
+            split = (f"; by thread: inference {fmt(groups['inference'], 1)} ms (the raw loop's work), "
+                     f"the service's own {fmt(sum(v for g, v in groups.items() if g != 'inference'), 2)} ms ({rest})")
         add((
             "ratio server CPU per image / raw loop's",
             f"**{fmt(cpu_ratio, 2)}**",
-            f"{fmt(e2e['server_cpu_ms_per_job'], 1)} ms against {fmt(raw_cpu_ms, 1)} ms ({how})",
+            f"{fmt(e2e['server_cpu_ms_per_job'], 1)} ms against {fmt(raw_cpu_ms, 1)} ms ({how}){split}",
         ))
     if e2e and ceil_best:
         # Its own CPU time where measured (the threads' layouts), else cores / rate.
