@@ -60,13 +60,17 @@ export function procStatusKb(pid, field) {
   }
 }
 
+/** User+system CPU seconds in the text of a /proc/PID/stat (or /proc/PID/task/TID/stat). */
+function statCpuSeconds(stat) {
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // fields[11] and [12] are utime and stime (fields 14 and 15 of the full line), in clock ticks.
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
 /** User+system CPU seconds of a process so far (from /proc/PID/stat), or null. */
 export function procCpuSeconds(pid) {
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    // fields[11] and [12] are utime and stime (fields 14 and 15 of the full line), in clock ticks.
-    return (Number(fields[11]) + Number(fields[12])) / 100;
+    return statCpuSeconds(fs.readFileSync(`/proc/${pid}/stat`, "utf8"));
   } catch {
     return null;
   }
@@ -90,7 +94,6 @@ export function procThreadCpu(pid) {
     try {
       const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
       const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
       const group = name.startsWith("imgclass-infer")
         ? "inference"
         : name.startsWith("tokio-")
@@ -98,7 +101,7 @@ export function procThreadCpu(pid) {
           : name.startsWith("imgclass-sqlite") || name.startsWith("sqlx-sqlite")
             ? "sqlite"
             : "other";
-      threads[tid] = { group, seconds: (Number(fields[11]) + Number(fields[12])) / 100 };
+      threads[tid] = { group, seconds: statCpuSeconds(stat) };
     } catch {
       // the thread ended meanwhile
     }

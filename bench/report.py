@@ -123,12 +123,17 @@ def main():
         add(("ratio end to end / raw loop", fmt(ratio(e2e["per_s"], raw_best["images_per_s"]), 2), "what the service around the model costs"))
     cpu_ratio = None
     cores = m.get("cores") or 2
+
+    def cpu_per_image(run):
+        # A loop's own CPU per image where it was measured (the raw loop's timed loop, Python's
+        # threads' layouts); else cores / rate (it keeps every core busy). With how it was had.
+        measured = run.get("cpu_ms_per_image")
+        if measured:
+            return measured, "its own CPU time"
+        return 1000 * cores / run["images_per_s"], f"{cores} cores / its img/s"
+
     if e2e and raw_best:
-        # The raw loop's own CPU per image (getrusage over its timed loop); where an older run
-        # lacks it, cores / rate (it keeps every core busy).
-        measured = raw_best.get("cpu_ms_per_image")
-        raw_cpu_ms = measured or 1000 * cores / raw_best["images_per_s"]
-        how = "its own CPU time" if measured else f"{cores} cores / raw img/s"
+        raw_cpu_ms, how = cpu_per_image(raw_best)
         cpu_ratio = ratio(e2e["server_cpu_ms_per_job"], raw_cpu_ms)
         groups = e2e.get("server_threads_ms_per_job") or {}
         split = ""
@@ -142,10 +147,7 @@ def main():
             f"{fmt(e2e['server_cpu_ms_per_job'], 1)} ms against {fmt(raw_cpu_ms, 1)} ms ({how}){split}",
         ))
     if e2e and ceil_best:
-        # Its own CPU time where measured (the threads' layouts), else cores / rate.
-        py_measured = ceil_best.get("cpu_ms_per_image")
-        py_cpu_ms = py_measured or 1000 * cores / ceil_best["images_per_s"]
-        py_how = "its own CPU time" if py_measured else f"{cores} cores / its img/s"
+        py_cpu_ms, py_how = cpu_per_image(ceil_best)
         client_ms = 1000 * e2e["client_cpu_s"] / e2e["n"] if e2e.get("client_cpu_s") else None
         add((
             "ratio server CPU per image / competent Python's",
