@@ -3,7 +3,7 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
-import readline from "node:readline";
+import os from "node:os";
 
 export const now = () => performance.now();
 
@@ -143,33 +143,37 @@ for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
 }
 
 /** Runs `imgclass serve` on a free port; resolves once it prints its address. The result cache
- *  is off: the benchmarks send the same images many times and measure their classification. */
+ *  is off: the benchmarks send the same images many times and measure their classification.
+ *  The server writes its log straight into `logFile` (a temporary file when none is named), as
+ *  `imgclass serve > file` would: relaying it through this process, line by line, cost the
+ *  client about a tenth of its CPU on the cores the server shares. */
 export async function startServe({ bin, database, args = [], logFile, timeoutMs = 60000, env = {} }) {
   const argv = ["serve", "--listen", "127.0.0.1:0", "--database", database, "--no-result-cache", ...args];
+  logFile ??= path.join(fs.mkdtempSync(path.join(os.tmpdir(), "imgclass-bench-")), "serve.log");
+  const fd = fs.openSync(logFile, "w");
+  fs.writeSync(fd, `$ ${bin} ${argv.join(" ")}\n`);
   const child = spawn(bin, argv, {
     env: { ...process.env, NO_COLOR: "1", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: ["ignore", fd, fd],
   });
+  fs.closeSync(fd);
   children.add(child);
   child.on("exit", () => children.delete(child));
-  const log = logFile ? fs.createWriteStream(logFile) : null;
-  log?.write(`$ ${bin} ${argv.join(" ")}\n`);
-  child.stderr.on("data", (d) => log?.write(d));
-  const rl = readline.createInterface({ input: child.stdout });
   const base = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`imgclass serve did not report its address within ${timeoutMs} ms`)), timeoutMs);
-    child.on("exit", (code, sig) => {
+    const timer = setTimeout(() => done(new Error(`imgclass serve did not report its address within ${timeoutMs} ms`)), timeoutMs);
+    const poll = setInterval(() => {
+      const m = fs.readFileSync(logFile, "utf8").match(/listening on (http:\/\/[0-9.]+:\d+)/);
+      if (m) done(null, m[1]);
+    }, 20);
+    const exited = (code, sig) => done(new Error(`imgclass serve exited early (${code ?? sig}); see ${logFile}`));
+    child.once("exit", exited);
+    function done(err, url) {
       clearTimeout(timer);
-      reject(new Error(`imgclass serve exited early (${code ?? sig}); see ${logFile}`));
-    });
-    rl.on("line", (line) => {
-      log?.write(line + "\n");
-      const m = line.match(/listening on (http:\/\/[0-9.]+:\d+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
+      clearInterval(poll);
+      child.off("exit", exited);
+      if (err) reject(err);
+      else resolve(url);
+    }
   });
   return {
     base,
@@ -183,7 +187,6 @@ export async function startServe({ bin, database, args = [], logFile, timeoutMs 
       const t = setTimeout(() => child.kill("SIGKILL"), graceMs);
       await exited;
       clearTimeout(t);
-      log?.end();
     },
   };
 }
@@ -299,10 +302,23 @@ export function post(agent, url, upload, timeoutMs = 120000) {
   });
 }
 
-export async function getJson(url) {
-  const res = await fetch(url);
-  if (!res.ok) throw new Error(`GET ${url}: ${res.status}`);
-  return res.json();
+/** GET a JSON document (node:http, as the uploads: `fetch` would load undici in the middle of a
+ *  measured run). */
+export function getJson(url) {
+  return new Promise((resolve, reject) => {
+    http
+      .get(url, (res) => {
+        const parts = [];
+        res.on("data", (d) => parts.push(d));
+        res.on("end", () => {
+          const text = Buffer.concat(parts).toString("utf8");
+          if (res.statusCode !== 200) reject(new Error(`GET ${url}: ${res.statusCode}`));
+          else resolve(JSON.parse(text));
+        });
+        res.on("error", reject);
+      })
+      .on("error", reject);
+  });
 }
 
 /**
