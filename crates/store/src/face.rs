@@ -90,6 +90,15 @@ impl Store for SqlStore {
         SqlStore::read_blob(self, sha256).await
     }
 
+    async fn read_blob_from(
+        &self,
+        sha256: &str,
+        store: &str,
+        size: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        SqlStore::read_blob_from(self, sha256, store, size).await
+    }
+
     fn blob_store(&self) -> BlobStore {
         self.blobs.current.clone()
     }

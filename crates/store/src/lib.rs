@@ -246,6 +246,12 @@ pub trait Store:
     /// The bytes of a stored image.
     async fn read_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>>;
 
+    /// The bytes of a stored image of `size` bytes from the object store `store` (as a claim
+    /// named it), without reading its row; where that store no longer has it (the image has
+    /// moved since), as [`read_blob`](Store::read_blob) finds it.
+    async fn read_blob_from(&self, sha256: &str, store: &str, size: u64)
+        -> Result<Option<Vec<u8>>>;
+
     /// Where new images go (`database`, a directory or an S3 bucket).
     fn blob_store(&self) -> BlobStore;
 

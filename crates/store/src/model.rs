@@ -196,6 +196,10 @@ pub struct Claim {
     /// [`INLINE_IMAGE_MAX`](crate::INLINE_IMAGE_MAX) bytes); otherwise `None`, and the worker
     /// reads them with [`Store::read_blob`](crate::Store::read_blob).
     pub image: Option<Vec<u8>>,
+    /// The object store that holds the image, as its row named it at the claim (`None`: the
+    /// database): the worker reads it there without reading the row again
+    /// ([`Store::read_blob_from`](crate::Store::read_blob_from)).
+    pub image_store: Option<String>,
 }
 
 /// How an attempt ended, as its worker saw it; what follows is the policy's decision, taken

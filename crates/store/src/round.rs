@@ -264,7 +264,7 @@ async fn claim<E: Exec>(
     // The lease token is new: it names exactly this batch. Each job comes with its image when
     // it is small (one chunk), so that the worker need not read it.
     let sql = format!(
-        "SELECT {JOB_COLUMNS}, c.data AS inline_image FROM jobs j \
+        "SELECT {JOB_COLUMNS}, c.data AS inline_image, b.store AS image_store FROM jobs j \
          JOIN blobs b ON b.sha256 = j.image_sha256 \
          LEFT JOIN blob_chunks c ON c.sha256 = j.image_sha256 AND c.idx = 0 AND b.size <= $2 \
          WHERE j.status = '{RUNNING}' AND j.lease_owner = $1 \
@@ -279,6 +279,7 @@ async fn claim<E: Exec>(
     for row in &rows {
         let job = job_from_row(row)?;
         let image = row.opt_blob("inline_image")?;
+        let image_store = row.opt_text("image_store")?;
         let job_id: JobId = job.id;
         transition::record(e, events, job_id, d.event, Some(job.clone()), None, now).await?;
         // A claimed job handed to a worker, with its image if the claim carried it whole.
@@ -290,6 +291,7 @@ async fn claim<E: Exec>(
             },
             job,
             image,
+            image_store,
         });
     }
     Ok(ClaimBatch {

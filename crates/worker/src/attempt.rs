@@ -23,7 +23,12 @@ impl Worker {
     /// lease was lost, the job was given back, or its image could not be read: then its lease
     /// expires and it runs again).
     pub(super) async fn attempt(&self, claim: Claim) -> Option<(Lease, Outcome)> {
-        let Claim { job, lease, image } = claim;
+        let Claim {
+            job,
+            lease,
+            image,
+            image_store,
+        } = claim;
         // The pool as it is now: a reload meanwhile does not take it from this attempt.
         let Some(pool) = self.serving.now().of(&job.model).cloned() else {
             // Claims name only the models this node serves; a job of another can only come
@@ -45,9 +50,13 @@ impl Worker {
             .map(|s| (s - job.run_at).num_microseconds().unwrap_or(0) as f64 / 1e3)
             .unwrap_or(0.0)
             .max(0.0);
-        let read = match image {
-            Some(bytes) => Ok(Some(bytes)),
-            None => self.store.read_blob(&job.image_sha256).await,
+        let read = match (image, image_store) {
+            (Some(bytes), _) => Ok(Some(bytes)),
+            (None, Some(store)) => {
+                let (sha256, size) = (&job.image_sha256, job.image_size);
+                self.store.read_blob_from(sha256, &store, size).await
+            }
+            (None, None) => self.store.read_blob(&job.image_sha256).await,
         };
         let bytes = match read {
             Ok(Some(b)) => b,

@@ -266,6 +266,39 @@ async fn a_directory_keeps_large_images_and_the_database_small_ones() {
     assert_eq!((step.moved, step.remaining), (0, 0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_names_its_images_store_and_an_image_moved_since_is_still_read() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let files = BlobStore::open(&format!("file://{}", dir.path().display()), None).unwrap();
+    let store = open_on(&db, files.clone()).await;
+    let large = job_for(png(300, 200, 11), 300, 200, "large.png");
+    let large_bytes = large.image.clone();
+    store.create_jobs(vec![new_job(1), large]).await.unwrap();
+    let claims = store.claim("w", 10, LONG_LEASE).await.unwrap();
+    // The small image comes with its claim, from the database; the large one's claim names the
+    // directory, where the worker reads it without reading its row.
+    let (small, large): (Vec<_>, Vec<_>) = claims.into_iter().partition(|c| c.image.is_some());
+    assert_eq!(small[0].image_store, None);
+    let job = &large[0].job;
+    let at = large[0].image_store.clone().expect("the directory");
+    assert_eq!(at, files.url());
+    let read = |at: String| {
+        let store = store.clone();
+        let (sha256, size) = (job.image_sha256.clone(), job.image_size);
+        async move { store.read_blob_from(&sha256, &at, size).await.unwrap() }
+    };
+    assert_eq!(read(at.clone()).await.as_deref(), Some(&large_bytes[..]));
+    // Moved into the database since the claim: the directory has it no more, its row says where.
+    let step = store
+        .move_images(&BlobStore::database(), 100)
+        .await
+        .unwrap();
+    assert_eq!(step.moved, 1);
+    assert_eq!(files.get(&job.image_sha256).await.unwrap(), None);
+    assert_eq!(read(at).await.as_deref(), Some(&large_bytes[..]));
+}
+
 /// Counts the object store's puts.
 #[derive(Default)]
 struct Puts(std::sync::atomic::AtomicUsize);
