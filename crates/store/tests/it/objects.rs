@@ -17,6 +17,15 @@ async fn with_objects() -> (Arc<dyn Store>, TestDb, BlobStore) {
     (store, db, blobs)
 }
 
+/// A store on a fresh database whose new images go to a fresh directory (the large ones).
+async fn with_a_directory() -> (Arc<dyn Store>, TestDb, BlobStore, tempfile::TempDir) {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let files = BlobStore::open(&format!("file://{}", dir.path().display()), None).unwrap();
+    let store = open_on(&db, files.clone()).await;
+    (store, db, files, dir)
+}
+
 async fn open_on(db: &TestDb, blobs: BlobStore) -> Arc<dyn Store> {
     let store = imgclass_store::open(&db.url, test_rules(), blobs, Default::default())
         .await
@@ -237,10 +246,7 @@ async fn a_deferred_attempt_waits_and_does_not_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_keeps_large_images_and_the_database_small_ones() {
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let files = BlobStore::open(&format!("file://{}", dir.path().display()), None).unwrap();
-    let store = open_on(&db, files.clone()).await;
+    let (store, db, files, _dir) = with_a_directory().await;
     let small = new_job(1);
     let large = job_for(png(300, 200, 9), 300, 200, "large.png");
     assert!(small.image.len() <= imgclass_store::SMALL_IMAGE_MAX);
@@ -268,10 +274,7 @@ async fn a_directory_keeps_large_images_and_the_database_small_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_names_its_images_store_and_an_image_moved_since_is_still_read() {
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let files = BlobStore::open(&format!("file://{}", dir.path().display()), None).unwrap();
-    let store = open_on(&db, files.clone()).await;
+    let (store, _db, files, _dir) = with_a_directory().await;
     let large = job_for(png(300, 200, 11), 300, 200, "large.png");
     let large_bytes = large.image.clone();
     store.create_jobs(vec![new_job(1), large]).await.unwrap();
