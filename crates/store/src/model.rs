@@ -194,7 +194,8 @@ pub struct Claim {
     pub lease: Lease,
     /// The image's bytes when the claim read them with the job (images of at most
     /// [`INLINE_IMAGE_MAX`](crate::INLINE_IMAGE_MAX) bytes); otherwise `None`, and the worker
-    /// reads them with [`Store::read_blob`](crate::Store::read_blob).
+    /// reads them: from `image_store` when it names one, else with
+    /// [`Store::read_blob`](crate::Store::read_blob).
     pub image: Option<Vec<u8>>,
     /// The object store that holds the image, as its row named it at the claim (`None`: the
     /// database): the worker reads it there without reading the row again
