@@ -279,6 +279,14 @@ export function batchUploads(files, perPost) {
   }));
 }
 
+/** Reads a response's whole body as UTF-8 text, then calls `done(text)`; `fail` on an error. */
+function onText(res, done, fail) {
+  const parts = [];
+  res.on("data", (d) => parts.push(d));
+  res.on("end", () => done(Buffer.concat(parts).toString("utf8")));
+  res.on("error", fail);
+}
+
 /** POST one prepared body; resolves with {status, body}. */
 export function post(agent, url, upload, timeoutMs = 120000) {
   return new Promise((resolve, reject) => {
@@ -289,12 +297,7 @@ export function post(agent, url, upload, timeoutMs = 120000) {
         agent,
         headers: { "content-type": upload.contentType, "content-length": upload.body.length },
       },
-      (res) => {
-        const parts = [];
-        res.on("data", (d) => parts.push(d));
-        res.on("end", () => resolve({ status: res.statusCode, body: Buffer.concat(parts).toString("utf8") }));
-        res.on("error", reject);
-      },
+      (res) => onText(res, (body) => resolve({ status: res.statusCode, body }), reject),
     );
     req.setTimeout(timeoutMs, () => req.destroy(new Error(`POST ${url} timed out`)));
     req.on("error", reject);
@@ -307,16 +310,13 @@ export function post(agent, url, upload, timeoutMs = 120000) {
 export function getJson(url) {
   return new Promise((resolve, reject) => {
     http
-      .get(url, (res) => {
-        const parts = [];
-        res.on("data", (d) => parts.push(d));
-        res.on("end", () => {
-          const text = Buffer.concat(parts).toString("utf8");
-          if (res.statusCode !== 200) reject(new Error(`GET ${url}: ${res.statusCode}`));
-          else resolve(JSON.parse(text));
-        });
-        res.on("error", reject);
-      })
+      .get(url, (res) =>
+        onText(
+          res,
+          (text) => (res.statusCode === 200 ? resolve(JSON.parse(text)) : reject(new Error(`GET ${url}: ${res.statusCode}`))),
+          reject,
+        ),
+      )
       .on("error", reject);
   });
 }
