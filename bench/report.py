@@ -80,7 +80,7 @@ def main():
         add((
             "end to end: HTTP upload → queue → model → `succeeded`",
             f"**{fmt(e2e['per_s'])} img/s**",
-            f"`serve` defaults (cores + 1 workers sharing one 1-intra-thread session per core), {e2e['concurrency']} uploads in flight, "
+            f"`serve` defaults (twice the cores in workers, sharing one 1-intra-thread session per core), {e2e['concurrency']} uploads in flight, "
             f"first POST → last `succeeded` event; all submitted after {fmt(e2e['submit_seconds'], 2)} s; "
             f"server CPU {fmt(e2e['server_cpu_ms_per_job'], 0)} ms per image"
             + (f" (raw loop: {fmt(1000 * (m.get('cores') or 2) / raw_best['images_per_s'], 0)} ms on {m.get('cores') or 2} busy cores)" if raw_best else "")

@@ -485,9 +485,10 @@ pub struct WorkArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
     /// Classification workers in this process: how many jobs it runs at once. Default: with
-    /// the built-in model, the number of cores plus one (the extra worker stores its outcome
-    /// and reads its next image while the others' images are classified, so the cores do not
-    /// wait for the queue); with Imagga, the number of cores; with the no-op provider, 256.
+    /// the built-in model, twice the number of cores (each inference thread has the next image
+    /// waiting while it classifies one: a worker stores its outcome and reads its next image
+    /// meanwhile, so the cores do not wait for the queue, even when they all finish at once);
+    /// with Imagga, the number of cores; with the no-op provider, 256.
     #[arg(long, env = "IMGCLASS_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: Option<u16>,
     /// Inference threads (each with its own model session) that the workers share; at most

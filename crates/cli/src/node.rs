@@ -214,7 +214,7 @@ const NOOP_WORKERS: usize = 256;
 fn sizes(args: &WorkArgs) -> (usize, usize) {
     let count = args.workers.map_or_else(
         || match args.model.provider {
-            ProviderArg::Builtin => cores() + 1,
+            ProviderArg::Builtin => 2 * cores(),
             ProviderArg::Imagga => cores(),
             ProviderArg::Noop => NOOP_WORKERS,
         },

@@ -3,11 +3,12 @@
 //! never run on the async runtime.
 //!
 //! The threads form one pool per process, fed by one queue. A process may run more workers
-//! than threads (`serve`'s default with the built-in model runs one more worker than it has
-//! cores): then a worker whose job has finished stores the outcome, is handed its next job and
-//! reads its image while the threads classify the other workers' images, and its own image is
-//! waiting in the queue by the time a thread is free. The cores never idle between two images
-//! for the queue's part of the work, and there are no more sessions than cores.
+//! than threads (`serve`'s default with the built-in model runs two workers per core): then a
+//! worker whose job has finished stores the outcome, is handed its next job and reads its image
+//! while the threads classify the other workers' images, and each thread has an image waiting
+//! in the queue by the time it is free, even when all of them finish at once. The cores never
+//! idle between two images for the queue's part of the work, and there are no more sessions
+//! than cores.
 
 use crate::ClassifierFactory;
 use imgclass_classifier::{Cancel, Classification, ClassifyError};
