@@ -25,9 +25,7 @@ PY=target/bench/venv/bin/python
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/setup-onnxruntime.sh)}"
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/imgclass-blobs.XXXXXX")
 trap 'rm -rf "$RUN"' EXIT
-PHOTOS=(tests/fixtures/astronaut.png tests/fixtures/chelsea.png tests/fixtures/coffee.png
-        tests/fixtures/grace_hopper.jpg tests/fixtures/rocket.jpg
-        "$IMAGES/coffee-12mp.jpg" "$IMAGES/chelsea-12mp.jpg" "$IMAGES/rocket-6mp.jpg")
+. bench/photos.sh
 
 # Distinct tiny PNGs for the queue, so that each job stores an image of its own.
 "$PY" - "$RUN/tiny" "$N_QUEUE" <<'PY'

@@ -28,11 +28,8 @@ export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/setup-onnxruntime.sh)}"
 PY=target/bench/venv/bin/python
 IMAGES=target/bench/images
 "$PY" bench/make_images.py tests/fixtures "$IMAGES" >/dev/null
-PHOTOS=(tests/fixtures/astronaut.png tests/fixtures/chelsea.png tests/fixtures/coffee.png
-        tests/fixtures/grace_hopper.jpg tests/fixtures/rocket.jpg
-        "$IMAGES/coffee-12mp.jpg" "$IMAGES/chelsea-12mp.jpg" "$IMAGES/rocket-6mp.jpg")
+. bench/photos.sh
 [ -n "$ONLY" ] && read -r -a PHOTOS <<<"$ONLY"
-MODEL=crates/classifier/model/efficientnet-lite0.onnx
 declare -A CMD
 CMD[python-competent]="$PY bench/ceiling.py --model $MODEL --n $N --modes 2thread --pipelines competent"
 CMD[python-naive]="$PY bench/ceiling.py --model $MODEL --n $N --modes 2thread --pipelines naive"

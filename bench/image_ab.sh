@@ -17,10 +17,7 @@ N=${BENCH_N_E2E:-200}
 BIN_DIR=${BENCH_BIN_DIR:-target/release}
 PY=target/bench/venv/bin/python
 IMAGES=target/bench/images
-MODEL=crates/classifier/model/efficientnet-lite0.onnx
-PHOTOS=(tests/fixtures/astronaut.png tests/fixtures/chelsea.png tests/fixtures/coffee.png
-        tests/fixtures/grace_hopper.jpg tests/fixtures/rocket.jpg
-        "$IMAGES/coffee-12mp.jpg" "$IMAGES/chelsea-12mp.jpg" "$IMAGES/rocket-6mp.jpg")
+. bench/photos.sh
 for need in "$BIN_DIR/imgclass" "$BIN_DIR/examples/raw" "$PY" "$IMAGES/rocket-6mp.jpg"; do
   [ -e "$need" ] || { echo "image_ab: $need is missing; run bench/run.sh once first" >&2; exit 1; }
 done

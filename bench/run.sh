@@ -144,11 +144,8 @@ if ! stamp_ok bench/bullmq/node_modules/.bench-stamp "$lock_sum"; then
 fi
 
 step 300 "$PY" bench/make_images.py tests/fixtures "$IMAGES" >"$SECTIONS/images.tsv"
-PHOTOS=(tests/fixtures/astronaut.png tests/fixtures/chelsea.png tests/fixtures/coffee.png
-        tests/fixtures/grace_hopper.jpg tests/fixtures/rocket.jpg
-        "$IMAGES/coffee-12mp.jpg" "$IMAGES/chelsea-12mp.jpg" "$IMAGES/rocket-6mp.jpg")
+. bench/photos.sh
 TINY="$IMAGES/tiny.png"
-MODEL=crates/classifier/model/efficientnet-lite0.onnx
 
 # --- the machine -----------------------------------------------------------------------------
 redis_version=$(redis-cli -h 127.0.0.1 -p 6379 info server 2>/dev/null | sed -n 's/^redis_version:\([^[:space:]]*\).*/\1/p' || true)
