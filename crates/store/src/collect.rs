@@ -247,9 +247,12 @@ impl SqlStore {
                     width: 0,
                     height: 0,
                 };
-                revive(&mut w, to, url, &[&blob]).await?;
+                // Deleted by the collector since the put above: put again.
+                if !revive(&mut w.tx, url, &[&blob]).await?.is_empty() {
+                    to.put(sha256, Bytes::from(bytes.clone())).await?;
+                }
             }
-            None => Self::insert_chunks(&mut w, sha256, &bytes).await?,
+            None => crate::submit::insert_chunks(&mut w.tx, sha256, &bytes).await?,
         }
         sqlx::query("UPDATE blobs SET store = $1 WHERE sha256 = $2")
             .bind(target)

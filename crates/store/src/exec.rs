@@ -40,6 +40,10 @@ pub(crate) trait Exec {
 
     /// Runs `sql`; how many rows it changed.
     async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64>;
+
+    /// Runs `sql` with `args` and then `blob` as its last parameter (bound without a copy of
+    /// its bytes); how many rows it changed.
+    async fn execute_blob(&mut self, sql: &str, args: &[Arg], blob: &[u8]) -> Result<u64>;
 }
 
 impl Exec for Tx {
@@ -55,6 +59,18 @@ impl Exec for Tx {
     async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64> {
         let sql = self.placeholders.statement(sql);
         Ok(sqlx::query_with(&sql, any_args(args)?)
+            .execute(&mut **self)
+            .await?
+            .rows_affected())
+    }
+
+    async fn execute_blob(&mut self, sql: &str, args: &[Arg], blob: &[u8]) -> Result<u64> {
+        let sql = self.placeholders.statement(sql);
+        let mut values = any_args(args)?;
+        values
+            .add(blob)
+            .map_err(|e| db_err(format!("cannot bind a value: {e}")))?;
+        Ok(sqlx::query_with(&sql, values)
             .execute(&mut **self)
             .await?
             .rows_affected())

@@ -38,13 +38,17 @@ pub(crate) struct SqlStore {
     pub(crate) blobs: Arc<crate::objects::Blobs>,
 }
 
-/// Jobs of one request waiting for the group commit, the idempotency key they complete, and
-/// where to send its answer.
-pub(crate) struct Submission {
+/// One request's part of a group commit: its jobs, the idempotency key they complete, and the
+/// images `put_images` did not put because they were recorded already.
+pub(crate) struct Part {
     pub(crate) jobs: Vec<NewJob>,
     pub(crate) key: Option<crate::KeyHold>,
-    /// The images `put_images` did not put because they were recorded already.
     pub(crate) unput: std::collections::HashSet<String>,
+}
+
+/// A request waiting for the group commit, and where to send its answer.
+pub(crate) struct Submission {
+    pub(crate) part: Part,
     pub(crate) reply: oneshot::Sender<Result<Vec<Job>>>,
 }
 

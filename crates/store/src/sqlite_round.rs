@@ -5,19 +5,24 @@
 //! connection of its own to the same file and runs the whole round, so a round is one hand-off
 //! there and one back.
 //!
-//! The round itself is `round::run`, the same code the sqlx path runs: this file only gives it
-//! a connection ([`Exec`] over rusqlite, whose statements complete at once, so the round's
+//! The group commit's uploads go the same way: their transaction (images, jobs, events, keys)
+//! is one hand-off here instead of one per statement.
+//!
+//! The round itself is `round::run`, and an upload's statements `submit::insert_all`, the same
+//! code the sqlx path runs: this file only gives them a connection ([`Exec`] over rusqlite, whose statements complete at once, so the round's
 //! future is driven to its end on this thread). The caller holds the store's writer connection
-//! while a round runs, so the round is still the only writer of the process (SQLite has one
-//! writer at a time), and publishes the round's events before letting go of it.
+//! while a round or an upload runs, so it is still the only writer of the process (SQLite has one
+//! writer at a time), and publishes its events before letting go of it.
 
 use crate::exec::{Arg, Exec, Locks};
 use crate::health;
+use crate::objects::BlobStore;
 use crate::placeholders::sqlite_statement;
 use crate::round::{self, Round, Work};
 use crate::rows::{db_err, now_ms, Columns};
+use crate::sql::Part;
 use crate::transition;
-use crate::{Result, SqliteClass, StoreError};
+use crate::{Event, Job, Result, SqliteClass, StoreError};
 use imgclass_core::policy::Rules;
 use rusqlite::types::Value;
 use rusqlite::{CachedStatement, Connection, TransactionBehavior};
@@ -25,37 +30,53 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-type Request = (Work, oneshot::Sender<Result<Round>>);
+/// What the thread runs.
+enum Task {
+    /// A worker pool's round.
+    Round(Work, oneshot::Sender<Result<Round>>),
+    /// A group commit's uploads, into `BlobStore`'s images; the parts are handed back with the
+    /// answer.
+    Submit(
+        Vec<Part>,
+        BlobStore,
+        oneshot::Sender<(Vec<Part>, Result<Submitted>)>,
+    ),
+}
+
+/// What became of a group commit's uploads on the thread.
+pub(crate) enum Submitted {
+    /// Committed: each part's jobs, and the events to publish.
+    Done(Vec<Vec<Job>>, Vec<Event>),
+    /// Rolled back: an image must be put into the object store inside the transaction (rare,
+    /// see `submit::Stored::puts`), which the sqlx path does.
+    NeedsPuts,
+}
 
 /// The round thread; it ends when this is dropped.
 pub(crate) struct Rounds {
-    tx: std::sync::mpsc::Sender<Request>,
+    tx: std::sync::mpsc::Sender<Task>,
 }
 
 impl Rounds {
     /// Starts the thread; its connection to the database file at `path` is opened at the first
     /// round (after migrations), and opened afresh after any failed round.
     pub(crate) fn start(path: PathBuf, locks: Locks, rules: Rules) -> Result<Rounds> {
-        let (tx, rx) = std::sync::mpsc::channel::<Request>();
+        let (tx, rx) = std::sync::mpsc::channel::<Task>();
         std::thread::Builder::new()
             .name("imgclass-sqlite-rounds".into())
             .spawn(move || {
                 let mut conn: Option<Connection> = None;
-                while let Ok((work, reply)) = rx.recv() {
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let c = match conn.as_mut() {
-                            Some(c) => c,
-                            None => conn.insert(open(&path)?),
-                        };
-                        run(c, &locks, &rules, work)
-                    }))
-                    .unwrap_or_else(|_| Err(db_err("the SQLite round panicked")));
-                    if result.is_err() {
-                        // Whatever failed (a full disk, an I/O error), the next round starts on
-                        // a clean connection.
-                        conn = None;
+                while let Ok(task) = rx.recv() {
+                    match task {
+                        Task::Round(work, reply) => {
+                            let result = on(&mut conn, &path, |c| run(c, &locks, &rules, work));
+                            let _ = reply.send(result);
+                        }
+                        Task::Submit(parts, store, reply) => {
+                            let result = on(&mut conn, &path, |c| submit(c, &store, &parts));
+                            let _ = reply.send((parts, result));
+                        }
                     }
-                    let _ = reply.send(result);
                 }
             })
             .map_err(|e| db_err(format!("cannot start the SQLite round thread: {e}")))?;
@@ -66,27 +87,70 @@ impl Rounds {
     pub(crate) async fn run(&self, work: Work) -> Result<Round> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send((work, reply))
+            .send(Task::Round(work, reply))
             .map_err(|_| db_err("the SQLite round thread is gone"))?;
         rx.await
             .map_err(|_| db_err("the SQLite round thread stopped"))?
     }
+
+    /// Runs a group commit's transaction on the thread, its new images going to `store`; hands
+    /// the parts back with the answer. The caller must hold the store's writer connection.
+    pub(crate) async fn submit(
+        &self,
+        parts: Vec<Part>,
+        store: BlobStore,
+    ) -> (Vec<Part>, Result<Submitted>) {
+        let (reply, rx) = oneshot::channel();
+        if let Err(std::sync::mpsc::SendError(task)) =
+            self.tx.send(Task::Submit(parts, store, reply))
+        {
+            let Task::Submit(parts, ..) = task else {
+                unreachable!("the task sent was a submission")
+            };
+            return (parts, Err(db_err("the SQLite round thread is gone")));
+        }
+        match rx.await {
+            Ok(answer) => answer,
+            // The thread ended with the parts (it cannot: it answers every task it takes).
+            Err(_) => (Vec::new(), Err(db_err("the SQLite round thread stopped"))),
+        }
+    }
 }
 
-/// The round thread's connection: the store's pragmas, rounds committed like every relaxed
-/// write (`synchronous = NORMAL`: they survive a crash of the process), statements kept
-/// prepared.
+/// Runs `f` on the thread's connection, opened first if need be. Whatever failed (a full disk,
+/// an I/O error, a panic), the next task starts on a clean connection.
+fn on<T>(
+    conn: &mut Option<Connection>,
+    path: &PathBuf,
+    f: impl FnOnce(&mut Connection) -> Result<T>,
+) -> Result<T> {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => conn.insert(open(path)?),
+        };
+        f(c)
+    }))
+    .unwrap_or_else(|_| Err(db_err("the SQLite round thread's task panicked")));
+    if result.is_err() {
+        *conn = None;
+    }
+    result
+}
+
+/// The round thread's connection: the store's pragmas, statements kept prepared.
 fn open(path: &PathBuf) -> Result<Connection> {
     let conn = Connection::open(path).map_err(error)?;
     conn.execute_batch(crate::sqlite::PRAGMAS).map_err(error)?;
-    conn.execute_batch("PRAGMA synchronous = NORMAL")
-        .map_err(error)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
-/// One round in one transaction, events inserted, committed.
+/// One round in one transaction, events inserted, committed like every relaxed write
+/// (`synchronous = NORMAL`: it survives a crash of the process).
 fn run(conn: &mut Connection, locks: &Locks, rules: &Rules, work: Work) -> Result<Round> {
+    conn.execute_batch("PRAGMA synchronous = NORMAL")
+        .map_err(error)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(error)?;
@@ -101,10 +165,47 @@ fn run(conn: &mut Connection, locks: &Locks, rules: &Rules, work: Work) -> Resul
     Ok(round)
 }
 
+/// A group commit's uploads in one transaction, events inserted, committed durably (fsync'd,
+/// `synchronous = FULL`, as the sqlx path's durable writes); rolled back when an image must be
+/// put into the object store first.
+fn submit(conn: &mut Connection, store: &BlobStore, parts: &[Part]) -> Result<Submitted> {
+    conn.execute_batch("PRAGMA synchronous = FULL")
+        .map_err(error)?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(error)?;
+    let now = now_ms();
+    let mut exec = Sqlite(&tx);
+    let mut events = Vec::new();
+    let created = futures_executor::block_on(async {
+        let stored = crate::submit::insert_all(&mut exec, &mut events, now, store, parts).await?;
+        if !stored.puts.is_empty() {
+            return Ok::<_, StoreError>(None);
+        }
+        transition::insert_events(&mut exec, &mut events, now).await?;
+        Ok(Some(stored.created))
+    })?;
+    match created {
+        Some(created) => {
+            tx.commit().map_err(error)?;
+            Ok(Submitted::Done(created, events))
+        }
+        None => {
+            tx.rollback().map_err(error)?;
+            Ok(Submitted::NeedsPuts)
+        }
+    }
+}
+
 /// A SQLite error as the store reports it (the same classes as sqlx's errors get, see
 /// `StoreError::from`).
 fn error(e: rusqlite::Error) -> StoreError {
     let class = match &e {
+        // A foreign key refused the write (SQLITE_CONSTRAINT_FOREIGNKEY): a concurrent delete
+        // of the row it refers to, as for sqlx's errors.
+        rusqlite::Error::SqliteFailure(f, _) if f.extended_code == 787 => {
+            return StoreError::Raced(e.to_string());
+        }
         rusqlite::Error::SqliteFailure(f, _) => SqliteClass::of(f.extended_code),
         _ => SqliteClass::Other,
     };
@@ -123,12 +224,16 @@ struct Sqlite<'c>(&'c Connection);
 impl Sqlite<'_> {
     /// The statement, prepared once and kept, with `args` bound to its parameters (`$1` is
     /// `args[0]`), which `sqlite_statement` numbers so that they bind by position.
-    fn prepare(&self, sql: &str, args: &[Arg]) -> Result<CachedStatement<'_>> {
+    fn prepare(&self, sql: &str, args: &[Arg], blob: Option<&[u8]>) -> Result<CachedStatement<'_>> {
         let mut stmt = self
             .0
             .prepare_cached(&sqlite_statement(sql))
             .map_err(error)?;
-        for i in 1..=stmt.parameter_count() {
+        let count = stmt.parameter_count();
+        if let Some(blob) = blob {
+            stmt.raw_bind_parameter(count, blob).map_err(error)?;
+        }
+        for i in 1..=count - usize::from(blob.is_some()) {
             let arg = args
                 .get(i - 1)
                 .ok_or_else(|| db_err(format!("no value for parameter {i}")))?;
@@ -146,7 +251,7 @@ impl Exec for Sqlite<'_> {
     type Row = OwnedRow;
 
     async fn fetch(&mut self, sql: &str, args: &[Arg]) -> Result<Vec<OwnedRow>> {
-        let mut stmt = self.prepare(sql, args)?;
+        let mut stmt = self.prepare(sql, args, None)?;
         let names: Arc<[String]> = stmt.column_names().iter().map(|n| n.to_string()).collect();
         let mut rows = stmt.raw_query();
         let mut out = Vec::new();
@@ -164,7 +269,12 @@ impl Exec for Sqlite<'_> {
     }
 
     async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64> {
-        let mut stmt = self.prepare(sql, args)?;
+        let mut stmt = self.prepare(sql, args, None)?;
+        Ok(stmt.raw_execute().map_err(error)? as u64)
+    }
+
+    async fn execute_blob(&mut self, sql: &str, args: &[Arg], blob: &[u8]) -> Result<u64> {
+        let mut stmt = self.prepare(sql, args, Some(blob))?;
         Ok(stmt.raw_execute().map_err(error)? as u64)
     }
 }

@@ -6,27 +6,20 @@
 use crate::dialect::Durability;
 use crate::exec::{values_list, Arg, Exec};
 use crate::model::to_json;
+use crate::objects::BlobStore;
 use crate::rows::{db_err, ms, ms_to_time, Columns};
-use crate::sql::{SqlStore, Submission};
+use crate::sql::{Part, SqlStore, Submission};
+use crate::sqlite_round::Submitted;
 use crate::tombstones::Blob;
 use crate::transition::record;
-use crate::tx::Write;
-use crate::{Job, KeyHold, NewJob, Result, StoreError, CHUNK_SIZE};
+use crate::{Event, Job, NewJob, Result, StoreError, CHUNK_SIZE};
 use bytes::Bytes;
 use imgclass_core::policy;
 use imgclass_core::{JobId, JobStatus};
 use std::collections::HashSet;
 use tokio::sync::{mpsc, oneshot};
 
-/// One request's part of a transaction: its jobs, the key they complete, and the images it
-/// did not put into the object store because they were recorded already (`put_images`).
-type Request<'a> = (&'a [NewJob], Option<&'a KeyHold>, &'a HashSet<String>);
-
-impl Submission {
-    fn request(&self) -> Request<'_> {
-        (&self.jobs, self.key.as_ref(), &self.unput)
-    }
-
+impl Part {
     fn bytes(&self) -> usize {
         self.jobs.iter().map(|j| j.image.len()).sum()
     }
@@ -43,30 +36,33 @@ const GROUP_MAX_BYTES: usize = 64 << 20;
 /// either way nothing of a failed transaction is stored.
 async fn group_commit(store: SqlStore, mut queue: mpsc::Receiver<Submission>) {
     while let Some(first) = queue.recv().await {
-        let mut jobs = first.jobs.len();
-        let mut bytes = first.bytes();
+        let mut jobs = first.part.jobs.len();
+        let mut bytes = first.part.bytes();
         let mut batch = vec![first];
         while jobs < GROUP_MAX_JOBS && bytes < GROUP_MAX_BYTES {
             let Ok(next) = queue.try_recv() else { break };
-            jobs += next.jobs.len();
-            bytes += next.bytes();
+            jobs += next.part.jobs.len();
+            bytes += next.part.bytes();
             batch.push(next);
         }
-        if batch.len() > 1 {
-            let requests: Vec<Request> = batch.iter().map(Submission::request).collect();
-            if let Ok(created) = store.insert_jobs(&requests).await {
-                for (submission, jobs) in batch.into_iter().zip(created) {
-                    let _ = submission.reply.send(Ok(jobs));
+        let (parts, replies): (Vec<Part>, Vec<_>) =
+            batch.into_iter().map(|s| (s.part, s.reply)).unzip();
+        let parts = if parts.len() > 1 {
+            match store.insert_jobs(parts).await {
+                (_, Ok(created)) => {
+                    for (reply, jobs) in replies.into_iter().zip(created) {
+                        let _ = reply.send(Ok(jobs));
+                    }
+                    continue;
                 }
-                continue;
+                (parts, Err(_)) => parts,
             }
-        }
-        for submission in batch {
-            let result = store
-                .insert_jobs(&[submission.request()])
-                .await
-                .map(|mut c| c.remove(0));
-            let _ = submission.reply.send(result);
+        } else {
+            parts
+        };
+        for (part, reply) in parts.into_iter().zip(replies) {
+            let (_, result) = store.insert_jobs(vec![part]).await;
+            let _ = reply.send(result.map(|mut c| c.remove(0)));
         }
     }
 }
@@ -80,168 +76,231 @@ pub(crate) fn start(mut store: SqlStore) -> SqlStore {
     store
 }
 
+/// What a group's statements stored: each part's jobs, in its order, and the images that must
+/// go into the object store before the transaction commits.
+pub(crate) struct Stored<'p> {
+    pub(crate) created: Vec<Vec<Job>>,
+    /// Images recorded anew that are not in the object store: not put by their upload because
+    /// a row had them, and that row went meanwhile; or put, and deleted since by the collector
+    /// (it left a tombstone, which the statements cleared). Rare either way.
+    pub(crate) puts: Vec<Blob<'p>>,
+}
+
+/// The statements of a group commit, in the caller's write transaction (an sqlx one, or the
+/// SQLite round thread's): each part's images recorded (once each, however many jobs share one),
+/// its jobs inserted, their events recorded into `events`, its idempotency key completed.
+pub(crate) async fn insert_all<'p, E: Exec>(
+    e: &mut E,
+    events: &mut Vec<Event>,
+    now: i64,
+    store: &BlobStore,
+    parts: &'p [Part],
+) -> Result<Stored<'p>> {
+    let all: Vec<&NewJob> = parts.iter().flat_map(|p| p.jobs.iter()).collect();
+    let blobs: Vec<Blob> = all.iter().map(|j| Blob::of(j)).collect();
+    let unput: HashSet<&str> = parts
+        .iter()
+        .flat_map(|p| p.unput.iter().map(String::as_str))
+        .collect();
+    let puts = insert_blobs(e, store, &blobs, &unput, now).await?;
+    let mut jobs = insert_job_rows(e, &all, now).await?.into_iter();
+    let mut created = Vec::with_capacity(parts.len());
+    for part in parts {
+        let mine: Vec<Job> = jobs.by_ref().take(part.jobs.len()).collect();
+        for job in &mine {
+            // A job answered from the cache is still announced as a success, like any job
+            // that finishes.
+            for kind in policy::create(job.cached).events {
+                let (id, job) = (job.id, Some(job.clone()));
+                record(e, events, id, *kind, job, None, now).await?;
+            }
+        }
+        if let Some(hold) = &part.key {
+            let ids: Vec<JobId> = mine.iter().map(|j| j.id).collect();
+            crate::idempotency::complete(e, hold, &ids).await?;
+        }
+        created.push(mine);
+    }
+    Ok(Stored { created, puts })
+}
+
 impl SqlStore {
     /// Hands the jobs to the group commit and waits for its answer (`Store::create_jobs_keyed`).
     pub(crate) async fn create_jobs_keyed(
         &self,
         jobs: Vec<NewJob>,
-        key: Option<KeyHold>,
+        key: Option<crate::KeyHold>,
     ) -> Result<Vec<Job>> {
         // The images are in their object store before any row names them.
         let (jobs, unput) = self.put_images(jobs).await?;
+        let part = Part { jobs, key, unput };
         let Some(submit) = &self.submissions else {
-            let request = (&jobs[..], key.as_ref(), &unput);
-            return Ok(self.insert_jobs(&[request]).await?.remove(0));
+            return self
+                .insert_jobs(vec![part])
+                .await
+                .1
+                .map(|mut c| c.remove(0));
         };
         let stopped = || StoreError::Unavailable("the store is shutting down".into());
         let (reply, answer) = oneshot::channel();
         submit
-            .send(Submission {
-                jobs,
-                key,
-                unput,
-                reply,
-            })
+            .send(Submission { part, reply })
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Stores each request's images and jobs and completes its idempotency key, all in one
-    /// transaction and a few statements for the whole group; the jobs of each request come
-    /// back in its order.
-    pub(crate) async fn insert_jobs(&self, requests: &[Request<'_>]) -> Result<Vec<Vec<Job>>> {
-        match self.insert_jobs_once(requests).await {
+    /// Stores each part's images and jobs and completes its idempotency key, all in one
+    /// transaction and a few statements for the whole group; the jobs of each part come back in
+    /// its order, and the parts themselves (for the caller to try them again alone).
+    pub(crate) async fn insert_jobs(&self, parts: Vec<Part>) -> (Vec<Part>, Result<Vec<Vec<Job>>>) {
+        match self.insert_jobs_once(parts).await {
             // The collector deleted an image's row between our insert (which found it there)
             // and our job's: tried again, the image is recorded anew.
-            Err(StoreError::Raced(_)) => self.insert_jobs_once(requests).await,
+            (parts, Err(StoreError::Raced(_))) => self.insert_jobs_once(parts).await,
             done => done,
         }
     }
 
-    async fn insert_jobs_once(&self, requests: &[Request<'_>]) -> Result<Vec<Vec<Job>>> {
-        let mut w = self.begin(Durability::Durable).await?;
-        let all: Vec<&NewJob> = requests.iter().flat_map(|(jobs, ..)| jobs.iter()).collect();
-        let blobs: Vec<Blob> = all.iter().map(|j| Blob::of(j)).collect();
-        let unput: HashSet<&str> = requests
-            .iter()
-            .flat_map(|(.., unput)| unput.iter().map(String::as_str))
-            .collect();
-        self.insert_blobs(&mut w, &blobs, &unput).await?;
-        let mut jobs = Self::insert_job_rows(&mut w, &all).await?.into_iter();
-        let mut created = Vec::with_capacity(requests.len());
-        for (mine, key, _) in requests {
-            let mine: Vec<Job> = jobs.by_ref().take(mine.len()).collect();
-            for job in &mine {
-                // A job answered from the cache is still announced as a success, like any job
-                // that finishes.
-                for kind in policy::create(job.cached).events {
-                    let (id, job) = (job.id, Some(job.clone()));
-                    record(&mut w.tx, &mut w.events, id, *kind, job, None, w.now).await?;
+    /// On SQLite, the whole transaction in one hand-off to the round thread (sqlx would hand
+    /// each statement to its connection's thread in turn); through sqlx when an image must be
+    /// put into the object store inside the transaction, and on PostgreSQL.
+    async fn insert_jobs_once(&self, parts: Vec<Part>) -> (Vec<Part>, Result<Vec<Vec<Job>>>) {
+        if let Some(rounds) = &self.rounds {
+            let writer = match self.writer.acquire().await {
+                Ok(w) => w,
+                Err(e) => return (parts, Err(e.into())),
+            };
+            if let Err(e) = self.storage.check_writable() {
+                return (parts, Err(e));
+            }
+            let (parts, result) = rounds.submit(parts, self.blobs.current.clone()).await;
+            match result {
+                Ok(Submitted::Done(created, events)) => {
+                    self.storage.write_succeeded();
+                    self.publish(events);
+                    drop(writer);
+                    return (parts, Ok(created));
+                }
+                Ok(Submitted::NeedsPuts) => drop(writer),
+                Err(e) => {
+                    if let StoreError::StorageFull(detail) = &e {
+                        self.storage.full(detail.clone());
+                    }
+                    return (parts, Err(e));
                 }
             }
-            if let Some(hold) = key {
-                let ids: Vec<JobId> = mine.iter().map(|j| j.id).collect();
-                crate::idempotency::complete(&mut w, hold, &ids).await?;
-            }
-            created.push(mine);
+            let result = self.insert_jobs_sqlx(&parts).await;
+            return (parts, result);
         }
+        let result = self.insert_jobs_sqlx(&parts).await;
+        (parts, result)
+    }
+
+    /// The group's transaction through sqlx, the images it must put put before it commits.
+    async fn insert_jobs_sqlx(&self, parts: &[Part]) -> Result<Vec<Vec<Job>>> {
+        let mut w = self.begin(Durability::Durable).await?;
+        let store = &self.blobs.current;
+        let stored = insert_all(&mut w.tx, &mut w.events, w.now, store, parts).await?;
+        put_all(store, &stored.puts).await?;
         self.commit(w).await?;
-        Ok(created)
+        Ok(stored.created)
     }
+}
 
-    /// Inserts the rows of new jobs (a few hundred per statement) and returns them as stored, in
-    /// order. A job answered from the result cache is created finished, with the earlier result.
-    async fn insert_job_rows(w: &mut Write, new: &[&NewJob]) -> Result<Vec<Job>> {
-        const ROWS: usize = 200;
-        const COLUMNS: usize = 17;
-        let now = ms_to_time(w.now);
-        let mut created = Vec::with_capacity(new.len());
-        for chunk in new.chunks(ROWS) {
-            let values = values_list(chunk.len(), COLUMNS);
-            let sql = format!(
-                "INSERT INTO jobs (id, status, image_sha256, file_name, max_attempts, priority, \
-                 run_at, created_at, updated_at, owner, webhook_url, webhook_events, result, \
-                 cached, started_at, finished_at, model) VALUES {values} RETURNING id, seq"
-            );
-            let mut args = Vec::with_capacity(chunk.len() * COLUMNS);
-            let mut jobs = Vec::with_capacity(chunk.len());
-            for new in chunk {
-                let job = Self::new_job(new, now);
-                let at = Arg::int(w.now);
-                let finished = Arg::Int(job.finished_at.map(|_| w.now));
-                args.extend([
-                    Arg::text(job.id.to_string()),
-                    Arg::text(job.status.as_str()),
-                    Arg::text(job.image_sha256.clone()),
-                    Arg::Text(job.file_name.clone()),
-                    Arg::int(i64::from(job.max_attempts)),
-                    Arg::int(i64::from(job.priority)),
-                    at.clone(),
-                    at.clone(),
-                    at,
-                    Arg::Text(job.owner.clone()),
-                    Arg::Text(job.webhook.as_ref().map(|h| h.url.clone())),
-                    Arg::Text(job.webhook.as_ref().map(crate::rows::webhook_events)),
-                    Arg::Text(job.result.as_ref().map(to_json).transpose()?),
-                    Arg::int(i64::from(job.cached)),
-                    finished.clone(),
-                    finished,
-                    Arg::text(job.model.clone()),
-                ]);
-                jobs.push(job);
-            }
-            let mut seqs = std::collections::HashMap::with_capacity(chunk.len());
-            for row in w.tx.fetch(&sql, &args).await? {
-                seqs.insert(row.text("id")?, row.int("seq")?);
-            }
-            for mut job in jobs {
-                job.seq = *seqs
-                    .get(&job.id.to_string())
-                    .ok_or_else(|| db_err(format!("job {} was not inserted", job.id)))?;
-                created.push(job);
-            }
+/// Inserts the rows of new jobs (a few hundred per statement) and returns them as stored, in
+/// order. A job answered from the result cache is created finished, with the earlier result.
+async fn insert_job_rows<E: Exec>(e: &mut E, new: &[&NewJob], stamp: i64) -> Result<Vec<Job>> {
+    const ROWS: usize = 200;
+    const COLUMNS: usize = 17;
+    let now = ms_to_time(stamp);
+    let mut created = Vec::with_capacity(new.len());
+    for chunk in new.chunks(ROWS) {
+        let values = values_list(chunk.len(), COLUMNS);
+        let sql = format!(
+            "INSERT INTO jobs (id, status, image_sha256, file_name, max_attempts, priority, \
+             run_at, created_at, updated_at, owner, webhook_url, webhook_events, result, \
+             cached, started_at, finished_at, model) VALUES {values} RETURNING id, seq"
+        );
+        let mut args = Vec::with_capacity(chunk.len() * COLUMNS);
+        let mut jobs = Vec::with_capacity(chunk.len());
+        for new in chunk {
+            let job = new_job(new, now);
+            let at = Arg::int(stamp);
+            let finished = Arg::Int(job.finished_at.map(|_| stamp));
+            args.extend([
+                Arg::text(job.id.to_string()),
+                Arg::text(job.status.as_str()),
+                Arg::text(job.image_sha256.clone()),
+                Arg::Text(job.file_name.clone()),
+                Arg::int(i64::from(job.max_attempts)),
+                Arg::int(i64::from(job.priority)),
+                at.clone(),
+                at.clone(),
+                at,
+                Arg::Text(job.owner.clone()),
+                Arg::Text(job.webhook.as_ref().map(|h| h.url.clone())),
+                Arg::Text(job.webhook.as_ref().map(crate::rows::webhook_events)),
+                Arg::Text(job.result.as_ref().map(to_json).transpose()?),
+                Arg::int(i64::from(job.cached)),
+                finished.clone(),
+                finished,
+                Arg::text(job.model.clone()),
+            ]);
+            jobs.push(job);
         }
-        Ok(created)
-    }
-
-    /// A new job as `policy::create` makes it, at `now`; a job answered from the result cache is
-    /// created finished, with the earlier result.
-    fn new_job(new: &NewJob, now: chrono::DateTime<chrono::Utc>) -> Job {
-        let created = policy::create(new.cached_result.is_some());
-        let finished_at = created.finished.then_some(now);
-        Job {
-            seq: 0,
-            id: JobId::new(),
-            status: created.status,
-            image_size: new.image.len() as u64,
-            image_sha256: new.sha256.clone(),
-            content_type: new.content_type.clone(),
-            width: new.width,
-            height: new.height,
-            file_name: new.file_name.clone(),
-            attempts: 0,
-            stalls: 0,
-            run_attempts: 0,
-            max_attempts: new.max_attempts.max(1),
-            priority: new.priority,
-            run_at: now,
-            lease_owner: None,
-            lease_until: None,
-            error: None,
-            attempt_errors: Vec::new(),
-            result: new.cached_result.clone(),
-            created_at: now,
-            started_at: finished_at,
-            finished_at,
-            updated_at: now,
-            owner: new.owner.clone(),
-            webhook: new.webhook.clone(),
-            cached: new.cached_result.is_some(),
-            model: new.model.clone(),
+        let mut seqs = std::collections::HashMap::with_capacity(chunk.len());
+        for row in e.fetch(&sql, &args).await? {
+            seqs.insert(row.text("id")?, row.int("seq")?);
+        }
+        for mut job in jobs {
+            job.seq = *seqs
+                .get(&job.id.to_string())
+                .ok_or_else(|| db_err(format!("job {} was not inserted", job.id)))?;
+            created.push(job);
         }
     }
+    Ok(created)
+}
 
+/// A new job as `policy::create` makes it, at `now`; a job answered from the result cache is
+/// created finished, with the earlier result.
+fn new_job(new: &NewJob, now: chrono::DateTime<chrono::Utc>) -> Job {
+    let created = policy::create(new.cached_result.is_some());
+    let finished_at = created.finished.then_some(now);
+    Job {
+        seq: 0,
+        id: JobId::new(),
+        status: created.status,
+        image_size: new.image.len() as u64,
+        image_sha256: new.sha256.clone(),
+        content_type: new.content_type.clone(),
+        width: new.width,
+        height: new.height,
+        file_name: new.file_name.clone(),
+        attempts: 0,
+        stalls: 0,
+        run_attempts: 0,
+        max_attempts: new.max_attempts.max(1),
+        priority: new.priority,
+        run_at: now,
+        lease_owner: None,
+        lease_until: None,
+        error: None,
+        attempt_errors: Vec::new(),
+        result: new.cached_result.clone(),
+        created_at: now,
+        started_at: finished_at,
+        finished_at,
+        updated_at: now,
+        owner: new.owner.clone(),
+        webhook: new.webhook.clone(),
+        cached: new.cached_result.is_some(),
+        model: new.model.clone(),
+    }
+}
+
+impl SqlStore {
     /// Puts each distinct image of `jobs` that is not recorded yet into the object store new
     /// images go to (a few at a time), before the transaction that records them; nothing when
     /// images go into the database. Each image is handed over without a copy and given back
@@ -282,73 +341,85 @@ impl SqlStore {
         }
         Ok((jobs, unput))
     }
+}
 
-    /// Records the images that are not recorded yet (once each, however many jobs share one):
-    /// their bytes in chunks when images go into the database, else the object store that
-    /// already holds them (`put_images`).
-    async fn insert_blobs(
-        &self,
-        w: &mut Write,
-        new: &[Blob<'_>],
-        unput: &HashSet<&str>,
-    ) -> Result<()> {
-        const ROWS: usize = 200;
-        let store = &self.blobs.current;
-        let url = store.url().to_string();
-        let mut seen = HashSet::with_capacity(new.len());
-        let distinct: Vec<&Blob> = new.iter().filter(|b| seen.insert(b.sha256)).collect();
-        for chunk in distinct.chunks(ROWS) {
-            let sql = format!(
-                "INSERT INTO blobs (sha256, size, content_type, width, height, created_at, store) \
-                 VALUES {} ON CONFLICT (sha256) DO NOTHING RETURNING sha256",
-                values_list(chunk.len(), 7)
-            );
-            let mut args = Vec::with_capacity(chunk.len() * 7);
-            for b in chunk {
-                let external = store.holds(b.bytes.len()).then(|| url.clone());
-                args.extend([
-                    Arg::text(b.sha256),
-                    Arg::int(b.bytes.len() as i64),
-                    Arg::text(b.content_type),
-                    Arg::int(i64::from(b.width)),
-                    Arg::int(i64::from(b.height)),
-                    Arg::int(w.now),
-                    Arg::Text(external),
-                ]);
-            }
-            let mut inserted = HashSet::with_capacity(chunk.len());
-            for row in w.tx.fetch(&sql, &args).await? {
-                inserted.insert(row.text("sha256")?);
-            }
-            let (outside, inside): (Vec<&Blob>, Vec<&Blob>) =
-                chunk.iter().partition(|b| store.holds(b.bytes.len()));
-            for b in inside.iter().filter(|b| inserted.contains(b.sha256)) {
-                Self::insert_chunks(w, b.sha256, b.bytes).await?;
-            }
-            // Recorded anew although not put (the row that had it went meanwhile).
-            for b in outside.iter().filter(|b| inserted.contains(b.sha256)) {
-                if unput.contains(b.sha256) {
-                    store.put(b.sha256, Bytes::copy_from_slice(b.bytes)).await?;
-                }
-            }
-            crate::tombstones::revive(w, store, &url, &outside).await?;
+/// Records the images that are not recorded yet (once each, however many jobs share one): their
+/// bytes in chunks when images go into the database, else the object store that already holds
+/// them (`put_images`). Returns the images the transaction must put before it commits (see
+/// [`Stored::puts`]).
+async fn insert_blobs<'p, E: Exec>(
+    e: &mut E,
+    store: &BlobStore,
+    new: &[Blob<'p>],
+    unput: &HashSet<&str>,
+    now: i64,
+) -> Result<Vec<Blob<'p>>> {
+    const ROWS: usize = 200;
+    let url = store.url().to_string();
+    let mut seen = HashSet::with_capacity(new.len());
+    let distinct: Vec<&Blob> = new.iter().filter(|b| seen.insert(b.sha256)).collect();
+    let mut puts = Vec::new();
+    for chunk in distinct.chunks(ROWS) {
+        let sql = format!(
+            "INSERT INTO blobs (sha256, size, content_type, width, height, created_at, store) \
+             VALUES {} ON CONFLICT (sha256) DO NOTHING RETURNING sha256",
+            values_list(chunk.len(), 7)
+        );
+        let mut args = Vec::with_capacity(chunk.len() * 7);
+        for b in chunk {
+            let external = store.holds(b.bytes.len()).then(|| url.clone());
+            args.extend([
+                Arg::text(b.sha256),
+                Arg::int(b.bytes.len() as i64),
+                Arg::text(b.content_type),
+                Arg::int(i64::from(b.width)),
+                Arg::int(i64::from(b.height)),
+                Arg::int(now),
+                Arg::Text(external),
+            ]);
         }
-        Ok(())
-    }
-
-    /// A new image's bytes, in chunks of at most `CHUNK_SIZE`.
-    pub(crate) async fn insert_chunks(w: &mut Write, sha256: &str, bytes: &[u8]) -> Result<()> {
-        for (idx, chunk) in bytes.chunks(CHUNK_SIZE).enumerate() {
-            sqlx::query("INSERT INTO blob_chunks (sha256, idx, data) VALUES ($1, $2, $3)")
-                .bind(sha256)
-                .bind(idx as i64)
-                .bind(chunk)
-                .execute(&mut *w.tx)
-                .await?;
+        let mut inserted = HashSet::with_capacity(chunk.len());
+        for row in e.fetch(&sql, &args).await? {
+            inserted.insert(row.text("sha256")?);
         }
-        Ok(())
+        let (outside, inside): (Vec<&Blob>, Vec<&Blob>) =
+            chunk.iter().partition(|b| store.holds(b.bytes.len()));
+        for b in inside.iter().filter(|b| inserted.contains(b.sha256)) {
+            insert_chunks(e, b.sha256, b.bytes).await?;
+        }
+        // Recorded anew although not put (the row that had it went meanwhile).
+        let anew = outside
+            .iter()
+            .filter(|b| inserted.contains(b.sha256) && unput.contains(b.sha256));
+        puts.extend(anew.map(|b| **b));
+        for sha in crate::tombstones::revive(e, &url, &outside).await? {
+            if !puts.iter().any(|p| p.sha256 == sha) {
+                puts.extend(outside.iter().find(|b| b.sha256 == sha).map(|b| **b));
+            }
+        }
     }
+    Ok(puts)
+}
 
+/// Puts the images a transaction found missing from `store` (see [`Stored::puts`]).
+async fn put_all(store: &BlobStore, puts: &[Blob<'_>]) -> Result<()> {
+    for b in puts {
+        store.put(b.sha256, Bytes::copy_from_slice(b.bytes)).await?;
+    }
+    Ok(())
+}
+
+/// A new image's bytes, in chunks of at most `CHUNK_SIZE`.
+pub(crate) async fn insert_chunks<E: Exec>(e: &mut E, sha256: &str, bytes: &[u8]) -> Result<()> {
+    for (idx, chunk) in bytes.chunks(CHUNK_SIZE).enumerate() {
+        let sql = "INSERT INTO blob_chunks (sha256, idx, data) VALUES ($1, $2, $3)";
+        let args = [Arg::text(sha256), Arg::int(idx as i64)];
+        e.execute_blob(sql, &args, chunk).await?;
+    }
+    Ok(())
+}
+
+impl SqlStore {
     /// Copies a job and its image from another installation (`Store::import_job`).
     pub(crate) async fn import_job(&self, job: &Job, image: &[u8]) -> Result<bool> {
         if self.blobs.current.holds(image.len()) {
@@ -364,7 +435,9 @@ impl SqlStore {
             width: job.width,
             height: job.height,
         };
-        self.insert_blobs(&mut w, &[blob], &HashSet::new()).await?;
+        let store = &self.blobs.current;
+        let puts = insert_blobs(&mut w.tx, store, &[blob], &HashSet::new(), w.now).await?;
+        put_all(store, &puts).await?;
         // A job that was running has no worker here: it is queued again.
         let status = if job.status == JobStatus::Running {
             JobStatus::Queued

@@ -3,14 +3,14 @@
 //! upload's transaction looks for them among the images it records and stores those again.
 //! Also the image an upload records (`Blob`) and which images are recorded already.
 
-use crate::exec::marks;
-use crate::objects::BlobStore;
+use crate::exec::{marks, Arg, Exec};
+use crate::rows::Columns;
 use crate::tx::Write;
 use crate::{NewJob, Result};
-use bytes::Bytes;
 use std::collections::HashSet;
 
 /// An image to store, with what the `blobs` row says of it.
+#[derive(Clone, Copy)]
 pub(crate) struct Blob<'a> {
     pub(crate) sha256: &'a str,
     pub(crate) bytes: &'a [u8],
@@ -48,39 +48,34 @@ pub(crate) async fn recorded(reader: &sqlx::AnyPool, shas: &[&str]) -> Result<Ha
     Ok(found)
 }
 
-/// In an upload's transaction: stores again each image of `blobs` whose object the collector
-/// may have deleted since the upload stored it (it left a tombstone), and clears the tombstones.
-pub(crate) async fn revive(
-    w: &mut Write,
-    store: &BlobStore,
+/// In an upload's transaction: which images of `blobs` the collector may have deleted from the
+/// object store at `url` since the upload stored them (it left a tombstone); their tombstones are
+/// cleared, and the transaction must store them again before it commits.
+pub(crate) async fn revive<E: Exec>(
+    e: &mut E,
     url: &str,
     blobs: &[&Blob<'_>],
-) -> Result<()> {
+) -> Result<Vec<String>> {
     if blobs.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let sql = format!(
         "SELECT sha256 FROM blob_tombstones WHERE sha256 IN ({}) AND store = ${}",
         marks(blobs.len()),
         blobs.len() + 1
     );
-    let mut q = sqlx::query_scalar::<_, String>(&sql);
-    for b in blobs {
-        q = q.bind(b.sha256);
+    let mut args: Vec<Arg> = blobs.iter().map(|b| Arg::text(b.sha256)).collect();
+    args.push(Arg::text(url));
+    let mut dead = Vec::new();
+    for row in e.fetch(&sql, &args).await? {
+        dead.push(row.text("sha256")?);
     }
-    let dead = q.bind(url).fetch_all(&mut *w.tx).await?;
-    for sha in dead {
-        let Some(b) = blobs.iter().find(|b| b.sha256 == sha) else {
-            continue;
-        };
-        store.put(&sha, Bytes::copy_from_slice(b.bytes)).await?;
-        sqlx::query("DELETE FROM blob_tombstones WHERE sha256 = $1 AND store = $2")
-            .bind(&sha)
-            .bind(url)
-            .execute(&mut *w.tx)
+    for sha in &dead {
+        let sql = "DELETE FROM blob_tombstones WHERE sha256 = $1 AND store = $2";
+        e.execute(sql, &[Arg::text(sha.as_str()), Arg::text(url)])
             .await?;
     }
-    Ok(())
+    Ok(dead)
 }
 
 /// Records that `sha256`'s object in `url` was deleted (in the deleting transaction).

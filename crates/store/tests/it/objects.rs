@@ -162,6 +162,27 @@ async fn collectors_racing_uploads_and_deletes_never_lose_a_needed_image() {
     }
 }
 
+/// An image uploaded again after the collector deleted it (which left a tombstone): the upload's
+/// transaction finds the tombstone, stores the image again before it commits and clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_uploaded_again_after_the_collector_deleted_it_is_stored_and_its_tombstone_cleared(
+) {
+    let (store, db, blobs) = with_objects().await;
+    let first = create(&*store, new_job(5)).await;
+    store.delete(first.id).await.unwrap();
+    store.collect_images(Duration::ZERO, true).await.unwrap();
+    assert_eq!(blobs.get(&first.image_sha256).await.unwrap(), None);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM blob_tombstones").await, 1);
+
+    let again = create(&*store, new_job(5)).await;
+    assert_eq!(again.image_sha256, first.image_sha256);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM blob_tombstones").await, 0);
+    let read = store.job_image(again.id).await.unwrap().expect("stored");
+    assert_eq!(read.bytes, new_job(5).image);
+    let claim = claim_one(&*store, "w", LONG_LEASE).await;
+    assert_eq!(claim.job.id, again.id);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_move_between_the_database_and_object_stores_and_back() {
     let db = TestDb::new().await;
