@@ -48,7 +48,38 @@ pub(super) struct InferencePool {
     /// The threads' name prefix and the number of threads started so far (for their names).
     name: String,
     started: AtomicUsize,
+    /// The threads the pool keeps, and the classifications asked for and not answered yet
+    /// (queued or on a thread).
+    threads: usize,
+    outstanding: Arc<AtomicUsize>,
     pub(super) info: imgclass_core::ModelInfo,
+}
+
+/// How busy a pool's threads are (`InferencePool::load`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Load {
+    /// A thread is free.
+    Idle,
+    /// Every thread has an image, and none waits.
+    Busy,
+    /// Every thread has an image, and at least one more waits for a thread.
+    Waiting,
+}
+
+/// Counts a classification as outstanding until it is dropped (answered, timed out or given up).
+struct Outstanding(Arc<AtomicUsize>);
+
+impl Outstanding {
+    fn new(count: &Arc<AtomicUsize>) -> Outstanding {
+        count.fetch_add(1, Ordering::AcqRel);
+        Outstanding(count.clone())
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl InferencePool {
@@ -80,8 +111,21 @@ impl InferencePool {
             factory,
             name,
             started: AtomicUsize::new(threads.max(1)),
+            threads: threads.max(1),
+            outstanding: Arc::default(),
             info: info.expect("at least one thread"),
         })
+    }
+
+    /// How busy the threads are now. A classification counts until its caller has its answer,
+    /// so a worker that reports its job done has already left the count.
+    pub(crate) fn load(&self) -> Load {
+        let outstanding = self.outstanding.load(Ordering::Acquire);
+        match outstanding.cmp(&self.threads) {
+            std::cmp::Ordering::Less => Load::Idle,
+            std::cmp::Ordering::Equal => Load::Busy,
+            std::cmp::Ordering::Greater => Load::Waiting,
+        }
     }
 
     /// Classifies on the first free thread. A classification that is not over after `timeout`
@@ -100,6 +144,7 @@ impl InferencePool {
         };
         let (reply, rx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
+        let _outstanding = Outstanding::new(&self.outstanding);
         self.tx
             .send(Task {
                 bytes,
@@ -328,5 +373,45 @@ mod tests {
         );
         assert_eq!(sessions.load(Ordering::SeqCst), 2);
         assert_eq!(threads_named("tpool-share"), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_load_counts_classifications_until_their_callers_have_the_answer() {
+        let (factory, _, _) = sleepy();
+        let pool = Arc::new(
+            InferencePool::start("tpool-load".into(), 2, factory)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(pool.load(), Load::Idle);
+        let one = callers(&pool, 1, 20);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.load(), Load::Idle, "one of two threads is free");
+        let two = callers(&pool, 1, 20);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.load(), Load::Busy);
+        let three = callers(&pool, 1, 0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.load(), Load::Waiting, "the third waits for a thread");
+        for t in one.into_iter().chain(two).chain(three) {
+            assert!(t.await.unwrap().is_ok());
+        }
+        assert_eq!(
+            pool.load(),
+            Load::Idle,
+            "callers that have their answer no longer count"
+        );
+        let gone = callers(&pool, 3, 20);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.load(), Load::Waiting);
+        for t in gone {
+            t.abort();
+            let _ = t.await;
+        }
+        assert_eq!(
+            pool.load(),
+            Load::Idle,
+            "callers that went away no longer count"
+        );
     }
 }

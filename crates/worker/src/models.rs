@@ -3,7 +3,7 @@
 //! remote provider's), and then claims only their jobs and announces them to the other nodes,
 //! or — the no-op provider of benchmarks and tests — any job, whatever its model.
 
-use crate::inference::InferencePool;
+use crate::inference::{InferencePool, Load};
 use crate::ClassifierFactory;
 use imgclass_store::ModelEntry;
 use std::collections::HashMap;
@@ -102,6 +102,25 @@ impl Pools {
                 })
             }
         }
+    }
+
+    /// Whether every inference thread of the node is busy and at least one image waits for a
+    /// thread: then the next thread to finish has an image to take, and a round may wait for
+    /// it. False with a thread free, or with no inference threads.
+    pub(crate) fn saturated(&self) -> bool {
+        let pools = self
+            .any
+            .iter()
+            .chain(self.by_model.values().map(|(_, p)| p));
+        let mut waiting = false;
+        for pool in pools {
+            match pool.load() {
+                Load::Idle => return false,
+                Load::Busy => {}
+                Load::Waiting => waiting = true,
+            }
+        }
+        waiting
     }
 
     /// The pool that classifies jobs of `model`, if this node serves it.

@@ -18,6 +18,10 @@ use tracing::Instrument;
 /// The longest a finished worker's outcome waits for other workers' to share its round.
 const LINGER: Duration = Duration::from_millis(2);
 
+/// The longest it waits while every inference thread is busy and an image waits for a thread
+/// (`Pools::saturated`): then no thread can go idle before the next worker finishes.
+const LINGER_SATURATED: Duration = Duration::from_millis(25);
+
 pub(super) struct Worker {
     pub(super) name: String,
     pub(super) store: Arc<dyn Store>,
@@ -231,10 +235,23 @@ impl Driver {
 
     /// Workers that finish close together report before the round, so that one transaction
     /// stores them all (and claims their next jobs): waits up to `LINGER` while other workers
-    /// are still busy. False when the workers are gone.
+    /// are still busy, and up to `LINGER_SATURATED` while every inference thread is busy and an
+    /// image waits for one (a busy pool's rounds then store two or more jobs each, not one, and
+    /// no thread waits for the round: the round runs once the last waiting image has a thread).
+    /// Checked again at each report: a worker leaves the inference count before it reports.
+    /// False when the workers are gone.
     async fn linger(&mut self) -> bool {
-        let until = tokio::time::Instant::now() + LINGER;
+        let start = tokio::time::Instant::now();
         while self.idle.len() < self.to_workers.len() {
+            let longest = if self.serving.now().saturated() {
+                LINGER_SATURATED
+            } else {
+                LINGER
+            };
+            let until = start + longest;
+            if tokio::time::Instant::now() >= until {
+                break;
+            }
             tokio::select! {
                 d = self.done.recv() => match d {
                     Some(d) => self.take(d),
