@@ -25,7 +25,7 @@ use crate::transition;
 use crate::{Event, Job, Result, SqliteClass, StoreError};
 use imgclass_core::policy::Rules;
 use rusqlite::types::Value;
-use rusqlite::{CachedStatement, Connection, TransactionBehavior};
+use rusqlite::{CachedStatement, Connection, Transaction, TransactionBehavior};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -146,15 +146,20 @@ fn open(path: &PathBuf) -> Result<Connection> {
     Ok(conn)
 }
 
-/// One round in one transaction, events inserted, committed like every relaxed write
-/// (`synchronous = NORMAL`: it survives a crash of the process).
-fn run(conn: &mut Connection, locks: &Locks, rules: &Rules, work: Work) -> Result<Round> {
-    conn.execute_batch("PRAGMA synchronous = NORMAL")
-        .map_err(error)?;
+/// Begins a write transaction (`BEGIN IMMEDIATE`, the write lock first) after `synchronous`
+/// (the pragma that sets how durable its commit is); also the time, read once the lock is held.
+fn begin<'c>(conn: &'c mut Connection, synchronous: &str) -> Result<(Transaction<'c>, i64)> {
+    conn.execute_batch(synchronous).map_err(error)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(error)?;
-    let now = now_ms();
+    Ok((tx, now_ms()))
+}
+
+/// One round in one transaction, events inserted, committed like every relaxed write
+/// (`synchronous = NORMAL`: it survives a crash of the process).
+fn run(conn: &mut Connection, locks: &Locks, rules: &Rules, work: Work) -> Result<Round> {
+    let (tx, now) = begin(conn, "PRAGMA synchronous = NORMAL")?;
     let mut exec = Sqlite(&tx);
     let round = futures_executor::block_on(async {
         let mut round = round::run(&mut exec, locks, rules, work, now).await?;
@@ -169,12 +174,7 @@ fn run(conn: &mut Connection, locks: &Locks, rules: &Rules, work: Work) -> Resul
 /// `synchronous = FULL`, as the sqlx path's durable writes); rolled back when an image must be
 /// put into the object store first.
 fn submit(conn: &mut Connection, store: &BlobStore, parts: &[Part]) -> Result<Submitted> {
-    conn.execute_batch("PRAGMA synchronous = FULL")
-        .map_err(error)?;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(error)?;
-    let now = now_ms();
+    let (tx, now) = begin(conn, "PRAGMA synchronous = FULL")?;
     let mut exec = Sqlite(&tx);
     let mut events = Vec::new();
     let created = futures_executor::block_on(async {
