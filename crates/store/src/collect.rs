@@ -252,7 +252,7 @@ impl SqlStore {
                     to.put(sha256, Bytes::from(bytes.clone())).await?;
                 }
             }
-            None => crate::submit::insert_chunks(&mut w.tx, sha256, &bytes).await?,
+            None => crate::uploads::insert_chunks(&mut w.tx, sha256, &bytes).await?,
         }
         sqlx::query("UPDATE blobs SET store = $1 WHERE sha256 = $2")
             .bind(target)

@@ -9,10 +9,9 @@
 //! one whose process dies leaves a hold that lapses by itself.
 
 use crate::dialect::{Durability, Lock};
-use crate::exec::{Arg, Exec};
 use crate::rows::{db_err, ms_to_time};
 use crate::sql::SqlStore;
-use crate::{IdempotencyKey, KeyClaim, KeyHold, Result, StoreError};
+use crate::{IdempotencyKey, KeyClaim, KeyHold, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use imgclass_core::{JobId, JobResult, JobStatus, ModelInfo};
@@ -206,25 +205,5 @@ impl Idempotency for SqlStore {
             }
         }
         Ok(found)
-    }
-}
-
-/// Completes the key `hold` with the jobs its request created, in the transaction that stores
-/// them. Fails (and so fails that transaction) when the request no longer holds the key.
-pub(crate) async fn complete<E: Exec>(e: &mut E, hold: &KeyHold, jobs: &[JobId]) -> Result<()> {
-    let ids: Vec<String> = jobs.iter().map(JobId::to_string).collect();
-    let ids = serde_json::to_string(&ids).map_err(|e| db_err(e.to_string()))?;
-    let sql = "UPDATE idempotency_keys SET state = 'done', job_ids = $1 \
-               WHERE scope = $2 AND key = $3 AND holder = $4 AND state = 'processing'";
-    let args = [
-        Arg::text(ids),
-        Arg::text(hold.key.scope.as_str()),
-        Arg::text(hold.key.key.as_str()),
-        Arg::text(hold.holder.as_str()),
-    ];
-    if e.execute(sql, &args).await? == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::KeyLost)
     }
 }

@@ -38,6 +38,7 @@ mod tokens;
 mod tombstones;
 mod transition;
 mod tx;
+mod uploads;
 mod webhooks;
 
 pub use collect::{Collected, Moved};

@@ -10,7 +10,7 @@ use crate::health::StorageWatch;
 use crate::sqlite_round::Rounds;
 use crate::transition;
 use crate::tx::Write;
-use crate::{Event, Job, NewJob, Result};
+use crate::{Event, Job, Result};
 use imgclass_core::policy::Rules;
 use imgclass_core::JobStatus;
 use sqlx::AnyPool;
@@ -38,17 +38,9 @@ pub(crate) struct SqlStore {
     pub(crate) blobs: Arc<crate::objects::Blobs>,
 }
 
-/// One request's part of a group commit: its jobs, the idempotency key they complete, and the
-/// images `put_images` did not put because they were recorded already.
-pub(crate) struct Part {
-    pub(crate) jobs: Vec<NewJob>,
-    pub(crate) key: Option<crate::KeyHold>,
-    pub(crate) unput: std::collections::HashSet<String>,
-}
-
 /// A request waiting for the group commit, and where to send its answer.
 pub(crate) struct Submission {
-    pub(crate) part: Part,
+    pub(crate) part: crate::uploads::Part,
     pub(crate) reply: oneshot::Sender<Result<Vec<Job>>>,
 }
 

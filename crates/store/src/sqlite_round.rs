@@ -8,11 +8,12 @@
 //! The group commit's uploads go the same way: their transaction (images, jobs, events, keys)
 //! is one hand-off here instead of one per statement.
 //!
-//! The round itself is `round::run`, and an upload's statements `submit::insert_all`, the same
-//! code the sqlx path runs: this file only gives them a connection ([`Exec`] over rusqlite, whose statements complete at once, so the round's
-//! future is driven to its end on this thread). The caller holds the store's writer connection
-//! while a round or an upload runs, so it is still the only writer of the process (SQLite has one
-//! writer at a time), and publishes its events before letting go of it.
+//! The round itself is `round::run`, and an upload's statements `uploads::insert_all`, the same
+//! code the sqlx path runs: this file only gives them a connection ([`Exec`] over rusqlite,
+//! whose statements complete at once, so their future is driven to its end on this thread). The
+//! caller holds the store's writer connection while a round or an upload runs, so it is still the
+//! only writer of the process (SQLite has one writer at a time), and publishes its events before
+//! letting go of it.
 
 use crate::exec::{Arg, Exec, Locks};
 use crate::health;
@@ -20,8 +21,8 @@ use crate::objects::BlobStore;
 use crate::placeholders::sqlite_statement;
 use crate::round::{self, Round, Work};
 use crate::rows::{db_err, now_ms, Columns};
-use crate::sql::Part;
 use crate::transition;
+use crate::uploads::{self, Part};
 use crate::{Event, Job, Result, SqliteClass, StoreError};
 use imgclass_core::policy::Rules;
 use rusqlite::types::Value;
@@ -48,7 +49,7 @@ pub(crate) enum Submitted {
     /// Committed: each part's jobs, and the events to publish.
     Done(Vec<Vec<Job>>, Vec<Event>),
     /// Rolled back: an image must be put into the object store inside the transaction (rare,
-    /// see `submit::Stored::puts`), which the sqlx path does.
+    /// see `uploads::Stored::puts`), which the sqlx path does.
     NeedsPuts,
 }
 
@@ -178,7 +179,7 @@ fn submit(conn: &mut Connection, store: &BlobStore, parts: &[Part]) -> Result<Su
     let mut exec = Sqlite(&tx);
     let mut events = Vec::new();
     let created = futures_executor::block_on(async {
-        let stored = crate::submit::insert_all(&mut exec, &mut events, now, store, parts).await?;
+        let stored = uploads::insert_all(&mut exec, &mut events, now, store, parts).await?;
         if !stored.puts.is_empty() {
             return Ok::<_, StoreError>(None);
         }

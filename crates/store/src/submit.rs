@@ -1,29 +1,20 @@
 //! Submission: the group commit (the uploads that wait at one moment stored in one transaction
-//! with one fsync), new jobs as the policy creates them (queued, or answered from the result
-//! cache), their images stored once per SHA-256 in chunks, and jobs imported from another
-//! installation.
+//! with one fsync: on SQLite one hand-off to the round thread, else through sqlx), the images put
+//! into their object store before it, and jobs imported from another installation. The
+//! transaction's statements are `uploads.rs`.
 
 use crate::dialect::Durability;
-use crate::exec::{values_list, Arg, Exec};
 use crate::model::to_json;
-use crate::objects::BlobStore;
-use crate::rows::{db_err, ms, ms_to_time, Columns};
-use crate::sql::{Part, SqlStore, Submission};
+use crate::rows::ms;
+use crate::sql::{SqlStore, Submission};
 use crate::sqlite_round::Submitted;
 use crate::tombstones::Blob;
-use crate::transition::record;
-use crate::{Event, Job, NewJob, Result, StoreError, CHUNK_SIZE};
+use crate::uploads::{insert_all, insert_blobs, put_all, Part};
+use crate::{Job, NewJob, Result, StoreError};
 use bytes::Bytes;
-use imgclass_core::policy;
-use imgclass_core::{JobId, JobStatus};
+use imgclass_core::JobStatus;
 use std::collections::HashSet;
 use tokio::sync::{mpsc, oneshot};
-
-impl Part {
-    fn bytes(&self) -> usize {
-        self.jobs.iter().map(|j| j.image.len()).sum()
-    }
-}
 
 /// At most this many jobs, and about this many image bytes, share one commit.
 const GROUP_MAX_JOBS: usize = 512;
@@ -74,54 +65,6 @@ pub(crate) fn start(mut store: SqlStore) -> SqlStore {
     tokio::spawn(group_commit(store.clone(), queue));
     store.submissions = Some(submit);
     store
-}
-
-/// What a group's statements stored: each part's jobs, in its order, and the images that must
-/// go into the object store before the transaction commits.
-pub(crate) struct Stored<'p> {
-    pub(crate) created: Vec<Vec<Job>>,
-    /// Images recorded anew that are not in the object store: not put by their upload because
-    /// a row had them, and that row went meanwhile; or put, and deleted since by the collector
-    /// (it left a tombstone, which the statements cleared). Rare either way.
-    pub(crate) puts: Vec<Blob<'p>>,
-}
-
-/// The statements of a group commit, in the caller's write transaction (an sqlx one, or the
-/// SQLite round thread's): each part's images recorded (once each, however many jobs share one),
-/// its jobs inserted, their events recorded into `events`, its idempotency key completed.
-pub(crate) async fn insert_all<'p, E: Exec>(
-    e: &mut E,
-    events: &mut Vec<Event>,
-    now: i64,
-    store: &BlobStore,
-    parts: &'p [Part],
-) -> Result<Stored<'p>> {
-    let all: Vec<&NewJob> = parts.iter().flat_map(|p| p.jobs.iter()).collect();
-    let blobs: Vec<Blob> = all.iter().map(|j| Blob::of(j)).collect();
-    let unput: HashSet<&str> = parts
-        .iter()
-        .flat_map(|p| p.unput.iter().map(String::as_str))
-        .collect();
-    let puts = insert_blobs(e, store, &blobs, &unput, now).await?;
-    let mut jobs = insert_job_rows(e, &all, now).await?.into_iter();
-    let mut created = Vec::with_capacity(parts.len());
-    for part in parts {
-        let mine: Vec<Job> = jobs.by_ref().take(part.jobs.len()).collect();
-        for job in &mine {
-            // A job answered from the cache is still announced as a success, like any job
-            // that finishes.
-            for kind in policy::create(job.cached).events {
-                let (id, job) = (job.id, Some(job.clone()));
-                record(e, events, id, *kind, job, None, now).await?;
-            }
-        }
-        if let Some(hold) = &part.key {
-            let ids: Vec<JobId> = mine.iter().map(|j| j.id).collect();
-            crate::idempotency::complete(e, hold, &ids).await?;
-        }
-        created.push(mine);
-    }
-    Ok(Stored { created, puts })
 }
 
 impl SqlStore {
@@ -208,98 +151,6 @@ impl SqlStore {
     }
 }
 
-/// Inserts the rows of new jobs (a few hundred per statement) and returns them as stored, in
-/// order. A job answered from the result cache is created finished, with the earlier result.
-async fn insert_job_rows<E: Exec>(e: &mut E, new: &[&NewJob], stamp: i64) -> Result<Vec<Job>> {
-    const ROWS: usize = 200;
-    const COLUMNS: usize = 17;
-    let now = ms_to_time(stamp);
-    let mut created = Vec::with_capacity(new.len());
-    for chunk in new.chunks(ROWS) {
-        let values = values_list(chunk.len(), COLUMNS);
-        let sql = format!(
-            "INSERT INTO jobs (id, status, image_sha256, file_name, max_attempts, priority, \
-             run_at, created_at, updated_at, owner, webhook_url, webhook_events, result, \
-             cached, started_at, finished_at, model) VALUES {values} RETURNING id, seq"
-        );
-        let mut args = Vec::with_capacity(chunk.len() * COLUMNS);
-        let mut jobs = Vec::with_capacity(chunk.len());
-        for new in chunk {
-            let job = new_job(new, now);
-            let at = Arg::int(stamp);
-            let finished = Arg::Int(job.finished_at.map(|_| stamp));
-            args.extend([
-                Arg::text(job.id.to_string()),
-                Arg::text(job.status.as_str()),
-                Arg::text(job.image_sha256.clone()),
-                Arg::Text(job.file_name.clone()),
-                Arg::int(i64::from(job.max_attempts)),
-                Arg::int(i64::from(job.priority)),
-                at.clone(),
-                at.clone(),
-                at,
-                Arg::Text(job.owner.clone()),
-                Arg::Text(job.webhook.as_ref().map(|h| h.url.clone())),
-                Arg::Text(job.webhook.as_ref().map(crate::rows::webhook_events)),
-                Arg::Text(job.result.as_ref().map(to_json).transpose()?),
-                Arg::int(i64::from(job.cached)),
-                finished.clone(),
-                finished,
-                Arg::text(job.model.clone()),
-            ]);
-            jobs.push(job);
-        }
-        let mut seqs = std::collections::HashMap::with_capacity(chunk.len());
-        for row in e.fetch(&sql, &args).await? {
-            seqs.insert(row.text("id")?, row.int("seq")?);
-        }
-        for mut job in jobs {
-            job.seq = *seqs
-                .get(&job.id.to_string())
-                .ok_or_else(|| db_err(format!("job {} was not inserted", job.id)))?;
-            created.push(job);
-        }
-    }
-    Ok(created)
-}
-
-/// A new job as `policy::create` makes it, at `now`; a job answered from the result cache is
-/// created finished, with the earlier result.
-fn new_job(new: &NewJob, now: chrono::DateTime<chrono::Utc>) -> Job {
-    let created = policy::create(new.cached_result.is_some());
-    let finished_at = created.finished.then_some(now);
-    Job {
-        seq: 0,
-        id: JobId::new(),
-        status: created.status,
-        image_size: new.image.len() as u64,
-        image_sha256: new.sha256.clone(),
-        content_type: new.content_type.clone(),
-        width: new.width,
-        height: new.height,
-        file_name: new.file_name.clone(),
-        attempts: 0,
-        stalls: 0,
-        run_attempts: 0,
-        max_attempts: new.max_attempts.max(1),
-        priority: new.priority,
-        run_at: now,
-        lease_owner: None,
-        lease_until: None,
-        error: None,
-        attempt_errors: Vec::new(),
-        result: new.cached_result.clone(),
-        created_at: now,
-        started_at: finished_at,
-        finished_at,
-        updated_at: now,
-        owner: new.owner.clone(),
-        webhook: new.webhook.clone(),
-        cached: new.cached_result.is_some(),
-        model: new.model.clone(),
-    }
-}
-
 impl SqlStore {
     /// Puts each distinct image of `jobs` that is not recorded yet into the object store new
     /// images go to (a few at a time), before the transaction that records them; nothing when
@@ -341,82 +192,6 @@ impl SqlStore {
         }
         Ok((jobs, unput))
     }
-}
-
-/// Records the images that are not recorded yet (once each, however many jobs share one): their
-/// bytes in chunks when images go into the database, else the object store that already holds
-/// them (`put_images`). Returns the images the transaction must put before it commits (see
-/// [`Stored::puts`]).
-async fn insert_blobs<'p, E: Exec>(
-    e: &mut E,
-    store: &BlobStore,
-    new: &[Blob<'p>],
-    unput: &HashSet<&str>,
-    now: i64,
-) -> Result<Vec<Blob<'p>>> {
-    const ROWS: usize = 200;
-    let url = store.url().to_string();
-    let mut seen = HashSet::with_capacity(new.len());
-    let distinct: Vec<&Blob> = new.iter().filter(|b| seen.insert(b.sha256)).collect();
-    let mut puts = Vec::new();
-    for chunk in distinct.chunks(ROWS) {
-        let sql = format!(
-            "INSERT INTO blobs (sha256, size, content_type, width, height, created_at, store) \
-             VALUES {} ON CONFLICT (sha256) DO NOTHING RETURNING sha256",
-            values_list(chunk.len(), 7)
-        );
-        let mut args = Vec::with_capacity(chunk.len() * 7);
-        for b in chunk {
-            let external = store.holds(b.bytes.len()).then(|| url.clone());
-            args.extend([
-                Arg::text(b.sha256),
-                Arg::int(b.bytes.len() as i64),
-                Arg::text(b.content_type),
-                Arg::int(i64::from(b.width)),
-                Arg::int(i64::from(b.height)),
-                Arg::int(now),
-                Arg::Text(external),
-            ]);
-        }
-        let mut inserted = HashSet::with_capacity(chunk.len());
-        for row in e.fetch(&sql, &args).await? {
-            inserted.insert(row.text("sha256")?);
-        }
-        let (outside, inside): (Vec<&Blob>, Vec<&Blob>) =
-            chunk.iter().partition(|b| store.holds(b.bytes.len()));
-        for b in inside.iter().filter(|b| inserted.contains(b.sha256)) {
-            insert_chunks(e, b.sha256, b.bytes).await?;
-        }
-        // Recorded anew although not put (the row that had it went meanwhile).
-        let anew = outside
-            .iter()
-            .filter(|b| inserted.contains(b.sha256) && unput.contains(b.sha256));
-        puts.extend(anew.map(|b| **b));
-        for sha in crate::tombstones::revive(e, &url, &outside).await? {
-            if !puts.iter().any(|p| p.sha256 == sha) {
-                puts.extend(outside.iter().find(|b| b.sha256 == sha).map(|b| **b));
-            }
-        }
-    }
-    Ok(puts)
-}
-
-/// Puts the images a transaction found missing from `store` (see [`Stored::puts`]).
-async fn put_all(store: &BlobStore, puts: &[Blob<'_>]) -> Result<()> {
-    for b in puts {
-        store.put(b.sha256, Bytes::copy_from_slice(b.bytes)).await?;
-    }
-    Ok(())
-}
-
-/// A new image's bytes, in chunks of at most `CHUNK_SIZE`.
-pub(crate) async fn insert_chunks<E: Exec>(e: &mut E, sha256: &str, bytes: &[u8]) -> Result<()> {
-    for (idx, chunk) in bytes.chunks(CHUNK_SIZE).enumerate() {
-        let sql = "INSERT INTO blob_chunks (sha256, idx, data) VALUES ($1, $2, $3)";
-        let args = [Arg::text(sha256), Arg::int(idx as i64)];
-        e.execute_blob(sql, &args, chunk).await?;
-    }
-    Ok(())
 }
 
 impl SqlStore {
