@@ -6,7 +6,7 @@
 
 use crate::dialect::Durability;
 use crate::exec::{select_jobs, RUNNING};
-use crate::round::{self, Round, Work};
+use crate::round::{self, Work};
 use crate::rows::{db_err, job_from_row, now_ms};
 use crate::sql::SqlStore;
 use crate::sqlite_round::Rounds;
@@ -61,23 +61,8 @@ impl SqlStore {
     ) -> Result<(Vec<Option<JobStatus>>, ClaimBatch)> {
         let _writer = self.writer.acquire().await?;
         self.storage.check_writable()?;
-        match rounds.run(work).await {
-            Ok(Round {
-                stored,
-                batch,
-                events,
-            }) => {
-                self.storage.write_succeeded();
-                self.publish(events);
-                Ok((stored, batch))
-            }
-            Err(e) => {
-                if let StoreError::StorageFull(detail) = &e {
-                    self.storage.full(detail.clone());
-                }
-                Err(e)
-            }
-        }
+        let round = rounds.run(work).await;
+        self.settle(round.map(|r| ((r.stored, r.batch), r.events)))
     }
 
     /// Reads a job inside a write transaction, locked against other writers until it ends.

@@ -249,7 +249,7 @@ impl SqlStore {
                 };
                 // Deleted by the collector since the put above: put again.
                 if !revive(&mut w.tx, url, &[&blob]).await?.is_empty() {
-                    to.put(sha256, Bytes::from(bytes.clone())).await?;
+                    crate::uploads::put_all(to, &[blob]).await?;
                 }
             }
             None => crate::uploads::insert_chunks(&mut w.tx, sha256, &bytes).await?,

@@ -57,19 +57,22 @@ impl Exec for Tx {
     }
 
     async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64> {
-        let sql = self.placeholders.statement(sql);
-        Ok(sqlx::query_with(&sql, any_args(args)?)
-            .execute(&mut **self)
-            .await?
-            .rows_affected())
+        self.execute_values(sql, any_args(args)?).await
     }
 
     async fn execute_blob(&mut self, sql: &str, args: &[Arg], blob: &[u8]) -> Result<u64> {
-        let sql = self.placeholders.statement(sql);
         let mut values = any_args(args)?;
         values
             .add(blob)
             .map_err(|e| db_err(format!("cannot bind a value: {e}")))?;
+        self.execute_values(sql, values).await
+    }
+}
+
+impl Tx {
+    /// Runs `sql` with its values bound; how many rows it changed.
+    async fn execute_values(&mut self, sql: &str, values: AnyArguments<'_>) -> Result<u64> {
+        let sql = self.placeholders.statement(sql);
         Ok(sqlx::query_with(&sql, values)
             .execute(&mut **self)
             .await?

@@ -79,6 +79,26 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Notes what a write on SQLite's round thread came to, as every write's end is noted: on
+    /// success the storage seen writable and the committed events published (the caller still
+    /// holds the writer connection, so they go out before the next write's); on a full storage,
+    /// that state remembered (for readiness).
+    pub(crate) fn settle<T>(&self, result: Result<(T, Vec<Event>)>) -> Result<T> {
+        match result {
+            Ok((value, events)) => {
+                self.storage.write_succeeded();
+                self.publish(events);
+                Ok(value)
+            }
+            Err(e) => {
+                if let crate::StoreError::StorageFull(detail) = &e {
+                    self.storage.full(detail.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Publishes a committed transaction's events, and wakes idle workers when a job became
     /// claimable.
     pub(crate) fn publish(&self, events: Vec<Event>) {

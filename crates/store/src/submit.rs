@@ -7,7 +7,7 @@ use crate::dialect::Durability;
 use crate::model::to_json;
 use crate::rows::ms;
 use crate::sql::{SqlStore, Submission};
-use crate::sqlite_round::Submitted;
+use crate::sqlite_round::{Rounds, Submitted};
 use crate::tombstones::Blob;
 use crate::uploads::{insert_all, insert_blobs, put_all, Part};
 use crate::{Job, NewJob, Result, StoreError};
@@ -109,38 +109,43 @@ impl SqlStore {
     /// each statement to its connection's thread in turn); through sqlx when an image must be
     /// put into the object store inside the transaction, and on PostgreSQL.
     async fn insert_jobs_once(&self, parts: Vec<Part>) -> (Vec<Part>, Result<Vec<Vec<Job>>>) {
-        if let Some(rounds) = &self.rounds {
-            let writer = match self.writer.acquire().await {
-                Ok(w) => w,
-                Err(e) => return (parts, Err(e.into())),
-            };
-            if let Err(e) = self.storage.check_writable() {
-                return (parts, Err(e));
-            }
-            let (parts, result) = rounds.submit(parts, self.blobs.current.clone()).await;
-            match result {
-                Ok(Submitted::Done(created, events)) => {
-                    self.storage.write_succeeded();
-                    self.publish(events);
-                    drop(writer);
-                    return (parts, Ok(created));
-                }
-                Ok(Submitted::NeedsPuts) => drop(writer),
-                Err(e) => {
-                    if let StoreError::StorageFull(detail) = &e {
-                        self.storage.full(detail.clone());
-                    }
-                    return (parts, Err(e));
-                }
-            }
-            let result = self.insert_jobs_sqlx(&parts).await;
-            return (parts, result);
-        }
+        let parts = match &self.rounds {
+            Some(rounds) => match self.insert_on(rounds, parts).await {
+                (parts, Some(done)) => return (parts, done),
+                (parts, None) => parts,
+            },
+            None => parts,
+        };
         let result = self.insert_jobs_sqlx(&parts).await;
         (parts, result)
     }
 
-    /// The group's transaction through sqlx, the images it must put put before it commits.
+    /// The group's transaction on the round thread, the writer connection held meanwhile (it is
+    /// the process's one writer); `None` when an image must be put into its object store inside
+    /// the transaction, which was rolled back for the sqlx path to do it.
+    async fn insert_on(
+        &self,
+        rounds: &Rounds,
+        parts: Vec<Part>,
+    ) -> (Vec<Part>, Option<Result<Vec<Vec<Job>>>>) {
+        let _writer = match self.writer.acquire().await {
+            Ok(w) => w,
+            Err(e) => return (parts, Some(Err(e.into()))),
+        };
+        if let Err(e) = self.storage.check_writable() {
+            return (parts, Some(Err(e)));
+        }
+        let (parts, result) = rounds.submit(parts, self.blobs.current.clone()).await;
+        let done = match result {
+            Ok(Submitted::Done(created, events)) => Ok((created, events)),
+            Ok(Submitted::NeedsPuts) => return (parts, None),
+            Err(e) => Err(e),
+        };
+        (parts, Some(self.settle(done)))
+    }
+
+    /// The group's transaction through sqlx; the images it must put go into their object store
+    /// before it commits.
     async fn insert_jobs_sqlx(&self, parts: &[Part]) -> Result<Vec<Vec<Job>>> {
         let mut w = self.begin(Durability::Durable).await?;
         let store = &self.blobs.current;
@@ -149,9 +154,7 @@ impl SqlStore {
         self.commit(w).await?;
         Ok(stored.created)
     }
-}
 
-impl SqlStore {
     /// Puts each distinct image of `jobs` that is not recorded yet into the object store new
     /// images go to (a few at a time), before the transaction that records them; nothing when
     /// images go into the database. Each image is handed over without a copy and given back
@@ -192,9 +195,7 @@ impl SqlStore {
         }
         Ok((jobs, unput))
     }
-}
 
-impl SqlStore {
     /// Copies a job and its image from another installation (`Store::import_job`).
     pub(crate) async fn import_job(&self, job: &Job, image: &[u8]) -> Result<bool> {
         if self.blobs.current.holds(image.len()) {
