@@ -36,7 +36,10 @@ impl SqlStore {
             rate,
             models,
         };
-        let (stored, batch) = match &self.rounds {
+        if limit > 0 {
+            self.recent.claiming();
+        }
+        let (stored, mut batch) = match &self.rounds {
             Some(rounds) => self.round_on(rounds, work).await?,
             None => {
                 let mut w = self.begin(Durability::Relaxed).await?;
@@ -46,6 +49,13 @@ impl SqlStore {
                 (round.stored, round.batch)
             }
         };
+        // An image uploaded here comes with its claim, unless the claim carries it already.
+        for claim in &mut batch.claims {
+            let kept = self.recent.take(&claim.job.image_sha256);
+            if claim.image.is_none() {
+                claim.image = kept.filter(|b| b.len() as u64 == claim.job.image_size);
+            }
+        }
         if limit > 0 && batch.rate_limited_for.is_none() {
             self.dialect.claim_ended(batch.claims.len() < limit);
         }

@@ -39,6 +39,7 @@ impl SqlStore {
             submissions: None::<tokio::sync::mpsc::Sender<Submission>>,
             rounds: rounds.map(Arc::new),
             blobs,
+            recent: Arc::default(),
         })
     }
 }

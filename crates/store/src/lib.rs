@@ -25,6 +25,7 @@ mod outbox;
 mod placeholders;
 mod postgres;
 mod quotas;
+mod recent;
 mod retention;
 mod round;
 mod rows;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// An image and its job, to be stored together.
 #[derive(Debug, Clone)]
 pub struct NewJob {
-    pub image: Vec<u8>,
+    pub image: bytes::Bytes,
     pub sha256: String,
     pub content_type: String,
     pub width: u32,
@@ -31,7 +31,7 @@ impl Default for NewJob {
     /// An empty image for the built-in model, one attempt.
     fn default() -> Self {
         NewJob {
-            image: Vec::new(),
+            image: bytes::Bytes::new(),
             sha256: String::new(),
             content_type: String::new(),
             width: 0,
@@ -196,7 +196,7 @@ pub struct Claim {
     /// [`INLINE_IMAGE_MAX`](crate::INLINE_IMAGE_MAX) bytes); otherwise `None`, and the worker
     /// reads them: from `image_store` when it names one, else with
     /// [`Store::read_blob`](crate::Store::read_blob).
-    pub image: Option<Vec<u8>>,
+    pub image: Option<bytes::Bytes>,
     /// The object store that holds the image, as its row named it at the claim (`None`: the
     /// database): the worker reads it there without reading the row again
     /// ([`Store::read_blob_from`](crate::Store::read_blob_from)).

@@ -283,7 +283,9 @@ async fn claim<E: Exec>(
         let job_id: JobId = job.id;
         transition::record(e, events, job_id, d.event, Some(job.clone()), None, now).await?;
         // A claimed job handed to a worker, with its image if the claim carried it whole.
-        let image = image.filter(|b| b.len() as u64 == job.image_size);
+        let image = image
+            .filter(|b| b.len() as u64 == job.image_size)
+            .map(bytes::Bytes::from);
         claims.push(Claim {
             lease: Lease {
                 job_id,

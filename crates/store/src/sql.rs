@@ -36,6 +36,8 @@ pub(crate) struct SqlStore {
     pub(crate) rounds: Option<Arc<Rounds>>,
     /// Where new images go, and the stores older ones were recorded in.
     pub(crate) blobs: Arc<crate::objects::Blobs>,
+    /// Images uploaded here and not claimed yet, for this process's workers.
+    pub(crate) recent: Arc<crate::recent::RecentImages>,
 }
 
 /// A request waiting for the group commit, and where to send its answer.

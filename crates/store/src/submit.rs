@@ -10,7 +10,7 @@ use crate::sql::{SqlStore, Submission};
 use crate::sqlite_round::{Rounds, Submitted};
 use crate::tombstones::Blob;
 use crate::uploads::{insert_all, insert_blobs, put_all, Part};
-use crate::{Job, NewJob, Result, StoreError};
+use crate::{Job, NewJob, Result, StoreError, INLINE_IMAGE_MAX};
 use bytes::Bytes;
 use imgclass_core::JobStatus;
 use std::collections::HashSet;
@@ -75,22 +75,30 @@ impl SqlStore {
         key: Option<crate::KeyHold>,
     ) -> Result<Vec<Job>> {
         // The images are in their object store before any row names them.
-        let (jobs, unput) = self.put_images(jobs).await?;
+        let unput = self.put_images(&jobs).await?;
+        let kept = self.keep_recent(&jobs);
         let part = Part { jobs, key, unput };
-        let Some(submit) = &self.submissions else {
-            return self
+        let created = match &self.submissions {
+            None => self
                 .insert_jobs(vec![part])
                 .await
                 .1
-                .map(|mut c| c.remove(0));
+                .map(|mut c| c.remove(0)),
+            Some(submit) => {
+                let stopped = || StoreError::Unavailable("the store is shutting down".into());
+                let (reply, answer) = oneshot::channel();
+                match submit.send(Submission { part, reply }).await {
+                    Ok(()) => answer.await.unwrap_or_else(|_| Err(stopped())),
+                    Err(_) => Err(stopped()),
+                }
+            }
         };
-        let stopped = || StoreError::Unavailable("the store is shutting down".into());
-        let (reply, answer) = oneshot::channel();
-        submit
-            .send(Submission { part, reply })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        if created.is_err() {
+            for sha in &kept {
+                self.recent.release(sha);
+            }
+        }
+        created
     }
 
     /// Stores each part's images and jobs and completes its idempotency key, all in one
@@ -157,43 +165,50 @@ impl SqlStore {
 
     /// Puts each distinct image of `jobs` that is not recorded yet into the object store new
     /// images go to (a few at a time), before the transaction that records them; nothing when
-    /// images go into the database. Each image is handed over without a copy and given back
-    /// after. Also returns the images it did not put because a row had them: should that row be
-    /// gone by the time the transaction records them, the transaction puts them itself.
-    async fn put_images(&self, mut jobs: Vec<NewJob>) -> Result<(Vec<NewJob>, HashSet<String>)> {
+    /// images go into the database. Also returns the images it did not put because a row had
+    /// them: should that row be gone by the time the transaction records them, the transaction
+    /// puts them itself.
+    async fn put_images(&self, jobs: &[NewJob]) -> Result<HashSet<String>> {
         use futures_util::stream::{self, StreamExt, TryStreamExt};
         let store = &self.blobs.current;
         if store.is_database() {
-            return Ok((jobs, HashSet::new()));
+            return Ok(HashSet::new());
         }
         let mut seen = HashSet::new();
-        let distinct: Vec<usize> = (0..jobs.len())
-            .filter(|&i| store.holds(jobs[i].image.len()) && seen.insert(jobs[i].sha256.clone()))
+        let distinct: Vec<&NewJob> = jobs
+            .iter()
+            .filter(|j| store.holds(j.image.len()) && seen.insert(j.sha256.as_str()))
             .collect();
-        let shas: Vec<&str> = distinct.iter().map(|&i| jobs[i].sha256.as_str()).collect();
+        let shas: Vec<&str> = distinct.iter().map(|j| j.sha256.as_str()).collect();
         let unput = crate::tombstones::recorded(&self.reader, &shas).await?;
-        let distinct: Vec<usize> = distinct
+        let puts: Vec<(String, Bytes)> = distinct
             .into_iter()
-            .filter(|&i| !unput.contains(&jobs[i].sha256))
+            .filter(|j| !unput.contains(&j.sha256))
+            .map(|j| (j.sha256.clone(), j.image.clone()))
             .collect();
-        let taken: Vec<(usize, String, bytes::Bytes)> = distinct
-            .into_iter()
-            .map(|i| {
-                let bytes = Bytes::from(std::mem::take(&mut jobs[i].image));
-                (i, jobs[i].sha256.clone(), bytes)
-            })
-            .collect();
-        let put = stream::iter(taken)
-            .map(|(i, sha, bytes)| async move {
-                store.put(&sha, bytes.clone()).await.map(|()| (i, bytes))
-            })
+        stream::iter(puts)
+            .map(|(sha, bytes)| async move { store.put(&sha, bytes).await })
             .buffer_unordered(8)
-            .try_collect::<Vec<_>>()
+            .try_collect::<Vec<()>>()
             .await?;
-        for (i, bytes) in put {
-            jobs[i].image = Vec::from(bytes);
+        Ok(unput)
+    }
+
+    /// Keeps the images of the queued jobs for this process's workers, unless their claim
+    /// carries them anyway (small ones in the database); the images kept, for a failed
+    /// upload to release.
+    fn keep_recent(&self, jobs: &[NewJob]) -> Vec<String> {
+        let store = &self.blobs.current;
+        let carried = |j: &NewJob| !store.holds(j.image.len()) && j.image.len() <= INLINE_IMAGE_MAX;
+        let mut kept = Vec::new();
+        for job in jobs
+            .iter()
+            .filter(|j| j.cached_result.is_none() && !carried(j))
+        {
+            self.recent.hold(&job.sha256, &job.image);
+            kept.push(job.sha256.clone());
         }
-        Ok((jobs, unput))
+        kept
     }
 
     /// Copies a job and its image from another installation (`Store::import_job`).

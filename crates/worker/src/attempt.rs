@@ -5,6 +5,7 @@
 use crate::inference::{InferenceError, InferencePool};
 use crate::runner::Worker;
 use crate::signalled;
+use bytes::Bytes;
 use imgclass_core::{ErrorCode, JobResult, Timings};
 use imgclass_store::{Claim, JobError, Lease, Outcome, StoreError};
 use std::time::Duration;
@@ -54,9 +55,13 @@ impl Worker {
             (Some(bytes), _) => Ok(Some(bytes)),
             (None, Some(store)) => {
                 let (sha256, size) = (&job.image_sha256, job.image_size);
-                self.store.read_blob_from(sha256, &store, size).await
+                let read = self.store.read_blob_from(sha256, &store, size).await;
+                read.map(|b| b.map(Bytes::from))
             }
-            (None, None) => self.store.read_blob(&job.image_sha256).await,
+            (None, None) => {
+                let read = self.store.read_blob(&job.image_sha256).await;
+                read.map(|b| b.map(Bytes::from))
+            }
         };
         let bytes = match read {
             Ok(Some(b)) => b,
@@ -109,7 +114,7 @@ impl Worker {
         &self,
         pool: &InferencePool,
         lease: &Lease,
-        bytes: Vec<u8>,
+        bytes: Bytes,
     ) -> Option<Result<imgclass_classifier::Classification, Failure>> {
         let timeout = self.config.job_timeout;
         let work = async {

@@ -11,6 +11,7 @@
 //! than cores.
 
 use crate::ClassifierFactory;
+use bytes::Bytes;
 use imgclass_classifier::{Cancel, Classification, ClassifyError};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -27,7 +28,7 @@ const DONE: u8 = 2;
 const ABANDONED: u8 = 3;
 
 struct Task {
-    bytes: Vec<u8>,
+    bytes: Bytes,
     cancel: Cancel,
     reply: Reply,
     state: Arc<AtomicU8>,
@@ -134,7 +135,7 @@ impl InferencePool {
     /// one takes its place, so a stuck classification never costs the pool a thread for good.
     pub(super) async fn classify(
         &self,
-        bytes: Vec<u8>,
+        bytes: Bytes,
         timeout: Duration,
     ) -> Result<Classification, InferenceError> {
         let gone = || {
@@ -289,7 +290,10 @@ mod tests {
         (0..n)
             .map(|_| {
                 let pool = pool.clone();
-                tokio::spawn(async move { pool.classify(vec![tens], Duration::from_secs(5)).await })
+                tokio::spawn(async move {
+                    pool.classify(Bytes::from(vec![tens]), Duration::from_secs(5))
+                        .await
+                })
             })
             .collect()
     }
@@ -310,10 +314,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(threads_named("tpool-stuck"), 1);
-        let stuck = pool.classify(vec![40], Duration::from_millis(50)).await;
+        let stuck = pool
+            .classify(Bytes::from(vec![40]), Duration::from_millis(50))
+            .await;
         assert!(matches!(stuck, Err(InferenceError::TimedOut)));
         // A fresh thread answers while the stuck one still sleeps.
-        let quick = pool.classify(vec![0], Duration::from_secs(5)).await;
+        let quick = pool
+            .classify(Bytes::from(vec![0]), Duration::from_secs(5))
+            .await;
         assert!(quick.is_ok(), "the replacement thread classifies");
         assert_eq!(sessions.load(Ordering::SeqCst), 2);
         // Once its task is over, the stuck thread ends: one thread again.
@@ -340,7 +348,9 @@ mod tests {
         // Two long tasks hold both threads; a third, given up while it waits, is skipped.
         let long = callers(&pool, 2, 20);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let waited = pool.classify(vec![0], Duration::from_millis(20)).await;
+        let waited = pool
+            .classify(Bytes::from(vec![0]), Duration::from_millis(20))
+            .await;
         assert!(matches!(waited, Err(InferenceError::TimedOut)));
         for t in long {
             assert!(t.await.unwrap().is_ok());
@@ -365,7 +375,10 @@ mod tests {
         for t in long {
             assert!(t.await.unwrap().is_ok());
         }
-        assert!(pool.classify(vec![0], Duration::from_secs(5)).await.is_ok());
+        assert!(pool
+            .classify(Bytes::from(vec![0]), Duration::from_secs(5))
+            .await
+            .is_ok());
         assert_eq!(
             calls.load(Ordering::SeqCst),
             11,

@@ -212,7 +212,7 @@ pub(super) async fn create_jobs(
             content_type: probed.content_type().to_string(),
             width: probed.width,
             height: probed.height,
-            image: upload.bytes,
+            image: upload.bytes.into(),
             sha256,
             file_name: upload.file_name,
             max_attempts: state.max_attempts,

@@ -143,7 +143,7 @@ async fn bad_images_found_by_the_worker_fail_at_once_with_a_clear_error() {
     let jobs = app
         .store
         .create_jobs(vec![imgclass_store::NewJob {
-            image: bytes,
+            image: bytes.into(),
             sha256: sha,
             content_type: "image/png".into(),
             width: 1,

@@ -266,7 +266,7 @@ async fn many_jobs(app: &TestApp, n: usize) {
         let jobs = chunk
             .iter()
             .map(|i| NewJob {
-                image: image.clone(),
+                image: image.clone().into(),
                 sha256: sha256.clone(),
                 content_type: "image/png".into(),
                 width: 1,

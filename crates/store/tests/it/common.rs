@@ -232,7 +232,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn job_for(image: Vec<u8>, width: u32, height: u32, file_name: &str) -> NewJob {
     NewJob {
         sha256: sha256_hex(&image),
-        image,
+        image: image.into(),
         content_type: "image/png".into(),
         width,
         height,

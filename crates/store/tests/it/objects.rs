@@ -194,7 +194,7 @@ async fn images_move_between_the_database_and_object_stores_and_back() {
     assert!(jobs
         .iter()
         .all(|j| j.image.len() > imgclass_store::SMALL_IMAGE_MAX));
-    let images: Vec<Vec<u8>> = jobs.iter().map(|j| j.image.clone()).collect();
+    let images: Vec<Vec<u8>> = jobs.iter().map(|j| j.image.to_vec()).collect();
     let created = in_db.create_jobs(jobs).await.unwrap();
     assert!(count(&db, "SELECT COUNT(*) FROM blob_chunks").await > 0);
 

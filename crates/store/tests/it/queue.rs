@@ -56,6 +56,38 @@ async fn a_claim_carries_a_small_image_and_leaves_a_large_one_to_read_blob() {
     assert_eq!(read, large_bytes);
 }
 
+/// Once the process claims jobs, a large image uploaded through the same store comes with its
+/// claim from memory, for each job that uses it; another store handle (another node) reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_carries_a_large_image_uploaded_by_the_claiming_process() {
+    let (store, db) = fresh_store().await;
+    assert!(store.claim("w", 1, LONG_LEASE).await.unwrap().is_empty());
+    let large = job_for(png(160, 160, 3), 160, 160, "large.png");
+    let again = job_for(png(160, 160, 3), 160, 160, "again.png");
+    let bytes = large.image.clone();
+    store.create_jobs(vec![large, again]).await.unwrap();
+
+    let claims = store.claim("w", 1, LONG_LEASE).await.unwrap();
+    assert_eq!(claims[0].image.as_deref(), Some(&bytes[..]));
+    let claims = store.claim("w", 1, LONG_LEASE).await.unwrap();
+    assert_eq!(
+        claims[0].image.as_deref(),
+        Some(&bytes[..]),
+        "kept for both jobs"
+    );
+
+    // Uploaded through this process, claimed by another: read from its store there.
+    let third = job_for(png(160, 160, 4), 160, 160, "third.png");
+    let third = store.create_jobs(vec![third]).await.unwrap().remove(0);
+    let other = db.open().await;
+    let claims = other.claim("w2", 1, LONG_LEASE).await.unwrap();
+    assert_eq!(claims[0].job.id, third.id);
+    assert_eq!(
+        claims[0].image, None,
+        "another process reads it from its store"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_takes_at_most_limit_jobs_oldest_first() {
     let (store, _dir) = fresh_store().await;
