@@ -85,6 +85,7 @@ impl RecentImages {
     /// The image for a claimed job that uses it, if it is kept.
     pub(crate) fn take(&self, sha256: &str) -> Option<Bytes> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.sweep(Instant::now());
         let kept = inner.images.get_mut(sha256)?;
         kept.jobs -= 1;
         let bytes = kept.bytes.clone();
