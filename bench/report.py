@@ -152,7 +152,7 @@ def main():
         add((
             "ratio server CPU per image / competent Python's",
             fmt(ratio(e2e["server_cpu_ms_per_job"], py_cpu_ms), 2),
-            f"{fmt(e2e['server_cpu_ms_per_job'], 1)} ms (upload received, hashed, stored, read back, "
+            f"{fmt(e2e['server_cpu_ms_per_job'], 1)} ms (upload received, hashed, stored, handed to a worker, "
             f"classified, events sent) against {fmt(py_cpu_ms, 1)} ms ({py_how}, "
             "images in memory); the end-to-end row also pays its client on the same cores"
             + (f": {fmt(client_ms, 1)} ms per image" if client_ms else ""),
