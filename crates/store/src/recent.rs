@@ -52,10 +52,10 @@ impl RecentImages {
     }
 
     /// Keeps `bytes`, the image `sha256`, for one more queued job (when this process claims
-    /// jobs and there is room).
-    pub(crate) fn hold(&self, sha256: &str, bytes: &Bytes) {
+    /// jobs and there is room); whether it did.
+    pub(crate) fn hold(&self, sha256: &str, bytes: &Bytes) -> bool {
         if !self.claiming.load(Ordering::Relaxed) {
-            return;
+            return false;
         }
         let now = Instant::now();
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -63,10 +63,10 @@ impl RecentImages {
         if let Some(kept) = inner.images.get_mut(sha256) {
             kept.jobs += 1;
             kept.since = now;
-            return;
+            return true;
         }
         if inner.bytes + bytes.len() > MAX_BYTES {
-            return;
+            return false;
         }
         inner.bytes += bytes.len();
         let kept = Kept {
@@ -75,6 +75,7 @@ impl RecentImages {
             since: now,
         };
         inner.images.insert(sha256.to_string(), kept);
+        true
     }
 
     /// A job that used the image will not be claimed (its upload failed).
@@ -136,7 +137,7 @@ mod tests {
     #[test]
     fn nothing_is_kept_before_the_process_claims() {
         let recent = RecentImages::default();
-        recent.hold("a", &Bytes::from_static(b"image"));
+        assert!(!recent.hold("a", &Bytes::from_static(b"image")));
         assert_eq!(recent.take("a"), None);
         assert_eq!(recent.kept_bytes(), 0);
     }
@@ -165,7 +166,7 @@ mod tests {
         let half = Bytes::from(vec![0u8; MAX_BYTES / 2]);
         recent.hold("a", &half);
         recent.hold("b", &half);
-        recent.hold("c", &Bytes::from_static(b"x"));
+        assert!(!recent.hold("c", &Bytes::from_static(b"x")));
         assert_eq!(recent.kept_bytes(), MAX_BYTES);
         assert!(recent.take("c").is_none());
         assert!(recent.take("a").is_some());

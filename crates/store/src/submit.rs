@@ -205,8 +205,9 @@ impl SqlStore {
             .iter()
             .filter(|j| j.cached_result.is_none() && !carried(j))
         {
-            self.recent.hold(&job.sha256, &job.image);
-            kept.push(job.sha256.clone());
+            if self.recent.hold(&job.sha256, &job.image) {
+                kept.push(job.sha256.clone());
+            }
         }
         kept
     }
