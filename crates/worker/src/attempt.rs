@@ -53,13 +53,15 @@ impl Worker {
             .max(0.0);
         let read = match (image, image_store) {
             (Some(bytes), _) => Ok(Some(bytes)),
-            (None, Some(store)) => {
-                let (sha256, size) = (&job.image_sha256, job.image_size);
-                let read = self.store.read_blob_from(sha256, &store, size).await;
-                read.map(|b| b.map(Bytes::from))
-            }
-            (None, None) => {
-                let read = self.store.read_blob(&job.image_sha256).await;
+            (None, store) => {
+                let sha256 = &job.image_sha256;
+                let read = match store {
+                    Some(store) => {
+                        let size = job.image_size;
+                        self.store.read_blob_from(sha256, &store, size).await
+                    }
+                    None => self.store.read_blob(sha256).await,
+                };
                 read.map(|b| b.map(Bytes::from))
             }
         };
