@@ -8,6 +8,10 @@
 #
 #   bench/batched_ab.sh            # 5 rounds (BENCH_ROUNDS), after bench/run.sh has set things up
 #
+# bench/run.sh runs it too (3 rounds; 1 with --quick), for its side-by-side rows; BENCH_AB_OUT
+# names the directory of the rounds' JSON (default target/bench/batched-ab); BENCH_BATCH_FILES,
+# BENCH_BATCH_IN_FLIGHT and BENCH_BULLMQ_CONCURRENCY as for bench/run.sh.
+#
 # Needs what bench/run.sh installs: the release build (BENCH_BIN, default target/release/imgclass),
 # bench/bullmq/node_modules and target/bench/images/tiny.png; Redis on 127.0.0.1:6379 and
 # PostgreSQL at BENCH_PG_URL (the PostgreSQL rows are skipped without psql or a server).
@@ -19,7 +23,10 @@ BIN=${BENCH_BIN:-target/release/imgclass}
 TINY=target/bench/images/tiny.png
 PG_URL=${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}
 PG_DB=imgclass_bench_ab
-OUT=target/bench/batched-ab
+OUT=${BENCH_AB_OUT:-target/bench/batched-ab}
+PER_POST=${BENCH_BATCH_FILES:-50}
+IN_FLIGHT=${BENCH_BATCH_IN_FLIGHT:-4}
+BULLMQ_CONCURRENCY=${BENCH_BULLMQ_CONCURRENCY:-50}
 for need in "$BIN" "$TINY" bench/bullmq/node_modules; do
   [ -e "$need" ] || { echo "batched_ab: $need is missing; run bench/run.sh once first" >&2; exit 1; }
 done
@@ -37,7 +44,7 @@ cleanup() {
   redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "bull:$queue-*" | xargs -r redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-batched=(--n "$N" --concurrency 4 --per-post 50)
+batched=(--n "$N" --concurrency "$IN_FLIGHT" --per-post "$PER_POST")
 for r in $(seq "$ROUNDS"); do
   echo "batched_ab: round $r of $ROUNDS" >&2
   node bench/imgclass.mjs queue --bin "$BIN" --tmp "$tmp/$r" --out "$OUT/sqlite-$r.json" "${batched[@]}" "$TINY" >&2
@@ -46,7 +53,7 @@ for r in $(seq "$ROUNDS"); do
     node bench/imgclass.mjs queue --bin "$BIN" --database "$PG_URL/$PG_DB" --tmp "$tmp/$r" \
       --out "$OUT/postgres-$r.json" "${batched[@]}" "$TINY" >&2
   fi
-  node bench/bullmq/bench.mjs --queue "$queue-$r" --out "$OUT/bullmq-$r.json" --n "$N" --concurrency 50 \
+  node bench/bullmq/bench.mjs --queue "$queue-$r" --out "$OUT/bullmq-$r.json" --n "$N" --concurrency "$BULLMQ_CONCURRENCY" \
     --producer addBulk >&2
 done
 python3 - "$OUT" "$ROUNDS" <<'EOF'

@@ -8,6 +8,9 @@
 #
 #   bench/image_ab.sh            # 5 rounds (BENCH_ROUNDS), after bench/run.sh has set things up
 #
+# bench/run.sh runs it too (3 rounds; 1 with --quick), for its side-by-side rows; BENCH_AB_OUT
+# names the directory of the rounds' JSON (default target/bench/image-ab).
+#
 # Needs what bench/run.sh installs: the release build and its examples (BENCH_BIN_DIR, default
 # target/release), the Python environment (target/bench/venv) and the photos (target/bench/images).
 set -euo pipefail
@@ -21,7 +24,7 @@ IMAGES=target/bench/images
 for need in "$BIN_DIR/imgclass" "$BIN_DIR/examples/raw" "$PY" "$IMAGES/rocket-6mp.jpg"; do
   [ -e "$need" ] || { echo "image_ab: $need is missing; run bench/run.sh once first" >&2; exit 1; }
 done
-OUT=target/bench/image-ab
+OUT=${BENCH_AB_OUT:-target/bench/image-ab}
 rm -rf "$OUT" && mkdir -p "$OUT"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

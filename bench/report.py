@@ -39,6 +39,75 @@ def ratio(a, b):
     return None if not a or not b else a / b
 
 
+def median(values):
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+def rounds_of(d, sub, kind):
+    """The JSON of each alternated round of one kind, in round order (bench/image_ab.sh and
+    bench/batched_ab.sh write KIND-1.json, KIND-2.json, ...)."""
+    out, r = [], 1
+    while True:
+        one = load(os.path.join(d, sub), f"{kind}-{r}.json")
+        if one is None:
+            return out
+        out.append(one)
+        r += 1
+
+
+def side_by_side(d):
+    """The goal ratios from the alternated rounds: per round, each ratio of rows run one after
+    the other; then the median over the rounds. Rows for the table, and the summary's figures."""
+    rows, summary = [], {}
+    e2e, raw, py = (rounds_of(d, "ab-image", k) for k in ("e2e", "raw", "python"))
+    image = []
+    for e, r, p in zip(e2e, raw, py):
+        rb = max(r["runs"], key=lambda x: x["images_per_s"])
+        pb = max(p["runs"], key=lambda x: x["images_per_s"])
+        image.append({
+            "e2e/python": ratio(e["per_s"], pb["images_per_s"]),
+            "cpu/raw": ratio(e["server_cpu_ms_per_job"], rb.get("cpu_ms_per_image")),
+            "e2e": e["per_s"], "raw": rb["images_per_s"], "python": pb["images_per_s"],
+        })
+    sql, pgs, bull = (rounds_of(d, "ab-batched", k) for k in ("sqlite", "postgres", "bullmq"))
+    if not image and not sql:
+        return rows, summary
+
+    def each(values, digits):
+        return " · ".join(fmt(v, digits) for v in values)
+
+    n = max(len(image), len(sql))
+    rows.append(("**Side by side**", "", f"the goal ratios again, the compared rows one after the other in each round "
+                 f"({n} round{'s' if n > 1 else ''}: bench/image_ab.sh, bench/batched_ab.sh); the median of the rounds' ratios"))
+    if image:
+        v = [x["e2e/python"] for x in image]
+        summary["e2e_over_ceiling"] = median(v)
+        rows.append(("end to end / competent Python, alternated", f"**{fmt(median(v), 2)}**",
+                     f"rounds: {each(v, 2)}; end to end {each([x['e2e'] for x in image], 1)} img/s, "
+                     f"Python {each([x['python'] for x in image], 1)} img/s"))
+        v = [x["cpu/raw"] for x in image]
+        summary["server_cpu_per_image_over_raw"] = median(v)
+        rows.append(("server CPU per image / raw loop's, alternated", f"**{fmt(median(v), 2)}**",
+                     f"rounds: {each(v, 2)}; raw loop (2 threads × 1 intra) {each([x['raw'] for x in image], 1)} img/s"))
+    for name, key, runs in (("SQLite", "sqlite", sql), ("PostgreSQL", "postgres", pgs)):
+        if not runs or not bull:
+            continue
+        v = [ratio(a["per_s"], b["per_s"]) for a, b in zip(runs, bull)]
+        cpu = [a.get("server_cpu_ms_per_job") for a in runs]
+        summary[f"batched_{key}_over_bullmq_addbulk"] = median(v)
+        summary[f"batched_{key}_server_cpu_ms_per_job"] = median(cpu)
+        first = runs[0]
+        rows.append((f"batched {name}, default workers / BullMQ `addBulk`, alternated", f"**{fmt(median(v), 2)}**",
+                     f"rounds: {each(v, 2)}; {name} {each([a['per_s'] for a in runs], 0)} jobs/s, BullMQ "
+                     f"{each([b['per_s'] for b in bull], 0)} jobs/s; {first['n']} jobs, {first['per_post']} files per POST, "
+                     f"{first['concurrency']} in flight; server CPU per job {each(cpu, 3)} ms (median {fmt(median(cpu), 3)})"))
+    return rows, summary
+
+
 def main():
     d, out_path = sys.argv[1], sys.argv[2]
     m = load(d, "machine.json") or {}
@@ -283,6 +352,9 @@ def main():
         f"on the database disk, 4 KiB rewrite+fdatasync {m.get('fdatasync_ms_median', '?')} ms, "
         f"append+fsync {m.get('append_fsync_ms_median', '?')} ms (medians)"
     )
+    ab_rows, ab_summary = side_by_side(d)
+    for row in ab_rows:
+        add(row)
     lines = [title, "", "| measurement | result | notes |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
 
@@ -329,6 +401,8 @@ def main():
             "batched_sqlite_over_bullmq_addbulk": batched_ratio.get("sqlite"),
             "batched_postgres_over_bullmq_addbulk": batched_ratio.get("postgres"),
         },
+        # The same goal ratios from the alternated rounds (medians), where they were run.
+        "side_by_side": ab_summary,
         "sections": {
             "e2e": e2e, "ceiling_python": ceil, "raw": raw, "latency": lat, "client_capacity": cap,
             "queues": queues, "queue_phases": ph, "bullmq": bulls, "postgres": pg,

@@ -335,6 +335,23 @@ else
   fi
 fi
 
+# --- side by side: the goal ratios, alternated ------------------------------------------------
+# The rows above run minutes apart; on a machine whose speed drifts by more than the gaps they
+# compare, their ratios measure the drift too. Here the compared rows run one after the other in
+# each round (bench/image_ab.sh, bench/batched_ab.sh), and the table gives the medians of the
+# rounds' ratios beside the single-run ones.
+AB_ROUNDS=${BENCH_AB_ROUNDS:-$([ "$MODE" = full ] && echo 3 || echo 1)}
+say "side by side: the image path, $AB_ROUNDS alternated rounds (end to end, raw loop, competent Python)"
+step 1800 env BENCH_ROUNDS="$AB_ROUNDS" BENCH_N_E2E="$N_E2E" BENCH_BIN_DIR="$BIN_DIR" \
+  BENCH_AB_OUT="$SECTIONS/ab-image" bash bench/image_ab.sh >"$SECTIONS/ab-image.txt"
+if [ -n "$redis_version" ]; then
+  say "side by side: batched submissions, $AB_ROUNDS alternated rounds (SQLite, PostgreSQL, BullMQ addBulk)"
+  step 1800 env BENCH_ROUNDS="$AB_ROUNDS" BENCH_N_QUEUE="$N_QUEUE" BENCH_BIN="$BIN" BENCH_PG_URL="$PG_URL" \
+    BENCH_BATCH_FILES="$BATCH_FILES" BENCH_BATCH_IN_FLIGHT="$BATCH_IN_FLIGHT" \
+    BENCH_BULLMQ_CONCURRENCY="$BULLMQ_CONCURRENCY" BENCH_AB_OUT="$SECTIONS/ab-batched" \
+    bash bench/batched_ab.sh >"$SECTIONS/ab-batched.txt"
+fi
+
 # --- the table ---------------------------------------------------------------------------------------
 echo "$(cut -d' ' -f1-3 /proc/loadavg)" >"$SECTIONS/loadavg-end.txt"
 "$PY" bench/report.py "$SECTIONS" "$OUT/results-$MODE.json"
