@@ -115,21 +115,39 @@ impl Locks {
 }
 
 /// The placeholders of a multi-row `VALUES` list: `rows` tuples of `columns` numbered
-/// parameters, `($1, $2), ($3, $4)`.
+/// parameters, `($1, $2), ($3, $4)`. Written into one string: a round's lists hold hundreds of
+/// parameters, and a string for each (then joined) cost its thread more than some statements.
 pub(crate) fn values_list(rows: usize, columns: usize) -> String {
-    let row = |r: usize| {
-        let marks: Vec<String> = (1..=columns)
-            .map(|c| format!("${}", r * columns + c))
-            .collect();
-        format!("({})", marks.join(", "))
-    };
-    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+    let mut out = String::with_capacity(rows * columns * 6 + rows * 4);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        push_marks(&mut out, r * columns + 1..=(r + 1) * columns);
+        out.push(')');
+    }
+    out
 }
 
 /// `$1, $2, ... $count`.
 pub(crate) fn marks(count: usize) -> String {
-    let marks: Vec<String> = (1..=count).map(|i| format!("${i}")).collect();
-    marks.join(", ")
+    let mut out = String::with_capacity(count * 6);
+    push_marks(&mut out, 1..=count);
+    out
+}
+
+/// Appends `$a, $a+1, ... $b` to `out`.
+fn push_marks(out: &mut String, numbers: std::ops::RangeInclusive<usize>) {
+    use std::fmt::Write;
+    let first = *numbers.start();
+    for n in numbers {
+        if n > first {
+            out.push_str(", ");
+        }
+        // Writing into a String cannot fail.
+        let _ = write!(out, "${n}");
+    }
 }
 
 /// The SELECT of whole jobs, followed by the given condition.
@@ -142,3 +160,17 @@ pub(crate) fn select_jobs(condition: &str) -> String {
 /// `status = $n` matches the index's predicate and sorts the table.
 pub(crate) const QUEUED: &str = JobStatus::Queued.as_str();
 pub(crate) const RUNNING: &str = JobStatus::Running.as_str();
+
+#[cfg(test)]
+mod tests {
+    use super::{marks, values_list};
+
+    #[test]
+    fn placeholder_lists_number_their_parameters_in_order() {
+        assert_eq!(marks(0), "");
+        assert_eq!(marks(3), "$1, $2, $3");
+        assert_eq!(values_list(1, 1), "($1)");
+        assert_eq!(values_list(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(values_list(0, 4), "");
+    }
+}
