@@ -18,14 +18,9 @@ use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
-/// Set on every connection: WAL, foreign keys, a generous wait for a busy file, and temporary
-/// data in memory. The last is the statement journal of a multi-row write (it spilled to a new
-/// file in the temporary directory at 64 KiB: about one file created, written, unlinked and
-/// closed per upload's transaction) and the temporary tables of `RETURNING` and `ORDER BY`, all
-/// as small as one statement's rows.
+/// Set on every connection: WAL, foreign keys, and a generous wait for a busy file.
 pub(crate) const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
-                       PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL; \
-                       PRAGMA temp_store = MEMORY";
+                       PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL";
 
 pub(crate) struct Sqlite {
     events: broadcast::Sender<Event>,

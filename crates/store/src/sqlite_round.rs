@@ -139,10 +139,17 @@ fn on<T>(
     result
 }
 
-/// The round thread's connection: the store's pragmas, statements kept prepared.
+/// The round thread's connection: the store's pragmas, statements kept prepared, and temporary
+/// data in memory. The last is the statement journal of a multi-row write, which spilled to a
+/// new file in the temporary directory at 64 KiB (about one file created, written, unlinked and
+/// closed per upload's transaction), and the temporary tables of `RETURNING` and `ORDER BY`.
+/// Here they are as small as a round's or a group commit's rows; the other connections keep the
+/// default, so that a statement over the whole table (a prune, a migration) can still spill.
 fn open(path: &PathBuf) -> Result<Connection> {
     let conn = Connection::open(path).map_err(error)?;
     conn.execute_batch(crate::sqlite::PRAGMAS).map_err(error)?;
+    conn.execute_batch("PRAGMA temp_store = MEMORY")
+        .map_err(error)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
