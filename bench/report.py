@@ -6,6 +6,7 @@ Usage: python report.py SECTIONS_DIR OUT.json
 import glob
 import json
 import os
+import statistics
 import sys
 
 
@@ -40,11 +41,8 @@ def ratio(a, b):
 
 
 def median(values):
-    v = sorted(x for x in values if x is not None)
-    if not v:
-        return None
-    mid = len(v) // 2
-    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+    v = [x for x in values if x is not None]
+    return statistics.median(v) if v else None
 
 
 def rounds_of(d, sub, kind):
