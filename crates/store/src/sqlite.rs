@@ -21,6 +21,11 @@ use tokio::sync::broadcast;
 /// Set on every connection: WAL, foreign keys, and a generous wait for a busy file.
 pub(crate) const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
                        PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL";
+/// How durable a transaction's commit is: `FULL` syncs the WAL at each commit (what every
+/// durable write asks for, and what `PRAGMAS` leave a connection with), `NORMAL` at checkpoints
+/// only (it survives a crash of the process, not of the machine).
+pub(crate) const SYNCHRONOUS_FULL: &str = "PRAGMA synchronous = FULL";
+pub(crate) const SYNCHRONOUS_NORMAL: &str = "PRAGMA synchronous = NORMAL";
 
 pub(crate) struct Sqlite {
     events: broadcast::Sender<Event>,

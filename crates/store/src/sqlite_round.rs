@@ -21,6 +21,7 @@ use crate::objects::BlobStore;
 use crate::placeholders::sqlite_statement;
 use crate::round::{self, Round, Work};
 use crate::rows::{db_err, now_ms, Columns};
+use crate::sqlite::{SYNCHRONOUS_FULL, SYNCHRONOUS_NORMAL};
 use crate::transition;
 use crate::uploads::{self, Part};
 use crate::{Event, Job, Result, SqliteClass, StoreError};
@@ -66,7 +67,7 @@ impl Rounds {
         std::thread::Builder::new()
             .name("imgclass-sqlite-rounds".into())
             .spawn(move || {
-                let mut conn: Option<Connection> = None;
+                let mut conn: Option<Open> = None;
                 while let Ok(task) = rx.recv() {
                     match task {
                         Task::Round(work, reply) => {
@@ -121,9 +122,9 @@ impl Rounds {
 /// Runs `f` on the thread's connection, opened first if need be. Whatever failed (a full disk,
 /// an I/O error, a panic), the next task starts on a clean connection.
 fn on<T>(
-    conn: &mut Option<Connection>,
+    conn: &mut Option<Open>,
     path: &PathBuf,
-    f: impl FnOnce(&mut Connection) -> Result<T>,
+    f: impl FnOnce(&mut Open) -> Result<T>,
 ) -> Result<T> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let c = match conn.as_mut() {
@@ -139,26 +140,43 @@ fn on<T>(
     result
 }
 
+/// The round thread's connection, and the `synchronous` it has now.
+struct Open {
+    conn: Connection,
+    /// The last `PRAGMA synchronous` run on `conn`, so that it runs again only when a
+    /// transaction asks for another (rounds and uploads alternate; a batch of rounds or of
+    /// uploads does not set it each time). The pragma takes effect when it is prepared, so it
+    /// cannot be kept as a prepared statement instead.
+    synchronous: &'static str,
+}
+
 /// The round thread's connection: the store's pragmas, statements kept prepared, and temporary
 /// data in memory. The last is the statement journal of a multi-row write, which spilled to a
 /// new file in the temporary directory at 64 KiB (about one file created, written, unlinked and
 /// closed per upload's transaction), and the temporary tables of `RETURNING` and `ORDER BY`.
 /// Here they are as small as a round's or a group commit's rows; the other connections keep the
 /// default, so that a statement over the whole table (a prune, a migration) can still spill.
-fn open(path: &PathBuf) -> Result<Connection> {
+fn open(path: &PathBuf) -> Result<Open> {
     let conn = Connection::open(path).map_err(error)?;
     conn.execute_batch(crate::sqlite::PRAGMAS).map_err(error)?;
     conn.execute_batch("PRAGMA temp_store = MEMORY")
         .map_err(error)?;
     conn.set_prepared_statement_cache_capacity(64);
-    Ok(conn)
+    Ok(Open {
+        conn,
+        synchronous: crate::sqlite::SYNCHRONOUS_FULL,
+    })
 }
 
 /// Begins a write transaction (`BEGIN IMMEDIATE`, the write lock first) after `synchronous`
 /// (the pragma that sets how durable its commit is); also the time, read once the lock is held.
-fn begin<'c>(conn: &'c mut Connection, synchronous: &str) -> Result<(Transaction<'c>, i64)> {
-    conn.execute_batch(synchronous).map_err(error)?;
-    let tx = conn
+fn begin<'c>(open: &'c mut Open, synchronous: &'static str) -> Result<(Transaction<'c>, i64)> {
+    if open.synchronous != synchronous {
+        open.conn.execute_batch(synchronous).map_err(error)?;
+        open.synchronous = synchronous;
+    }
+    let tx = open
+        .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(error)?;
     Ok((tx, now_ms()))
@@ -166,8 +184,8 @@ fn begin<'c>(conn: &'c mut Connection, synchronous: &str) -> Result<(Transaction
 
 /// One round in one transaction, events inserted, committed like every relaxed write
 /// (`synchronous = NORMAL`: it survives a crash of the process).
-fn run(conn: &mut Connection, locks: &Locks, rules: &Rules, work: Work) -> Result<Round> {
-    let (tx, now) = begin(conn, "PRAGMA synchronous = NORMAL")?;
+fn run(conn: &mut Open, locks: &Locks, rules: &Rules, work: Work) -> Result<Round> {
+    let (tx, now) = begin(conn, SYNCHRONOUS_NORMAL)?;
     let mut exec = Sqlite(&tx);
     let round = futures_executor::block_on(async {
         let mut round = round::run(&mut exec, locks, rules, work, now).await?;
@@ -181,8 +199,8 @@ fn run(conn: &mut Connection, locks: &Locks, rules: &Rules, work: Work) -> Resul
 /// A group commit's uploads in one transaction, events inserted, committed durably (fsync'd,
 /// `synchronous = FULL`, as the sqlx path's durable writes); rolled back when an image must be
 /// put into the object store first.
-fn submit(conn: &mut Connection, store: &BlobStore, parts: &[Part]) -> Result<Submitted> {
-    let (tx, now) = begin(conn, "PRAGMA synchronous = FULL")?;
+fn submit(conn: &mut Open, store: &BlobStore, parts: &[Part]) -> Result<Submitted> {
+    let (tx, now) = begin(conn, SYNCHRONOUS_FULL)?;
     let mut exec = Sqlite(&tx);
     let mut events = Vec::new();
     let created = futures_executor::block_on(async {
@@ -327,6 +345,42 @@ impl Columns for OwnedRow {
             Value::Null => Ok(None),
             Value::Blob(b) => Ok(Some(b.clone())),
             other => Err(db_err(format!("column {name} is {other:?}, not a blob"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(open: &Open) -> i64 {
+        open.conn
+            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+            .unwrap()
+    }
+
+    /// Each transaction commits as durably as it asks, whatever the one before it asked: the
+    /// pragma is skipped only when the connection has that setting already.
+    #[test]
+    fn each_transaction_gets_the_synchronous_it_asks_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut open = open(&dir.path().join("t.db")).unwrap();
+        // As `PRAGMAS` leave it: FULL (2).
+        assert_eq!(synchronous(&open), 2);
+        for (asked, level) in [
+            (SYNCHRONOUS_NORMAL, 1),
+            (SYNCHRONOUS_NORMAL, 1),
+            (SYNCHRONOUS_FULL, 2),
+            (SYNCHRONOUS_FULL, 2),
+            (SYNCHRONOUS_NORMAL, 1),
+        ] {
+            let (tx, _) = begin(&mut open, asked).unwrap();
+            tx.commit().unwrap();
+            assert_eq!(
+                synchronous(&open),
+                level,
+                "after a transaction that asked {asked}"
+            );
         }
     }
 }
