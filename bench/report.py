@@ -225,6 +225,19 @@ def main():
             + (f": {fmt(client_ms, 1)} ms per image" if client_ms else ""),
         ))
 
+    service = load(d, "service-photos.json")
+    if service and raw_best:
+        raw_cpu_ms, _ = cpu_per_image(raw_best)
+        groups = service.get("server_threads_ms_per_job") or {}
+        add((
+            "the service's own work per photo, without the model (the same photos to `--provider noop`)",
+            f"{fmt(service['server_cpu_ms_per_job'], 2)} ms of server CPU",
+            f"{fmt(service['per_s'], 0)} photos/s, {service['concurrency']} in flight, --workers {service['workers']}; "
+            f"tokio {fmt(groups.get('tokio'), 2)} ms, sqlite {fmt(groups.get('sqlite'), 2)} ms per photo: "
+            "received, SHA-256, checked, stored, claimed, finished, events sent; "
+            f"{fmt(100 * service['server_cpu_ms_per_job'] / raw_cpu_ms, 1)} % of the raw loop's CPU per image",
+        ))
+
     nq = queues[0]["n"] if queues else (b_best or {}).get("n")
     add(("**Queue overhead**", "", f"{nq} no-op jobs (8×8 PNG), first submit → last `succeeded`/completed"))
     for q in queues:

@@ -213,6 +213,14 @@ say "end to end: $N_E2E photos over HTTP, $E2E_CONCURRENCY in flight"
 step 1200 node bench/imgclass.mjs e2e --bin "$BIN" --tmp "$RUN" --out "$SECTIONS/e2e.json" \
   --n "$N_E2E" --concurrency "$E2E_CONCURRENCY" --repeat "$REPEAT" "${PHOTOS[@]}"
 
+# The same photos to a server without the model (`--provider noop`, as many workers as `serve`
+# gives the model): the service's own work per photo (upload, SHA-256, check, store, claim,
+# finish, events), apart from the inference it feeds.
+say "end to end without the model: $(( 5 * N_E2E )) photos to --provider noop, $E2E_CONCURRENCY in flight"
+step 600 node bench/imgclass.mjs queue --bin "$BIN" --tmp "$RUN" --out "$SECTIONS/service-photos.json" \
+  --n "$(( 5 * N_E2E ))" --concurrency "$E2E_CONCURRENCY" --workers "$(( 2 * $(nproc) ))" \
+  --label "the photo mix, --provider noop" "${PHOTOS[@]}"
+
 # --- 4. latency -----------------------------------------------------------------------------------
 say "latency: $N_LATENCY sequential coffee.png jobs on an idle server"
 step 600 node bench/imgclass.mjs latency --bin "$BIN" --tmp "$RUN" --out "$SECTIONS/latency.json" \
