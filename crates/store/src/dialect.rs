@@ -49,6 +49,13 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// locks because a write transaction already excludes every other writer).
     fn lock(&self, lock: Lock) -> &'static str;
 
+    /// Whether an `UPDATE … RETURNING` can be the `WITH` of a SELECT that joins its rows
+    /// (PostgreSQL's data-modifying `WITH`; SQLite's `RETURNING` ends its statement). Then a
+    /// claim is one statement, one round trip, instead of an UPDATE and a SELECT.
+    fn update_feeds_select(&self) -> bool {
+        false
+    }
+
     /// The SQL expression of a job's top label (its first prediction's `label`, read from the
     /// `result` JSON of the `jobs` row aliased `j`; NULL without a result).
     fn top_label(&self) -> &'static str;

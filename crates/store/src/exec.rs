@@ -102,6 +102,9 @@ pub(crate) struct Locks {
     pub(crate) jobs_skip_locked: &'static str,
     /// The single row of a one-table SELECT.
     pub(crate) row: &'static str,
+    /// Whether an `UPDATE … RETURNING` can be the `WITH` of a SELECT that joins its rows (see
+    /// [`Dialect::update_feeds_select`]).
+    pub(crate) update_feeds_select: bool,
 }
 
 impl Locks {
@@ -110,6 +113,7 @@ impl Locks {
             jobs: dialect.lock(Lock::Jobs),
             jobs_skip_locked: dialect.lock(Lock::JobsSkipLocked),
             row: dialect.lock(Lock::Row),
+            update_feeds_select: dialect.update_feeds_select(),
         }
     }
 }

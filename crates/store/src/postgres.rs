@@ -181,6 +181,10 @@ impl Dialect for Postgres {
         }
     }
 
+    fn update_feeds_select(&self) -> bool {
+        true
+    }
+
     fn top_label(&self) -> &'static str {
         "(CAST(j.result AS jsonb) -> 'predictions' -> 0 ->> 'label')"
     }

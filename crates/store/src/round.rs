@@ -241,7 +241,7 @@ async fn claim<E: Exec>(
         None => String::new(),
     };
     // The statuses are literals, not parameters (see `exec::QUEUED`).
-    let sql = format!(
+    let update = format!(
         "UPDATE jobs SET status = $1, attempts = {}, run_attempts = {}, stalls = {}, \
          lease_owner = $2, lease_until = $3, started_at = $4, updated_at = $4 \
          WHERE seq IN (SELECT j.seq FROM jobs j WHERE j.status = '{QUEUED}' AND j.run_at <= $4\
@@ -251,30 +251,47 @@ async fn claim<E: Exec>(
         count_sql("stalls", d.stalls),
         locks.jobs_skip_locked,
     );
-    let claimed = e.execute(&sql, &args).await?;
-    if claimed == 0 {
+    // The claimed jobs, each with its image when it is small (one chunk), so that the worker
+    // need not read it, and the name of the store that keeps it otherwise.
+    let joined = |from: &str, inline_max: usize, more: &str| {
+        format!(
+            "SELECT {JOB_COLUMNS}, c.data AS inline_image, b.store AS image_store FROM {from} j \
+             JOIN blobs b ON b.sha256 = j.image_sha256 \
+             LEFT JOIN blob_chunks c ON c.sha256 = j.image_sha256 AND c.idx = 0 \
+             AND b.size <= ${inline_max}{more} ORDER BY j.priority DESC, j.run_at, j.seq"
+        )
+    };
+    let rows = if locks.update_feeds_select {
+        // One statement: the claim's UPDATE feeds the SELECT of what it claimed.
+        args.push(Arg::int(crate::INLINE_IMAGE_MAX as i64));
+        let select = joined("claimed", args.len(), "");
+        let sql = format!("WITH claimed AS ({update} RETURNING *) {select}");
+        e.fetch(&sql, &args).await?
+    } else {
+        if e.execute(&update, &args).await? == 0 {
+            return Ok(ClaimBatch::default());
+        }
+        // The lease token is new: it names exactly this batch.
+        let sql = joined(
+            "jobs",
+            2,
+            &format!(" WHERE j.status = '{RUNNING}' AND j.lease_owner = $1"),
+        );
+        let args = [
+            Arg::text(token.clone()),
+            Arg::int(crate::INLINE_IMAGE_MAX as i64),
+        ];
+        e.fetch(&sql, &args).await?
+    };
+    if rows.is_empty() {
         return Ok(ClaimBatch::default());
     }
     if rate.is_some() {
-        window.extend(std::iter::repeat_n(now, claimed as usize));
+        window.extend(std::iter::repeat_n(now, rows.len()));
         let sql = "INSERT INTO rate_limits (name, starts) VALUES ('global', $1) \
                    ON CONFLICT (name) DO UPDATE SET starts = excluded.starts";
         e.execute(sql, &[Arg::text(to_json(&window)?)]).await?;
     }
-    // The lease token is new: it names exactly this batch. Each job comes with its image when
-    // it is small (one chunk), so that the worker need not read it.
-    let sql = format!(
-        "SELECT {JOB_COLUMNS}, c.data AS inline_image, b.store AS image_store FROM jobs j \
-         JOIN blobs b ON b.sha256 = j.image_sha256 \
-         LEFT JOIN blob_chunks c ON c.sha256 = j.image_sha256 AND c.idx = 0 AND b.size <= $2 \
-         WHERE j.status = '{RUNNING}' AND j.lease_owner = $1 \
-         ORDER BY j.priority DESC, j.run_at, j.seq"
-    );
-    let args = [
-        Arg::text(token.clone()),
-        Arg::int(crate::INLINE_IMAGE_MAX as i64),
-    ];
-    let rows = e.fetch(&sql, &args).await?;
     let mut claims = Vec::with_capacity(rows.len());
     for row in &rows {
         let job = job_from_row(row)?;
