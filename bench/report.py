@@ -40,6 +40,21 @@ def ratio(a, b):
     return None if not a or not b else a / b
 
 
+def service_split(run):
+    """The service's own CPU per job of a throughput run (the process's less the inference
+    threads', both exact) and its split by thread group as text. The groups' figures miss part of
+    the threads started during the run (the blocking pool's), since /proc counts each thread in
+    10 ms ticks: what no group holds is shown apart."""
+    groups = run.get("server_threads_ms_per_job") or {}
+    own = run["server_cpu_ms_per_job"] - (groups.get("inference") or 0)
+    named = {g: groups[g] for g in ("tokio", "sqlite", "other") if groups.get(g)}
+    unnamed = own - sum(named.values())
+    text = ", ".join(f"{g} {fmt(v, 2)}" for g, v in named.items())
+    if unnamed > 0.005:
+        text += f", below /proc's per-thread resolution of 10 ms {fmt(unnamed, 2)}"
+    return own, text
+
+
 def median(values):
     v = [x for x in values if x is not None]
     return statistics.median(v) if v else None
@@ -205,17 +220,9 @@ def main():
         groups = e2e.get("server_threads_ms_per_job") or {}
         split = ""
         if groups.get("inference"):
-            # The service's own work is the process's CPU less the inference threads' (both exact);
-            # the per-thread figures of the other groups miss part of the threads started during
-            # the run (the blocking pool's), since /proc counts each thread in 10 ms ticks.
-            own = e2e["server_cpu_ms_per_job"] - groups["inference"]
-            named = {g: groups[g] for g in ("tokio", "sqlite", "other") if groups.get(g)}
-            rest = ", ".join(f"{g} {fmt(v, 2)}" for g, v in named.items())
-            unnamed = own - sum(named.values())
+            own, rest = service_split(e2e)
             split = (f"; by thread: inference {fmt(groups['inference'], 1)} ms (the raw loop's work), "
-                     f"the service's own {fmt(own, 2)} ms ({rest}"
-                     + (f", below /proc's per-thread resolution of 10 ms {fmt(unnamed, 2)}" if unnamed > 0.005 else "")
-                     + ")")
+                     f"the service's own {fmt(own, 2)} ms ({rest})")
         add((
             "ratio server CPU per image / raw loop's",
             f"**{fmt(cpu_ratio, 2)}**",
@@ -236,13 +243,13 @@ def main():
     service = load(d, "service-photos.json")
     if service and raw_best:
         raw_cpu_ms, _ = cpu_per_image(raw_best)
-        groups = service.get("server_threads_ms_per_job") or {}
+        _, rest = service_split(service)
         add((
             "the service's own work per photo, without the model (the same photos to `--provider noop`)",
             f"{fmt(service['server_cpu_ms_per_job'], 2)} ms of server CPU",
             f"{fmt(service['per_s'], 0)} photos/s, {service['concurrency']} in flight, --workers {service['workers']}; "
-            f"tokio {fmt(groups.get('tokio'), 2)} ms, sqlite {fmt(groups.get('sqlite'), 2)} ms per photo: "
-            "received, SHA-256, checked, stored, claimed, finished, events sent; "
+            f"by thread, ms per photo: {rest}; the photo received, SHA-256, checked, stored, claimed, "
+            "finished, events sent; "
             f"{fmt(100 * service['server_cpu_ms_per_job'] / raw_cpu_ms, 1)} % of the raw loop's CPU per image",
         ))
 

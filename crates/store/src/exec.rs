@@ -93,7 +93,8 @@ pub(crate) fn any_args(args: &[Arg]) -> Result<AnyArguments<'_>> {
     Ok(out)
 }
 
-/// The row-lock clauses the shared statements append, as the database names them.
+/// The row-lock clauses the shared statements append, as the database names them, and what
+/// else of the dialect the worker round needs to write its statements.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Locks {
     /// The jobs rows (alias `j`) a SELECT reads, waiting for other writers.

@@ -57,7 +57,7 @@ impl SqlStore {
         .await
     }
 
-    /// The row-lock clauses of this database.
+    /// The row-lock clauses of this database, and what else the worker round needs of it.
     pub(crate) fn locks(&self) -> Locks {
         Locks::of(self.dialect.as_ref())
     }

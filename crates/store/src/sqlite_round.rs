@@ -164,7 +164,7 @@ fn open(path: &PathBuf) -> Result<Open> {
     conn.set_prepared_statement_cache_capacity(64);
     Ok(Open {
         conn,
-        synchronous: crate::sqlite::SYNCHRONOUS_FULL,
+        synchronous: SYNCHRONOUS_FULL,
     })
 }
 
